@@ -1,0 +1,1 @@
+"""Pure emulator: KV layout, timing roofline, workloads, TransferPlan. No I/O here."""

@@ -1,0 +1,175 @@
+"""The transport interface: one-sided writes, as NIXL and Mooncake expose them.
+
+A transport has two halves:
+- `Target` (decode side): registers its region, listens, and reports what was placed.
+  For one-sided hardware transports (RDMA) the NIC places bytes; for stream transports
+  (tcp, zerocopy, iouring, devmem) `progress()` runs the receive loop.
+- `Initiator` (prefill side): registers its source region, connects to a target's
+  descriptor, posts batches of writes and polls completions. A completion means the bytes
+  are placed at the remote end (the target acknowledged them after placing them).
+
+Every blocking call takes a timeout and raises TransportError when it expires.
+Timestamps are `time.monotonic_ns()`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+
+from ..errors import ProtocolError, TransportError
+
+__all__ = [
+    "XFER_DTYPE",
+    "COMPLETION_DTYPE",
+    "PLACED_DTYPE",
+    "NOTIFY_DTYPE",
+    "Capability",
+    "Target",
+    "Initiator",
+    "Transport",
+    "TransportError",
+    "ProtocolError",
+    "check_region",
+]
+
+# One posted write. `xfer` is the caller's id (index into the plan); `notify` is the request
+# id to announce to the target once this write is placed (like RDMA WRITE_WITH_IMM), or -1.
+XFER_DTYPE = np.dtype(
+    [("xfer", "<u8"), ("src_off", "<u8"), ("dst_off", "<u8"), ("nbytes", "<u8"), ("notify", "<i8")]
+)
+# Initiator side: which write completed and when the initiator learned it.
+COMPLETION_DTYPE = np.dtype([("xfer", "<u8"), ("t_ns", "<u8")])
+# Target side: what was placed where, and when the last byte landed.
+PLACED_DTYPE = np.dtype([("xfer", "<u8"), ("dst_off", "<u8"), ("nbytes", "<u8"), ("t_ns", "<u8")])
+NOTIFY_DTYPE = np.dtype([("request", "<u8"), ("t_ns", "<u8")])
+
+
+@dataclass(frozen=True)
+class Capability:
+    """Result of a capability probe.
+
+    available=False: `reason` says exactly what is missing (it becomes the skip reason).
+    available=True: `reason` is empty and `data_path` says what the transport will do.
+    """
+
+    available: bool
+    reason: str = ""
+    data_path: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, data_path: str, **details: Any) -> "Capability":
+        return cls(True, "", data_path, details)
+
+    @classmethod
+    def missing(cls, reason: str, **details: Any) -> "Capability":
+        return cls(False, reason, "", details)
+
+
+def check_region(region_len: int, dst_off: int, nbytes: int) -> str | None:
+    """Why a write of [dst_off, dst_off+nbytes) does not fit a region, or None if it does."""
+    if nbytes < 0 or dst_off < 0:
+        return f"negative offset or length (dst_off={dst_off}, nbytes={nbytes})"
+    if dst_off + nbytes > region_len:
+        return (
+            f"write [{dst_off}, {dst_off + nbytes}) outside registered region of {region_len} bytes"
+        )
+    return None
+
+
+class Target(ABC):
+    """Decode side of a transport."""
+
+    def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
+        self.region = region  # writable, contiguous, format "B"
+        self.options = dict(options)
+        # Called as guard(dst_off, nbytes) before bytes are placed at [dst_off, dst_off+nbytes):
+        # the decode endpoint uses it to verify pending pages before their slot is overwritten.
+        self.write_guard: Callable[[int, int], None] | None = None
+
+    @abstractmethod
+    def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
+        """Start accepting; return a JSON-able descriptor for the initiator (address, rkey, size...)."""
+
+    @abstractmethod
+    def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Make progress for up to timeout_s; return (placed PLACED_DTYPE, notifies NOTIFY_DTYPE).
+
+        Returns early once something was placed. Raises TransportError if a peer failed,
+        ProtocolError (connection closed) on a malformed or out-of-region frame.
+        """
+
+    @abstractmethod
+    def data_path(self) -> dict[str, Any]:
+        """What actually happened on this side (see Initiator.data_path)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        ...
+
+    def peers_closed(self) -> bool:
+        """True once every connected initiator has closed cleanly (end of run)."""
+        return False
+
+
+class Initiator(ABC):
+    """Prefill side of a transport."""
+
+    def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
+        self.region = region
+        self.options = dict(options)
+
+    @abstractmethod
+    def connect(self, descriptor: Mapping[str, Any], timeout_s: float) -> None:
+        ...
+
+    @abstractmethod
+    def post(self, batch: np.ndarray, timeout_s: float) -> None:
+        """Post a batch (XFER_DTYPE) of writes. Must not copy payload in Python where the
+        transport can avoid it. May block on back-pressure, at most timeout_s."""
+
+    @abstractmethod
+    def poll(self, timeout_s: float) -> np.ndarray:
+        """Completions (COMPLETION_DTYPE) that arrived, waiting at most timeout_s for the first."""
+
+    @abstractmethod
+    def outstanding(self) -> int:
+        """Writes posted and not yet completed."""
+
+    @abstractmethod
+    def data_path(self) -> dict[str, Any]:
+        """What the kernel/NIC really did. Keys: transport, description, zero_copy (bool|None),
+        and transport-specific evidence (e.g. zc_completions, copied_completions, copied_fraction)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Transport counters worth reporting (e.g. tcp retransmits). Optional."""
+        return {}
+
+
+class Transport(ABC):
+    """A named transport: a probe plus the two halves. Subclasses set name, Initiator, Target."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    initiator_cls: ClassVar[type[Initiator]]
+    target_cls: ClassVar[type[Target]]
+
+    @classmethod
+    @abstractmethod
+    def probe(cls, options: Mapping[str, Any] | None = None) -> Capability:
+        """Check this host can run the transport; never raises for a missing capability."""
+
+    @classmethod
+    def initiator(cls, region: memoryview, options: Mapping[str, Any]) -> Initiator:
+        return cls.initiator_cls(region, options)
+
+    @classmethod
+    def target(cls, region: memoryview, options: Mapping[str, Any]) -> Target:
+        return cls.target_cls(region, options)

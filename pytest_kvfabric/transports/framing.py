@@ -1,0 +1,161 @@
+"""Sans-I/O wire format shared by the stream transports (tcp, zerocopy, iouring, devmem).
+
+Pure functions over bytes; sockets live in the transports. Every frame starts with a fixed
+32-byte little-endian header:
+
+    magic "KV" | version u8 | type u8 | nbytes u32 | dst_off u64 | seq u64 | imm u64
+
+- HELLO  (initiator -> target): payload = nbytes of UTF-8 JSON (connection parameters).
+- WRITE  (initiator -> target): payload = nbytes of KV data to place at dst_off; seq is the
+  per-connection write sequence number (1, 2, 3, ...); imm = request id + 1 to announce that
+  request once placed (like RDMA WRITE_WITH_IMM), 0 for none.
+- ACK    (target -> initiator): cumulative: every WRITE with seq <= `seq` is placed.
+- NOTIFY (target -> initiator): unused on the wire today; reserved.
+- ERROR  (either way): payload = nbytes of UTF-8 reason; the sender closes after it.
+- BYE    (initiator -> target): clean end of stream.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ..errors import ProtocolError
+
+MAGIC = b"KV"
+VERSION = 1
+HEADER = struct.Struct("<2sBBIQQQ")
+HEADER_SIZE = HEADER.size  # 32
+MAX_CONTROL_PAYLOAD = 64 * 1024  # HELLO / ERROR payload bound: a peer cannot make us buffer more
+MAX_WRITE = 0xFFFFFFFF
+
+HELLO, WRITE, ACK, NOTIFY, ERROR, BYE = 1, 2, 3, 4, 5, 6
+TYPE_NAMES = {HELLO: "HELLO", WRITE: "WRITE", ACK: "ACK", NOTIFY: "NOTIFY", ERROR: "ERROR", BYE: "BYE"}
+
+
+@dataclass(frozen=True)
+class Header:
+    type: int
+    nbytes: int
+    dst_off: int = 0
+    seq: int = 0
+    imm: int = 0
+
+    @property
+    def notify_request(self) -> int | None:
+        """Request id to announce, or None."""
+        return self.imm - 1 if self.imm else None
+
+
+def encode(h: Header) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, h.type, h.nbytes, h.dst_off, h.seq, h.imm)
+
+
+def encode_write(dst_off: int, nbytes: int, seq: int, notify_request: int | None = None) -> bytes:
+    if not 0 <= nbytes <= MAX_WRITE:
+        raise ValueError(f"write length {nbytes} outside 0..{MAX_WRITE}")
+    imm = 0 if notify_request is None or notify_request < 0 else notify_request + 1
+    return HEADER.pack(MAGIC, VERSION, WRITE, nbytes, dst_off, seq, imm)
+
+
+def encode_ack(seq: int) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, ACK, 0, 0, seq, 0)
+
+
+def encode_bye() -> bytes:
+    return HEADER.pack(MAGIC, VERSION, BYE, 0, 0, 0, 0)
+
+
+def _control(type_: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ValueError(f"control payload {len(payload)} bytes > {MAX_CONTROL_PAYLOAD}")
+    return HEADER.pack(MAGIC, VERSION, type_, len(payload), 0, 0, 0) + payload
+
+
+def encode_hello(params: dict[str, Any]) -> bytes:
+    return _control(HELLO, json.dumps(params, sort_keys=True).encode())
+
+
+def encode_error(reason: str) -> bytes:
+    return _control(ERROR, reason.encode("utf-8", "replace")[:MAX_CONTROL_PAYLOAD])
+
+
+def decode_header(buf: bytes | bytearray | memoryview) -> Header:
+    """Parse exactly one header; raise ProtocolError naming what is wrong."""
+    if len(buf) != HEADER_SIZE:
+        raise ProtocolError(f"truncated frame header: {len(buf)} of {HEADER_SIZE} bytes")
+    magic, version, type_, nbytes, dst_off, seq, imm = HEADER.unpack(buf)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad frame magic {bytes(magic)!r} (expected {MAGIC!r})")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported frame version {version} (expected {VERSION})")
+    if type_ not in TYPE_NAMES:
+        raise ProtocolError(f"unknown frame type {type_}")
+    if type_ in (HELLO, ERROR) and nbytes > MAX_CONTROL_PAYLOAD:
+        raise ProtocolError(
+            f"{TYPE_NAMES[type_]} payload of {nbytes} bytes exceeds {MAX_CONTROL_PAYLOAD}"
+        )
+    if type_ in (ACK, BYE, NOTIFY) and nbytes != 0:
+        raise ProtocolError(f"{TYPE_NAMES[type_]} frame with non-empty payload ({nbytes} bytes)")
+    return Header(type_, nbytes, dst_off, seq, imm)
+
+
+def check_write(h: Header, region_len: int, expected_seq: int) -> None:
+    """Validate a WRITE header against the registered region and the connection's sequence.
+
+    Raises ProtocolError before a single payload byte is placed anywhere.
+    """
+    if h.type != WRITE:
+        raise ProtocolError(f"expected WRITE, got {TYPE_NAMES.get(h.type, h.type)}")
+    if h.seq != expected_seq:
+        raise ProtocolError(f"write out of sequence: seq {h.seq}, expected {expected_seq}")
+    if h.dst_off + h.nbytes > region_len:
+        raise ProtocolError(
+            f"write [{h.dst_off}, {h.dst_off + h.nbytes}) outside registered region of "
+            f"{region_len} bytes (seq {h.seq})"
+        )
+
+
+def decode_hello(payload: bytes) -> dict[str, Any]:
+    try:
+        params = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"HELLO payload is not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise ProtocolError("HELLO payload is not a JSON object")
+    return params
+
+
+class ControlReader:
+    """Incremental parser for header-only and control frames (ACK, ERROR, BYE...).
+
+    feed() takes whatever bytes the socket gave and yields complete (Header, payload)
+    pairs; a partial frame stays buffered. Used by initiators to read acks.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[tuple[Header, bytes]]:
+        self._buf += data
+        pos = 0
+        buf = self._buf
+        try:
+            while len(buf) - pos >= HEADER_SIZE:
+                h = decode_header(memoryview(buf)[pos : pos + HEADER_SIZE])
+                payload_len = h.nbytes if h.type in (HELLO, ERROR) else 0
+                if h.type == WRITE:
+                    raise ProtocolError("unexpected WRITE frame on a control stream")
+                end = pos + HEADER_SIZE + payload_len
+                if len(buf) < end:
+                    break
+                payload = bytes(buf[pos + HEADER_SIZE : end])
+                pos = end
+                yield h, payload
+        finally:
+            del buf[:pos]
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
