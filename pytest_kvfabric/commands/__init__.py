@@ -1,0 +1,1 @@
+"""Subcommands of the `kvfabric` CLI, one module each; each exposes register(subparsers)."""

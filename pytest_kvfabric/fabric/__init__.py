@@ -1,0 +1,1 @@
+"""Fabrics: where the prefill and decode agents run (loopback, network namespaces, real hosts)."""
