@@ -167,6 +167,30 @@ class Transport(ABC):
         """Check this host can run the transport; never raises for a missing capability."""
 
     @classmethod
+    def allocate(cls, nbytes: int, options: Mapping[str, Any]) -> memoryview:
+        """Allocate an endpoint's region (emulated HBM) in memory this transport can use.
+
+        Default: anonymous shared mmap (page aligned, never copied). Transports override it
+        where their data path needs other memory (bytearray for liburing's prep functions,
+        a udmabuf dma-buf for devmem, huge pages for an RDMA memory region). The caller keeps
+        the returned memoryview alive for the whole run and calls `release` at the end."""
+        import mmap
+
+        return memoryview(mmap.mmap(-1, max(nbytes, 1)))
+
+    @classmethod
+    def release(cls, region: memoryview) -> None:
+        """Free what allocate() returned (best effort; views must be released first)."""
+        obj = region.obj
+        region.release()
+        close = getattr(obj, "close", None)
+        if close is not None:
+            try:
+                close()
+            except BufferError:
+                pass  # another view is still alive; the GC frees it later
+
+    @classmethod
     def initiator(cls, region: memoryview, options: Mapping[str, Any]) -> Initiator:
         return cls.initiator_cls(region, options)
 
