@@ -68,6 +68,21 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class Synthetic:
+    """Model-independent transfers for conformance: fixed sizes, alignment skew, batch shape.
+
+    Each request moves `transfers` writes of `nbytes`; groups of `batch` become ready together,
+    one group every `interval_us`; every offset is skewed by `offset_skew` bytes (unaligned)."""
+
+    nbytes: int
+    transfers: int = 1
+    batch: int = 1
+    requests: int = 1
+    offset_skew: int = 0
+    interval_us: float = 0.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     id: str
     model: ModelProfile
@@ -82,6 +97,7 @@ class Scenario:
     transport_params: Mapping[str, Any] = field(default_factory=dict)
     slo: Mapping[str, Any] = field(default_factory=dict)  # SLO key -> threshold (see slo.py)
     verify: bool = True  # verify every page at the decode side (outside the timed path)
+    synthetic: Synthetic | None = None  # conformance: fixed-size transfers instead of the model's layout
 
     def kv_dtype(self, side: str = "prefill") -> str:
         dep = self.prefill if side == "prefill" else self.decode
@@ -106,6 +122,7 @@ class Scenario:
             "transport_params": dict(self.transport_params),
             "slo": dict(self.slo),
             "verify": self.verify,
+            "synthetic": dataclasses.asdict(self.synthetic) if self.synthetic else None,
         }
 
     @classmethod
@@ -131,4 +148,5 @@ class Scenario:
             transport_params=dict(spec.get("transport_params", {})),
             slo=dict(spec.get("slo", {})),
             verify=bool(spec.get("verify", True)),
+            synthetic=Synthetic(**spec["synthetic"]) if spec.get("synthetic") else None,
         )
