@@ -1,0 +1,997 @@
+"""Shared machinery of the stream transports (tcp, zerocopy; reused by iouring and devmem).
+
+Wire format: `framing` (32-byte headers). Connection setup:
+
+- The Target listens on an ephemeral TCP port of `bind_host`; its descriptor is
+  ``{"host", "port", "region_len", "connections"}`` (plus ``"token"`` only when the target
+  was given no token and made one up: the descriptor then travels over the controller's
+  authenticated channel).
+- Each initiator connection sends one HELLO: ``{"token", "initiator", "index",
+  "connections"}``. A HELLO with a wrong or missing token gets an ERROR frame, the
+  connection is closed and the Target's progress() raises ProtocolError: an
+  unauthenticated peer never writes a byte into the region.
+
+Transfer ids on the target. The caller's xfer id never crosses the wire (as with RDMA, the
+target of a one-sided write sees only offset, length and immediate). The Target reports
+as `xfer` the write's 0-based position in its initiator's post order, which it derives
+from the per-connection sequence number: writes are spread round robin, so write k of an
+initiator goes to connection ``k % C`` with seq ``k // C + 1``, hence
+``xfer = (seq - 1) * C + index``. A caller that posts in a known order (the plan order of
+the transfers it posts) maps it back.
+
+Notify ordering. A write carrying a request id (WRITE_WITH_IMM) is announced only once it
+and ALL earlier writes of the same initiator are placed, on every connection: the decode
+side treats the notification as "the request's KV is complete" (the RDMA guarantee for
+WRITE_WITH_IMM on one queue pair), and with several connections a later write can overtake
+an earlier one. The Target holds such notifications (no round trip: it knows the round
+robin mapping) until the initiator's placed prefix covers them.
+
+Hot path: plain ints and preallocated buffers; numpy only at batch boundaries.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import selectors
+import socket
+import struct
+import time
+from bisect import bisect_left
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import framing
+from .base import COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, Initiator, Target
+from ..errors import ProtocolError, TransportError
+
+IOV_MAX = 1024  # Linux UIO_MAXIOV: sendmsg takes at most this many buffers per call
+_HDR = framing.HEADER
+_PACK = _HDR.pack
+_UNPACK = _HDR.unpack_from
+_MAGIC = framing.MAGIC
+_VERSION = framing.VERSION
+_WRITE = framing.WRITE
+_HS = framing.HEADER_SIZE
+_EAGAIN = (BlockingIOError, InterruptedError)
+_DRAIN_BUDGET_BYTES = 64 << 20  # per connection per wakeup, so one busy peer cannot starve others
+
+
+def _now() -> int:
+    return time.monotonic_ns()
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def set_tcp_options(sock: socket.socket, options: Mapping[str, Any]) -> None:
+    """TCP_NODELAY (a KV page must not wait for Nagle) and optional buffer sizes."""
+    if options.get("nodelay", True):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if options.get("sndbuf"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(options["sndbuf"]))
+    if options.get("rcvbuf"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(options["rcvbuf"]))
+
+
+# struct tcp_info (include/uapi/linux/tcp.h), offsets stable since they were added:
+# u8 fields first, then u32 from offset 8; u64 pacing/bytes fields from 104.
+_TCP_INFO_FIELDS: tuple[tuple[str, int, str], ...] = (
+    ("state", 0, "B"),
+    ("retransmits", 2, "B"),  # tcpi_retransmits: consecutive RTO retransmits now
+    ("rto_us", 8, "I"),
+    ("snd_mss", 16, "I"),
+    ("unacked", 24, "I"),
+    ("lost", 32, "I"),
+    ("retrans", 36, "I"),  # segments currently retransmitted and unacked
+    ("pmtu", 60, "I"),
+    ("rtt_us", 68, "I"),
+    ("rttvar_us", 72, "I"),
+    ("snd_cwnd", 80, "I"),
+    ("total_retrans", 100, "I"),  # tcpi_total_retrans: retransmitted segments over the life
+    ("bytes_acked", 120, "Q"),
+    ("bytes_received", 128, "Q"),
+    ("segs_out", 136, "I"),
+    ("segs_in", 140, "I"),
+    ("delivery_rate", 160, "Q"),
+    ("bytes_sent", 200, "Q"),
+    ("bytes_retrans", 208, "Q"),
+)
+TCP_INFO_LEN = 256
+
+
+def parse_tcp_info(buf: bytes) -> dict[str, int]:
+    """Decode the fields of struct tcp_info the buffer is long enough to hold (older kernels
+    return a shorter struct)."""
+    out: dict[str, int] = {}
+    for name, off, fmt in _TCP_INFO_FIELDS:
+        size = struct.calcsize(fmt)
+        if off + size <= len(buf):
+            out[name] = struct.unpack_from("<" + fmt, buf, off)[0]
+    return out
+
+
+def tcp_info(sock: socket.socket) -> dict[str, int]:
+    try:
+        return parse_tcp_info(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN))
+    except OSError:
+        return {}
+
+
+def _peer_name(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "<unknown peer>"
+
+
+def _send_error_and_close(sock: socket.socket, reason: str) -> None:
+    """Best effort: tell the peer why, then close (never blocks for more than 0.2 s)."""
+    try:
+        sock.settimeout(0.2)
+        sock.sendall(framing.encode_error(reason))
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# Target
+# ---------------------------------------------------------------------------------------
+
+_HELLO_HDR, _HELLO_BODY, _RUN, _CLOSED = 0, 1, 2, 3
+
+
+class _Group:
+    """Connections of one initiator: the notify-ordering state."""
+
+    __slots__ = ("nconn", "placed", "held")
+
+    def __init__(self, nconn: int) -> None:
+        self.nconn = nconn
+        self.placed = [0] * nconn  # placed seq per connection index
+        self.held: list[tuple[int, int]] = []  # (xfer position, request) awaiting the prefix
+
+    def prefix(self) -> int:
+        """Every write position below this is placed."""
+        n = self.nconn
+        return min(p * n + i for i, p in enumerate(self.placed))
+
+
+class _TConn:
+    __slots__ = (
+        "sock", "fd", "peer", "state", "hdr", "hdr_mv", "hfill", "body", "index", "nconn",
+        "group", "next_seq", "placed_seq", "acked", "out", "pay_view", "pay_pos", "pay_len",
+        "pay_dst", "pay_imm", "bye", "writes",
+    )
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = _peer_name(sock)
+        self.state = _HELLO_HDR
+        self.hdr = bytearray(_HS)
+        self.hdr_mv = memoryview(self.hdr)
+        self.hfill = 0
+        self.body = bytearray()
+        self.index = 0
+        self.nconn = 1
+        self.group: _Group | None = None
+        self.next_seq = 1
+        self.placed_seq = 0
+        self.acked = 0
+        self.out = bytearray()
+        self.pay_view: memoryview | None = None
+        self.pay_pos = 0
+        self.pay_len = 0
+        self.pay_dst = 0
+        self.pay_imm = 0
+        self.bye = False
+        self.writes = 0
+
+
+class StreamTarget(Target):
+    """Receive side: listens, authenticates, places payload straight into the region."""
+
+    transport_name = "stream"
+
+    def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
+        super().__init__(region, options)
+        self._mv = region.cast("B") if region.format != "B" else region
+        self._region_len = len(self._mv)
+        self._sel = selectors.DefaultSelector()
+        self._lsock: socket.socket | None = None
+        self._conns: dict[int, _TConn] = {}
+        self._groups: dict[str, _Group] = {}
+        self._token = str(self.options.get("token") or "")
+        self._token_in_descriptor = False
+        self._p_x: list[int] = []
+        self._p_d: list[int] = []
+        self._p_n: list[int] = []
+        self._p_t: list[int] = []
+        self._n_req: list[int] = []
+        self._n_t: list[int] = []
+        self._seen = 0
+        self._closed_clean = 0
+        self.bytes_placed = 0
+        self.writes_placed = 0
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def _configure_socket(self, sock: socket.socket) -> None:
+        set_tcp_options(sock, self.options)
+
+    # -- setup ----------------------------------------------------------------------------
+    def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
+        if not self._token:
+            self._token = secrets.token_hex(16)
+            self._token_in_descriptor = True
+        ls = socket.socket(_family(bind_host), socket.SOCK_STREAM)
+        try:
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.settimeout(timeout_s)
+            ls.bind((bind_host, 0))
+            ls.listen(64)
+        except OSError as exc:
+            ls.close()
+            raise TransportError(f"{self.transport_name}: cannot listen on {bind_host}: {exc}") from None
+        ls.setblocking(False)
+        self._lsock = ls
+        self._sel.register(ls, selectors.EVENT_READ, None)
+        host, port = ls.getsockname()[:2]
+        desc: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "region_len": self._region_len,
+            "connections": int(self.options.get("connections", 1)),
+        }
+        if self._token_in_descriptor:
+            desc["token"] = self._token
+        return desc
+
+    def _accept(self) -> None:
+        assert self._lsock is not None
+        for _ in range(256):
+            try:
+                sock, _addr = self._lsock.accept()
+            except _EAGAIN:
+                return
+            sock.setblocking(False)
+            self._configure_socket(sock)
+            c = _TConn(sock)
+            self._conns[c.fd] = c
+            self._sel.register(sock, selectors.EVENT_READ, c)
+
+    # -- progress -------------------------------------------------------------------------
+    def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        if self._lsock is None:
+            raise TransportError(f"{self.transport_name}: progress() before listen()")
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        select = self._sel.select
+        while True:
+            remaining = deadline - time.monotonic()
+            for key, mask in select(max(remaining, 0.0)):
+                c = key.data
+                if c is None:
+                    self._accept()
+                    continue
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(c)
+                if mask & selectors.EVENT_READ and c.state != _CLOSED:
+                    self._on_readable(c)
+            if self._p_x or self._n_req or remaining <= 0:
+                return self._take()
+
+    def _take(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self._p_x)
+        placed = np.empty(n, PLACED_DTYPE)
+        if n:
+            placed["xfer"] = self._p_x
+            placed["dst_off"] = self._p_d
+            placed["nbytes"] = self._p_n
+            placed["t_ns"] = self._p_t
+            self._p_x, self._p_d, self._p_n, self._p_t = [], [], [], []
+        m = len(self._n_req)
+        notes = np.empty(m, NOTIFY_DTYPE)
+        if m:
+            notes["request"] = self._n_req
+            notes["t_ns"] = self._n_t
+            self._n_req, self._n_t = [], []
+        return placed, notes
+
+    def _fail(self, c: _TConn, reason: str) -> None:
+        """Reject the peer: ERROR frame, close, ProtocolError naming peer and reason."""
+        self._drop(c)
+        _send_error_and_close(c.sock, reason)
+        raise ProtocolError(
+            f"{self.transport_name}: rejected peer {c.peer} (connection {c.index}): {reason}"
+        )
+
+    def _drop(self, c: _TConn) -> None:
+        if c.state != _CLOSED:
+            c.state = _CLOSED
+            try:
+                self._sel.unregister(c.sock)
+            except (KeyError, ValueError):
+                pass
+            self._conns.pop(c.fd, None)
+
+    def _on_eof(self, c: _TConn) -> None:
+        self._drop(c)
+        c.sock.close()
+        if c.pay_view is not None:
+            missing = c.pay_len - c.pay_pos
+            raise TransportError(
+                f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed mid-write: "
+                f"{missing} of {c.pay_len} bytes of write seq {c.next_seq - 1} "
+                f"(dst_off {c.pay_dst}) missing"
+            )
+        if c.hfill:
+            raise TransportError(
+                f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed mid-header: "
+                f"{c.hfill} of {_HS} header bytes after write seq {c.next_seq - 1}"
+            )
+        if not c.bye:
+            raise TransportError(
+                f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed the "
+                f"connection without BYE after {c.writes} writes"
+            )
+        self._closed_clean += 1
+
+    def _on_readable(self, c: _TConn) -> None:
+        if c.state != _RUN:
+            self._read_hello(c)
+            if c.state != _RUN:
+                return
+        self._drain(c)
+        if c.state == _CLOSED:
+            return
+        if c.placed_seq > c.acked:
+            c.acked = c.placed_seq
+            c.out += _PACK(_MAGIC, _VERSION, framing.ACK, 0, 0, c.placed_seq, 0)
+            self._flush(c)
+
+    def _flush(self, c: _TConn) -> None:
+        if c.out:
+            try:
+                n = c.sock.send(c.out)
+                del c.out[:n]
+            except _EAGAIN:
+                pass
+            except OSError:
+                c.out.clear()  # the peer is gone; reading will report how
+        try:
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if c.out else 0)
+            self._sel.modify(c.sock, want, c)
+        except (KeyError, ValueError):
+            pass
+
+    def _read_hello(self, c: _TConn) -> None:
+        sock = c.sock
+        for _ in range(64):
+            try:
+                if c.state == _HELLO_HDR:
+                    n = sock.recv_into(c.hdr_mv[c.hfill :])
+                else:
+                    want = len(c.body)
+                    n = sock.recv_into(memoryview(c.body)[c.pay_pos : want])
+            except _EAGAIN:
+                return
+            except OSError as exc:
+                self._drop(c)
+                sock.close()
+                raise TransportError(f"{self.transport_name}: peer {c.peer}: {exc}") from None
+            if n == 0:
+                self._drop(c)
+                sock.close()
+                raise ProtocolError(
+                    f"{self.transport_name}: peer {c.peer} closed before completing HELLO"
+                )
+            if c.state == _HELLO_HDR:
+                c.hfill += n
+                if c.hfill < _HS:
+                    continue
+                c.hfill = 0
+                try:
+                    h = framing.decode_header(c.hdr)
+                except ProtocolError as exc:
+                    self._fail(c, f"before HELLO: {exc}")
+                if h.type != framing.HELLO:
+                    self._fail(c, f"expected HELLO, got {framing.TYPE_NAMES[h.type]}")
+                c.body = bytearray(h.nbytes)
+                c.pay_pos = 0
+                c.state = _HELLO_BODY
+                if h.nbytes:
+                    continue
+            else:
+                c.pay_pos += n
+            if c.pay_pos < len(c.body):
+                continue
+            self._accept_hello(c)
+            return
+
+    def _accept_hello(self, c: _TConn) -> None:
+        try:
+            params = framing.decode_hello(bytes(c.body))
+        except ProtocolError as exc:
+            self._fail(c, str(exc))
+        token = params.get("token")
+        if not isinstance(token, str) or not hmac.compare_digest(
+            token.encode(), self._token.encode()
+        ):
+            self._fail(c, "HELLO with a wrong or missing auth token")
+        try:
+            index = int(params.get("index", 0))
+            nconn = int(params.get("connections", 1))
+            ident = str(params.get("initiator", c.peer))
+        except (TypeError, ValueError):
+            self._fail(c, "HELLO fields index/connections are not integers")
+        if not (1 <= nconn <= 4096 and 0 <= index < nconn):
+            self._fail(c, f"HELLO index {index} / connections {nconn} out of range")
+        g = self._groups.get(ident)
+        if g is None:
+            g = self._groups[ident] = _Group(nconn)
+        elif g.nconn != nconn:
+            self._fail(c, f"HELLO connections {nconn} disagrees with {g.nconn} of the same initiator")
+        c.index, c.nconn, c.group = index, nconn, g
+        c.body = bytearray()
+        c.pay_pos = 0
+        c.hfill = 0
+        c.state = _RUN
+        self._seen += 1
+
+    def _bad_header(self, c: _TConn) -> None:
+        """The fast path refused a header: let framing name exactly why, then reject."""
+        try:
+            h = framing.decode_header(c.hdr)
+            if h.type == framing.WRITE:
+                framing.check_write(h, self._region_len, c.next_seq)
+            reason = f"unexpected {framing.TYPE_NAMES[h.type]} frame from an initiator"
+        except ProtocolError as exc:
+            reason = str(exc)
+        self._fail(c, reason)
+
+    def _drain(self, c: _TConn) -> None:
+        """Read what is readable on one connection: headers, then payload straight into the
+        region. Payload and the next header are read with one recvmsg_into scatter call; the
+        next header is validated before a byte of its payload is read."""
+        sock = c.sock
+        hdr_mv = c.hdr_mv
+        region = self._mv
+        rlen = self._region_len
+        guard = self.write_guard
+        budget = _DRAIN_BUDGET_BYTES
+        now = _now
+        px, pd, pn, pt = self._p_x, self._p_d, self._p_n, self._p_t
+        recvmsg_into = sock.recvmsg_into
+        placed_any = False
+        while budget > 0:
+            view = c.pay_view
+            try:
+                if view is not None:
+                    n = recvmsg_into([view[c.pay_pos :], hdr_mv])[0]
+                else:
+                    n = sock.recv_into(hdr_mv[c.hfill :]) if c.hfill else sock.recv_into(hdr_mv)
+            except _EAGAIN:
+                break
+            except OSError as exc:
+                self._drop(c)
+                sock.close()
+                raise TransportError(
+                    f"{self.transport_name}: peer {c.peer} (connection {c.index}): {exc}"
+                ) from None
+            if n == 0:
+                self._on_eof(c)
+                return
+            budget -= n
+            if view is not None:
+                rem = c.pay_len - c.pay_pos
+                if n < rem:
+                    c.pay_pos += n
+                    continue
+                # write complete; the rest of n is header bytes of the next frame
+                c.hfill = n - rem
+                c.pay_view = None
+                seq = c.next_seq - 1
+                self._placed(c, seq, c.pay_dst, c.pay_len, c.pay_imm, now(), px, pd, pn, pt)
+                placed_any = True
+            else:
+                c.hfill += n
+            while c.hfill == _HS:
+                # Inline fast path for a valid WRITE; anything else goes to framing for the reason.
+                magic, ver, typ, nb, dst, seq, imm = _UNPACK(c.hdr)
+                if magic != _MAGIC or ver != _VERSION or typ != _WRITE:
+                    if magic == _MAGIC and ver == _VERSION and typ == framing.BYE and nb == 0:
+                        c.bye = True
+                        c.hfill = 0
+                        break
+                    self._bad_header(c)
+                if seq != c.next_seq or dst + nb > rlen:
+                    self._bad_header(c)
+                c.next_seq = seq + 1
+                c.hfill = 0
+                if guard is not None:
+                    guard(dst, nb)
+                if nb == 0:
+                    self._placed(c, seq, dst, 0, imm, now(), px, pd, pn, pt)
+                    placed_any = True
+                    break
+                c.pay_view = region[dst : dst + nb]
+                c.pay_pos = 0
+                c.pay_len = nb
+                c.pay_dst = dst
+                c.pay_imm = imm
+        if placed_any and c.group is not None and c.group.held:
+            self._release(c.group)
+
+    def _placed(
+        self, c: _TConn, seq: int, dst: int, nb: int, imm: int, t: int,
+        px: list[int], pd: list[int], pn: list[int], pt: list[int],
+    ) -> None:
+        pos = (seq - 1) * c.nconn + c.index
+        px.append(pos)
+        pd.append(dst)
+        pn.append(nb)
+        pt.append(t)
+        c.placed_seq = seq
+        c.writes += 1
+        self.bytes_placed += nb
+        self.writes_placed += 1
+        g = c.group
+        g.placed[c.index] = seq
+        if imm:
+            if g.nconn == 1:
+                self._n_req.append(imm - 1)
+                self._n_t.append(t)
+            else:
+                g.held.append((pos, imm - 1))
+
+    def _release(self, g: _Group) -> None:
+        prefix = g.prefix()
+        keep = []
+        t = _now()
+        for pos, req in sorted(g.held):
+            if pos < prefix:
+                self._n_req.append(req)
+                self._n_t.append(t)
+            else:
+                keep.append((pos, req))
+        g.held = keep
+
+    # -- reporting ------------------------------------------------------------------------
+    def peers_closed(self) -> bool:
+        if not self._groups:
+            return False
+        expected = sum(g.nconn for g in self._groups.values())
+        return self._closed_clean >= expected and not any(
+            c.state == _RUN for c in self._conns.values()
+        )
+
+    def data_path(self) -> dict[str, Any]:
+        return {
+            "transport": self.transport_name,
+            "description": "recv_into the registered region (kernel copy from the socket)",
+            "zero_copy": False,
+            "connections": self._seen,
+            "bytes_placed": self.bytes_placed,
+            "writes_placed": self.writes_placed,
+        }
+
+    def close(self) -> None:
+        for c in list(self._conns.values()):
+            self._drop(c)
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+        if self._lsock is not None:
+            try:
+                self._sel.unregister(self._lsock)
+            except (KeyError, ValueError):
+                pass
+            self._lsock.close()
+        self._sel.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Initiator
+# ---------------------------------------------------------------------------------------
+
+
+class _IConn:
+    __slots__ = (
+        "sock", "fd", "index", "peer", "iov", "iov_i", "iov_off", "iov_writes", "seq",
+        "acked", "done", "xfers", "xbase", "reader", "sent_writes", "want_write", "eof",
+        "sendmsg", "calls",
+    )
+
+    def __init__(self, sock: socket.socket, index: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.index = index
+        self.peer = _peer_name(sock)
+        self.iov: list[Any] = []  # [hdr, payload, hdr, payload, ...] not yet fully sent
+        self.iov_i = 0  # first iov not fully sent
+        self.iov_off = 0  # bytes of iov[iov_i] already sent
+        self.iov_writes = 0  # writes fully sent before iov[0]
+        self.seq = 0  # last posted seq
+        self.acked = 0  # cumulative ACK from the target
+        self.done = 0  # writes reported complete
+        self.xfers: list[int] = []  # caller xfer ids of seq xbase+1 ...
+        self.xbase = 0
+        self.reader = framing.ControlReader()
+        self.sent_writes = 0
+        self.want_write = False
+        self.eof = False
+        self.sendmsg = sock.sendmsg
+        self.calls: list[int] = []  # zerocopy: sendmsg call id that sent each write's last byte
+
+
+class StreamInitiator(Initiator):
+    """Send side: scatter-gather sendmsg of [hdr, payload, hdr, payload, ...] from the region."""
+
+    transport_name = "stream"
+    send_flags = 0
+
+    def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
+        super().__init__(region, options)
+        self._mv = region.cast("B") if region.format != "B" else region
+        self._region_len = len(self._mv)
+        self._conns: list[_IConn] = []
+        self._sel = selectors.DefaultSelector()
+        self._rr = 0
+        self._posted = 0
+        self._completed = 0
+        self.connect_ns = 0
+        self.bytes_posted = 0
+        self._last_stats: dict[str, Any] = {}
+        self._closed = False
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def _configure_socket(self, sock: socket.socket) -> None:
+        set_tcp_options(sock, self.options)
+
+    def _on_sent(self, c: _IConn, before: int, after: int) -> None:
+        """Called after each sendmsg call that completed writes [before, after) of c."""
+
+    def _ready(self, c: _IConn) -> int:
+        """How many writes of c are complete (default: acknowledged by the target)."""
+        return c.acked
+
+    def _read_extra(self, c: _IConn) -> None:
+        """Read anything besides acks (zerocopy: the error queue)."""
+
+    # -- setup ----------------------------------------------------------------------------
+    def connect(self, descriptor: Mapping[str, Any], timeout_s: float) -> None:
+        t0 = _now()
+        deadline = time.monotonic() + timeout_s
+        try:
+            host, port = str(descriptor["host"]), int(descriptor["port"])
+        except (KeyError, TypeError, ValueError):
+            raise TransportError(
+                f"{self.transport_name}: descriptor lacks host/port: {dict(descriptor)!r}"
+            ) from None
+        nconn = int(self.options.get("connections") or descriptor.get("connections") or 1)
+        if nconn < 1:
+            raise TransportError(f"{self.transport_name}: connections must be >= 1, got {nconn}")
+        token = str(self.options.get("token") or descriptor.get("token") or "")
+        ident = secrets.token_hex(8) + f"-{os.getpid()}"
+        for i in range(nconn):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(
+                    f"{self.transport_name}: connecting to {host}:{port} timed out after {timeout_s} s"
+                )
+            try:
+                sock = socket.create_connection((host, port), timeout=remaining)
+            except OSError as exc:
+                self.close()
+                raise TransportError(
+                    f"{self.transport_name}: cannot connect to {host}:{port}: {exc}"
+                ) from None
+            try:
+                self._configure_socket(sock)
+                sock.sendall(
+                    framing.encode_hello(
+                        {"token": token, "initiator": ident, "index": i, "connections": nconn}
+                    )
+                )
+            except OSError as exc:
+                sock.close()
+                self.close()
+                raise TransportError(
+                    f"{self.transport_name}: HELLO to {host}:{port} failed: {exc}"
+                ) from None
+            sock.setblocking(False)
+            c = _IConn(sock, i)
+            self._conns.append(c)
+            self._sel.register(sock, selectors.EVENT_READ, c)
+        self.connect_ns = _now() - t0
+        if "region_len" in descriptor:
+            self.remote_region_len = int(descriptor["region_len"])
+
+    # -- posting --------------------------------------------------------------------------
+    def post(self, batch: np.ndarray, timeout_s: float) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        if not self._conns:
+            raise TransportError(f"{self.transport_name}: post() before connect()")
+        src = batch["src_off"]
+        nbytes = batch["nbytes"]
+        ends = src + nbytes
+        if int(ends.max()) > self._region_len or int(nbytes.max()) > framing.MAX_WRITE:
+            bad = int(np.argmax((ends > self._region_len) | (nbytes > framing.MAX_WRITE)))
+            raise TransportError(
+                f"{self.transport_name}: write xfer {int(batch['xfer'][bad])} "
+                f"[{int(src[bad])}, {int(ends[bad])}) outside the local region of "
+                f"{self._region_len} bytes or longer than {framing.MAX_WRITE}"
+            )
+        xs = batch["xfer"].tolist()
+        ss = src.tolist()
+        ds = batch["dst_off"].tolist()
+        ns = nbytes.tolist()
+        imms = (batch["notify"] + 1).clip(0).tolist()
+        mv = self._mv
+        pack = _PACK
+        conns = self._conns
+        nconn = len(conns)
+        if nconn == 1:
+            c = conns[0]
+            iov = c.iov
+            seq = c.seq
+            for s, d, nb, imm in zip(ss, ds, ns, imms):
+                seq += 1
+                iov.append(pack(_MAGIC, _VERSION, _WRITE, nb, d, seq, imm))
+                iov.append(mv[s : s + nb])
+            c.seq = seq
+            c.xfers += xs
+        else:
+            rr = self._rr
+            for x, s, d, nb, imm in zip(xs, ss, ds, ns, imms):
+                c = conns[rr]
+                rr = rr + 1 if rr + 1 < nconn else 0
+                c.seq += 1
+                c.iov.append(pack(_MAGIC, _VERSION, _WRITE, nb, d, c.seq, imm))
+                c.iov.append(mv[s : s + nb])
+                c.xfers.append(x)
+            self._rr = rr
+        self._posted += n
+        self.bytes_posted += int(nbytes.sum())
+        self._pump(time.monotonic() + timeout_s, timeout_s)
+
+    def _send_some(self, c: _IConn) -> bool:
+        """sendmsg until the queue is empty or the socket is full; True if all was sent."""
+        iov = c.iov
+        flags = self.send_flags
+        sendmsg = c.sendmsg
+        while c.iov_i < len(iov):
+            i = c.iov_i
+            if c.iov_off:
+                first = iov[i]
+                first = first[c.iov_off :] if isinstance(first, memoryview) else memoryview(first)[c.iov_off :]
+                bufs = [first] + iov[i + 1 : i + IOV_MAX]
+            else:
+                bufs = iov[i : i + IOV_MAX]
+            try:
+                sent = sendmsg(bufs, (), flags) if flags else sendmsg(bufs)
+            except _EAGAIN:
+                return False
+            except OSError as exc:
+                if self._send_would_wait(c, exc):
+                    return False
+                raise TransportError(
+                    f"{self.transport_name}: send to {c.peer} (connection {c.index}) failed: "
+                    f"{exc}; {self._posted - self._completed} writes outstanding"
+                ) from None
+            # advance over fully sent buffers
+            off = c.iov_off + sent
+            n_iov = len(iov)
+            while i < n_iov:
+                ln = len(iov[i])
+                if off < ln:
+                    break
+                off -= ln
+                i += 1
+            c.iov_i, c.iov_off = i, off
+            before = c.sent_writes
+            after = c.iov_writes + (i >> 1)
+            c.sent_writes = after
+            self._on_sent(c, before, after)
+            if i >= 4096:
+                cut = i & ~1
+                del iov[:cut]
+                c.iov_i -= cut
+                c.iov_writes += cut >> 1
+        if iov:
+            c.iov_writes += len(iov) >> 1
+            iov.clear()
+            c.iov_i = 0
+            c.iov_off = 0
+        return True
+
+    def _send_would_wait(self, c: _IConn, exc: OSError) -> bool:
+        """An OSError from sendmsg that means 'wait and retry' (zerocopy: ENOBUFS)."""
+        return False
+
+    def _set_want_write(self, c: _IConn, want: bool) -> None:
+        if c.want_write != want:
+            c.want_write = want
+            ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self._sel.modify(c.sock, ev, c)
+
+    def _pump(self, deadline: float, timeout_s: float) -> None:
+        """Hand every queued byte to the kernel, reading acks while waiting (no deadlock:
+        the target never blocks on its ack stream either)."""
+        while True:
+            pending = False
+            for c in self._conns:
+                if c.iov_i < len(c.iov) and not self._send_some(c):
+                    pending = True
+                    self._set_want_write(c, True)
+                else:
+                    self._set_want_write(c, False)
+            if not pending:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                unsent = sum(len(c.iov) - c.iov_i for c in self._conns) // 2
+                raise TransportError(
+                    f"{self.transport_name}: post timed out after {timeout_s} s with ~{unsent} "
+                    f"writes not yet accepted by the kernel (target not reading?)"
+                )
+            for key, mask in self._sel.select(min(remaining, 0.5)):
+                if mask & selectors.EVENT_READ:
+                    self._read(key.data)
+
+    # -- completions ----------------------------------------------------------------------
+    def _read(self, c: _IConn) -> None:
+        self._read_extra(c)
+        if c.eof:
+            return
+        sock = c.sock
+        for _ in range(64):
+            try:
+                data = sock.recv(65536)
+            except _EAGAIN:
+                return
+            except OSError as exc:
+                raise TransportError(
+                    f"{self.transport_name}: target {c.peer} (connection {c.index}): {exc}; "
+                    f"{c.seq - c.acked} writes unacknowledged"
+                ) from None
+            if not data:
+                c.eof = True
+                raise TransportError(
+                    f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
+                    f"connection with {c.seq - c.acked} writes unacknowledged"
+                )
+            if len(data) == _HS and data[3] == framing.ACK and data[:3] == b"KV\x01":
+                # fast path: one cumulative ack
+                self._on_ack(c, _UNPACK(data)[5])
+            else:
+                try:
+                    for h, payload in c.reader.feed(data):
+                        if h.type == framing.ACK:
+                            self._on_ack(c, h.seq)
+                        elif h.type == framing.ERROR:
+                            raise TransportError(
+                                f"{self.transport_name}: target {c.peer} (connection {c.index}) "
+                                f"rejected us: {payload.decode('utf-8', 'replace')}"
+                            )
+                        else:
+                            raise ProtocolError(
+                                f"unexpected {framing.TYPE_NAMES[h.type]} frame from the target"
+                            )
+                except ProtocolError as exc:
+                    raise ProtocolError(
+                        f"{self.transport_name}: target {c.peer} (connection {c.index}): {exc}"
+                    ) from None
+            if len(data) < 65536:
+                return
+
+    def _on_ack(self, c: _IConn, seq: int) -> None:
+        if seq < c.acked or seq > c.seq:
+            raise ProtocolError(
+                f"{self.transport_name}: target {c.peer} acknowledged seq {seq}; "
+                f"posted {c.seq}, acknowledged before {c.acked}"
+            )
+        c.acked = seq
+
+    def _collect(self) -> np.ndarray:
+        ids: list[int] = []
+        for c in self._conns:
+            ready = self._ready(c)
+            if ready > c.done:
+                a, b = c.done - c.xbase, ready - c.xbase
+                ids += c.xfers[a:b]
+                c.done = ready
+                if a > 8192:
+                    del c.xfers[:b]
+                    c.xbase = ready
+                    self._trim(c, b)
+        n = len(ids)
+        out = np.empty(n, COMPLETION_DTYPE)
+        if n:
+            out["xfer"] = ids
+            out["t_ns"] = _now()
+            self._completed += n
+        return out
+
+    def _trim(self, c: _IConn, k: int) -> None:
+        """Per-write bookkeeping of the first k writes (since xbase) is no longer needed."""
+
+    def poll(self, timeout_s: float) -> np.ndarray:
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        conns = self._conns
+        while True:
+            for c in conns:
+                if c.iov_i < len(c.iov):
+                    self._set_want_write(c, not self._send_some(c))
+                self._read(c)
+            out = self._collect()
+            remaining = deadline - time.monotonic()
+            if len(out) or remaining <= 0 or self._posted == self._completed and not self._more_pending():
+                return out
+            self._sel.select(remaining)
+
+    def _more_pending(self) -> bool:
+        return False
+
+    def outstanding(self) -> int:
+        return self._posted - self._completed
+
+    # -- reporting ------------------------------------------------------------------------
+    def data_path(self) -> dict[str, Any]:
+        return {
+            "transport": self.transport_name,
+            "description": "sendmsg scatter-gather from the region",
+            "zero_copy": False,
+            "connections": len(self._conns),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        if self._closed:
+            return dict(self._last_stats)
+        per = [tcp_info(c.sock) for c in self._conns]
+        return {
+            "connect_ns": self.connect_ns,
+            "connections": len(self._conns),
+            "bytes_posted": self.bytes_posted,
+            "writes_posted": self._posted,
+            "retransmits": sum(p.get("total_retrans", 0) for p in per),
+            "tcp_info": per,
+        }
+
+    def close(self) -> None:
+        """Flush (bounded), say BYE on every connection, close."""
+        if self._closed:
+            return
+        try:
+            self._last_stats = self.stats()
+        except Exception:  # noqa: BLE001 - reporting must not mask the close
+            self._last_stats = {}
+        deadline = time.monotonic() + float(self.options.get("close_timeout_s", 2.0))
+        for c in self._conns:
+            try:
+                if c.iov_i < len(c.iov):
+                    self._pump(deadline, float(self.options.get("close_timeout_s", 2.0)))
+                c.sock.setblocking(True)
+                c.sock.settimeout(max(deadline - time.monotonic(), 0.05))
+                c.sock.sendall(framing.encode_bye())
+                c.sock.shutdown(socket.SHUT_WR)
+            except (OSError, TransportError):
+                pass
+        for c in self._conns:
+            try:
+                self._sel.unregister(c.sock)
+            except (KeyError, ValueError):
+                pass
+            c.sock.close()
+        self._sel.close()
+        self._closed = True
