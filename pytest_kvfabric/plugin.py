@@ -1,2 +1,488 @@
-"""pytest hooks only: options, fixtures, parametrization, suite collection, summary. (stub; being written)"""
+"""pytest hooks only: options, fixtures, parametrization, suite collection, reports.
+
+The work is done by plain modules: options (validation), suites (YAML), case (run + verdicts),
+slo, report/*. Under pytest-xdist each worker runs its cases on its own host pair and ships
+results back inside the reports' user_properties; only the controller writes the JSON report.
+"""
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from . import case as case_mod
+from . import slo as slo_mod
+from .errors import KvFabricError
+from .options import OPTIONS, Selection, resolve
+
+SELECTION = pytest.StashKey[Selection]()
+PAIRS = pytest.StashKey[case_mod.PairManager]()
+BASELINE = pytest.StashKey[dict]()
+RESULTS = pytest.StashKey[dict]()
+PROP = "kvfabric"  # user_properties key carrying a case's JSON record
+
+
+# ---------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kvfabric", "KV-cache transfer scenarios (pytest-kvfabric)")
+    for opt in OPTIONS:
+        group.addoption(opt.flag, dest=opt.dest, metavar=opt.metavar, help=opt.help,
+                        action="append" if opt.append else "store", default=None)
+        parser.addini(opt.ini, help=f"default for {opt.flag}: {opt.help}",
+                      type="linelist" if opt.append else "string", default=[] if opt.append else None)
+
+
+def _getter(config: pytest.Config) -> Callable[[str], Any]:
+    def get(dest: str) -> Any:
+        value = config.getoption(dest, default=None)
+        if value is None:
+            value = config.getini(dest)
+        return value if value not in ("",) else None
+
+    return get
+
+
+def _selection(config: pytest.Config) -> Selection:
+    sel = config.stash.get(SELECTION, None)
+    if sel is None:
+        try:
+            sel = resolve(_getter(config))
+        except KvFabricError as exc:
+            raise pytest.UsageError(f"kvfabric: {exc}") from None
+        config.stash[SELECTION] = sel
+    return sel
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """--kv-suite NAMES: add the named suite files to the paths pytest collects."""
+    names = getattr(early_config.known_args_namespace, "kv_suite", None)
+    if not names:
+        return
+    from .suites import find_suite
+
+    dirs = getattr(early_config.known_args_namespace, "kv_profiles", None) or []
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        try:
+            path = str(find_suite(name, dirs))
+        except KvFabricError as exc:
+            raise pytest.UsageError(f"kvfabric: {exc}") from None
+        if path not in args:
+            args.append(path)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kv_slo(**thresholds): SLO thresholds for this test's KV-transfer cases "
+                            f"(keys: {', '.join(slo_mod.VALID_KEYS)})")
+    sel = _selection(config)
+    config.stash[PAIRS] = case_mod.PairManager(sel)
+    config.stash[RESULTS] = {}
+    config.stash[BASELINE] = {}
+    config.pluginmanager.register(ResultCollector(config), "kvfabric-results")
+    if sel.baseline_path:
+        from .report import baseline, jsonreport
+
+        try:
+            config.stash[BASELINE] = baseline.case_metrics(jsonreport.read(sel.baseline_path))
+        except KvFabricError as exc:
+            raise pytest.UsageError(f"kvfabric: --kv-baseline: {exc}") from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    pairs = config.stash.get(PAIRS, None)
+    if pairs is not None:
+        pairs.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _selection(config).header()
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` with a host inventory starts one worker per host pair."""
+    sel = _selection(config)
+    if sel.fabric == "hosts" and sel.hosts:
+        from .fabric.alloc import pairs_for_auto
+        from .fabric.hosts import load_inventory
+
+        return pairs_for_auto(load_inventory(sel.hosts))
+    return None
+
+
+# ---------------------------------------------------------------- parametrization + fixtures
+
+DEFAULT_MODEL = "llama3.1-8b"
+
+
+def _model_ids(sel: Selection) -> list[str]:
+    return [m.id for m in sel.models] if sel.models else [DEFAULT_MODEL]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    sel = _selection(metafunc.config)
+    if "kv_model" in metafunc.fixturenames:
+        metafunc.parametrize("kv_model", _model_ids(sel), indirect=True, ids=str)
+    if "kv_transport" in metafunc.fixturenames:
+        metafunc.parametrize("kv_transport", list(sel.transports), indirect=True, ids=str)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in item.iter_markers("kv_slo"):
+            if mark.args:
+                raise pytest.UsageError(f"kvfabric: {item.nodeid}: kv_slo takes keyword arguments only")
+            for key, value in mark.kwargs.items():
+                try:
+                    slo_mod.coerce(key, value, f"{item.nodeid}: @pytest.mark.kv_slo")
+                except KvFabricError as exc:
+                    raise pytest.UsageError(f"kvfabric: {exc}") from None
+
+
+def _marker_slo(node: pytest.Item) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mark in reversed(list(node.iter_markers("kv_slo"))):  # closest marker wins
+        out.update({k: slo_mod.coerce(k, v) for k, v in mark.kwargs.items()})
+    return out
+
+
+@pytest.fixture(scope="session")
+def kv_selection(pytestconfig: pytest.Config) -> Selection:
+    """The validated kvfabric options of this session."""
+    return _selection(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def kv_gpu(kv_selection: Selection):
+    """The GPU profile (--kv-gpu, default h100)."""
+    from .profiles import load_gpu
+
+    return kv_selection.gpu or load_gpu("h100", kv_selection.profile_dirs)
+
+
+@pytest.fixture
+def kv_model(request: pytest.FixtureRequest, kv_selection: Selection):
+    """The model profile of this case (parametrized over --kv-model)."""
+    from .profiles import load_model
+
+    name = getattr(request, "param", None) or _model_ids(kv_selection)[0]
+    for m in kv_selection.models or ():
+        if m.id == name:
+            return m
+    return load_model(name, kv_selection.profile_dirs)
+
+
+@pytest.fixture
+def kv_transport(request: pytest.FixtureRequest, kv_selection: Selection) -> str:
+    """The transport name of this case (parametrized over --kv-transport); skips, with the
+    probe's exact reason, when this host cannot run it."""
+    name = getattr(request, "param", None) or kv_selection.transports[0]
+    reason = case_mod.probe_reason(name, kv_selection.transport_params)
+    if reason:
+        _remember(request.node, {"case": request.node.nodeid, "transport": name, "reason": reason})
+        pytest.skip(reason)
+    return name
+
+
+@pytest.fixture
+def kv_scenario(request: pytest.FixtureRequest, kv_model, kv_gpu, kv_transport: str, kv_selection: Selection):
+    """A small default scenario for this case (chat-sized request, emulated pacing); tests
+    derive their own with `kv_scenario.replace(...)`. SLOs: marker, then --kv-slo."""
+    from .scenario import Distribution, Scenario, Workload
+
+    sel = kv_selection
+    slo = {**_marker_slo(request.node), **sel.slo}
+    return Scenario(
+        id=f"{Path(str(request.node.path)).stem}::{request.node.originalname}",
+        model=kv_model,
+        gpu=kv_gpu,
+        workload=Workload(isl=Distribution.fixed(512), osl=Distribution.fixed(128), requests=2),
+        seed=sel.seed or 0,
+        pacing=sel.pacing or "emulated",
+        pool_bytes=int((sel.pool_mib or 64) * 1024 * 1024),
+        transport=kv_transport,
+        transport_params=dict(sel.transport_params),
+        slo=slo,
+    )
+
+
+@pytest.fixture
+def kv_pair(pytestconfig: pytest.Config):
+    """This worker's host pair (loopback, its own namespace pair, or its inventory pair),
+    opened once per worker and torn down at the end of the session."""
+    try:
+        return pytestconfig.stash[PAIRS].get()
+    except case_mod.PairUnavailable as exc:
+        pytest.skip(f"fabric {_selection(pytestconfig).fabric}: {exc}")
+
+
+@pytest.fixture
+def kv_run(request: pytest.FixtureRequest, kv_scenario, kv_selection: Selection, pytestconfig: pytest.Config):
+    """Run a scenario between a prefill and a decode agent; return its Result.
+
+    `kv_run()` runs kv_scenario; `kv_run(scenario)` or `kv_run(**changes)` another one.
+    SLO misses and baseline regressions fail the test with a table (check=False: only measure).
+    """
+
+    def run(scenario=None, *, check: bool = True, **changes: Any):
+        sc = scenario if scenario is not None else kv_scenario
+        if changes:
+            sc = sc.replace(**changes)
+        if scenario is not None:  # a user's own scenario still obeys --kv-slo and the marker
+            sc = sc.replace(slo={**sc.slo, **_marker_slo(request.node), **kv_selection.slo})
+        model = "synthetic" if sc.synthetic else sc.model.id
+        cid = case_mod.case_id(sc.id, model, sc.transport)
+        return _run_and_judge(request.node, pytestconfig, sc, cid, check)
+
+    return run
+
+
+# ---------------------------------------------------------------- running a case
+
+
+def _remember(item: pytest.Item, record: dict[str, Any]) -> None:
+    item.user_properties[:] = [p for p in item.user_properties if p[0] != PROP]
+    item.user_properties.append((PROP, json.dumps(record, default=str)))
+
+
+def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str, check: bool):
+    sel = _selection(config)
+    outcome = case_mod.run_case(scenario, config.stash[PAIRS], sel, config.stash[BASELINE], cid)
+    _remember(item, outcome.record())
+    for key, value in outcome.junit_properties():
+        item.user_properties.append((key, value))
+    if outcome.skip_reason:
+        pytest.skip(outcome.skip_reason)
+    if not check:
+        return outcome.result
+    failures = []
+    if outcome.slo_failed:
+        zero_copy_only = all(v.key == "require_zero_copy" for v in outcome.verdicts if not v.passed)
+        if zero_copy_only and sel.on_copy == "skip":
+            pytest.skip("zero-copy required but " + "; ".join(v.note for v in outcome.verdicts if not v.passed))
+        failures.append("SLO missed:\n" + slo_mod.failure_table(outcome.verdicts))
+    if outcome.regressed:
+        from .report.baseline import Comparison, render
+
+        failures.append(f"regressed against baseline {sel.baseline_path}:\n"
+                        + render(Comparison(tuple(outcome.changes), (), ()), sel.max_regression_pct))
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
+    return outcome.result
+
+
+# ---------------------------------------------------------------- suites as test items
+
+_SUITE_HINT = re.compile(r"^scenarios\s*:", re.MULTILINE)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    config = parent.config
+    explicit = {str(Path(p).resolve()) for p in config.args}
+    suites = {str(p.resolve()) for p in _selection(config).suites}
+    resolved = str(file_path.resolve())
+    is_suite = resolved in explicit or resolved in suites or file_path.parent.name == "suites"
+    if not is_suite:
+        try:
+            is_suite = bool(_SUITE_HINT.search(file_path.read_text(errors="replace")))
+        except OSError:
+            return None
+    return SuiteFile.from_parent(parent, path=file_path) if is_suite else None
+
+
+class SuiteFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        from .suites import DEFAULT_MODELS, load_suite
+
+        sel = _selection(self.config)
+        try:
+            suite = load_suite(self.path)
+        except KvFabricError as exc:
+            raise self.CollectError(f"kvfabric suite error: {exc}") from None
+        for tpl in suite.scenarios:
+            transports = [t for t in sel.transports if not tpl.transports or t in tpl.transports]
+            if tpl.synthetic:
+                models: list[str | None] = [None]
+            elif sel.models:
+                models = [m.id for m in sel.models]
+            else:
+                models = list(tpl.models or DEFAULT_MODELS)
+            for model in models:
+                for transport in transports:
+                    label = f"{model}-{transport}" if model else transport
+                    item = SuiteItem.from_parent(self, name=f"{tpl.id}[{label}]", template=tpl,
+                                                 model_id=model, transport=transport)
+                    if tpl.slow:
+                        item.add_marker(pytest.mark.slow)
+                    yield item
+
+
+class SuiteItem(pytest.Item):
+    def __init__(self, *, template, model_id: str | None, transport: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.template = template
+        self.model_id = model_id
+        self.transport = transport
+
+    def _scenario(self):
+        from .profiles import load_gpu, load_model
+        from .suites import DEFAULT_GPU
+
+        sel = _selection(self.config)
+        tpl = self.template
+        model = None
+        if self.model_id is not None:
+            model = next((m for m in sel.models or () if m.id == self.model_id), None) or load_model(
+                self.model_id, sel.profile_dirs)
+        else:
+            model = load_model(DEFAULT_MODEL, sel.profile_dirs)  # unused by synthetic plans; keeps the spec whole
+        gpu = sel.gpu or load_gpu(tpl.gpu or DEFAULT_GPU, sel.profile_dirs)
+        sc = tpl.build(model, gpu, self.transport, seed=sel.seed, slo_overrides=sel.slo,
+                       transport_params=sel.transport_params)
+        changes: dict[str, Any] = {}
+        if sel.pool_mib:
+            changes["pool_bytes"] = int(sel.pool_mib * 1024 * 1024)
+        if sel.pacing:
+            changes["pacing"] = sel.pacing
+        return sc.replace(**changes) if changes else sc
+
+    def runtest(self) -> None:
+        try:
+            scenario = self._scenario()
+        except KvFabricError as exc:
+            pytest.fail(f"kvfabric: {exc}", pytrace=False)
+        cid = case_mod.case_id(scenario.id, self.model_id or "synthetic", self.transport)
+        _run_and_judge(self, self.config, scenario, cid, check=True)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None):
+        if isinstance(excinfo.value, KvFabricError):
+            return f"kvfabric: {type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.template.suite}::{self.name}"
+
+
+# ---------------------------------------------------------------- results, summary, JSON
+
+
+class ResultCollector:
+    """Gathers every case's record from test reports (on the xdist controller, from all workers)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = next((json.loads(v) for k, v in report.user_properties if k == PROP), None)
+        if record is None:
+            return
+        results = self.config.stash[RESULTS]
+        entry = results.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": "passed"})
+        entry.update({k: v for k, v in record.items() if v is not None or k not in entry})
+        if report.failed:
+            entry["outcome"] = "failed" if report.when == "call" else "error"
+            if not entry.get("reason"):
+                entry["reason"] = _first_line(report.longreprtext)
+        elif report.skipped and entry["outcome"] == "passed":
+            entry["outcome"] = "skipped"
+            entry["reason"] = entry.get("reason") or _skip_reason(report)
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    lr = report.longrepr
+    return str(lr[2]) if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _session_report(config: pytest.Config, exitstatus: int | None) -> dict[str, Any]:
+    from .report import fingerprint, jsonreport
+
+    sel = _selection(config)
+    results = list(config.stash[RESULTS].values())
+    for r in results:
+        r.setdefault("case", r["nodeid"])
+    models = sorted({r.get("model") for r in results if r.get("model")})
+    env = fingerprint.fingerprint(interfaces=_interfaces(results), extra={"hosts": _hosts(results)})
+    session = {
+        "transports": list(sel.transports),
+        "models": [m.id for m in sel.models] if sel.models else models,
+        "gpu": sel.gpu.id if sel.gpu else None,
+        "fabric": sel.fabric,
+        "seed": sel.seed,
+        "args": [str(a) for a in config.invocation_params.args],
+        "exitstatus": None if exitstatus is None else int(exitstatus),
+        "baseline": {"path": sel.baseline_path, "max_regression_pct": sel.max_regression_pct}
+        if sel.baseline_path else None,
+    }
+    return jsonreport.build(session, env, results)
+
+
+def _interfaces(results: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    """Data-plane interfaces the cases used (reported by the fabric in each record)."""
+    seen: dict[tuple[str, str | None], None] = {}
+    for r in results:
+        for iface in r.get("interfaces") or ():
+            seen[(iface["name"], iface.get("netns"))] = None
+    return list(seen) or [("lo", None)]
+
+
+def _hosts(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-host fingerprints of remote pairs (hosts fabric), keyed by host name."""
+    hosts: dict[str, Any] = {}
+    for r in results:
+        hosts.update(r.get("host_fingerprints") or {})
+    return hosts
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _is_worker(config):
+        return
+    sel = _selection(config)
+    if not (sel.json_path or sel.save_baseline):
+        return
+    from .report import jsonreport
+
+    report = _session_report(config, exitstatus)
+    for path in filter(None, (sel.json_path, sel.save_baseline)):
+        jsonreport.write(path, report)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _is_worker(config):
+        return
+    results = list(config.stash.get(RESULTS, {}).values())
+    if not results:
+        return
+    from .report import table
+
+    for r in results:
+        r.setdefault("case", r["nodeid"])
+    terminalreporter.write_sep("=", "kvfabric KV-transfer summary")
+    terminalreporter.write_line(table.render(results))
+    sel = _selection(config)
+    baseline = config.stash.get(BASELINE, {})
+    if sel.baseline_path:
+        ran = {r["case"] for r in results if r.get("metrics")}
+        only_old = sorted(set(baseline) - ran)
+        only_new = sorted(ran - set(baseline))
+        if only_old:
+            terminalreporter.write_line(f"kvfabric: {len(only_old)} baseline case(s) not run: {', '.join(only_old)}")
+        if only_new:
+            terminalreporter.write_line(f"kvfabric: {len(only_new)} case(s) not in the baseline: {', '.join(only_new)}")
+    for path in filter(None, (sel.json_path, sel.save_baseline)):
+        terminalreporter.write_line(f"kvfabric: JSON report written to {path}")

@@ -1,0 +1,182 @@
+"""One KV-transfer case, from Scenario to verdict, shared by the fixtures and suite items.
+
+Nothing pytest-specific here: it returns what happened (skip reason, metrics, SLO verdicts,
+baseline changes) and the plugin turns that into skip / fail / pass.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from . import slo as slo_mod
+from .fabric.base import HostPair
+from .options import Selection
+from .report import baseline as baseline_mod
+from .scenario import Scenario
+
+
+def case_id(scenario_id: str, model: str, transport: str) -> str:
+    """Stable id matching a case across runs (the baseline key)."""
+    return f"{scenario_id}[{model}-{transport}]"
+
+
+def worker_id() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+class PairManager:
+    """Opens this process's host pair on first use and closes it at session end.
+
+    Under xdist each worker process has its own manager, hence its own pair."""
+
+    def __init__(self, selection: Selection) -> None:
+        self.selection = selection
+        self._pair: HostPair | None = None
+        self._closer: Callable[[], None] | None = None
+        self._error: str | None = None
+
+    def get(self) -> HostPair:
+        if self._error is not None:
+            raise PairUnavailable(self._error)
+        if self._pair is None:
+            try:
+                self._pair, self._closer = open_pair(self.selection)
+            except PairUnavailable as exc:
+                self._error = str(exc)
+                raise
+        return self._pair
+
+    def close(self) -> None:
+        closer, self._closer, self._pair = self._closer, None, None
+        if closer is not None:
+            closer()
+
+
+class PairUnavailable(Exception):
+    """The fabric cannot give this process a host pair (e.g. netns without root): skip reason."""
+
+
+def open_pair(selection: Selection) -> tuple[HostPair, Callable[[], None]]:
+    if selection.fabric == "local":
+        from .fabric.local import local_pair
+
+        return local_pair(), lambda: None
+    from .fabric import select
+
+    worker = worker_id()
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    try:
+        return select.open_pair(selection.fabric, worker=index, hosts_file=selection.hosts,
+                                netns_options=dict(selection.netns))
+    except select.FabricUnavailable as exc:
+        raise PairUnavailable(str(exc)) from None
+
+
+@dataclass
+class CaseOutcome:
+    case: str
+    scenario: Scenario
+    pair: str | None = None
+    skip_reason: str | None = None
+    metrics: dict[str, Any] | None = None
+    verdicts: list[slo_mod.Verdict] = field(default_factory=list)
+    changes: list[baseline_mod.Change] = field(default_factory=list)
+    error: str | None = None
+    result: Any = None  # the runner's Result object
+    interfaces: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def slo_failed(self) -> bool:
+        return any(not v.passed for v in self.verdicts)
+
+    @property
+    def regressed(self) -> bool:
+        return any(c.regressed for c in self.changes)
+
+    def record(self) -> dict[str, Any]:
+        """What the JSON report keeps of this case (the plugin adds nodeid and outcome)."""
+        sc = self.scenario
+        return {
+            "case": self.case,
+            "scenario": sc.id,
+            "model": "synthetic" if sc.synthetic else sc.model.id,
+            "transport": sc.transport,
+            "pair": self.pair,
+            "worker": worker_id(),
+            "transport_params": dict(sc.transport_params),
+            "metrics": self.metrics,
+            "verdicts": [
+                {"key": v.key, "metric": v.metric, "measured": v.measured, "threshold": v.threshold,
+                 "passed": v.passed, "note": v.note}
+                for v in self.verdicts
+            ],
+            "reason": self.skip_reason or self.error,
+            "interfaces": self.interfaces,
+        }
+
+    def junit_properties(self) -> list[tuple[str, Any]]:
+        """Flat metrics for JUnit XML <properties> (strings; one property per figure)."""
+        m = self.metrics or {}
+        props: list[tuple[str, Any]] = [("kv_case", self.case), ("kv_pair", self.pair or "")]
+        for key in ("throughput_gbps", "bytes", "transfers"):
+            if m.get(key) is not None:
+                props.append((f"kv_{key}", m[key]))
+        for group in ("latency_us", "exposed_ms", "cpu_s_per_gb", "post_lateness_us"):
+            for k, v in (m.get(group) or {}).items():
+                if v is not None:
+                    props.append((f"kv_{group}_{k}", v))
+        for v in self.verdicts:
+            props.append((f"kv_slo_{v.key}", "pass" if v.passed else "fail"))
+        return props
+
+
+def probe_reason(transport: str, params: Mapping[str, Any]) -> str | None:
+    from .transports.registry import probe
+
+    cap = probe(transport, params)
+    return None if cap.available else f"{transport}: {cap.reason}"
+
+
+def run_case(
+    scenario: Scenario,
+    pairs: PairManager,
+    selection: Selection,
+    baseline_metrics: Mapping[str, Mapping[str, Any]] | None,
+    case: str,
+) -> CaseOutcome:
+    out = CaseOutcome(case=case, scenario=scenario)
+    reason = probe_reason(scenario.transport, scenario.transport_params)
+    if reason:
+        out.skip_reason = reason
+        return out
+    try:
+        pair = pairs.get()
+    except PairUnavailable as exc:
+        out.skip_reason = f"fabric {selection.fabric}: {exc}"
+        return out
+    out.pair = pair.name
+    out.interfaces = [{"name": h.interface or "lo", "netns": h.netns} for h in (pair.prefill, pair.decode)
+                      if h.netns or pair.fabric == "local"][:1 if pair.fabric == "local" else 2]
+    from .runner import run_scenario
+
+    result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
+    out.result = result
+    out.metrics = json.loads(json.dumps(result.to_dict(), default=_jsonable))
+    out.verdicts = slo_mod.check(scenario.slo, out.metrics)
+    if baseline_metrics is not None and case in baseline_metrics:
+        out.changes = baseline_mod.compare_metrics(case, baseline_metrics[case], out.metrics,
+                                                   selection.max_regression_pct)
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+    except ImportError:
+        pass
+    return str(obj)

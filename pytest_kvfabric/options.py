@@ -1,0 +1,230 @@
+"""The plugin's options: one table drives the command-line flags and their ini keys, and
+`resolve()` turns raw values into a validated Selection (bad values name what is valid)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import KvFabricError, ProfileError
+from .profiles import GpuProfile, ModelProfile
+
+FABRICS = ("local", "netns", "hosts")
+PACINGS = ("emulated", "none")
+ON_COPY = ("fail", "skip")
+
+
+@dataclass(frozen=True)
+class Opt:
+    flag: str  # "--kv-transport"
+    help: str
+    metavar: str = "VALUE"
+    append: bool = False  # repeatable flag; its ini key is a line list
+    default: Any = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+
+OPTIONS: tuple[Opt, ...] = (
+    Opt("--kv-transport", "transports to run: comma list or 'all' (default: tcp)", "NAMES"),
+    Opt("--kv-model", "models: comma list of profile ids/aliases, paths to profile YAML, or 'all' "
+        "(default: each suite's models, else llama3.1-8b)", "NAMES"),
+    Opt("--kv-gpu", "GPU profile id or path (default: the suite's gpu, else h100)", "NAME"),
+    Opt("--kv-suite", "shipped or user suites to collect by name, comma list (e.g. smoke,chat)", "NAMES"),
+    Opt("--kv-fabric", "where agents run: local (loopback), netns (two namespaces + veth, root), "
+        "hosts (inventory of real host pairs)", "NAME"),
+    Opt("--kv-hosts", "host-pair inventory YAML for --kv-fabric=hosts", "PATH"),
+    Opt("--kv-slo", "SLO threshold KEY=VALUE, overrides suites and markers (repeatable)", "KEY=VALUE", append=True),
+    Opt("--kv-seed", "seed for workloads and page patterns (default: the suite's, else 0)", "N"),
+    Opt("--kv-json", "write the session's JSON report here", "PATH"),
+    Opt("--kv-baseline", "fail cases that regressed against this earlier JSON report", "PATH"),
+    Opt("--kv-max-regression", "allowed throughput/latency regression vs the baseline, percent (default 5)", "PERCENT"),
+    Opt("--kv-save-baseline", "also write the JSON report here, to serve as a later baseline", "PATH"),
+    Opt("--kv-profiles", "extra profile directory, searched before the shipped ones (repeatable)", "DIR", append=True),
+    Opt("--kv-pool-mib", "emulated HBM pool per agent in MiB (overrides suites; default 64)", "MIB"),
+    Opt("--kv-pacing", "override pacing: emulated (layer by layer as the GPU computes) or none (as fast as possible)", "MODE"),
+    Opt("--kv-timeout", "seconds a single case may take before it fails (default: derived from the scenario)", "SECONDS"),
+    Opt("--kv-transport-param", "transport parameter KEY=VALUE, e.g. connections=2 or mode=send_zc (repeatable)",
+        "KEY=VALUE", append=True),
+    Opt("--kv-on-copy", "when a scenario requires zero-copy and the kernel copied: fail (default) or skip", "fail|skip"),
+    Opt("--kv-rdma-device", "RDMA device for the rdma transport (default: first active)", "DEVICE"),
+    Opt("--kv-rdma-gid-index", "RoCE GID index (default: the RoCE v2 GID of the data-plane address)", "N"),
+    Opt("--kv-rdma-tc", "RoCE traffic class (DSCP << 2) for QoS", "N"),
+    Opt("--kv-netns-mtu", "MTU of the namespace veth pair (default 9000)", "N"),
+    Opt("--kv-netns-rate-mbit", "shape the veth to this rate (tbf) to emulate a slower NIC", "MBIT"),
+    Opt("--kv-netns-offloads", "veth offload toggles, e.g. gro=off,tso=on", "LIST"),
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    transports: tuple[str, ...]
+    models: tuple[ModelProfile, ...] | None  # None: not chosen by the user (suites decide)
+    gpu: GpuProfile | None
+    suites: tuple[Path, ...]
+    fabric: str
+    hosts: str | None
+    slo: Mapping[str, Any]
+    seed: int | None
+    json_path: str | None
+    baseline_path: str | None
+    max_regression_pct: float
+    save_baseline: str | None
+    profile_dirs: tuple[str, ...]
+    pool_mib: float | None
+    pacing: str | None
+    timeout_s: float | None
+    transport_params: Mapping[str, Any] = field(default_factory=dict)
+    on_copy: str = "fail"
+    netns: Mapping[str, Any] = field(default_factory=dict)
+
+    def header(self) -> str:
+        models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
+        gpu = self.gpu.id if self.gpu else "per suite (default h100)"
+        return f"kvfabric: transports={','.join(self.transports)} models={models} gpu={gpu} fabric={self.fabric}"
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _number(name: str, text: Any, kind: Callable[[Any], Any], minimum: float | None = None) -> Any:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise ProfileError("<options>", name, f"expected {kind.__name__}, got {text!r}") from None
+    if minimum is not None and value < minimum:
+        raise ProfileError("<options>", name, f"must be >= {minimum}, got {text!r}")
+    return value
+
+
+def _params(items: Sequence[str], name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ProfileError("<options>", name, f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = _scalar(value.strip())
+    return out
+
+
+def _scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def resolve(get: Callable[[str], Any]) -> Selection:
+    """Build the Selection. `get(dest)` returns the flag's value, else the ini value, else None."""
+    from . import slo as slo_mod
+    from .profiles import list_models, load_gpu, load_model
+    from .suites import find_suite
+    from .transports.registry import available_names
+
+    profile_dirs = tuple(get("kv_profiles") or ())
+    for d in profile_dirs:
+        if not Path(d).is_dir():
+            raise ProfileError("--kv-profiles", d, "not a directory")
+
+    known = available_names()
+    transports = _split(get("kv_transport")) or ["tcp"]
+    if transports == ["all"]:
+        transports = known
+    for t in transports:
+        if t not in known:
+            raise ProfileError("--kv-transport", t, f"unknown transport; valid: {', '.join(known)}, all")
+
+    model_names = _split(get("kv_model"))
+    models: tuple[ModelProfile, ...] | None = None
+    if model_names == ["all"]:
+        models = tuple(list_models(profile_dirs))
+    elif model_names:
+        models = tuple(load_model(n, profile_dirs) for n in model_names)
+
+    gpu_name = get("kv_gpu")
+    gpu = load_gpu(gpu_name, profile_dirs) if gpu_name else None
+
+    suites = tuple(find_suite(n, profile_dirs) for n in _split(get("kv_suite")))
+
+    fabric = get("kv_fabric") or "local"
+    if fabric not in FABRICS:
+        raise ProfileError("--kv-fabric", fabric, f"unknown fabric; valid: {', '.join(FABRICS)}")
+    hosts = get("kv_hosts")
+    if fabric == "hosts" and not hosts:
+        raise ProfileError("--kv-fabric", "hosts", "needs --kv-hosts PATH (the host-pair inventory)")
+    if hosts and not Path(hosts).is_file():
+        raise ProfileError("--kv-hosts", hosts, "no such file")
+
+    slo = slo_mod.parse_assignments(list(get("kv_slo") or ()))
+    seed = get("kv_seed")
+    seed = None if seed in (None, "") else _number("--kv-seed", seed, int, 0)
+    max_reg = get("kv_max_regression")
+    max_reg = 5.0 if max_reg in (None, "") else _number("--kv-max-regression", max_reg, float, 0)
+    baseline = get("kv_baseline")
+    if baseline and not Path(baseline).is_file():
+        raise ProfileError("--kv-baseline", baseline, "no such file")
+    pool = get("kv_pool_mib")
+    pool = None if pool in (None, "") else _number("--kv-pool-mib", pool, float, 1)
+    pacing = get("kv_pacing") or None
+    if pacing and pacing not in PACINGS:
+        raise ProfileError("--kv-pacing", pacing, f"valid: {', '.join(PACINGS)}")
+    timeout = get("kv_timeout")
+    timeout = None if timeout in (None, "") else _number("--kv-timeout", timeout, float, 0.1)
+    on_copy = get("kv_on_copy") or "fail"
+    if on_copy not in ON_COPY:
+        raise ProfileError("--kv-on-copy", on_copy, f"valid: {', '.join(ON_COPY)}")
+
+    params = _params(list(get("kv_transport_param") or ()), "--kv-transport-param")
+    for dest, key, kind in (("kv_rdma_device", "device", str), ("kv_rdma_gid_index", "gid_index", int),
+                            ("kv_rdma_tc", "traffic_class", int)):
+        if get(dest) not in (None, ""):
+            params[key] = _number(f"--{dest.replace('_', '-')}", get(dest), kind)
+
+    netns: dict[str, Any] = {}
+    if get("kv_netns_mtu") not in (None, ""):
+        netns["mtu"] = _number("--kv-netns-mtu", get("kv_netns_mtu"), int, 68)
+    if get("kv_netns_rate_mbit") not in (None, ""):
+        netns["rate_mbit"] = _number("--kv-netns-rate-mbit", get("kv_netns_rate_mbit"), float, 0.001)
+    if get("kv_netns_offloads"):
+        offloads = {}
+        for item in _split(get("kv_netns_offloads")):
+            k, sep, v = item.partition("=")
+            if not sep or v not in ("on", "off"):
+                raise ProfileError("--kv-netns-offloads", item, "expected FEATURE=on|off (gro, gso, tso)")
+            offloads[k] = v == "on"
+        netns["offloads"] = offloads
+
+    return Selection(
+        transports=tuple(dict.fromkeys(transports)),
+        models=models,
+        gpu=gpu,
+        suites=suites,
+        fabric=fabric,
+        hosts=hosts,
+        slo=slo,
+        seed=seed,
+        json_path=get("kv_json") or None,
+        baseline_path=baseline or None,
+        max_regression_pct=max_reg,
+        save_baseline=get("kv_save_baseline") or None,
+        profile_dirs=profile_dirs,
+        pool_mib=pool,
+        pacing=pacing,
+        timeout_s=timeout,
+        transport_params=params,
+        on_copy=on_copy,
+        netns=netns,
+    )
+
+
+def usage_message(exc: KvFabricError) -> str:
+    return f"kvfabric: {exc}"

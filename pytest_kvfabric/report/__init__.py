@@ -1,0 +1,1 @@
+"""Reports: terminal table, JSON session report + environment fingerprint, baseline comparison."""

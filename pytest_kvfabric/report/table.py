@@ -1,0 +1,50 @@
+"""Terminal summary table of every scenario run (tabulate)."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+HEADERS = ["case", "pair", "GB/s", "p50 µs", "p99 µs", "exposed p99 ms", "CPU s/GB", "data path", "verdict"]
+
+
+def _num(v: Any, fmt: str = ".3g") -> str:
+    return "-" if v is None else format(float(v), fmt)
+
+
+def data_path_label(metrics: Mapping[str, Any]) -> str:
+    dp = metrics.get("data_path") or {}
+    sender = dp.get("sender") or {}
+    receiver = dp.get("receiver") or {}
+    label = sender.get("label") or sender.get("description") or ""
+    zc = sender.get("zero_copy")
+    if sender.get("copied_fraction") is not None:
+        label = f"{sender.get('transport', '')}: {100 * float(sender['copied_fraction']):.0f}% copied"
+    elif zc is not None and not label:
+        label = "zero-copy" if zc else "copied"
+    if receiver.get("label"):
+        label += f" / {receiver['label']}"
+    return label[:40]
+
+
+def row(result: Mapping[str, Any]) -> list[str]:
+    m = result.get("metrics") or {}
+    gbps = m.get("throughput_gbps")
+    cpu = m.get("cpu_s_per_gb") or {}
+    worst_cpu = max([v for v in (cpu.get("sender"), cpu.get("receiver")) if v is not None], default=None)
+    return [
+        result["case"],
+        result.get("pair") or "-",
+        _num(None if gbps is None else gbps / 8),
+        _num((m.get("latency_us") or {}).get("p50")),
+        _num((m.get("latency_us") or {}).get("p99")),
+        _num((m.get("exposed_ms") or {}).get("p99")),
+        _num(worst_cpu),
+        data_path_label(m) if m else (result.get("reason") or "")[:40],
+        result["outcome"],
+    ]
+
+
+def render(results: Sequence[Mapping[str, Any]]) -> str:
+    from tabulate import tabulate
+
+    rows = [row(r) for r in sorted(results, key=lambda r: r["case"])]
+    return tabulate(rows, headers=HEADERS, tablefmt="simple")
