@@ -805,15 +805,20 @@ class StreamInitiator(Initiator):
             self._on_sent(c, before, after)
             if i >= 4096:
                 cut = i & ~1
+                self._retire(c, iov[:cut])
                 del iov[:cut]
                 c.iov_i -= cut
                 c.iov_writes += cut >> 1
         if iov:
             c.iov_writes += len(iov) >> 1
+            self._retire(c, iov[:])
             iov.clear()
             c.iov_i = 0
             c.iov_off = 0
         return True
+
+    def _retire(self, c: _IConn, bufs: list[Any]) -> None:
+        """Fully sent buffers leave the queue (zerocopy keeps them alive until released)."""
 
     def _send_would_wait(self, c: _IConn, exc: OSError) -> bool:
         """An OSError from sendmsg that means 'wait and retry' (zerocopy: ENOBUFS)."""
