@@ -1,0 +1,50 @@
+"""Suite YAML: schema validation with file + YAML path + reason; templates build scenarios."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_kvfabric.errors import ProfileError
+from pytest_kvfabric.profiles import load_gpu, load_model
+from pytest_kvfabric.suites import list_suites, load_suite, parse_suite
+
+SHIPPED = Path(__file__).resolve().parent.parent / "suites"
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_suites_validate_and_build(path):
+    suite = load_suite(path)
+    assert suite.scenarios
+    model, gpu = load_model("llama3.1-8b"), load_gpu("h100")
+    for tpl in suite.scenarios:
+        sc = tpl.build(model, gpu, "tcp")
+        assert sc.id == f"{suite.name}/{tpl.id}"
+        assert sc.pool_bytes > 0
+
+
+def test_every_application_preset_has_a_suite():
+    assert {"smoke", "conformance", "chat", "coding", "summarization", "deep-research"} <= set(list_suites())
+
+
+@pytest.mark.parametrize(
+    "text,field,reason",
+    [
+        ("suite: x\nscenarios: [{id: a, slo: {p99_latency_us: fast}}]", "scenarios[0].slo.p99_latency_us", "not of type"),
+        ("suite: x\nscenarios: [{id: a, bogus: 1}]", "scenarios[0]", "unknown field"),
+        ("suite: x\nscenarios: [{id: a, prefill: {tp: 0}}]", "scenarios[0].prefill.tp", "less than the minimum"),
+        ("suite: x\nscenarios: [{id: a}, {id: a}]", "scenarios[1].id", "duplicate id"),
+        ("suite: x\nscenarios: [{id: a, workload: {isl: {kind: uniform, low: 9}}}]", "scenarios[0].workload.isl.high", "required"),
+        ("suite: x\nscenarios: [{id: a, workload: {arrival: {kind: poisson}}}]", "scenarios[0].workload.arrival.rate_per_s", "required"),
+        ("suite: x\nscenarios: []", "scenarios", "should be non-empty"),
+        ("suite: x\nscenarios: [{id: a, workload: {isl: 5}\n", "line", "not valid YAML"),
+    ],
+)
+def test_bad_suites_name_file_path_and_reason(text, field, reason):
+    with pytest.raises(ProfileError) as info:
+        suite = parse_suite(text, "bad.yaml")
+        for tpl in suite.scenarios:  # some errors surface when the workload is built
+            tpl.build(load_model("llama3.1-8b"), load_gpu("h100"), "tcp")
+    msg = str(info.value)
+    assert msg.startswith("bad.yaml: ")
+    assert field in msg and reason in msg, msg
