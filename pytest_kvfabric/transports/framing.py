@@ -143,7 +143,9 @@ class ControlReader:
         buf = self._buf
         try:
             while len(buf) - pos >= HEADER_SIZE:
-                h = decode_header(memoryview(buf)[pos : pos + HEADER_SIZE])
+                # bytes, not a memoryview: a view alive in the traceback of a ProtocolError
+                # would make the `del buf[:pos]` below raise BufferError and mask it.
+                h = decode_header(bytes(buf[pos : pos + HEADER_SIZE]))
                 payload_len = h.nbytes if h.type in (HELLO, ERROR) else 0
                 if h.type == WRITE:
                     raise ProtocolError("unexpected WRITE frame on a control stream")

@@ -1,0 +1,186 @@
+"""The sans-I/O frame format: round trips and every way a frame can be wrong."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from pytest_kvfabric.errors import ProtocolError
+from pytest_kvfabric.transports import framing
+from pytest_kvfabric.transports.framing import (
+    ACK, BYE, ERROR, HEADER_SIZE, HELLO, MAX_CONTROL_PAYLOAD, NOTIFY, WRITE, ControlReader,
+    Header,
+)
+
+
+def raw(magic=b"KV", version=1, type_=WRITE, nbytes=0, dst_off=0, seq=0, imm=0) -> bytes:
+    return struct.pack("<2sBBIQQQ", magic, version, type_, nbytes, dst_off, seq, imm)
+
+
+def test_header_is_32_bytes():
+    assert HEADER_SIZE == 32
+    assert len(framing.encode_ack(1)) == 32
+
+
+@pytest.mark.parametrize(
+    "h",
+    [
+        Header(WRITE, 4096, dst_off=12345, seq=7, imm=3),
+        Header(WRITE, 0, dst_off=0, seq=1, imm=0),
+        Header(WRITE, framing.MAX_WRITE, dst_off=2**64 - 1, seq=2**64 - 1, imm=2**64 - 1),
+        Header(ACK, 0, seq=99),
+        Header(BYE, 0),
+        Header(NOTIFY, 0, seq=5, imm=9),
+        Header(HELLO, 10),
+        Header(ERROR, MAX_CONTROL_PAYLOAD),
+    ],
+)
+def test_encode_decode_round_trip(h: Header):
+    assert framing.decode_header(framing.encode(h)) == h
+
+
+def test_encode_write_notify():
+    h = framing.decode_header(framing.encode_write(64, 100, seq=3, notify_request=0))
+    assert (h.type, h.dst_off, h.nbytes, h.seq, h.imm, h.notify_request) == (WRITE, 64, 100, 3, 1, 0)
+    h = framing.decode_header(framing.encode_write(64, 100, seq=3, notify_request=-1))
+    assert h.imm == 0 and h.notify_request is None
+    h = framing.decode_header(framing.encode_write(0, 1, seq=1))
+    assert h.notify_request is None
+
+
+def test_encode_write_rejects_oversized_length():
+    with pytest.raises(ValueError, match="outside"):
+        framing.encode_write(0, framing.MAX_WRITE + 1, seq=1)
+    with pytest.raises(ValueError):
+        framing.encode_write(0, -1, seq=1)
+
+
+def test_hello_and_error_round_trip():
+    frame = framing.encode_hello({"token": "t", "index": 2})
+    h = framing.decode_header(frame[:HEADER_SIZE])
+    assert h.type == HELLO and h.nbytes == len(frame) - HEADER_SIZE
+    assert framing.decode_hello(frame[HEADER_SIZE:]) == {"token": "t", "index": 2}
+    frame = framing.encode_error("write outside region ü")
+    h = framing.decode_header(frame[:HEADER_SIZE])
+    assert h.type == ERROR and frame[HEADER_SIZE:].decode() == "write outside region ü"
+
+
+def test_encode_control_too_large():
+    with pytest.raises(ValueError, match="control payload"):
+        framing.encode_hello({"x": "y" * MAX_CONTROL_PAYLOAD})
+    # an error reason is truncated, not refused: the peer must learn something
+    assert len(framing.encode_error("e" * (MAX_CONTROL_PAYLOAD + 10))) == HEADER_SIZE + MAX_CONTROL_PAYLOAD
+
+
+@pytest.mark.parametrize(
+    "buf, match",
+    [
+        (raw(magic=b"XV"), "bad frame magic"),
+        (raw(magic=b"\x00\x00"), "bad frame magic"),
+        (raw(version=2), "unsupported frame version 2"),
+        (raw(version=0), "unsupported frame version 0"),
+        (raw(type_=0), "unknown frame type 0"),
+        (raw(type_=7), "unknown frame type 7"),
+        (raw(type_=255), "unknown frame type 255"),
+        (raw()[:31], "truncated frame header: 31 of 32"),
+        (b"", "truncated frame header: 0 of 32"),
+        (raw() + b"x", "truncated frame header: 33 of 32"),
+        (raw(type_=HELLO, nbytes=MAX_CONTROL_PAYLOAD + 1), "HELLO payload of 65537 bytes exceeds"),
+        (raw(type_=ERROR, nbytes=2**32 - 1), "ERROR payload"),
+        (raw(type_=ACK, nbytes=1), "ACK frame with non-empty payload"),
+        (raw(type_=BYE, nbytes=8), "BYE frame with non-empty payload"),
+        (raw(type_=NOTIFY, nbytes=4), "NOTIFY frame with non-empty payload"),
+    ],
+)
+def test_decode_header_malformed(buf: bytes, match: str):
+    with pytest.raises(ProtocolError, match=match):
+        framing.decode_header(buf)
+
+
+def test_check_write_accepts_exact_fit():
+    framing.check_write(framing.decode_header(raw(nbytes=10, dst_off=90, seq=4)), 100, 4)
+    framing.check_write(framing.decode_header(raw(nbytes=0, dst_off=100, seq=1)), 100, 1)
+
+
+@pytest.mark.parametrize(
+    "hdr, region_len, expected_seq, match",
+    [
+        (raw(nbytes=11, dst_off=90, seq=1), 100, 1, r"write \[90, 101\) outside registered region of 100"),
+        (raw(nbytes=1, dst_off=2**64 - 1, seq=1), 100, 1, "outside registered region"),
+        (raw(nbytes=0, dst_off=101, seq=1), 100, 1, "outside registered region"),
+        (raw(nbytes=1, seq=3), 100, 2, "out of sequence: seq 3, expected 2"),
+        (raw(nbytes=1, seq=1), 100, 2, "out of sequence: seq 1, expected 2"),
+        (raw(type_=ACK), 100, 1, "expected WRITE, got ACK"),
+    ],
+)
+def test_check_write_rejects(hdr, region_len, expected_seq, match):
+    with pytest.raises(ProtocolError, match=match):
+        framing.check_write(framing.decode_header(hdr), region_len, expected_seq)
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe", b"not json", b"[1, 2]", b"3"])
+def test_decode_hello_malformed(payload: bytes):
+    with pytest.raises(ProtocolError, match="HELLO payload"):
+        framing.decode_hello(payload)
+
+
+STREAM = (
+    framing.encode_ack(1)
+    + framing.encode_error("boom")
+    + framing.encode_ack(5)
+    + framing.encode_bye()
+    + framing.encode_hello({"a": 1})
+    + framing.encode_ack(2**64 - 1)
+)
+EXPECTED = [(ACK, 1, b""), (ERROR, 0, b"boom"), (ACK, 5, b""), (BYE, 0, b""),
+            (HELLO, 0, b'{"a": 1}'), (ACK, 2**64 - 1, b"")]
+
+
+def _feed_all(reader: ControlReader, chunks) -> list:
+    out = []
+    for chunk in chunks:
+        out += [(h.type, h.seq, p) for h, p in reader.feed(chunk)]
+    return out
+
+
+def test_control_reader_whole_stream():
+    r = ControlReader()
+    assert _feed_all(r, [STREAM]) == EXPECTED
+    assert r.pending == 0
+
+
+@pytest.mark.parametrize("cut", range(1, len(STREAM)))
+def test_control_reader_split_at_every_byte(cut: int):
+    r = ControlReader()
+    assert _feed_all(r, [STREAM[:cut], STREAM[cut:]]) == EXPECTED
+    assert r.pending == 0
+
+
+def test_control_reader_byte_by_byte():
+    r = ControlReader()
+    assert _feed_all(r, [STREAM[i : i + 1] for i in range(len(STREAM))]) == EXPECTED
+    assert r.pending == 0
+
+
+def test_control_reader_keeps_partial_frame():
+    r = ControlReader()
+    assert list(r.feed(framing.encode_ack(3)[:20])) == []
+    assert r.pending == 20
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (raw(type_=WRITE, nbytes=4), "unexpected WRITE frame"),
+        (raw(magic=b"XX", type_=ACK), "bad frame magic"),
+        (raw(type_=ACK, nbytes=3), "non-empty payload"),
+        (raw(type_=9), "unknown frame type 9"),
+    ],
+)
+def test_control_reader_malformed_after_good_frames(bad: bytes, match: str):
+    r = ControlReader()
+    seen = []
+    with pytest.raises(ProtocolError, match=match):
+        for h, _p in r.feed(framing.encode_ack(1) + bad):
+            seen.append(h.seq)
+    assert seen == [1]  # the good frame before the bad one was delivered
