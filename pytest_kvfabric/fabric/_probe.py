@@ -1,0 +1,103 @@
+"""Host probe sent through an execnet gateway (remote_exec of this module's source).
+
+Self-contained on purpose: the remote host needs only a Python 3 interpreter, not this
+package. Receives {"interface": NAME}; sends back the host fingerprint as a dict of plain
+types. Also runnable in-process via probe(interface).
+"""
+import os
+import platform
+import shutil
+import subprocess
+
+OFFLOAD_NAMES = {
+    "generic-receive-offload": "gro",
+    "generic-segmentation-offload": "gso",
+    "tcp-segmentation-offload": "tso",
+    "large-receive-offload": "lro",
+    "rx-checksumming": "rx_csum",
+    "tx-checksumming": "tx_csum",
+    "scatter-gather": "sg",
+}
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _run(args):
+    if shutil.which(args[0]) is None:
+        return None
+    try:
+        res = subprocess.run(args, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def _cpu_model():
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        if line.lower().startswith(("model name", "hardware", "cpu model")):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or None
+
+
+def _nic(ifname):
+    base = "/sys/class/net/" + ifname
+    info = {"name": ifname, "mtu": None, "driver": None, "driver_version": None,
+            "firmware": None, "bus_info": None, "speed_mbit": None, "offloads": {}}
+    mtu = _read(base + "/mtu")
+    info["mtu"] = int(mtu) if mtu and mtu.isdigit() else None
+    speed = _read(base + "/speed")
+    info["speed_mbit"] = int(speed) if speed and speed.lstrip("-").isdigit() and int(speed) > 0 else None
+    out = _run(["ethtool", "-i", ifname])
+    if out:
+        keys = {"driver": "driver", "version": "driver_version",
+                "firmware-version": "firmware", "bus-info": "bus_info"}
+        for line in out.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() in keys and v.strip():
+                info[keys[k.strip()]] = v.strip()
+    if info["driver"] is None:
+        drv = base + "/device/driver"
+        if os.path.islink(drv):
+            info["driver"] = os.path.basename(os.readlink(drv))
+    out = _run(["ethtool", "-k", ifname])
+    if out:
+        for line in out.splitlines():
+            k, _, v = line.partition(":")
+            short = OFFLOAD_NAMES.get(k.strip())
+            if short and v.strip():
+                info["offloads"][short] = v.split()[0]
+    else:
+        info["offloads_error"] = "ethtool -k unavailable"
+    return info
+
+
+def probe(interface):
+    ifname = interface or "lo"
+    try:
+        interfaces = sorted(os.listdir("/sys/class/net"))
+    except OSError:
+        interfaces = []
+    found = ifname in interfaces
+    result = {
+        "hostname": platform.node(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "interfaces": interfaces,
+        "interface_found": found,
+        "nic": _nic(ifname) if found else None,
+    }
+    return result
+
+
+if __name__ == "__channelexec__":
+    request = channel.receive()  # noqa: F821 - provided by execnet
+    channel.send(probe(request.get("interface")))  # noqa: F821

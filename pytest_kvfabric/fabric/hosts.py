@@ -1,0 +1,274 @@
+"""The `hosts` fabric: an inventory of real host pairs reached over SSH.
+
+Inventory (``--kv-hosts PATH``, validated against schemas/hosts.schema.json)::
+
+    pairs:
+      - name: lab-a
+        prefill: {ssh: kv@10.0.0.11, port: 22, identity: ~/.ssh/kvfabric, python: /opt/kv/bin/python,
+                  data_addr: 192.168.50.11, interface: enp65s0f0}
+        decode:  {ssh: kv@10.0.0.12, data_addr: 192.168.50.12, interface: enp65s0f0}
+
+Agents start through execnet's ssh gateway (``ssh=<opts> user@host//python=...``). SSH does the
+authentication: we pass ``-o BatchMode=yes`` (never prompt: a missing key fails fast) and
+``-o ConnectTimeout``; host key checking stays as the user configured it (known_hosts,
+StrictHostKeyChecking in ~/.ssh/config): we never disable it.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import KvFabricError, ProfileError
+from ..profile_schema import read_yaml, validate
+from .base import Host, HostPair
+
+DEFAULT_PORT = 22
+DEFAULT_PYTHON = "python3"
+ROLES = ("prefill", "decode")
+SSH_FLAGS_WITH_ARG = set("BbcDEeFIiJLlmOopQRSWw")
+
+
+class HostUnreachable(KvFabricError):
+    """A host of the inventory cannot be reached or cannot run an agent; names host and cause."""
+
+
+@dataclass(frozen=True)
+class InventoryHost:
+    role: str
+    ssh: str  # user@host or host
+    data_addr: str
+    interface: str
+    port: int = DEFAULT_PORT
+    identity: str | None = None
+    python: str = DEFAULT_PYTHON
+    ssh_options: tuple[str, ...] = ()
+
+    @property
+    def hostname(self) -> str:
+        return self.ssh.rsplit("@", 1)[-1]
+
+    def gateway_spec(self, connect_timeout_s: int = 10) -> str:
+        args = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout_s}"]
+        for opt in self.ssh_options:
+            args += ["-o", opt]
+        args += ["-p", str(self.port)]
+        if self.identity:
+            args += ["-i", os.path.expanduser(self.identity)]
+        args.append(self.ssh)
+        return f"ssh={' '.join(args)}//python={self.python}"
+
+
+@dataclass(frozen=True)
+class InventoryPair:
+    name: str
+    prefill: InventoryHost
+    decode: InventoryHost
+
+    def host_pair(self, source: str = "") -> HostPair:
+        def host(h: InventoryHost) -> Host:
+            return Host(f"{self.name}/{h.role}", h.gateway_spec(), h.data_addr, h.interface, None)
+
+        return HostPair(self.name, "hosts", host(self.prefill), host(self.decode),
+                        {"inventory": source,
+                         "ssh": {r: f"{getattr(self, r).ssh}:{getattr(self, r).port}" for r in ROLES}})
+
+
+@dataclass(frozen=True)
+class Inventory:
+    source: str
+    pairs: tuple[InventoryPair, ...] = field(default_factory=tuple)
+
+
+def _no_space(value: str, source: str, field_path: str, what: str) -> None:
+    # execnet splits the ssh spec on whitespace and the whole spec on "//"
+    if any(c.isspace() for c in value) or "//" in value:
+        raise ProfileError(source, field_path, f"{what} must not contain whitespace or '//', got {value!r}")
+
+
+def _parse_host(raw: dict[str, Any], role: str, source: str, where: str) -> InventoryHost:
+    ssh = raw["ssh"]
+    _no_space(ssh, source, f"{where}.ssh", "ssh destination")
+    if ssh.startswith("-") or ssh.endswith("@") or ssh.startswith("@"):
+        raise ProfileError(source, f"{where}.ssh", f"expected user@host or host, got {ssh!r}")
+    try:
+        ipaddress.ip_address(raw["data_addr"])
+    except ValueError:
+        raise ProfileError(source, f"{where}.data_addr",
+                           f"expected an IPv4/IPv6 address, got {raw['data_addr']!r}") from None
+    identity = raw.get("identity")
+    if identity is not None:
+        _no_space(identity, source, f"{where}.identity", "identity path")
+        if not Path(os.path.expanduser(identity)).is_file():
+            raise ProfileError(source, f"{where}.identity", f"identity file {identity!r} not found")
+    python = raw.get("python", DEFAULT_PYTHON)
+    if "//" in python:
+        raise ProfileError(source, f"{where}.python", f"must not contain '//', got {python!r}")
+    opts = tuple(raw.get("ssh_options", ()))
+    for i, opt in enumerate(opts):
+        _no_space(opt, source, f"{where}.ssh_options[{i}]", "ssh option (Key=Value)")
+        if "=" not in opt:
+            raise ProfileError(source, f"{where}.ssh_options[{i}]", f"expected Key=Value, got {opt!r}")
+        if opt.split("=", 1)[0].lower() == "stricthostkeychecking":
+            raise ProfileError(source, f"{where}.ssh_options[{i}]",
+                               "host key checking is left to your ssh configuration; remove this option")
+    return InventoryHost(role, ssh, raw["data_addr"], raw["interface"], raw.get("port", DEFAULT_PORT),
+                         identity, python, opts)
+
+
+def parse_inventory(data: Any, source: str) -> Inventory:
+    """Validate a parsed inventory document; every problem is a ProfileError(file, field, reason)."""
+    validate(data, "hosts", source)
+    pairs = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(data["pairs"]):
+        name = raw["name"]
+        if name in seen:
+            raise ProfileError(source, f"pairs[{i}].name", f"duplicate pair name {name!r} (also pairs[{seen[name]}])")
+        seen[name] = i
+        hosts = {r: _parse_host(raw[r], r, source, f"pairs[{i}] ({name}).{r}") for r in ROLES}
+        pairs.append(InventoryPair(name, hosts["prefill"], hosts["decode"]))
+    return Inventory(source, tuple(pairs))
+
+
+def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+    return parse_inventory(read_yaml(path), str(path))
+
+
+# --- reachability and fingerprints -----------------------------------------------------
+
+def ssh_target(gateway_spec: str) -> tuple[str, int] | None:
+    """(hostname, port) an execnet ssh spec connects to; None for non-ssh specs."""
+    parts = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in gateway_spec.split("//"))
+    if "ssh" not in parts:
+        return None
+    tokens = shlex.split(parts["ssh"])
+    port, dest, i = DEFAULT_PORT, None, 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("-") and len(tok) >= 2:
+            flag = tok[1]
+            if flag in SSH_FLAGS_WITH_ARG:
+                val = tok[2:] if len(tok) > 2 else (tokens[i + 1] if i + 1 < len(tokens) else "")
+                if flag == "p" and val.isdigit():
+                    port = int(val)
+                i += 1 if len(tok) > 2 else 2
+                continue
+            i += 1
+            continue
+        dest = tok
+        break
+    if dest is None:
+        return None
+    return dest.rsplit("@", 1)[-1], port
+
+
+def tcp_probe(hostname: str, port: int, timeout_s: float) -> None:
+    """Bounded TCP connect; raises OSError/TimeoutError with the cause."""
+    with socket.create_connection((hostname, port), timeout=timeout_s):
+        pass
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "no answer (timed out)"
+    if isinstance(exc, socket.gaierror):
+        return f"name does not resolve ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _open_gateway(spec: str, timeout_s: float, who: str) -> tuple[Any, Any]:
+    """execnet gateway in its own group, bounded by timeout_s (makegateway itself has no timeout)."""
+    import execnet
+
+    group = execnet.Group()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["gw"] = group.makegateway(spec)
+        except BaseException as exc:  # reported to the caller below
+            box["exc"] = exc
+
+    t = threading.Thread(target=target, name=f"kvf-gw-{who}", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive() or "exc" in box:
+        group.terminate(timeout=1.0)
+        cause = "no gateway within %.1f s" % timeout_s if t.is_alive() else _cause(box["exc"])
+        raise HostUnreachable(f"host {who}: cannot start the agent interpreter ({spec.split('//')[-1]}): {cause}")
+    return group, box["gw"]
+
+
+def probe_host(host: Host, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Reach `host` (bounded), run the probe there, return its fingerprint dict. Raises HostUnreachable."""
+    deadline = time.monotonic() + timeout_s
+    target = ssh_target(host.gateway_spec)
+    if target is not None:
+        hostname, port = target
+        try:
+            tcp_probe(hostname, port, timeout_s)
+        except OSError as exc:
+            cause = (f"no answer within {timeout_s:g} s" if isinstance(exc, (TimeoutError, socket.timeout))
+                     else _cause(exc))
+            raise HostUnreachable(f"host {host.name} ({hostname}:{port}): cannot reach SSH: {cause}") from None
+    group, gw = _open_gateway(host.gateway_spec, max(0.5, deadline - time.monotonic()), host.name)
+    try:
+        from . import _probe
+
+        ch = gw.remote_exec(_probe)
+        ch.send({"interface": host.interface})
+        try:
+            return ch.receive(timeout=max(0.5, deadline - time.monotonic()))
+        except Exception as exc:
+            raise HostUnreachable(f"host {host.name}: probe failed: {_cause(exc)}") from None
+    finally:
+        group.terminate(timeout=2.0)
+
+
+def _check_fingerprint(host: Host, fp: dict[str, Any], source: str | None, field_path: str | None) -> None:
+    if fp.get("interface_found"):
+        return
+    reason = (f"interface {host.interface!r} not found on host {host.name} ({fp.get('hostname')}); "
+              f"it has: {', '.join(fp.get('interfaces') or []) or 'none'}")
+    if source:
+        raise ProfileError(source, field_path or "", reason)
+    raise HostUnreachable(reason)
+
+
+def check_host(host: Host, timeout_s: float = 10.0, *, source: str | None = None,
+               field_path: str | None = None) -> None:
+    """Raise a clear error (host + cause) unless `host` runs our probe and has its interface.
+
+    With `source` (the inventory file), an unknown interface is a ProfileError naming the file and
+    `field_path`; an unreachable host is HostUnreachable naming the host, its address and the cause.
+    """
+    _check_fingerprint(host, probe_host(host, timeout_s), source, field_path)
+
+
+def fingerprint(host: Host, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Kernel, CPU model, data NIC driver/firmware, MTU and offloads, collected on the host."""
+    fp = probe_host(host, timeout_s)
+    _check_fingerprint(host, fp, None, None)
+    return fp
+
+
+def check_pair(inv: Inventory, index: int, timeout_s: float = 10.0) -> tuple[HostPair, dict[str, Any]]:
+    """HostPair for inventory pair `index`, both hosts checked; returns (pair, fingerprints by role)."""
+    ip = inv.pairs[index]
+    pair = ip.host_pair(inv.source)
+    fps: dict[str, Any] = {}
+    for role in ROLES:
+        host = getattr(pair, role)
+        fp = probe_host(host, timeout_s)
+        _check_fingerprint(host, fp, inv.source, f"pairs[{index}] ({ip.name}).{role}.interface")
+        fps[role] = fp
+    return pair, fps
