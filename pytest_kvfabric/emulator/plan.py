@@ -7,12 +7,34 @@ onto reusable physical slots (the bounded KV pool, as serving engines page their
 
 Rows are sorted by (request, ready_ns, layer, block, src_rank, dst_rank). `ready_ns` is relative
 to the request's start. For access="block", `layer` is the first layer of the stage the page holds.
+
+Layout inside one slot (the emulator's choice; both sides are emulated):
+- a slot holds one unit: access="layer": one (page, layer) of the rank's KV heads;
+  access="block": one page of all the layers of the rank's PP stage.
+- a block is split into segments (layer runs where both sides' PP stages are constant);
+  a segment is piece-major: [piece][layer][head][token][element], one piece per
+  (src tp rank -> dst tp rank) pairing, so every transfer is one contiguous range on both
+  sides; within a segment full-attention layers come first and sliding-window layers last,
+  so a page outside the window moves a contiguous prefix.
+- pages move whole (a partial last page too), as engines move blocks; sliding-window
+  layers move only the pages overlapping the last `window` tokens.
+Slot size = the largest unit of that side (= the largest transfer when TP matches)
+rounded up to 64 B; units take slots round robin per rank in row order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ..errors import ProfileError
+from . import timing
+from .kvlayout import KvLayout, kv_layout
+from .workload import sample_requests
+
+if TYPE_CHECKING:
+    from ..scenario import Scenario
 
 TRANSFER_DTYPE = np.dtype(
     [
@@ -67,6 +89,325 @@ class TransferPlan:
         return int(self.transfers["nbytes"].sum(dtype=np.uint64))
 
 
-def build_plan(scenario: "Scenario") -> TransferPlan:  # noqa: F821
-    """Build the plan for a scenario. Implemented in this module by the emulator owner."""
-    raise NotImplementedError
+SOURCE = "<scenario>"
+
+
+@dataclass(frozen=True)
+class _Piece:
+    src_tp: int
+    dst_tp: int
+    src_head: int  # first head, relative to the src rank's first head
+    dst_head: int
+    nheads: int
+
+
+def _rank_heads(t: int, tp: int, heads: int) -> tuple[int, int]:
+    """(first head, count) held by TP rank t; heads are replicated when heads < tp."""
+    return t * heads // tp, max(1, heads // tp)
+
+
+def tp_pieces(src: KvLayout, dst: KvLayout, request: int = 0) -> list[_Piece]:
+    """Which src TP rank sends which of its heads to which dst TP rank, sorted by (src, dst).
+
+    Each dst rank receives each head it holds exactly once. A head replicated on several
+    src ranks (kv_heads < src tp, or the MLA latent) comes from replica dst_tp % replicas,
+    so the load spreads over the src ranks (MLA: src rank dst_tp % src_tp). With
+    data-parallel attention a request lives whole on rank request % tp of each side."""
+    heads = src.kv_heads
+    if src.dp_attention or dst.dp_attention:
+        return [_Piece(request % src.tp, request % dst.tp, 0, 0, heads)]
+    pieces: list[_Piece] = []
+    for d in range(dst.tp):
+        d0, dn = _rank_heads(d, dst.tp, heads)
+        run: list[int] | None = None  # [src_tp, src_head, dst_head, n]
+        for h in range(d0, d0 + dn):
+            if heads >= src.tp:
+                s = h // (heads // src.tp)
+            else:
+                replicas = src.tp // heads
+                s = h * replicas + d % replicas
+            s0, _ = _rank_heads(s, src.tp, heads)
+            if run is not None and run[0] == s and run[1] + run[3] == h - s0:
+                run[3] += 1
+                continue
+            if run is not None:
+                pieces.append(_Piece(run[0], d, run[1], run[2], run[3]))
+            run = [s, h - s0, h - d0, 1]
+        if run is not None:
+            pieces.append(_Piece(run[0], d, run[1], run[2], run[3]))
+    return sorted(pieces, key=lambda p: (p.src_tp, p.dst_tp))
+
+
+@dataclass(frozen=True)
+class _Segments:
+    """Layer runs moved together: one layer each (access=layer) or stage intersections (block)."""
+
+    first: np.ndarray  # first layer
+    last: np.ndarray  # last layer (its ready time is the segment's)
+    src_stage: np.ndarray
+    dst_stage: np.ndarray
+    full_head_bytes: np.ndarray  # one head, one page, all layers of the segment
+    dense_head_bytes: np.ndarray  # the same, full-attention layers only
+    all_sliding: np.ndarray  # bool: no full-attention layer in the segment
+    src_off: np.ndarray  # offset of the segment inside a src unit (per src rank)
+    dst_off: np.ndarray
+
+
+def _segments(src: KvLayout, dst: KvLayout, access: str) -> _Segments:
+    layers = src.layers
+    if access == "layer":
+        bounds = list(range(layers + 1))
+    else:
+        bounds = sorted({a for a, _ in src.stages} | {a for a, _ in dst.stages} | {layers})
+    first = np.array(bounds[:-1], dtype=np.int64)
+    last = np.array(bounds[1:], dtype=np.int64) - 1
+    src_stage = np.array([src.stage_of_layer(int(a)) for a in first], dtype=np.int64)
+    dst_stage = np.array([dst.stage_of_layer(int(a)) for a in first], dtype=np.int64)
+    hb = np.array(src.head_bytes_per_token, dtype=np.int64) * src.page_size
+    sliding = np.array(src.sliding, dtype=bool)
+    full = np.array([hb[a : b + 1].sum() for a, b in zip(first, last)], dtype=np.int64)
+    dense = np.array([hb[a : b + 1][~sliding[a : b + 1]].sum() for a, b in zip(first, last)], dtype=np.int64)
+    src_off = np.zeros(len(first), dtype=np.int64)
+    dst_off = np.zeros(len(first), dtype=np.int64)
+    if access == "block":  # segments of one stage sit one after another in its unit
+        for stage_of, off, heads in ((src_stage, src_off, src.heads_per_rank), (dst_stage, dst_off, dst.heads_per_rank)):
+            for s in np.unique(stage_of):
+                idx = np.nonzero(stage_of == s)[0]
+                sizes = full[idx] * heads
+                off[idx] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return _Segments(first, last, src_stage, dst_stage, full, dense, dense == 0, src_off, dst_off)
+
+
+def _unit_bytes(layout: KvLayout, seg: _Segments, stage_of: np.ndarray, access: str) -> int:
+    """Largest unit of a side: a page of one layer (or of one stage's segments) of one rank."""
+    if access == "layer":
+        return int(seg.full_head_bytes.max()) * layout.heads_per_rank
+    sizes = [int(seg.full_head_bytes[stage_of == s].sum()) for s in np.unique(stage_of)]
+    return max(sizes) * layout.heads_per_rank
+
+
+def _pool(pool_bytes: int, ranks: int, unit_bytes: int, side: str) -> tuple[int, int, int]:
+    """(rank_bytes, slot_bytes, slots_per_rank) of one side's bounded pool."""
+    slot = -(-unit_bytes // 64) * 64
+    rank_bytes = (pool_bytes // ranks) // slot * slot
+    slots = rank_bytes // slot
+    if slots < 2:
+        need = 2 * slot * ranks
+        raise ProfileError(
+            SOURCE,
+            "pool_bytes",
+            f"{pool_bytes} B gives the {side} side {slots} slot(s) of {slot} B per rank over {ranks} rank(s); "
+            f"need at least {need} B ({-(-need // 2**20)} MiB) for 2 slots per rank",
+        )
+    return rank_bytes, slot, slots
+
+
+def build_plan(scenario: "Scenario") -> TransferPlan:
+    """Build the plan for a scenario: vectorized numpy, deterministic for scenario + seed."""
+    model = scenario.model
+    src = kv_layout(model, scenario.prefill, SOURCE, "prefill")
+    dst = kv_layout(model, scenario.decode, SOURCE, "decode")
+    if src.kv_dtype != dst.kv_dtype:
+        raise ProfileError(SOURCE, "decode.kv_dtype", f"{dst.kv_dtype} differs from prefill's {src.kv_dtype}; KV is moved, not converted")
+    if src.page_size != dst.page_size:
+        raise ProfileError(SOURCE, "decode.page_size", f"{dst.page_size} differs from prefill's {src.page_size}")
+    access = scenario.prefill.access
+    if access not in ("layer", "block"):
+        raise ProfileError(SOURCE, "prefill.access", f"unknown access {access!r}; valid: layer, block")
+    if scenario.decode.access != access:
+        raise ProfileError(SOURCE, "decode.access", f"{scenario.decode.access!r} differs from prefill's {access!r}")
+    page = src.page_size
+
+    seg = _segments(src, dst, access)
+    src_rank_bytes, src_slot, src_slots = _pool(scenario.pool_bytes, src.ranks, _unit_bytes(src, seg, seg.src_stage, access), "prefill")
+    dst_rank_bytes, dst_slot, dst_slots = _pool(scenario.pool_bytes, dst.ranks, _unit_bytes(dst, seg, seg.dst_stage, access), "decode")
+
+    isl, osl, arrival_ns = sample_requests(scenario.workload, scenario.seed, SOURCE)
+    nreq = len(isl)
+    # Timing per distinct ISL (requests often share one).
+    ready_by_isl: dict[int, np.ndarray] = {}
+    decode_by_isl: dict[int, float] = {}
+    for n in np.unique(isl).tolist():
+        ready_by_isl[n] = np.rint(timing.layer_ready_ns(model, scenario.gpu, scenario.prefill, n)).astype(np.uint64)
+        decode_by_isl[n] = timing.decode_step_ns(model, scenario.gpu, scenario.decode, n)
+
+    pieces_cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+
+    def pieces_for(r: int) -> tuple[np.ndarray, ...]:
+        key = (r % src.tp, r % dst.tp) if (src.dp_attention or dst.dp_attention) else (0, 0)
+        if key not in pieces_cache:
+            ps = tp_pieces(src, dst, r)
+            pieces_cache[key] = tuple(
+                np.array([getattr(p, f) for p in ps], dtype=np.int64) for f in ("src_tp", "dst_tp", "src_head", "dst_head", "nheads")
+            )
+        return pieces_cache[key]
+
+    # Rows per request, to allocate the table once.
+    npages = -(-isl // page)
+    first_sw = np.where((src.window > 0) & (isl > src.window), (isl - src.window) // page, 0)
+    n_all_sliding = int(seg.all_sliding.sum())
+    groups = len(seg.first) * npages - n_all_sliding * first_sw
+    counts = np.array([groups[r] * len(pieces_for(r)[0]) for r in range(nreq)], dtype=np.int64)
+    total = int(counts.sum())
+    out = np.empty(total, dtype=TRANSFER_DTYPE)
+    requests = np.zeros(nreq, dtype=REQUEST_DTYPE)
+
+    src_ctr = np.zeros(src.pp, dtype=np.int64)  # units used so far per stage (round robin)
+    dst_ctr = np.zeros(dst.pp, dtype=np.int64)
+    chunk = scenario.prefill.chunk_tokens
+    row = 0
+    for r in range(nreq):
+        n = int(isl[r])
+        p_src, p_dst, p_sh, p_dh, p_nh = pieces_for(r)
+        k = len(p_src)
+        ready = ready_by_isl[n]
+        pages = np.arange(npages[r], dtype=np.int64)
+        last_tok = np.minimum((pages + 1) * page, n) - 1
+        chunk_of_page = last_tok // chunk if chunk and chunk > 0 else np.zeros_like(pages)
+        starts = np.searchsorted(chunk_of_page, np.arange(ready.shape[0]), side="left")
+        ends = np.searchsorted(chunk_of_page, np.arange(ready.shape[0]), side="right")
+        req_first = row
+        for c in range(ready.shape[0]):
+            pg = pages[starts[c] : ends[c]]
+            if len(pg) == 0:
+                continue
+            in_window = pg >= first_sw[r]
+            present = ~(seg.all_sliding[:, None] & ~in_window[None, :])  # [segments, pages]
+            masked = not bool(present.all())
+            shape = (len(seg.first), len(pg), k)
+            m = int(np.count_nonzero(present)) * k
+            view = out[row : row + m]
+            base = {
+                "request": r,
+                "layer": seg.first[:, None, None],
+                "block": pg[None, :, None],
+                "ready_ns": ready[c][seg.last][:, None, None],
+                "src_rank": (seg.src_stage * src.tp)[:, None, None] + p_src,
+                "dst_rank": (seg.dst_stage * dst.tp)[:, None, None] + p_dst,
+            }
+            # [segments, pages] terms, computed in place to keep peak memory low.
+            head_bytes = np.where(in_window[None, :], seg.full_head_bytes[:, None], seg.dense_head_bytes[:, None])
+            src_slot_off = _ordinals(present, seg.src_stage, src_ctr, access)
+            np.remainder(src_slot_off, src_slots, out=src_slot_off)
+            src_slot_off *= src_slot
+            src_slot_off += (seg.src_stage * src.tp * src_rank_bytes + seg.src_off)[:, None]
+            dst_slot_off = _ordinals(present, seg.dst_stage, dst_ctr, access)
+            np.remainder(dst_slot_off, dst_slots, out=dst_slot_off)
+            dst_slot_off *= dst_slot
+            dst_slot_off += (seg.dst_stage * dst.tp * dst_rank_bytes + seg.dst_off)[:, None]
+            grid2 = {"nbytes": head_bytes, "src_off": src_slot_off, "dst_off": dst_slot_off}
+            # per-piece terms: [segments, 1, pieces] (multiplied or added to the grids above)
+            piece = {
+                "nbytes": p_nh[None, None, :].astype(np.uint32),
+                "src_off": (p_src * src_rank_bytes + seg.full_head_bytes[:, None, None] * p_sh).astype(np.uint64),
+                "dst_off": (p_dst * dst_rank_bytes + seg.full_head_bytes[:, None, None] * p_dh).astype(np.uint64),
+            }
+            if masked:  # some sliding-window segments skip pages outside the window
+                sel = np.broadcast_to(present[:, :, None], shape)
+                for name, value in base.items():
+                    view[name] = np.broadcast_to(value, shape)[sel]
+                for name, value in grid2.items():
+                    op = np.multiply if name == "nbytes" else np.add
+                    view[name] = op(value[:, :, None], piece[name])[sel]
+            else:  # assign by broadcasting straight into the table
+                grid = view.reshape(shape)
+                for name, value in base.items():
+                    grid[name] = value
+                for name, value in grid2.items():
+                    grid[name] = value[:, :, None]
+                    if name == "nbytes":
+                        if k > 1 or int(p_nh[0]) != 1:
+                            grid[name] *= piece[name]
+                    else:
+                        grid[name] += piece[name]
+            del head_bytes, src_slot_off, dst_slot_off, grid2
+            row += m
+        requests[r] = (
+            r,
+            int(arrival_ns[r]),
+            n,
+            int(osl[r]),
+            int(ready[-1, -1]),
+            int(round(decode_by_isl[n])),
+            int(out["nbytes"][req_first:row].sum(dtype=np.uint64)),
+            req_first,
+            row - req_first,
+        )
+    assert row == total, (row, total)
+    return TransferPlan(
+        transfers=out,
+        requests=requests,
+        src_ranks=src.ranks,
+        dst_ranks=dst.ranks,
+        src_rank_bytes=src_rank_bytes,
+        dst_rank_bytes=dst_rank_bytes,
+        src_slot_bytes=src_slot,
+        dst_slot_bytes=dst_slot,
+    )
+
+
+def _ordinals(present: np.ndarray, stage_of_seg: np.ndarray, ctr: np.ndarray, access: str) -> np.ndarray:
+    """[segments, pages] ordinal of each group's unit among its stage's units, in row order
+    (segment-major, then page). Entries where `present` is False are meaningless.
+
+    access=layer: every (segment, page) is its own unit. access=block: a unit is (page,
+    stage), shared by the stage's segments, numbered where it first appears. Advances `ctr`."""
+    ords = np.zeros(present.shape, dtype=np.int64)
+    npages = present.shape[1]
+    for s in range(len(ctr)):
+        segs = np.nonzero(stage_of_seg == s)[0]
+        if len(segs) == 0:
+            continue
+        sub = present[segs[0] : segs[-1] + 1]  # a stage's segments are contiguous
+        if access == "layer":
+            if sub.all():
+                block = ctr[s] + np.arange(sub.size, dtype=np.int64).reshape(sub.shape)
+            else:
+                block = ctr[s] + np.cumsum(sub.ravel(), dtype=np.int64).reshape(sub.shape) - 1
+            ctr[s] += int(np.count_nonzero(sub))
+            ords[segs[0] : segs[-1] + 1] = block
+        else:
+            held = sub.any(axis=0)
+            first_seg = np.argmax(sub, axis=0)  # where each page's unit first appears
+            order = np.lexsort((np.arange(npages), np.where(held, first_seg, len(segs))))
+            page_ord = np.empty(npages, dtype=np.int64)
+            page_ord[order] = np.arange(npages, dtype=np.int64)
+            ords[segs[0] : segs[-1] + 1] = (ctr[s] + page_ord)[None, :]
+            ctr[s] += int(np.count_nonzero(held))
+    return ords
+
+
+def plan_summary(plan: TransferPlan, scenario: "Scenario") -> dict:
+    """What `kvfabric plan` prints: sizes, times, and the bandwidth to hide the transfer."""
+    t = plan.transfers
+    req = plan.requests
+    sizes, counts = np.unique(t["nbytes"], return_counts=True)
+    total = plan.total_bytes
+    prefill_ns_sum = float(req["prefill_ns"].sum())
+    first = req[0] if len(req) else None
+    layer_ready_ms: list[float] = []
+    if first is not None:
+        rows = t[int(first["first"]) : int(first["first"]) + int(first["count"])]
+        layers = scenario.model.layers
+        ready = np.zeros(layers)
+        np.maximum.at(ready, rows["layer"].astype(np.int64), rows["ready_ns"].astype(np.float64))
+        layer_ready_ms = [round(float(x) / 1e6, 6) for x in ready]
+    return {
+        "scenario": scenario.id,
+        "model": scenario.model.id,
+        "gpu": scenario.gpu.id,
+        "requests": int(len(req)),
+        "prefill_ms": float(req["prefill_ns"].mean()) / 1e6 if len(req) else 0.0,
+        "decode_step_ms": float(req["decode_step_ns"].mean()) / 1e6 if len(req) else 0.0,
+        "total_bytes": total,
+        "transfers": int(len(t)),
+        "required_gbps": total * 8 / prefill_ns_sum if prefill_ns_sum else 0.0,
+        "size_histogram": [{"nbytes": int(s), "count": int(c)} for s, c in zip(sizes, counts)],
+        "layer_ready_ms": layer_ready_ms,
+        "src_ranks": plan.src_ranks,
+        "dst_ranks": plan.dst_ranks,
+        "src_slot_bytes": plan.src_slot_bytes,
+        "dst_slot_bytes": plan.dst_slot_bytes,
+        "src_rank_bytes": plan.src_rank_bytes,
+        "dst_rank_bytes": plan.dst_rank_bytes,
+    }
