@@ -867,8 +867,8 @@ class StreamInitiator(Initiator):
                 return
             except OSError as exc:
                 raise TransportError(
-                    f"{self.transport_name}: target {c.peer} (connection {c.index}): {exc}; "
-                    f"{c.seq - c.acked} writes unacknowledged"
+                    f"{self.transport_name}: lost the connection to target {c.peer} (connection "
+                    f"{c.index}): {exc}, with {c.seq - c.acked} writes unacknowledged"
                 ) from None
             if not data:
                 c.eof = True

@@ -1,0 +1,418 @@
+"""tcp transport over real sockets on 127.0.0.1 (target in a thread of this process)."""
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from pytest_kvfabric.errors import ProtocolError, TransportError
+from pytest_kvfabric.transports import framing, registry
+from pytest_kvfabric.transports._stream import parse_tcp_info
+from pytest_kvfabric.transports.tcp import TcpTransport
+
+from stream_harness import (
+    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, progress_until_error, round_trip, wait_all,
+)
+
+T = TcpTransport
+KIB, MIB = 1 << 10, 1 << 20
+
+
+def test_registry_finds_tcp_and_probe_is_available():
+    assert registry.get_transport("tcp") is TcpTransport
+    cap = registry.probe("tcp")
+    assert cap.available and cap.reason == ""
+    assert "kernel TCP, copied send and receive" in cap.data_path
+
+
+@pytest.mark.parametrize("nbytes", [1, 3, 4095, 4096, 64 * KIB + 7, MIB, 64 * MIB])
+def test_single_write_sizes_unaligned(nbytes: int):
+    src_off, dst_off = 5, 3
+    region_len = nbytes + 16
+    served, src, comps, dp, _ = round_trip(T, [nbytes], [src_off], [dst_off], region_len)
+    dst = served.arr
+    assert comps["xfer"].tolist() == [0]
+    assert np.array_equal(dst[dst_off : dst_off + nbytes], src[src_off : src_off + nbytes])
+    assert (dst[:dst_off] == SENTINEL).all() and (dst[dst_off + nbytes :] == SENTINEL).all()
+    placed = served.all_placed()
+    assert placed[["xfer", "dst_off", "nbytes"]].tolist() == [(0, dst_off, nbytes)]
+    assert dp["transport"] == "tcp" and dp["zero_copy"] is False
+    served.close()
+
+
+def _scattered(n: int, region_len: int, seed: int, max_len: int = 9000):
+    """n non-overlapping writes with unaligned offsets and lengths (some zero), shuffled."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(0, max_len, n)
+    lens[::97] = 0
+    gaps = rng.integers(0, 13, n)
+    dst = np.cumsum(gaps + np.concatenate([[0], lens[:-1]])) + 1
+    assert dst[-1] + lens[-1] <= region_len
+    src = rng.permutation(dst)  # the same slots, in another order
+    src_lens_ok = src + lens <= region_len
+    lens = np.where(src_lens_ok, lens, 0)
+    return src, dst, lens
+
+
+def _check_scatter(served, src, srcs, dsts, lens):
+    dst = served.arr
+    expect = np.full(len(dst), SENTINEL, np.uint8)
+    for s, d, n in zip(srcs.tolist(), dsts.tolist(), lens.tolist()):
+        expect[d : d + n] = src[s : s + n]
+    assert np.array_equal(dst, expect)
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_batch_of_1024_writes_placed_exactly(connections: int):
+    region_len = 8 * MIB
+    srcs, dsts, lens = _scattered(1024, region_len, seed=connections)
+    served, src, comps, _, stats = round_trip(
+        T, lens, srcs, dsts, region_len, connections=connections
+    )
+    assert sorted(comps["xfer"].tolist()) == list(range(1024))
+    _check_scatter(served, src, srcs, dsts, lens)
+    placed = served.all_placed()
+    # target reports each write once, as its position in the initiator's post order
+    order = np.argsort(placed["xfer"])
+    assert placed["xfer"][order].tolist() == list(range(1024))
+    assert placed["dst_off"][order].tolist() == dsts.tolist()
+    assert placed["nbytes"][order].tolist() == lens.tolist()
+    assert stats["connections"] == connections and stats["writes_posted"] == 1024
+    assert served.target.data_path()["connections"] == connections
+    served.close()
+
+
+def test_many_batches_and_more_than_iov_max():
+    # 5000 tiny writes in one batch: > IOV_MAX buffers, exercises partial sendmsg and queue compaction
+    region_len = 5000 * 8
+    srcs = np.arange(5000) * 8
+    dsts = srcs[::-1].copy()
+    served, src, comps, _, _ = round_trip(T, [8] * 5000, srcs, dsts, region_len, batch_size=700)
+    assert sorted(comps["xfer"].tolist()) == list(range(5000))
+    _check_scatter(served, src, srcs, dsts, np.full(5000, 8))
+    served.close()
+
+
+@pytest.mark.parametrize("connections", [1, 4])
+def test_notify_after_all_earlier_writes(connections: int):
+    n = 400
+    region_len = n * 4096
+    offs = np.arange(n) * 4096
+    notify = np.full(n, -1)
+    notify[49::50] = np.arange(8)  # request r completes with write 50r+49
+    served, src, _, _, _ = round_trip(
+        T, np.full(n, 4096), offs, offs, region_len, connections=connections, notify=notify
+    )
+    assert served.all_notifies()["request"].tolist() == list(range(8))
+    # each notification was reported only once every earlier write was placed
+    seen: set[int] = set()
+    for p, nt in zip(served.placed, served.notifies):
+        seen.update(p["xfer"].tolist())
+        for r in nt["request"].tolist():
+            assert set(range(50 * r + 50)) <= seen, f"request {r} announced early"
+    assert np.array_equal(served.arr, src)
+    served.close()
+
+
+def test_notify_held_until_other_connection_catches_up():
+    """Deterministic: position 1 (connection 1) carries the notify and lands before position 0."""
+    tgt_region = T.allocate(64, {})
+    tgt = T.target(tgt_region, {"token": TOKEN})
+    d = tgt.listen("127.0.0.1", 5)
+    a = RawPeer(d).hello(index=0, connections=2, initiator="x")
+    b = RawPeer(d).hello(index=1, connections=2, initiator="x")
+    try:
+        b.write(8, b"B" * 8, seq=1, notify=42)
+        placed, notes = [], []
+        for _ in range(100):
+            p, nt = tgt.progress(0.05)
+            placed += p["xfer"].tolist()
+            notes += nt["request"].tolist()
+            if placed:
+                break
+        assert placed == [1] and notes == []  # placed, but the request is not complete
+        a.write(0, b"A" * 8, seq=1)
+        for _ in range(100):
+            p, nt = tgt.progress(0.05)
+            placed += p["xfer"].tolist()
+            notes += nt["request"].tolist()
+            if notes:
+                break
+        assert sorted(placed) == [0, 1] and notes == [42]
+        assert bytes(tgt_region[:16]) == b"A" * 8 + b"B" * 8
+    finally:
+        a.close(), b.close(), tgt.close()
+
+
+def test_write_guard_called_before_placing():
+    calls = []
+    served = ServedTarget(T, 4096)
+    served.target.write_guard = lambda off, n: calls.append((off, n, bytes(served.region[off : off + n])))
+    served.start()
+    srcr = T.allocate(4096, {})
+    np.frombuffer(srcr, np.uint8)[:] = 7
+    ini = T.initiator(srcr, {"token": TOKEN})
+    try:
+        ini.connect(served.descriptor, 5)
+        ini.post(batch([0, 100], [10, 2000], [5, 300]), 5)
+        wait_all(ini, 2, 10)
+    finally:
+        ini.close()
+        served.stop()
+        served.close()
+    # the guard saw the old contents: it ran before a byte was placed
+    assert calls == [(10, 5, bytes([SENTINEL]) * 5), (2000, 300, bytes([SENTINEL]) * 300)]
+
+
+def test_descriptor_and_generated_token():
+    r = T.allocate(100, {})
+    tgt = T.target(r, {})
+    try:
+        d = tgt.listen("127.0.0.1", 5)
+        assert d["host"] == "127.0.0.1" and d["port"] > 0 and d["region_len"] == 100
+        assert d["connections"] == 1 and len(d["token"]) >= 32
+        # an initiator that knows only the descriptor authenticates with its token
+        ini = T.initiator(T.allocate(100, {}), {})
+        ini.connect(d, 5)
+        ini.post(batch([0], [0], [100]), 5)
+        for _ in range(100):
+            p, _n = tgt.progress(0.05)
+            if len(p):
+                break
+        assert len(wait_all(ini, 1, 5)) == 1
+        ini.close()
+    finally:
+        tgt.close()
+    tgt2 = T.target(T.allocate(10, {}), {"token": "given"})
+    assert "token" not in tgt2.listen("127.0.0.1", 5)
+    tgt2.close()
+
+
+def test_peers_closed_after_bye_and_stats():
+    served, _, _, _, stats = round_trip(T, [1000], [0], [0], 1000, connections=2)
+    assert served.target.peers_closed()
+    assert stats["connect_ns"] > 0
+    assert isinstance(stats["retransmits"], int) and stats["retransmits"] >= 0
+    assert len(stats["tcp_info"]) == 2 and all("rtt_us" in t for t in stats["tcp_info"])
+    served.close()
+
+
+def test_parse_tcp_info_offsets():
+    buf = bytearray(232)
+    buf[2] = 3  # tcpi_retransmits
+    buf[100:104] = (12345).to_bytes(4, "little")  # tcpi_total_retrans
+    buf[68:72] = (77).to_bytes(4, "little")  # tcpi_rtt
+    buf[208:216] = (999).to_bytes(8, "little")  # tcpi_bytes_retrans
+    info = parse_tcp_info(bytes(buf))
+    assert (info["retransmits"], info["total_retrans"], info["rtt_us"], info["bytes_retrans"]) == (3, 12345, 77, 999)
+    short = parse_tcp_info(bytes(buf[:104]))  # an older kernel's shorter struct
+    assert short["total_retrans"] == 12345 and "bytes_retrans" not in short
+    assert parse_tcp_info(b"") == {}
+
+
+# --- a hostile or broken peer --------------------------------------------------------------
+
+
+@pytest.fixture
+def lone_target():
+    region = T.allocate(4096, {})
+    arr = np.frombuffer(region, np.uint8)
+    arr[:] = SENTINEL
+    tgt = T.target(region, {"token": TOKEN})
+    d = tgt.listen("127.0.0.1", 5)
+    yield tgt, d, arr
+    tgt.close()
+
+
+def _legit_then(peer: RawPeer, bad: bytes) -> None:
+    peer.write(100, b"L" * 50, seq=1)  # legitimately written
+    peer.send(bad)
+
+
+def _expect_rejected(tgt, peer, arr, match: str, legit: bool):
+    snapshot = np.full(4096, SENTINEL, np.uint8)
+    if legit:
+        snapshot[100:150] = ord("L")
+    exc, _placed = progress_until_error(tgt)
+    assert isinstance(exc, ProtocolError), exc
+    assert "127.0.0.1" in str(exc)
+    assert match in str(exc)
+    errors = [p.decode() for h, p in peer.read_frames() if h.type == framing.ERROR]
+    assert errors and match in errors[0]  # the peer was told why
+    assert np.array_equal(arr, snapshot)  # nothing but the legitimate write landed
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (b"XV" + framing.encode_write(0, 8, 2)[2:] + b"X" * 8, "bad frame magic"),
+        (framing.encode_write(0, 8, 2)[:2] + b"\x09" + framing.encode_write(0, 8, 2)[3:] + b"X" * 8,
+         "unsupported frame version 9"),
+        (framing.HEADER.pack(b"KV", 1, 77, 0, 0, 2, 0), "unknown frame type 77"),
+        (framing.encode_write(4000, 200, 2) + b"X" * 200, "write [4000, 4200) outside registered region of 4096"),
+        (framing.encode_write(2**64 - 8, 16, 2) + b"X" * 16, "outside registered region"),
+        (framing.encode_write(0, 8, 5) + b"X" * 8, "write out of sequence: seq 5, expected 2"),
+        (framing.encode_ack(1), "unexpected ACK frame"),
+        (framing.encode_hello({"token": TOKEN}), "unexpected HELLO frame"),
+        (framing.HEADER.pack(b"KV", 1, framing.BYE, 5, 0, 0, 0), "BYE frame with non-empty payload"),
+    ],
+    ids=["magic", "version", "type", "out-of-region", "offset-overflow", "sequence", "ack", "hello-again", "bye-payload"],
+)
+def test_malformed_frame_rejected_region_untouched(lone_target, bad, match):
+    tgt, d, arr = lone_target
+    peer = RawPeer(d).hello()
+    try:
+        _legit_then(peer, bad)
+        _expect_rejected(tgt, peer, arr, match, legit=True)
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("token", [None, "wrong", ""], ids=["missing", "wrong", "empty"])
+def test_wrong_token_cannot_write(lone_target, token):
+    tgt, d, arr = lone_target
+    peer = RawPeer(d).hello(token=token)
+    try:
+        peer.write(0, b"Z" * 64, seq=1)
+        _expect_rejected(tgt, peer, arr, "wrong or missing auth token", legit=False)
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    "first, match",
+    [
+        (framing.encode_write(0, 4, 1) + b"abcd", "expected HELLO, got WRITE"),
+        (framing.HEADER.pack(b"KV", 1, framing.HELLO, 4, 0, 0, 0) + b"{{{{", "HELLO payload is not JSON"),
+        (framing.HEADER.pack(b"KV", 1, framing.HELLO, 70000, 0, 0, 0), "exceeds"),
+        (b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n", "bad frame magic"),
+    ],
+    ids=["write-first", "hello-not-json", "hello-too-big", "http"],
+)
+def test_bad_handshake_rejected(lone_target, first, match):
+    tgt, d, arr = lone_target
+    peer = RawPeer(d)
+    try:
+        peer.send(first)
+        _expect_rejected(tgt, peer, arr, match, legit=False)
+    finally:
+        peer.close()
+
+
+def test_hello_index_out_of_range(lone_target):
+    tgt, d, arr = lone_target
+    peer = RawPeer(d).hello(index=2, connections=2)
+    try:
+        _expect_rejected(tgt, peer, arr, "HELLO index 2 / connections 2 out of range", legit=False)
+    finally:
+        peer.close()
+
+
+def test_peer_closes_mid_write(lone_target):
+    tgt, d, arr = lone_target
+    peer = RawPeer(d).hello()
+    peer.write(0, b"a" * 10, seq=1)
+    peer.send(framing.encode_write(1000, 1000, 2) + b"b" * 400)
+    peer.close()
+    exc, placed = progress_until_error(tgt)
+    assert isinstance(exc, TransportError) and not isinstance(exc, ProtocolError)
+    assert "closed mid-write: 600 of 1000 bytes of write seq 2 (dst_off 1000) missing" in str(exc)
+    assert "127.0.0.1" in str(exc)
+
+
+def test_peer_closes_mid_header(lone_target):
+    tgt, d, _ = lone_target
+    peer = RawPeer(d).hello()
+    peer.send(framing.encode_write(0, 10, 1)[:20])
+    peer.close()
+    exc, _ = progress_until_error(tgt)
+    assert isinstance(exc, TransportError) and "closed mid-header: 20 of 32" in str(exc)
+
+
+def test_peer_closes_without_bye(lone_target):
+    tgt, d, _ = lone_target
+    peer = RawPeer(d).hello()
+    peer.write(0, b"x", seq=1)
+    peer.close()
+    exc, _ = progress_until_error(tgt)
+    assert isinstance(exc, TransportError) and "without BYE after 1 writes" in str(exc)
+    assert not tgt.peers_closed()
+
+
+# --- the initiator side of failures ------------------------------------------------------------
+
+
+def test_initiator_learns_target_rejected_it():
+    served = ServedTarget(T, 4096, token="right").start()
+    ini = T.initiator(T.allocate(4096, {}), {"token": "wrong"})
+    try:
+        ini.connect(served.descriptor, 5)
+        with pytest.raises(TransportError, match="rejected us: HELLO with a wrong or missing auth token"):
+            ini.post(batch([0], [0], [4096]), 5)
+            for _ in range(100):
+                ini.poll(0.05)
+    finally:
+        ini.close()
+        served.stop(0.1)
+        served.close()
+    assert isinstance(served.error, ProtocolError)
+
+
+def test_initiator_sees_target_die():
+    ls = socket.create_server(("127.0.0.1", 0))
+    ini = T.initiator(T.allocate(1 << 20, {}), {"token": TOKEN})
+    try:
+        ini.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
+        conn, _ = ls.accept()
+        ini.post(batch([0], [0], [1000]), 5)
+        conn.close()  # the "target" dies without acknowledging
+        with pytest.raises(TransportError, match="with 1 writes unacknowledged"):
+            for _ in range(200):
+                ini.poll(0.05)
+    finally:
+        ini.close()
+        ls.close()
+
+
+def test_post_blocked_by_silent_target_times_out():
+    ls = socket.create_server(("127.0.0.1", 0))
+    ini = T.initiator(T.allocate(64 * MIB, {}), {"token": TOKEN, "sndbuf": 65536})
+    try:
+        ini.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
+        conn, _ = ls.accept()  # accepts, never reads
+        t0 = time.monotonic()
+        with pytest.raises(TransportError, match="post timed out after 0.3 s"):
+            ini.post(batch([0], [0], [64 * MIB]), 0.3)
+        assert time.monotonic() - t0 < 10  # bounded (generous: shared cores)
+        conn.close()
+    finally:
+        ini.close()
+        ls.close()
+
+
+def test_connect_refused_and_bad_descriptor():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    ini = T.initiator(T.allocate(10, {}), {"token": TOKEN})
+    with pytest.raises(TransportError, match=f"cannot connect to 127.0.0.1:{port}"):
+        ini.connect({"host": "127.0.0.1", "port": port}, 2)
+    with pytest.raises(TransportError, match="descriptor lacks host/port"):
+        T.initiator(T.allocate(10, {}), {}).connect({"port": 1}, 1)
+
+
+def test_post_outside_local_region_rejected():
+    served = ServedTarget(T, 100).start()
+    ini = T.initiator(T.allocate(100, {}), {"token": TOKEN})
+    try:
+        ini.connect(served.descriptor, 5)
+        with pytest.raises(TransportError, match=r"write xfer 1 \[90, 110\) outside the local region of 100"):
+            ini.post(batch([0, 90], [0, 0], [10, 20]), 5)
+        assert ini.outstanding() == 0
+    finally:
+        ini.close()
+        served.stop()
+        served.close()
