@@ -204,6 +204,10 @@ def _pool(pool_bytes: int, ranks: int, unit_bytes: int, side: str) -> tuple[int,
 
 def build_plan(scenario: "Scenario") -> TransferPlan:
     """Build the plan for a scenario: vectorized numpy, deterministic for scenario + seed."""
+    if scenario.synthetic is not None:  # conformance: fixed sizes, no model layout
+        from .synthetic import build_synthetic_plan
+
+        return build_synthetic_plan(scenario)
     model = scenario.model
     src = kv_layout(model, scenario.prefill, SOURCE, "prefill")
     dst = kv_layout(model, scenario.decode, SOURCE, "decode")
