@@ -1,0 +1,227 @@
+"""Agent process entry point: one endpoint side (prefill or decode), driven over an execnet channel.
+
+The controller runs `BOOTSTRAP` through `gateway.remote_exec`, then sends plain messages
+(dicts of JSON-able values; numpy arrays travel as {"dtype", "data": bytes}):
+
+    {"cmd": "setup", "role": "decode"|"prefill", "spec": Scenario spec, "seed": int,
+     "token": str, "bind": data address, "options": {...}}
+        -> {"ok": True, "pid", "register_ns", "descriptor" (decode only)}
+    {"cmd": "run", "timeout_s": float, "descriptor": {...} (prefill only)}
+        -> {"ok": True, ...raw measurements...}
+    {"cmd": "exit"} (or the channel closing) ends the agent.
+Any failure answers {"ok": False, "kind": exception class name, "error": one line}.
+
+Each agent rebuilds the TransferPlan from the spec itself: the plan never crosses the channel.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any
+
+import numpy as np
+
+BOOTSTRAP = """
+import sys
+try:
+    import pytest_kvfabric  # noqa: F401
+except ImportError:
+    sys.path.insert(0, {root!r})
+from pytest_kvfabric.endpoint.agent import serve
+serve(channel)
+"""
+
+INJECT_KEY = "_inject"  # test-only transport_params key: "corrupt" | "misplace" | "kill"
+
+
+def pack_array(a: np.ndarray) -> dict[str, Any]:
+    return {"dtype": a.dtype.str, "data": np.ascontiguousarray(a).tobytes()}
+
+
+def unpack_array(d: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).copy()
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _transport_options(scenario: Any, token: str) -> dict[str, Any]:
+    opts = {k: v for k, v in dict(scenario.transport_params).items() if not str(k).startswith("_")}
+    opts["token"] = token
+    return opts
+
+
+class _Session:
+    """State of one run between `setup` and `run` on one agent."""
+
+    def __init__(self, msg: dict[str, Any]) -> None:
+        from ..emulator.plan import build_plan
+        from ..scenario import Scenario
+        from ..transports.registry import get_transport
+        from . import pattern
+        from .pool import Pool
+
+        self.role = msg["role"]
+        self.scenario = Scenario.from_spec(msg["spec"])
+        self.seed = int(msg.get("seed", self.scenario.seed))
+        self.options = dict(msg.get("options") or {})
+        self.plan = build_plan(self.scenario)
+        self.transport = get_transport(self.scenario.transport)
+        cap = self.transport.probe(dict(self.scenario.transport_params))
+        if not cap.available:
+            from ..errors import TransportError
+
+            raise TransportError(f"transport {self.scenario.transport!r} not available: {cap.reason}")
+        self.topts = _transport_options(self.scenario, msg["token"])
+        self.inject = dict(self.scenario.transport_params).get(INJECT_KEY)
+        self.keys = pattern.row_keys(self.seed, self.plan.transfers)
+        self.pool = None
+        self.target = None
+        self.initiator = None
+        self.reply: dict[str, Any] = {"ok": True, "pid": os.getpid()}
+        if self.role == "decode":
+            self.pool = Pool(self.transport, self.plan.dst_region_bytes, self.topts)
+            verify = self.scenario.verify
+            self.base = pattern.base_pattern(self.seed, self.plan.src_region_bytes) if verify else None
+            t0 = time.monotonic_ns()
+            self.target = self.transport.target(self.pool.region, self.topts)
+            self.reply["descriptor"] = self.target.listen(msg["bind"], float(self.options.get("setup_timeout_s", 30.0)))
+            self.reply["register_ns"] = self.pool.register_ns + time.monotonic_ns() - t0
+        else:
+            self.pool = Pool(self.transport, self.plan.src_region_bytes, self.topts)
+            self.pool.array[:] = pattern.base_pattern(self.seed, self.plan.src_region_bytes)
+            t0 = time.monotonic_ns()
+            self.initiator = self.transport.initiator(self.pool.region, self.topts)
+            self.reply["register_ns"] = self.pool.register_ns + time.monotonic_ns() - t0
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        timeout_s = float(msg["timeout_s"])
+        if self.role == "decode":
+            return self._run_decode(timeout_s)
+        return self._run_prefill(msg["descriptor"], timeout_s)
+
+    def _run_decode(self, timeout_s: float) -> dict[str, Any]:
+        from . import pattern
+        from .decode import DecodeOptions, run_decode
+
+        plan = self.plan
+        ledger = pattern.PageLedger(
+            plan.transfers, self.keys, self.base, self.pool.array, plan.dst_slot_bytes,
+            plan.requests["nbytes"], verify=self.scenario.verify,
+        )
+        c0 = cpu_s()
+        out = run_decode(plan, self.target, ledger, DecodeOptions(timeout_s=timeout_s, inject=self.inject))
+        out["cpu_s"] = cpu_s() - c0
+        out["data_path"] = _plain(self.target.data_path())
+        out["req_complete_ns"] = pack_array(out["req_complete_ns"])
+        out["notify_ns"] = pack_array(out["notify_ns"])
+        out["ok"] = True
+        return out
+
+    def _run_prefill(self, descriptor: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        from .prefill import PrefillOptions, run_prefill, tighten_timer_slack
+
+        sc = self.scenario
+        wl = sc.workload
+        tighten_timer_slack()
+        t0 = time.monotonic_ns()
+        self.initiator.connect(descriptor, float(self.options.get("setup_timeout_s", 30.0)))
+        connect_ns = time.monotonic_ns() - t0
+        opts = PrefillOptions(
+            pacing=sc.pacing,
+            closed_loop=wl.arrival.kind == "closed",
+            concurrency=int(wl.arrival.concurrency or 1),
+            max_inflight=int(self.options.get("max_inflight", 64)),
+            max_inflight_bytes=int(self.options.get("max_inflight_bytes", 64 << 20)),
+            duration_s=wl.duration_s,
+            timeout_s=timeout_s,
+        )
+        c0 = cpu_s()
+        out = run_prefill(self.plan, self.initiator, self.pool.array, self.keys, opts)
+        cpu = cpu_s() - c0
+        stats = self.initiator.stats()
+        data_path = self.initiator.data_path()
+        self.initiator.close()  # BYE: the decode side learns the run is over
+        res = {k: (pack_array(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+        res.update(ok=True, cpu_s=cpu, connect_ns=connect_ns, data_path=_plain(data_path), stats=_plain(stats))
+        return res
+
+    def close(self) -> None:
+        for obj in (self.initiator, self.target):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:  # noqa: BLE001 - teardown must not mask the run's outcome
+                    pass
+        self.initiator = self.target = None
+        self.base = None
+        if self.pool is not None:
+            self.pool.release()
+            self.pool = None
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-able copy (execnet serializes only builtin types)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if obj is None or isinstance(obj, (str, int, float, bool, bytes)):
+        return obj
+    return str(obj)
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    msg = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    return {"ok": False, "kind": type(exc).__name__, "error": msg, "pid": os.getpid()}
+
+
+def serve(channel: Any) -> None:
+    """Answer controller messages until told to exit or the channel closes."""
+    session: _Session | None = None
+    try:
+        while True:
+            try:
+                msg = channel.receive()
+            except EOFError:
+                return
+            if not isinstance(msg, dict) or msg.get("cmd") == "exit":
+                return
+            cmd = msg.get("cmd")
+            try:
+                if cmd == "setup":
+                    if session is not None:
+                        session.close()
+                    session = None
+                    session = _Session(msg)
+                    reply = session.reply
+                elif cmd == "run":
+                    if session is None:
+                        raise RuntimeError("run before setup")
+                    try:
+                        reply = session.run(msg)
+                    finally:
+                        session.close()
+                        session = None
+                elif cmd == "ping":
+                    reply = {"ok": True, "pid": os.getpid()}
+                else:
+                    raise RuntimeError(f"unknown command {cmd!r}")
+            except Exception as exc:  # noqa: BLE001 - every failure goes back as one line
+                reply = _failure(exc)
+                if session is not None:
+                    session.close()
+                    session = None
+            channel.send(reply)
+    finally:
+        if session is not None:
+            session.close()

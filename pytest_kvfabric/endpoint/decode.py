@@ -1,0 +1,112 @@
+"""The decode receive loop: progress the transport, attribute and verify pages, complete requests.
+
+Verification stays off the timed path: placed pages are queued and verified when
+progress() comes back idle, and through the transport's write_guard just before a pending
+page's bytes would be overwritten (slot reuse). Whatever is still pending at the end is
+verified after the run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..emulator.plan import TransferPlan
+from ..transports.base import Target
+from . import pattern
+
+IDLE_VERIFY_PAGES = 64  # pages verified per idle progress() return
+
+
+@dataclass
+class DecodeOptions:
+    timeout_s: float = 60.0
+    poll_s: float = 0.002
+    inject: str | None = None  # test-only fault: "corrupt" | "misplace" | "kill"
+
+
+def _inject(kind: str, ledger: pattern.PageLedger, row: int) -> bool:
+    """Damage a placed page the way a faulty data path would; True once applied."""
+    T, dst = ledger.transfers, ledger.dst
+    r = T[row]
+    off, n = int(r["dst_off"]), int(r["nbytes"])
+    if kind == "corrupt" and n >= pattern.KEY_BYTES + 1:
+        dst[off + n // 2] ^= 0x5A
+        return True
+    if kind == "misplace" and n >= pattern.KEY_BYTES and ledger.base is not None:
+        # Overwrite with another row's complete page (same size, other destination):
+        # what a transport that wrote to the wrong offset leaves behind.
+        others = np.flatnonzero((T["nbytes"] == n) & (T["dst_off"] != off))
+        if len(others) == 0:
+            return False
+        q = int(others[0])
+        dst[off:off + n] = pattern.expected_page(ledger.base, T[q], ledger.keys[q])
+        return True
+    return False
+
+
+def run_decode(
+    plan: TransferPlan,
+    target: Target,
+    ledger: pattern.PageLedger,
+    opts: DecodeOptions,
+) -> dict[str, Any]:
+    """Receive until every request is complete, the initiator closed, or the deadline."""
+    import os
+    import signal
+
+    nreq = len(plan.requests)
+    req_complete_ns = np.zeros(nreq, np.int64)
+    notify_ns = np.zeros(nreq, np.int64)
+    notifications = 0
+    target.write_guard = ledger.guard
+    now = time.monotonic_ns
+    deadline = now() + int(opts.timeout_s * 1e9)
+    injected = opts.inject is None
+    timed_out = False
+    ncomplete = 0
+    expected = int((plan.requests["count"] > 0).sum()) if nreq else 0
+    ncomplete += nreq - expected
+    while ncomplete < nreq:
+        if now() > deadline:
+            timed_out = True
+            break
+        placed, notes = target.progress(opts.poll_s)
+        if len(placed):
+            for d, nb, t in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist(), placed["t_ns"].tolist()):
+                before = len(ledger.completed)
+                row = ledger.place(d, nb)
+                if row is not None and not injected:
+                    if opts.inject == "kill":
+                        os.kill(os.getpid(), signal.SIGKILL)  # test-only: die mid-transfer
+                    injected = _inject(opts.inject, ledger, row)
+                for req in ledger.completed[before:]:
+                    req_complete_ns[req] = t
+                    ncomplete += 1
+        if len(notes):
+            notifications += len(notes)
+            notify_ns[notes["request"]] = notes["t_ns"]
+        if not len(placed) and not len(notes):
+            ledger.verify_some(IDLE_VERIFY_PAGES)
+            if target.peers_closed():
+                break
+    # Let the initiator collect its last ACKs and say BYE before we close (bounded).
+    grace = min(deadline, now() + 2_000_000_000)
+    while not timed_out and not target.peers_closed() and now() < grace:
+        placed, _notes = target.progress(0.01)
+        for d, nb in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist()):
+            ledger.place(d, nb)
+    ledger.verify_all()
+    return {
+        "req_complete_ns": req_complete_ns,
+        "notify_ns": notify_ns,
+        "notifications": notifications,
+        "requests_completed": int(ncomplete),
+        "timed_out": timed_out,
+        "pages_checked": ledger.pages_checked,
+        "errors": ledger.error_count,
+        "error_list": list(ledger.errors),
+        "bytes_placed": int(ledger.bytes_by_request.sum()),
+    }

@@ -1,0 +1,333 @@
+"""Source-page pattern and its verification (pure: numpy in, reasons out; no I/O).
+
+Why this design: filling every page with fresh bytes before each post would cost a memcpy
+per transfer on the sender (and compete with the transport for the CPU). Instead:
+
+- the whole source region is filled once with a seeded random base pattern B, where
+  B[i] depends on the position i in the source region (SFC64 stream, stable across numpy
+  versions), so bytes sent from the wrong source offset are detected;
+- before a transfer is posted, a 24-byte key that identifies that plan row (hash of seed,
+  row index, request, layer, block, src/dst rank, src_off, nbytes) is written at its ends:
+  a 16-byte header at its first bytes and an 8-byte trailer at its last bytes (O(1) per
+  transfer). The receiver expects, at dst_off:
+      header | B[src_off + 16 : src_off + nbytes - 8] | trailer
+  Transfers shorter than 24 bytes carry only key bytes: key[:nbytes].
+
+A misplaced or reordered page shows another row's header (the lookup names which one), a
+truncated page a missing trailer, a corrupted page the first byte that differs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+HEADER_BYTES = 16
+TRAILER_BYTES = 8
+KEY_BYTES = HEADER_BYTES + TRAILER_BYTES
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+_BASE_DOMAIN = 0x6B76666162726963  # "kvfabric": keeps the base stream apart from key hashes
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer, vectorized (uint64 arithmetic wraps)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _C1
+        z = (z ^ (z >> np.uint64(27))) * _C2
+        return z ^ (z >> np.uint64(31))
+
+
+def base_pattern(seed: int, nbytes: int) -> np.ndarray:
+    """The base pattern B (uint8, nbytes long) for a source region: B[i] depends on seed and i."""
+    words = np.random.SFC64([int(seed) & 0xFFFFFFFFFFFFFFFF, _BASE_DOMAIN]).random_raw((nbytes + 7) // 8)
+    return words.view(np.uint8)[:nbytes]
+
+
+def row_keys(seed: int, transfers: np.ndarray) -> np.ndarray:
+    """Per-row 24-byte keys, shape (n, 24) uint8, from TRANSFER_DTYPE rows (vectorized)."""
+    n = len(transfers)
+    h = _mix(np.full(n, np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF)))
+    fields = (
+        np.arange(n, dtype=np.uint64),
+        transfers["request"].astype(np.uint64),
+        transfers["layer"].astype(np.uint64),
+        transfers["block"].astype(np.uint64),
+        (transfers["src_rank"].astype(np.uint64) << np.uint64(16)) | transfers["dst_rank"].astype(np.uint64),
+        transfers["src_off"].astype(np.uint64),
+        transfers["nbytes"].astype(np.uint64),
+    )
+    for f in fields:
+        h = _mix(h ^ f)
+    words = np.stack([_mix(h ^ np.uint64(k)) for k in (1, 2, 3)], axis=1)
+    return np.ascontiguousarray(words).view(np.uint8).reshape(n, KEY_BYTES)
+
+
+def key_id(key: bytes | np.ndarray) -> int:
+    """The lookup id of a key: its first 8 header bytes as a little-endian integer."""
+    raw = key[:8].tobytes() if isinstance(key, np.ndarray) else bytes(key[:8])
+    return int.from_bytes(raw, "little")
+
+
+def stamp(src: np.ndarray, row: np.void | np.ndarray, key: np.ndarray) -> None:
+    """Write a row's header and trailer keys into the source region before it is posted."""
+    off, n = int(row["src_off"]), int(row["nbytes"])
+    if n < KEY_BYTES:
+        src[off:off + n] = key[:n]
+        return
+    src[off:off + HEADER_BYTES] = key[:HEADER_BYTES]
+    src[off + n - TRAILER_BYTES:off + n] = key[HEADER_BYTES:]
+
+
+def expected_page(base: np.ndarray, row: Any, key: np.ndarray) -> np.ndarray:
+    """The exact bytes a row must deliver (used by tests and fault injection)."""
+    off, n = int(row["src_off"]), int(row["nbytes"])
+    if n < KEY_BYTES:
+        return np.array(key[:n], dtype=np.uint8)
+    out = np.array(base[off:off + n], dtype=np.uint8)
+    out[:HEADER_BYTES] = key[:HEADER_BYTES]
+    out[n - TRAILER_BYTES:] = key[HEADER_BYTES:]
+    return out
+
+
+def describe(row: Any) -> str:
+    """Names a plan row the way a user looks for it: request, layer, page, ranks."""
+    return (
+        f"request {int(row['request'])} layer {int(row['layer'])} page {int(row['block'])} "
+        f"(src rank {int(row['src_rank'])} -> dst rank {int(row['dst_rank'])}, "
+        f"dst_off {int(row['dst_off'])}, {int(row['nbytes'])} bytes)"
+    )
+
+
+def _first_diff(got: np.ndarray, want: np.ndarray) -> int:
+    return int(np.flatnonzero(got != want)[0])
+
+
+def check_page(dst: np.ndarray, base: np.ndarray, row: Any, key: np.ndarray) -> str | None:
+    """Why the bytes at the row's dst_off are not the row's page, or None if they are.
+
+    The reason says which failure it is: a foreign header = misplaced/reordered/stale page,
+    a missing trailer = truncated (the first differing byte says where), a bad body byte
+    with both keys intact = corruption (or bytes sent from the wrong source offset)."""
+    d, s, n = int(row["dst_off"]), int(row["src_off"]), int(row["nbytes"])
+    got = dst[d:d + n]
+    if len(got) < n:
+        return f"page extends past the destination region ({len(got)} of {n} bytes inside)"
+    if n < KEY_BYTES:
+        if got.tobytes() != key[:n].tobytes():
+            return f"short page key mismatch at byte {_first_diff(got, key[:n])} (misplaced, stale or corrupted)"
+        return None
+    if got[:HEADER_BYTES].tobytes() != key[:HEADER_BYTES].tobytes():
+        return "header key mismatch (misplaced, reordered or stale page)"
+    body = slice(HEADER_BYTES, n - TRAILER_BYTES)
+    want_body = base[s + HEADER_BYTES:s + n - TRAILER_BYTES]
+    body_ok = got[body].tobytes() == want_body.tobytes()
+    if got[n - TRAILER_BYTES:].tobytes() != key[HEADER_BYTES:].tobytes():
+        if body_ok:
+            return "trailer key missing (truncated or partially stale page)"
+        k = HEADER_BYTES + _first_diff(got[body], want_body)
+        return f"truncated: trailer key missing and content differs from byte {k} of {n}"
+    if not body_ok:
+        k = HEADER_BYTES + _first_diff(got[body], want_body)
+        return f"corrupted at byte {k} (got 0x{int(got[k]):02x}, expected 0x{int(base[s + k]):02x})"
+    return None
+
+
+class KeyIndex:
+    """Finds which plan row a received page belongs to from its header (sorted-array lookup:
+    compact for millions of rows, unlike a dict of bytes)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        ids = np.ascontiguousarray(keys[:, :8]).view("<u8").reshape(-1) if len(keys) else np.zeros(0, "<u8")
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = ids[self._order]
+
+    def lookup(self, header8: bytes | np.ndarray) -> int | None:
+        """Row index whose key starts with these 8 bytes, or None."""
+        if len(header8) < 8:
+            return None
+        kid = key_id(header8)
+        i = int(self._sorted.searchsorted(kid))
+        if i < len(self._sorted) and int(self._sorted[i]) == kid:
+            return int(self._order[i])
+        return None
+
+
+class PageLedger:
+    """Decode-side bookkeeping: which row each placed page is, per-request bytes, and the
+    pages still waiting for verification (pure state; the caller decides when to verify).
+
+    Verification is deferred (outside the timed receive path) but must happen before a
+    slot is overwritten: `guard(dst_off, nbytes)` verifies every pending page overlapping
+    a range about to be written."""
+
+    def __init__(
+        self,
+        transfers: np.ndarray,
+        keys: np.ndarray,
+        base: np.ndarray | None,
+        dst: np.ndarray,
+        slot_bytes: int,
+        request_bytes: np.ndarray,
+        verify: bool = True,
+        max_errors: int = 20,
+    ) -> None:
+        self.transfers = transfers
+        self.keys = keys
+        self.base = base
+        self.dst = dst
+        self.slot_bytes = max(int(slot_bytes), 1)
+        self.verify_enabled = verify and base is not None
+        self.index = KeyIndex(keys)
+        self.placed = np.zeros(len(transfers), dtype=bool)
+        self.request_bytes = np.asarray(request_bytes, dtype=np.int64)
+        self.bytes_by_request = np.zeros(len(self.request_bytes), dtype=np.int64)
+        self.pages_checked = 0
+        self.errors: list[str] = []
+        self.error_count = 0
+        self.max_errors = max_errors
+        self._pending: dict[int, list[int]] = {}  # dst slot -> rows placed, not yet verified
+        self._queue: list[int] = []  # same rows in placement order (idle-time verification)
+        self._qpos = 0
+        self._verified = np.zeros(len(transfers), dtype=bool)
+        self.completed: list[int] = []  # requests completed, in completion order
+        self._early: set[int] = set()  # rows attributed by guard() before being reported
+
+    # -- errors ---------------------------------------------------------------------------
+    def _error(self, msg: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append(msg)
+
+    @property
+    def first_error(self) -> str | None:
+        return self.errors[0] if self.errors else None
+
+    def _expected_at(self, dst_off: int, nbytes: int) -> str:
+        t = self.transfers
+        cand = np.flatnonzero((t["dst_off"] == dst_off) & ~self.placed)
+        if len(cand) == 0:
+            return "no unplaced plan row targets that offset"
+        same = [int(i) for i in cand if int(t["nbytes"][i]) == nbytes]
+        return "expected " + describe(t[same[0] if same else int(cand[0])])
+
+    # -- placement ------------------------------------------------------------------------
+    def _identify(self, dst_off: int, nbytes: int) -> int | None:
+        if nbytes >= 8:
+            return self.index.lookup(self.dst[dst_off:dst_off + 8])
+        # Too short to carry a lookup id: the first unplaced row with that offset and size.
+        t = self.transfers
+        cand = np.flatnonzero((t["dst_off"] == dst_off) & (t["nbytes"] == nbytes) & ~self.placed)
+        return int(cand[0]) if len(cand) else None
+
+    def place(self, dst_off: int, nbytes: int) -> int | None:
+        """Attribute a placed write to its plan row; returns the row, or None (error recorded)."""
+        row = self._identify(dst_off, nbytes)
+        if row is None:
+            self._error(
+                f"unknown page at dst_off {dst_off} ({nbytes} bytes): its header matches no plan "
+                f"row (corrupted header, misplaced or stale page); {self._expected_at(dst_off, nbytes)}"
+            )
+            return None
+        r = self.transfers[row]
+        if self.placed[row]:
+            if row in self._early:
+                self._early.discard(row)  # guard() attributed it before the transport reported it
+                return None
+            if int(r["dst_off"]) == dst_off:
+                self._error(
+                    f"stale page at dst_off {dst_off}: still holds {describe(r)}; "
+                    f"{self._expected_at(dst_off, nbytes)}"
+                )
+            else:
+                self._error(f"duplicate page: {describe(r)} placed again at dst_off {dst_off}")
+            return None
+        if int(r["dst_off"]) != dst_off:
+            self._error(
+                f"misplaced page: {describe(r)} landed at dst_off {dst_off}; "
+                f"{self._expected_at(dst_off, nbytes)}"
+            )
+            return None
+        if int(r["nbytes"]) != nbytes:
+            self._error(f"truncated page: {describe(r)}: {nbytes} of {int(r['nbytes'])} bytes placed")
+            return None
+        self.placed[row] = True
+        req = int(r["request"])
+        self.bytes_by_request[req] += nbytes
+        if self.bytes_by_request[req] == self.request_bytes[req]:
+            self.completed.append(req)
+        if self.verify_enabled:
+            self._queue.append(row)
+            first, last = dst_off // self.slot_bytes, (dst_off + max(nbytes, 1) - 1) // self.slot_bytes
+            for s in range(first, last + 1):
+                self._pending.setdefault(s, []).append(row)
+        return row
+
+    # -- verification ---------------------------------------------------------------------
+    def verify_row(self, row: int) -> None:
+        if self._verified[row]:
+            return
+        self._verified[row] = True
+        r = self.transfers[row]
+        reason = check_page(self.dst, self.base, r, self.keys[row])
+        self.pages_checked += 1
+        if reason is not None:
+            self._error(f"{describe(r)}: {reason}")
+
+    def guard(self, dst_off: int, nbytes: int) -> None:
+        """Verify pending pages overlapping [dst_off, dst_off+nbytes) before they are overwritten."""
+        if not self.verify_enabled:
+            return
+        end = dst_off + max(nbytes, 1)
+        # A page placed in the same receive call may not be reported yet: find it by its key.
+        if nbytes >= 8 and dst_off + 8 <= len(self.dst):
+            row = self.index.lookup(self.dst[dst_off:dst_off + 8])
+            if row is not None and not self.placed[row] and int(self.transfers["dst_off"][row]) == dst_off:
+                if self.place(dst_off, int(self.transfers["nbytes"][row])) is not None:
+                    self._early.add(row)
+        for s in range(dst_off // self.slot_bytes, (end - 1) // self.slot_bytes + 1):
+            rows = self._pending.get(s)
+            if not rows:
+                continue
+            keep = []
+            for row in rows:
+                if self._verified[row]:
+                    continue
+                a = int(self.transfers["dst_off"][row])
+                b = a + int(self.transfers["nbytes"][row])
+                if a < end and dst_off < b:
+                    self.verify_row(row)
+                else:
+                    keep.append(row)
+            if keep:
+                self._pending[s] = keep
+            else:
+                del self._pending[s]
+
+    def verify_some(self, max_pages: int) -> int:
+        """Verify up to max_pages pending pages in placement order; returns how many ran."""
+        done = 0
+        q = self._queue
+        while self._qpos < len(q) and done < max_pages:
+            row = q[self._qpos]
+            self._qpos += 1
+            if not self._verified[row]:
+                self.verify_row(row)
+                done += 1
+        if self._qpos > 4096 and self._qpos * 2 > len(q):
+            del q[: self._qpos]
+            self._qpos = 0
+        return done
+
+    def verify_all(self) -> None:
+        while self.verify_some(1 << 16):
+            pass
+        self._pending.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) - self._qpos

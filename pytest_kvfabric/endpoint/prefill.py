@@ -1,0 +1,288 @@
+"""The prefill pacing loop: post each KV write when its emulated layer is ready.
+
+Clock: time.monotonic_ns() of the prefill agent. Every figure of a run is on this clock; a
+write's completion is the target's ACK, so it includes half a round trip after placement.
+
+Request timing (emulated single prefill instance, FCFS):
+    arrival  open loop: t0 + arrival_ns from the plan; closed loop: the first `concurrency`
+             requests arrive at t0, each later one when an earlier request's KV is complete.
+    start    max(arrival, time the emulated GPU finishes the previous prefill) (queueing).
+    ready    start + ready_ns of the row; the row is posted at or after that time.
+Pacing "none" ignores arrivals and ready times: every row is ready at t0 and posts are
+bounded only by the in-flight window and the slot rule (capacity measurement).
+
+Slot rule: the pool is bounded, so plan rows reuse physical slots. A write is never posted
+while an earlier write overlapping its source range or its destination range is in flight
+(the source is being read by the transport; the destination page is not verified yet).
+"""
+from __future__ import annotations
+
+import ctypes
+import heapq
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..emulator.plan import TransferPlan
+from ..errors import TransportError
+from ..transports.base import XFER_DTYPE, Initiator
+from . import pattern
+
+SPIN_NS = 50_000  # busy-wait only the last 50 µs before a ready time; sleep before that
+_PR_SET_TIMERSLACK = 29
+
+
+def tighten_timer_slack() -> None:
+    """Make sleep/select wake within a few µs of the asked time (default slack is 50 µs)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class PrefillOptions:
+    pacing: str = "emulated"  # "emulated" | "none"
+    closed_loop: bool = True
+    concurrency: int = 1
+    max_inflight: int = 64  # writes in flight
+    max_inflight_bytes: int = 64 << 20  # bytes in flight (a larger single write still goes alone)
+    duration_s: float | None = None  # stop admitting new requests after this long
+    timeout_s: float = 60.0
+
+
+class _Busy:
+    """In-flight byte ranges, bucketed by slot so overlap checks touch only a few rows."""
+
+    __slots__ = ("slot", "rows")
+
+    def __init__(self, slot_bytes: int) -> None:
+        self.slot = max(int(slot_bytes), 1)
+        self.rows: dict[int, list[tuple[int, int, int]]] = {}  # slot -> [(row, a, b)]
+
+    def _slots(self, a: int, b: int) -> range:
+        return range(a // self.slot, (max(b, a + 1) - 1) // self.slot + 1)
+
+    def conflicts(self, a: int, b: int) -> bool:
+        for s in self._slots(a, b):
+            for _row, x, y in self.rows.get(s, ()):
+                if x < max(b, a + 1) and a < max(y, x + 1):
+                    return True
+        return False
+
+    def add(self, row: int, a: int, b: int) -> None:
+        for s in self._slots(a, b):
+            self.rows.setdefault(s, []).append((row, a, b))
+
+    def remove(self, row: int, a: int, b: int) -> None:
+        for s in self._slots(a, b):
+            lst = self.rows.get(s)
+            if lst is None:
+                continue
+            lst[:] = [e for e in lst if e[0] != row]
+            if not lst:
+                del self.rows[s]
+
+
+def run_prefill(
+    plan: TransferPlan,
+    initiator: Initiator,
+    src: np.ndarray,
+    keys: np.ndarray,
+    opts: PrefillOptions,
+) -> dict[str, Any]:
+    """Post every row of the plan; returns raw measurements (absolute monotonic ns)."""
+    T = plan.transfers
+    R = plan.requests
+    n, nreq = len(T), len(R)
+    src_off = T["src_off"].astype(np.int64)
+    dst_off = T["dst_off"].astype(np.int64)
+    nbytes = T["nbytes"].astype(np.int64)
+    ready_rel = T["ready_ns"].astype(np.int64)
+    row_req = T["request"].astype(np.int64)
+    first = R["first"].astype(np.int64)
+    count = R["count"].astype(np.int64)
+    prefill_ns = R["prefill_ns"].astype(np.int64)
+    arrival_rel = R["arrival_ns"].astype(np.int64)
+    # Python lists: per-row access in the hot loop is several times faster than numpy scalars.
+    l_src, l_dst, l_nb, l_ready = src_off.tolist(), dst_off.tolist(), nbytes.tolist(), ready_rel.tolist()
+    l_req, l_first, l_count = row_req.tolist(), first.tolist(), count.tolist()
+    # Notify the decode side on each request's last row (WRITE_WITH_IMM).
+    last_row = {int(f + c - 1): r for r, (f, c) in enumerate(zip(l_first, l_count)) if c > 0}
+
+    post_ns = np.zeros(n, np.int64)
+    done_ns = np.zeros(n, np.int64)
+    req_arrival = np.zeros(nreq, np.int64)
+    req_start = np.zeros(nreq, np.int64)
+    req_done = np.zeros(nreq, np.int64)
+    req_left = list(l_count)
+    started = 0  # requests admitted so far (in index order)
+    gpu_free = 0
+    emulated = opts.pacing == "emulated"
+
+    src_busy = _Busy(plan.src_slot_bytes)
+    dst_busy = _Busy(plan.dst_slot_bytes)
+    heap: list[tuple[int, int, int]] = []  # (absolute ready ns, request, next row)
+    ready: list[int] = []  # rows ready to post, in order
+    inflight = inflight_bytes = 0
+    completed_rows = 0
+    requests_done = 0
+
+    now = time.monotonic_ns
+    t0 = now() + 1_000_000  # 1 ms lead: the first rows are not late by setup jitter
+    deadline = t0 + int(opts.timeout_s * 1e9)
+    admit_until = t0 + int(opts.duration_s * 1e9) if opts.duration_s else None
+
+    def admit(r: int, arrival: int) -> None:
+        nonlocal gpu_free
+        if emulated:
+            start = max(arrival, gpu_free)
+            gpu_free = start + int(prefill_ns[r])
+        else:
+            start = arrival
+        req_arrival[r] = arrival
+        req_start[r] = start
+        if l_count[r] > 0:
+            f = l_first[r]
+            heapq.heappush(heap, (start + l_ready[f] if emulated else start, r, f))
+
+    # Admit the initial requests.
+    if not emulated:
+        admit_n = nreq
+        for r in range(nreq):
+            admit(r, t0)
+    elif opts.closed_loop:
+        admit_n = min(max(opts.concurrency, 1), nreq)
+        for r in range(admit_n):
+            admit(r, t0)
+    else:
+        admit_n = nreq
+        for r in range(nreq):
+            arrival = t0 + int(arrival_rel[r])
+            if admit_until is not None and arrival > admit_until:
+                admit_n = r
+                break
+            admit(r, arrival)
+    started = admit_n
+    for r in range(started):
+        if l_count[r] == 0:
+            req_done[r] = req_start[r]
+            requests_done += 1
+
+    batch = np.zeros(max(opts.max_inflight, 1), XFER_DTYPE)
+    pull_cap = max(4 * opts.max_inflight, 1024)
+    target_rows = int(count[:started].sum()) if started else 0
+
+    def on_completions(comp: np.ndarray) -> None:
+        nonlocal inflight, inflight_bytes, completed_rows, requests_done, started, target_rows
+        for x, t in zip(comp["xfer"].tolist(), comp["t_ns"].tolist()):
+            done_ns[x] = t
+            inflight -= 1
+            inflight_bytes -= l_nb[x]
+            completed_rows += 1
+            src_busy.remove(x, l_src[x], l_src[x] + l_nb[x])
+            dst_busy.remove(x, l_dst[x], l_dst[x] + l_nb[x])
+            r = l_req[x]
+            req_left[r] -= 1
+            if req_left[r] == 0:
+                req_done[r] = t
+                requests_done += 1
+                if emulated and opts.closed_loop and started < nreq and (
+                    admit_until is None or t <= admit_until
+                ):
+                    admit(started, t)
+                    target_rows += l_count[started]
+                    if l_count[started] == 0:
+                        req_done[started] = t
+                        requests_done += 1
+                    started += 1
+
+    while completed_rows < target_rows:
+        t = now()
+        if t > deadline:
+            raise TransportError(
+                f"prefill agent: timed out after {opts.timeout_s:.1f} s with {completed_rows} of "
+                f"{target_rows} writes completed ({inflight} in flight)"
+            )
+        # Pull rows whose ready time has come (pacing none: everything, up to a cap).
+        while heap and heap[0][0] <= t and len(ready) < pull_cap:
+            _, r, i = heapq.heappop(heap)
+            ready.append(i)
+            j = i + 1
+            if j < l_first[r] + l_count[r]:
+                heapq.heappush(heap, (req_start[r] + l_ready[j] if emulated else int(req_start[r]), r, j))
+        # Post what the window and the slot rule allow, in order; a blocked row blocks later
+        # rows touching the same slots so pages of one slot go in plan order.
+        k = 0
+        if ready:
+            keep: list[int] = []
+            blocked_src = _Busy(plan.src_slot_bytes)
+            blocked_dst = _Busy(plan.dst_slot_bytes)
+            for pos, i in enumerate(ready):
+                if inflight + k >= opts.max_inflight or (
+                    inflight + k > 0 and inflight_bytes + l_nb[i] > opts.max_inflight_bytes
+                ):
+                    keep.extend(ready[pos:])
+                    break
+                a, b, c, d = l_src[i], l_src[i] + l_nb[i], l_dst[i], l_dst[i] + l_nb[i]
+                if (src_busy.conflicts(a, b) or dst_busy.conflicts(c, d)
+                        or blocked_src.conflicts(a, b) or blocked_dst.conflicts(c, d)):
+                    keep.append(i)
+                    blocked_src.add(i, a, b)
+                    blocked_dst.add(i, c, d)
+                    continue
+                src_busy.add(i, a, b)
+                dst_busy.add(i, c, d)
+                pattern.stamp(src, T[i], keys[i])
+                e = batch[k]
+                e["xfer"], e["src_off"], e["dst_off"], e["nbytes"] = i, a, c, l_nb[i]
+                e["notify"] = last_row.get(i, -1)
+                inflight_bytes += l_nb[i]
+                k += 1
+            ready = keep
+        if k:
+            t_post = now()
+            post_ns[batch["xfer"][:k]] = t_post
+            inflight += k
+            initiator.post(batch[:k], max((deadline - t_post) / 1e9, 0.001))
+        # Collect completions without blocking, then decide how long we may wait.
+        if inflight:
+            comp = initiator.poll(0.0)
+            if len(comp):
+                on_completions(comp)
+                continue
+        if k:
+            continue
+        t = now()
+        next_ready = heap[0][0] if heap and len(ready) < pull_cap else None
+        wait_ns = (next_ready - t) if next_ready is not None else 5_000_000
+        if inflight:
+            # Wake for a completion, or in time to spin into the next ready time.
+            comp = initiator.poll(max(wait_ns - SPIN_NS, 0) / 1e9)
+            if len(comp):
+                on_completions(comp)
+            continue
+        if next_ready is None:
+            if completed_rows >= target_rows:
+                break
+            raise TransportError(
+                f"prefill agent: stalled with {target_rows - completed_rows} writes neither "
+                f"ready nor in flight (plan or slot bookkeeping bug)"
+            )
+        if wait_ns > SPIN_NS:
+            time.sleep((wait_ns - SPIN_NS) / 1e9)
+        while now() < next_ready:  # the last ~50 µs: busy-wait for a punctual post
+            pass
+
+    return {
+        "t0_ns": t0,
+        "post_ns": post_ns,
+        "done_ns": done_ns,
+        "req_arrival_ns": req_arrival,
+        "req_start_ns": req_start,
+        "req_done_ns": req_done,
+        "requests_started": started,
+        "requests_completed": requests_done,
+    }

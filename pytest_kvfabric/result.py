@@ -1,0 +1,49 @@
+"""Result of one scenario run: the figures `kvfabric run --json` writes, under stable names.
+
+Every time is measured on the PREFILL agent's monotonic clock (agents on different hosts
+share no clock). A write completes when the prefill agent reads the target's ACK, so a
+write's latency includes half a round trip after the bytes were placed.
+See docs/run.md for every key, its unit and how it is computed.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Result:
+    scenario: str
+    transport: str
+    model: str
+    gpu: str
+    pair: str
+    bytes: int = 0
+    transfers: int = 0
+    requests: int = 0
+    requests_completed: int = 0
+    duration_s: float = 0.0
+    throughput_gbps: float | None = None
+    throughput_GBps: float | None = None  # noqa: N815 - unit spelled as in the JSON
+    latency_us: dict[str, float | None] = field(default_factory=dict)
+    exposed_ms: dict[str, float | None] = field(default_factory=dict)
+    transfer_ms: dict[str, float | None] = field(default_factory=dict)
+    ttft_ms: dict[str, float | None] = field(default_factory=dict)
+    tpot_ms: dict[str, float | None] = field(default_factory=dict)
+    post_lateness_us: dict[str, float | None] = field(default_factory=dict)
+    cpu_s_per_gb: dict[str, float | None] = field(default_factory=dict)
+    retransmits: int | None = None
+    connect_ms: float | None = None
+    register_ms: float | None = None
+    integrity: dict[str, Any] = field(default_factory=dict)
+    data_path: dict[str, Any] = field(default_factory=dict)
+    ttft_met_fraction: float | None = None
+    pacing: str = "emulated"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (keys documented in docs/run.md; stable across releases)."""
+        return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        return not self.integrity.get("errors") and self.requests_completed == self.requests

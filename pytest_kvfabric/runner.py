@@ -1,0 +1,252 @@
+"""The controller: start the two agents, run a scenario between them, return a Result.
+
+Sequence (each step answers over an execnet channel; every receive has a deadline):
+1. decode agent: rebuild plan, allocate region, create the Target, listen -> descriptor;
+   prefill agent (in parallel): rebuild plan, allocate and pattern-fill its pool.
+2. decode agent starts its receive loop; prefill agent connects to the descriptor and
+   runs the pacing loop; both answer with raw measurements.
+3. stats (pure) turn the prefill agent's measurements into the Result.
+On a timeout, an agent's death or an agent error, both gateways are torn down (exit, then
+kill) and TransportError names the agent and why.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import execnet
+
+from . import stats
+from .emulator.plan import TransferPlan, build_plan
+from .endpoint.agent import BOOTSTRAP, unpack_array
+from .errors import IntegrityError, KvFabricError, ProtocolError, TransportError
+from .fabric.base import HostPair
+from .result import Result
+from .scenario import Scenario
+
+SETUP_MARGIN_S = 30.0  # agent start, plan rebuild, pool allocation and fill
+RUN_MARGIN_S = 10.0
+FLOOR_BYTES_PER_S = 100e6  # timeouts assume at least 100 MB/s, so a slow path is not a hang
+_ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
+
+
+def derive_timeout_s(plan: TransferPlan) -> float:
+    """Emulated duration (serial prefill of every request after the last arrival)
+    + bytes at 100 MB/s + margin."""
+    req = plan.requests
+    emulated_ns = (int(req["arrival_ns"].max()) if len(req) else 0) + int(req["prefill_ns"].sum())
+    return emulated_ns / 1e9 + plan.total_bytes / FLOOR_BYTES_PER_S + RUN_MARGIN_S
+
+
+class AgentPair:
+    """Two agent processes (prefill, decode) kept alive across runs; a context manager."""
+
+    def __init__(self, pair: HostPair | None = None, timeout_s: float | None = None,
+                 options: dict[str, Any] | None = None) -> None:
+        if pair is None:
+            from .fabric.local import local_pair
+
+            pair = local_pair()
+        self.pair = pair
+        self.timeout_s = timeout_s
+        self.options = dict(options or {})
+        self._group: execnet.Group | None = None
+        self._ch: dict[str, Any] = {}
+        self.pids: dict[str, int] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> "AgentPair":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        if self._group is not None:
+            return
+        self._group = execnet.Group()
+        root = str(Path(__file__).resolve().parent.parent)
+        try:
+            for role, host in (("decode", self.pair.decode), ("prefill", self.pair.prefill)):
+                try:
+                    gw = self._group.makegateway(host.gateway_spec)
+                except Exception as exc:  # noqa: BLE001 - execnet raises plain errors
+                    raise TransportError(
+                        f"{role} agent could not start on {host.name} ({host.gateway_spec}): {exc}"
+                    ) from None
+                self._ch[role] = gw.remote_exec(BOOTSTRAP.format(root=root))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Tear both agents down: ask them to exit, kill what is still alive after 2 s."""
+        group, self._group = self._group, None
+        chans, self._ch = self._ch, {}
+        for ch in chans.values():
+            try:
+                ch.send({"cmd": "exit"})
+            except Exception:  # noqa: BLE001 - the agent may already be gone
+                pass
+        if group is not None:
+            try:
+                group.terminate(timeout=2.0)
+            except Exception:  # noqa: BLE001
+                pass
+        for pid in self.pids.values():
+            _reap(pid)
+
+    # -- channel helpers ------------------------------------------------------------------
+    def _send(self, role: str, msg: dict[str, Any]) -> None:
+        try:
+            self._ch[role].send(msg)
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"{role} agent{self._pid(role)} is gone: {exc}") from None
+
+    def _pid(self, role: str) -> str:
+        return f" (pid {self.pids[role]})" if role in self.pids else ""
+
+    def _recv(self, role: str, deadline: float, phase: str) -> dict[str, Any]:
+        ch = self._ch[role]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"{role} agent{self._pid(role)} did not answer {phase} within its timeout")
+            try:
+                msg = ch.receive(timeout=min(remaining, 0.2))
+            except ch.TimeoutError:
+                continue
+            except EOFError:
+                raise TransportError(f"{role} agent{self._pid(role)} died during {phase}") from None
+            except Exception as exc:  # noqa: BLE001 - RemoteError: the agent crashed
+                line = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                raise TransportError(f"{role} agent{self._pid(role)} crashed during {phase}: {line}") from None
+            return self._check(role, msg, phase)
+
+    def _check(self, role: str, msg: Any, phase: str) -> dict[str, Any]:
+        if not isinstance(msg, dict):
+            raise TransportError(f"{role} agent sent an unexpected message during {phase}")
+        if "pid" in msg:
+            self.pids[role] = int(msg["pid"])
+        if not msg.get("ok"):
+            err = _ERRORS.get(msg.get("kind", ""), TransportError)
+            raise err(f"{role} agent{self._pid(role)} failed during {phase}: {msg.get('error')}")
+        return msg
+
+    def _recv_both(self, deadline: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Wait for both run answers; whichever agent fails first is named, but when the
+        prefill side reports a broken connection and the decode agent is dead, the dead
+        agent is the cause."""
+        got: dict[str, dict[str, Any]] = {}
+        while len(got) < 2:
+            for role in ("decode", "prefill"):
+                if role in got:
+                    continue
+                try:
+                    got[role] = self._recv(role, min(deadline, time.monotonic() + 0.05), "the run")
+                except TransportError as exc:
+                    if time.monotonic() < deadline and "did not answer" in str(exc):
+                        continue
+                    if role == "prefill" and "decode" not in got:
+                        dead = self._dead("decode", 1.0)
+                        if dead:
+                            raise TransportError(f"{dead}; prefill agent reported: {exc}") from None
+                    raise
+        return got["prefill"], got["decode"]
+
+    def _dead(self, role: str, wait_s: float) -> str | None:
+        """A message if the agent died (its channel closed) within wait_s, else None."""
+        try:
+            self._recv(role, time.monotonic() + wait_s, "the run")
+        except TransportError as exc:
+            if "did not answer" in str(exc):
+                return None
+            return str(exc)
+        return None
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self, scenario: Scenario, check_integrity: bool = True) -> Result:
+        """Run one scenario; raises TransportError (agent/transport failure) or IntegrityError
+        (pages arrived wrong; the Result is attached as `exc.result`)."""
+        plan = build_plan(scenario)
+        run_timeout = self.timeout_s if self.timeout_s is not None else derive_timeout_s(plan)
+        token = secrets.token_hex(16)
+        spec = scenario.to_spec()
+        opts = {"setup_timeout_s": SETUP_MARGIN_S, **self.options}
+        ok = False
+        try:
+            self._start()
+            setup_deadline = time.monotonic() + SETUP_MARGIN_S + plan.src_region_bytes / FLOOR_BYTES_PER_S
+            base = {"cmd": "setup", "spec": spec, "seed": scenario.seed, "token": token, "options": opts}
+            self._send("decode", {**base, "role": "decode", "bind": self.pair.decode.data_addr})
+            self._send("prefill", {**base, "role": "prefill", "bind": self.pair.prefill.data_addr})
+            dsetup = self._recv("decode", setup_deadline, "setup")
+            psetup = self._recv("prefill", setup_deadline, "setup")
+            self._send("decode", {"cmd": "run", "timeout_s": run_timeout})
+            self._send("prefill", {"cmd": "run", "timeout_s": run_timeout, "descriptor": dsetup["descriptor"]})
+            pre, dec = self._recv_both(time.monotonic() + run_timeout + RUN_MARGIN_S)
+            ok = True
+        finally:
+            if not ok:
+                self.close()
+        result = _build_result(scenario, plan, self.pair, psetup, dsetup, pre, dec)
+        if check_integrity and result.integrity["errors"]:
+            exc = IntegrityError(
+                f"{result.integrity['errors']} page(s) failed verification; first: {result.integrity['first_error']}"
+            )
+            exc.result = result  # type: ignore[attr-defined]
+            raise exc
+        return result
+
+
+def _reap(pid: int) -> None:
+    """Collect an exited child so it does not linger as a zombie (no-op if not our child)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+
+
+def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup: dict[str, Any],
+                  dsetup: dict[str, Any], pre: dict[str, Any], dec: dict[str, Any]) -> Result:
+    m = {k: unpack_array(pre[k]) for k in ("post_ns", "done_ns", "req_arrival_ns", "req_start_ns", "req_done_ns")}
+    budget = scenario.slo.get("ttft_budget_ms") if scenario.slo else None
+    s = stats.summarize(plan.transfers, plan.requests, m, scenario.pacing, budget)
+    # Integrity: the decode side verified pages; bytes it never received count as missing.
+    errors = int(dec["errors"])
+    first_error = dec["error_list"][0] if dec["error_list"] else None
+    missing = s["requests"] - int(dec["requests_completed"])
+    if missing > 0 and errors == 0 and s["requests_completed"] == s["requests"]:
+        errors, first_error = missing, f"{missing} request(s) acknowledged but not complete at the decode side"
+    moved = s["bytes"]
+    return Result(
+        scenario=scenario.id,
+        transport=scenario.transport,
+        model=scenario.model.id,
+        gpu=scenario.gpu.id,
+        pair=pair.name,
+        pacing=scenario.pacing,
+        retransmits=pre.get("stats", {}).get("retransmits"),
+        connect_ms=pre["connect_ns"] / 1e6,
+        register_ms=max(int(psetup.get("register_ns", 0)), int(dsetup.get("register_ns", 0))) / 1e6,
+        cpu_s_per_gb={
+            "sender": stats.cpu_s_per_gb(pre.get("cpu_s"), moved),
+            "receiver": stats.cpu_s_per_gb(dec.get("cpu_s"), moved),
+        },
+        integrity={"pages_checked": int(dec["pages_checked"]), "errors": errors, "first_error": first_error},
+        data_path={"sender": pre.get("data_path", {}), "receiver": dec.get("data_path", {})},
+        **s,
+    )
+
+
+def run_scenario(scenario: Scenario, pair: HostPair | None = None, timeout_s: float | None = None,
+                 options: dict[str, Any] | None = None) -> Result:
+    """Start two agents on `pair` (default: loopback), run the scenario, tear them down."""
+    with AgentPair(pair, timeout_s, options) as agents:
+        return agents.run(scenario)
+
+
+__all__ = ["AgentPair", "run_scenario", "derive_timeout_s", "KvFabricError"]

@@ -1,0 +1,120 @@
+"""Percentiles and rates over a run's raw measurements (pure: arrays in, numbers out).
+
+Units: times come in as monotonic ns on the PREFILL agent's clock and leave in the unit the
+key names (_us, _ms, _s). Throughput is decimal: Gb/s = bits / 1e9 / s, GB/s = bytes / 1e9 / s.
+Percentiles use linear interpolation between order statistics (numpy's default); with
+fewer than 1000 samples p999 is close to max.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+def percentiles(values: Iterable[float] | np.ndarray, keys: Iterable[str] = ("p50", "p90", "p99", "p999", "max")) -> dict[str, float | None]:
+    """{key: value} for keys among p50/p90/p99/p999/max/min/mean; None for every key when empty."""
+    a = np.asarray(values, dtype=np.float64)
+    out: dict[str, float | None] = {}
+    for k in keys:
+        if a.size == 0:
+            out[k] = None
+        elif k == "max":
+            out[k] = float(a.max())
+        elif k == "min":
+            out[k] = float(a.min())
+        elif k == "mean":
+            out[k] = float(a.mean())
+        else:
+            out[k] = float(np.percentile(a, QUANTILES[k]))
+    return out
+
+
+def rate_gbps(nbytes: int, seconds: float) -> float | None:
+    """Decimal gigabits per second, None for an empty window."""
+    return nbytes * 8 / 1e9 / seconds if seconds > 0 else None
+
+
+def rate_GBps(nbytes: int, seconds: float) -> float | None:  # noqa: N802 - unit spelled as in the JSON
+    return nbytes / 1e9 / seconds if seconds > 0 else None
+
+
+def cpu_s_per_gb(cpu_s: float | None, nbytes: int) -> float | None:
+    if cpu_s is None or nbytes <= 0:
+        return None
+    return cpu_s / (nbytes / 1e9)
+
+
+def summarize(
+    transfers: np.ndarray,
+    requests: np.ndarray,
+    m: Mapping[str, np.ndarray],
+    pacing: str = "emulated",
+    ttft_budget_ms: float | None = None,
+) -> dict[str, Any]:
+    """Figures of one run from the plan and the prefill agent's raw measurements.
+
+    m: post_ns, done_ns (per plan row, 0 = never), req_arrival_ns, req_start_ns, req_done_ns
+    (per request, 0 = not completed); all absolute monotonic ns on the prefill clock.
+    """
+    post = np.asarray(m["post_ns"], np.int64)
+    done = np.asarray(m["done_ns"], np.int64)
+    nbytes = transfers["nbytes"].astype(np.int64)
+    posted = post > 0
+    completed = done > 0
+    moved = int(nbytes[completed].sum())
+    if completed.any():
+        t_first = int(post[posted].min())
+        t_last = int(done[completed].max())
+        window_s = (t_last - t_first) / 1e9
+    else:
+        window_s = 0.0
+    latency_us = (done[completed] - post[completed]) / 1e3
+
+    arrival = np.asarray(m["req_arrival_ns"], np.int64)
+    start = np.asarray(m["req_start_ns"], np.int64)
+    rdone = np.asarray(m["req_done_ns"], np.int64)
+    prefill_ns = requests["prefill_ns"].astype(np.int64)
+    count = requests["count"].astype(np.int64)
+    first = requests["first"].astype(np.int64)
+    ok = (rdone > 0) & (count > 0)
+    idx = np.flatnonzero(ok)
+    prefill_end = start[idx] + prefill_ns[idx]
+    exposed_ms = np.clip(rdone[idx] - prefill_end, 0, None) / 1e6
+    # First post of each request: rows of a request are contiguous [first, first+count).
+    first_post = np.array(
+        [int(post[f:f + c][post[f:f + c] > 0].min()) for f, c in zip(first[idx], count[idx])], np.int64
+    ) if len(idx) else np.zeros(0, np.int64)
+    transfer_ms = (rdone[idx] - first_post) / 1e6
+    ttft_ms = (np.maximum(rdone[idx], prefill_end) - arrival[idx]) / 1e6
+    tpot_ms = requests["decode_step_ns"][idx].astype(np.float64) / 1e6
+
+    if pacing == "emulated" and posted.any():
+        row_req = transfers["request"].astype(np.int64)
+        ready_abs = start[row_req] + transfers["ready_ns"].astype(np.int64)
+        lateness_us = (post[posted] - ready_abs[posted]) / 1e3
+    else:
+        lateness_us = np.zeros(0)  # pacing none has no ready times to be late against
+
+    ttft_met = None
+    if ttft_budget_ms is not None and len(idx):
+        ttft_met = float((ttft_ms <= float(ttft_budget_ms)).mean())
+
+    return {
+        "bytes": moved,
+        "transfers": int(completed.sum()),
+        "requests": int(len(requests)),
+        "requests_completed": int(ok.sum() + ((rdone > 0) & (count == 0)).sum()),
+        "duration_s": window_s,
+        "throughput_gbps": rate_gbps(moved, window_s),
+        "throughput_GBps": rate_GBps(moved, window_s),
+        "latency_us": percentiles(latency_us),
+        "exposed_ms": percentiles(exposed_ms, ("p50", "p99", "max")),
+        "transfer_ms": percentiles(transfer_ms, ("p50", "p99")),
+        "ttft_ms": percentiles(ttft_ms, ("p50", "p99")),
+        "tpot_ms": percentiles(tpot_ms, ("p50",)),
+        "post_lateness_us": percentiles(lateness_us, ("p50", "p99", "max")),
+        "ttft_met_fraction": ttft_met,
+    }

@@ -1,0 +1,222 @@
+"""Source pattern and decode-side verification (pure): every kind of wrong page is caught and named."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_kvfabric.emulator.plan import TRANSFER_DTYPE
+from pytest_kvfabric.endpoint import pattern
+
+PAGE = 4096
+
+
+def _plan(requests: int = 2, layers: int = 2, blocks: int = 2, nbytes: int = PAGE) -> np.ndarray:
+    rows = []
+    i = 0
+    for r in range(requests):
+        for layer in range(layers):
+            for b in range(blocks):
+                rows.append((r, layer, 0, 0, b, i * nbytes, (i * 3 % 8) * nbytes + 7 * (i % 8), nbytes, layer * 1000))
+                i += 1
+    t = np.array(rows, dtype=TRANSFER_DTYPE)
+    # distinct, non-overlapping destinations (skewed so src and dst offsets differ)
+    t["dst_off"] = (np.arange(len(t)) * (nbytes + 64))[::-1]
+    return t
+
+
+class _World:
+    """A source region, a destination region, and a transport that copies rows faithfully."""
+
+    def __init__(self, t: np.ndarray, seed: int = 7) -> None:
+        self.t = t
+        self.seed = seed
+        src_len = int((t["src_off"] + t["nbytes"]).max())
+        dst_len = int((t["dst_off"] + t["nbytes"]).max())
+        self.base = pattern.base_pattern(seed, src_len)
+        self.src = self.base.copy()
+        self.dst = np.zeros(dst_len, np.uint8)
+        self.keys = pattern.row_keys(seed, t)
+        req = t["request"].astype(np.int64)
+        self.request_bytes = np.bincount(req, weights=t["nbytes"].astype(np.float64)).astype(np.int64)
+        self.ledger = pattern.PageLedger(t, self.keys, self.base, self.dst, PAGE, self.request_bytes)
+
+    def send(self, i: int, dst_off: int | None = None, nbytes: int | None = None) -> tuple[int, int]:
+        r = self.t[i]
+        pattern.stamp(self.src, r, self.keys[i])
+        s, n = int(r["src_off"]), int(r["nbytes"] if nbytes is None else nbytes)
+        d = int(r["dst_off"]) if dst_off is None else dst_off
+        self.dst[d:d + n] = self.src[s:s + n]
+        return d, n
+
+    def deliver_all(self) -> None:
+        for i in range(len(self.t)):
+            self.ledger.place(*self.send(i))
+        self.ledger.verify_all()
+
+
+def test_faithful_delivery_verifies_clean_and_completes_requests():
+    w = _World(_plan())
+    w.deliver_all()
+    assert w.ledger.error_count == 0, w.ledger.errors
+    assert w.ledger.pages_checked == len(w.t)
+    assert sorted(w.ledger.completed) == [0, 1]
+    assert list(w.ledger.bytes_by_request) == list(w.request_bytes)
+
+
+def test_base_pattern_is_deterministic_and_position_dependent():
+    a = pattern.base_pattern(1, 1 << 16)
+    assert np.array_equal(a, pattern.base_pattern(1, 1 << 16))
+    assert not np.array_equal(a, pattern.base_pattern(2, 1 << 16))
+    # no short period: a page shifted by one slot does not look the same
+    assert not np.array_equal(a[:4096], a[4096:8192])
+    assert np.array_equal(pattern.base_pattern(1, 100), a[:100])
+
+
+def test_row_keys_unique_and_seeded():
+    t = _plan(requests=8, layers=4, blocks=8)
+    k = pattern.row_keys(3, t)
+    assert k.shape == (len(t), pattern.KEY_BYTES)
+    assert len({bytes(row) for row in k}) == len(t)
+    assert not np.array_equal(k, pattern.row_keys(4, t))
+
+
+def test_corrupted_byte_named_with_request_layer_page_and_offset():
+    w = _World(_plan())
+    for i in range(len(w.t)):
+        d, n = w.send(i)
+        if i == 5:
+            w.dst[d + 1000] ^= 0x01
+        w.ledger.place(d, n)
+    w.ledger.verify_all()
+    assert w.ledger.error_count == 1
+    r = w.t[5]
+    msg = w.ledger.first_error
+    assert f"request {r['request']} layer {r['layer']} page {r['block']}" in msg
+    assert "corrupted at byte 1000" in msg
+
+
+def test_misplaced_page_detected_and_names_both_pages():
+    w = _World(_plan())
+    # row 2 lands where row 3 belongs
+    d3 = int(w.t[3]["dst_off"])
+    w.send(2, dst_off=d3)
+    w.ledger.place(d3, PAGE)
+    assert w.ledger.error_count == 1
+    r2, r3 = w.t[2], w.t[3]
+    msg = w.ledger.first_error
+    assert "misplaced page" in msg
+    assert f"request {r2['request']} layer {r2['layer']} page {r2['block']}" in msg
+    assert f"expected request {r3['request']} layer {r3['layer']} page {r3['block']}" in msg
+
+
+def test_reordered_pages_detected():
+    w = _World(_plan())
+    d0, d1 = int(w.t[0]["dst_off"]), int(w.t[1]["dst_off"])
+    w.send(0, dst_off=d1)
+    w.send(1, dst_off=d0)
+    w.ledger.place(d0, PAGE)
+    w.ledger.place(d1, PAGE)
+    assert w.ledger.error_count == 2
+    assert all("misplaced page" in e for e in w.ledger.errors)
+
+
+def test_truncated_page_detected_both_by_length_and_by_content():
+    w = _World(_plan())
+    d, _ = w.send(4, nbytes=PAGE - 100)  # the transport says it placed fewer bytes
+    w.ledger.place(d, PAGE - 100)
+    assert "truncated page" in w.ledger.first_error
+    assert f"{PAGE - 100} of {PAGE} bytes" in w.ledger.first_error
+
+    w2 = _World(_plan())
+    d, _ = w2.send(4, nbytes=PAGE - 100)  # ... or claims the full length but stopped early
+    w2.ledger.place(d, PAGE)
+    w2.ledger.verify_all()
+    assert w2.ledger.error_count == 1
+    assert f"truncated: trailer key missing and content differs from byte {PAGE - 100}" in w2.ledger.first_error
+
+
+def test_stale_page_in_reused_slot_detected():
+    w = _World(_plan())
+    t = w.t.copy()
+    t["dst_off"][4] = t["dst_off"][0]  # row 4 reuses row 0's slot
+    w = _World(t)
+    w.ledger.place(*w.send(0))
+    w.ledger.guard(int(t["dst_off"][4]), PAGE)  # verifies row 0 before reuse
+    assert w.ledger.error_count == 0 and w.ledger.pages_checked == 1
+    # the new write never arrives, but the transport claims it placed it: old bytes remain
+    w.ledger.place(int(t["dst_off"][4]), PAGE)
+    assert w.ledger.error_count == 1
+    assert "stale page at dst_off" in w.ledger.first_error
+    r0, r4 = t[0], t[4]
+    assert f"still holds request {r0['request']} layer {r0['layer']} page {r0['block']}" in w.ledger.first_error
+    assert f"expected request {r4['request']} layer {r4['layer']} page {r4['block']}" in w.ledger.first_error
+
+
+def test_unknown_header_named_with_expected_page():
+    w = _World(_plan())
+    d = int(w.t[6]["dst_off"])
+    w.dst[d:d + PAGE] = 0xEE
+    w.ledger.place(d, PAGE)
+    r = w.t[6]
+    assert "unknown page" in w.ledger.first_error
+    assert f"expected request {r['request']} layer {r['layer']} page {r['block']}" in w.ledger.first_error
+
+
+def test_guard_verifies_pending_page_before_overwrite():
+    t = _plan(requests=1, layers=1, blocks=2)
+    t["dst_off"][1] = t["dst_off"][0]  # both rows use one slot, one after the other
+    w = _World(t)
+    w.ledger.place(*w.send(0))
+    assert w.ledger.pending == 1
+    w.ledger.guard(int(t["dst_off"][1]), PAGE)
+    assert w.ledger.pages_checked == 1 and w.ledger.error_count == 0
+    w.ledger.place(*w.send(1))
+    w.ledger.verify_all()
+    assert w.ledger.pages_checked == 2 and w.ledger.error_count == 0
+
+
+def test_without_guard_overwritten_page_would_fail():
+    t = _plan(requests=1, layers=1, blocks=2)
+    t["dst_off"][1] = t["dst_off"][0]
+    w = _World(t)
+    w.ledger.place(*w.send(0))
+    w.send(1)  # overwrite before verification
+    w.ledger.verify_all()
+    assert w.ledger.error_count == 1
+    assert "header key mismatch" in w.ledger.first_error
+
+
+def test_guard_finds_a_placed_but_unreported_page():
+    t = _plan(requests=1, layers=1, blocks=2)
+    t["dst_off"][1] = t["dst_off"][0]
+    w = _World(t)
+    d, n = w.send(0)  # placed; the transport has not reported it yet
+    w.ledger.guard(d, n)  # the next write into that slot arrives first
+    assert w.ledger.pages_checked == 1 and w.ledger.error_count == 0
+    w.ledger.place(d, n)  # late report of the same page: not an error
+    assert w.ledger.error_count == 0
+
+
+@pytest.mark.parametrize("nbytes", [1, 7, 8, 23, 24, 25])
+def test_short_transfers_carry_key_bytes_only(nbytes):
+    t = _plan(nbytes=nbytes)
+    w = _World(t)
+    w.deliver_all()
+    assert w.ledger.error_count == 0, w.ledger.errors
+    w2 = _World(t)
+    for i in range(len(t)):
+        d, n = w2.send(i)
+        if i == 3:
+            w2.dst[d + n - 1] ^= 0xFF
+        w2.ledger.place(d, n)
+    w2.ledger.verify_all()
+    assert w2.ledger.error_count >= 1
+
+
+def test_expected_page_matches_stamped_source():
+    t = _plan()
+    w = _World(t)
+    for i in (0, 5):
+        w.send(i)
+        s, n = int(t[i]["src_off"]), int(t[i]["nbytes"])
+        assert np.array_equal(pattern.expected_page(w.base, t[i], w.keys[i]), w.src[s:s + n])
