@@ -14,6 +14,7 @@
   token          ""       shared secret the initiator presents on the side connection
   data_addr      None     initiator: local data-plane address (default: routed source
                           address towards the target)
+  sysfs_root     /sys/class/infiniband  where device attributes and counters are read
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any, Mapping
 
 from ...errors import ProfileError
 from .qp import SOURCE, QpOptions, _int_option
+from .sysfs import DEFAULT_ROOT
 
 POLL_MODES = ("busy", "channel")
 
@@ -39,6 +41,7 @@ class RdmaOptions:
     token: str
     data_addr: str | None
     qp: QpOptions
+    sysfs_root: str = DEFAULT_ROOT
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "RdmaOptions":
@@ -64,4 +67,5 @@ class RdmaOptions:
             token=str(options.get("token") or ""),
             data_addr=options.get("data_addr") or None,
             qp=QpOptions.from_options(options),
+            sysfs_root=str(options.get("sysfs_root") or DEFAULT_ROOT),
         )

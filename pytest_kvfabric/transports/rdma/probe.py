@@ -190,5 +190,6 @@ def gather(
     )
 
 
-def probe(options: Mapping[str, Any] | None = None, root: str = sysfs.DEFAULT_ROOT) -> Capability:
-    return decide(gather(options, root))
+def probe(options: Mapping[str, Any] | None = None, root: str | None = None) -> Capability:
+    options = options or {}
+    return decide(gather(options, root or options.get("sysfs_root") or sysfs.DEFAULT_ROOT))

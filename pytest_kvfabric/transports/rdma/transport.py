@@ -160,7 +160,7 @@ class _Endpoint:
         self.v = _Verbs()
         inputs = probe_mod.gather(
             {"device": opts.device, "port": opts.port, "gid_index": opts.gid_index,
-             "data_addr": data_addr}, import_pyverbs=lambda: None)
+             "data_addr": data_addr}, root=opts.sysfs_root, import_pyverbs=lambda: None)
         try:
             self.sel = probe_mod.select(inputs)
         except probe_mod.NotAvailable as exc:
@@ -201,7 +201,7 @@ class _Endpoint:
             self.close()
             raise TransportError(f"rdma setup on {self.sel.device} port {self.sel.port}: {exc}") from exc
         self.qp_index = {int(q.qp_num): i for i, q in enumerate(self.qps)}
-        self.counters_before = sysfs.read_counters(sysfs.DEFAULT_ROOT, self.sel.device, self.sel.port)
+        self.counters_before = sysfs.read_counters(self.opts.sysfs_root, self.sel.device, self.sel.port)
         self.counters_after: dict[str, int] | None = None
 
     def connect_qps(self, remote: Mapping[str, Any]) -> int:
@@ -255,7 +255,7 @@ class _Endpoint:
 
     def data_path(self, side: str) -> dict[str, Any]:
         after = self.counters_after if self.counters_after is not None else sysfs.read_counters(
-            sysfs.DEFAULT_ROOT, self.sel.device, self.sel.port)
+            self.opts.sysfs_root, self.sel.device, self.sel.port)
         delta = sysfs.counter_delta(self.counters_before, after)
         s = self.sel
         return {
@@ -288,7 +288,7 @@ class _Endpoint:
             return
         self.closed = True
         if self.counters_after is None and hasattr(self, "sel"):
-            self.counters_after = sysfs.read_counters(sysfs.DEFAULT_ROOT, self.sel.device, self.sel.port)
+            self.counters_after = sysfs.read_counters(self.opts.sysfs_root, self.sel.device, self.sel.port)
         # Context.close() destroys everything created on it (QPs, MR, CQ, PD) in order.
         ctx = getattr(self, "ctx", None)
         if ctx is not None:
