@@ -1,0 +1,103 @@
+"""Scenario flags shared by `kvfabric plan` and `kvfabric run`: one place turns args into a Scenario."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from ..emulator.kvlayout import kv_layout
+from ..emulator.workload import PRESETS, preset
+from ..profiles import KV_DTYPE_BITS, load_gpu, load_model
+from ..scenario import ACCESS_PATTERNS, Deployment, Distribution, Scenario, Workload
+
+DEFAULT_ISL = 1024
+DEFAULT_OSL = 128
+MIB = 1 << 20
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_profile_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profiles", metavar="DIR", action="extend", nargs="+", default=[],
+                        help="extra profile directory, searched before the shipped profiles (repeatable)")
+
+
+def add_scenario_args(parser: argparse.ArgumentParser) -> None:
+    """Every flag that shapes a Scenario (plan and run take the same ones)."""
+    parser.add_argument("--model", required=True, help="model profile id, alias, or path to a YAML profile")
+    parser.add_argument("--gpu", required=True, help="GPU profile id, alias, or path to a YAML profile")
+    parser.add_argument("--isl", type=positive_int, help=f"input tokens per request (default {DEFAULT_ISL}, or the preset's)")
+    parser.add_argument("--osl", type=positive_int, help=f"output tokens per request (default {DEFAULT_OSL}, or the preset's)")
+    parser.add_argument("--requests", type=positive_int, help="number of requests (default 1, or the preset's)")
+    parser.add_argument("--workload", choices=sorted(PRESETS), help="application preset (ISL/OSL distributions, arrivals)")
+    parser.add_argument("--prefill-tp", type=positive_int, default=1)
+    parser.add_argument("--decode-tp", type=positive_int, default=1)
+    parser.add_argument("--prefill-pp", type=positive_int, default=1)
+    parser.add_argument("--decode-pp", type=positive_int, default=1)
+    parser.add_argument("--page-size", type=positive_int, default=16, help="tokens per KV page (block)")
+    parser.add_argument("--access", choices=ACCESS_PATTERNS, default="layer",
+                        help="layer: one transfer per layer per page; block: one per page with all stage layers")
+    parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPE_BITS), help="KV dtype (default: the model's)")
+    parser.add_argument("--chunk", type=non_negative_int, default=0, help="chunked-prefill chunk in tokens (0 = whole prompt)")
+    parser.add_argument("--dp-attention", action="store_true", help="data-parallel attention (MLA latent not replicated)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool-mib", type=positive_int, default=256, help="emulated HBM KV pool per side, MiB")
+    add_profile_args(parser)
+
+
+def workload_from_args(args: argparse.Namespace) -> Workload:
+    base = preset(args.workload) if getattr(args, "workload", None) else Workload(
+        isl=Distribution.fixed(DEFAULT_ISL), osl=Distribution.fixed(DEFAULT_OSL), requests=1
+    )
+    changes: dict[str, Any] = {}
+    if args.isl is not None:
+        changes["isl"] = Distribution.fixed(args.isl)
+    if args.osl is not None:
+        changes["osl"] = Distribution.fixed(args.osl)
+    if args.requests is not None:
+        changes["requests"] = args.requests
+    return dataclasses.replace(base, **changes)
+
+
+def scenario_from_args(args: argparse.Namespace, scenario_id: str = "cli") -> Scenario:
+    """Resolve profiles and build the Scenario. Bad ids/values raise KvFabricError (one line, exit 2)."""
+    dirs = list(args.profiles or [])
+    model = load_model(args.model, dirs)
+    gpu = load_gpu(args.gpu, dirs)
+
+    def side(tp: int, pp: int) -> Deployment:
+        return Deployment(tp=tp, pp=pp, page_size=args.page_size, access=args.access, kv_dtype=args.kv_dtype,
+                          dp_attention=args.dp_attention, chunk_tokens=args.chunk)
+
+    prefill = side(args.prefill_tp, args.prefill_pp)
+    decode = dataclasses.replace(side(args.decode_tp, args.decode_pp), chunk_tokens=0)
+    kv_layout(model, prefill, "<cli>", "prefill")  # fail fast, naming the side and the valid TP values
+    kv_layout(model, decode, "<cli>", "decode")
+    return Scenario(
+        id=scenario_id,
+        model=model,
+        gpu=gpu,
+        prefill=prefill,
+        decode=decode,
+        workload=workload_from_args(args),
+        seed=args.seed,
+        pool_bytes=args.pool_mib * MIB,
+    )
