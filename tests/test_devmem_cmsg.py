@@ -221,3 +221,28 @@ def test_assembler_reports_peer_error_and_mid_frame():
     asm = rx.StreamAssembler(4096)
     list(asm.feed(memoryview(framing.encode_hello({}) + framing.encode_write(0, 10, 1) + b"abc"), True))
     assert asm.mid_frame
+
+
+# ---- the real kernel: SO_DEVMEM_DONTNEED encoding and limits -----------------------------
+
+def test_real_kernel_accepts_our_dontneed_encoding_and_enforces_the_token_cap():
+    from pytest_kvfabric.transports.devmem import sockio
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen()
+    with ls, socket.create_connection(ls.getsockname(), timeout=5) as c:
+        s, _ = ls.accept()
+        with s:
+            # no devmem frags on this socket: the kernel parses the tokens and frees none
+            assert sockio.dontneed(s.fileno(), [(5, 3), (100, 1)]) == 0
+            calls = cmsg.batch_tokens(list(range(0, 600, 2)))  # 300 runs -> 128 + 128 + 44
+            assert [sockio.dontneed(s.fileno(), call) for call in calls] == [0, 0, 0]
+            with pytest.raises(OSError) as info:
+                sockio.dontneed(s.fileno(), [(i * 2, 1) for i in range(cmsg.MAX_DONTNEED_TOKENS + 1)])
+            assert info.value.errno == 22  # EINVAL: more than 128 tokens in one call
+            # recvmsg(MSG_SOCK_DEVMEM) of regular (host) skbs: data, no devmem cmsgs
+            c.sendall(b"kv" * 10)
+            s.settimeout(5)
+            data, anc, flags, _ = s.recvmsg(100, 4096, cmsg.MSG_SOCK_DEVMEM)
+            assert data == b"kv" * 10 and cmsg.parse_ancdata(anc, flags) == []

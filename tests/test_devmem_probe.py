@@ -239,3 +239,51 @@ def test_target_needs_a_dmabuf_region_and_initiator_reports_host_tx():
     assert dp["description"].startswith("devmem RX only: TX from host memory")
     assert "not a dma-buf" in dp["description"]
     i.close()
+
+
+def _run_loopback(target_opts, writes, rounds=200):
+    """White box: a DevmemTarget whose NIC bind is skipped (no devmem NIC here), fed by a
+    DevmemInitiator over loopback: the kernel delivers regular skbs, recvmsg(MSG_SOCK_DEVMEM)
+    returns them without devmem cmsgs, so every byte is host memory and must be reported."""
+    import numpy as np
+
+    from pytest_kvfabric.transports.base import XFER_DTYPE
+
+    src = memoryview(mmap.mmap(-1, 1 << 16))
+    src[:] = bytes(range(256)) * 256
+    dst = memoryview(mmap.mmap(-1, 1 << 16))
+    t = DevmemTarget(dst, {"token": "s3cret", **target_opts})
+    t.pool = object()
+    desc = t._listen_socket("127.0.0.1", 2.0)
+    i = DevmemInitiator(src, {"token": "s3cret", "tx": False})
+    try:
+        i.connect(desc, 2.0)
+        i.post(np.array(writes, XFER_DTYPE), 2.0)
+        placed, done = [], []
+        for _ in range(rounds):
+            p, _n = t.progress(0.05)
+            placed += p["xfer"].tolist()
+            done += i.poll(0.01)["xfer"].tolist()
+            if len(done) == len(writes):
+                break
+        return t, i, src, dst, placed, done
+    finally:
+        i.close()
+        t.close()
+
+
+def test_target_rx_loop_reports_host_placed_bytes_on_loopback():
+    writes = [(0, 0, 100, 5000, 3), (1, 8000, 20000, 30000, -1)]
+    t, i, src, dst, placed, done = _run_loopback({}, writes)
+    assert sorted(done) == [0, 1] and sorted(placed) == [0, 1]
+    assert dst[100:5100] == src[0:5000] and dst[20000:50000] == src[8000:38000]
+    dp = t.data_path()
+    assert dp["transport"] == "devmem" and dp["device_placed_all"] is False
+    assert dp["device_frags"] == 0 and dp["unsteered_bytes"] >= 35000 and dp["zero_copy"] is None
+    assert "not steered" in dp["description"]
+    assert i.data_path()["description"].startswith("devmem RX only: TX from host memory")
+
+
+def test_scenario_requiring_device_placement_fails_on_host_bytes():
+    with pytest.raises(TransportError, match="landed in host memory and the scenario requires device placement"):
+        _run_loopback({"require_device_placement": True}, [(0, 0, 0, 4096, -1)])

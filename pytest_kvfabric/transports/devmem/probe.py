@@ -111,7 +111,7 @@ def decide(inp: ProbeInputs) -> Capability:
         "reasons": list(reasons),
     }
     if reasons:
-        return Capability.missing("devmem: " + "; ".join(reasons), **details)
+        return Capability.missing("; ".join(reasons), **details)
     if inp.want_tx and inp.bind_tx is not None and inp.bind_tx.ok:
         path = f"devmem RX+TX on {ifn} queues {inp.queues}"
     else:
@@ -233,4 +233,4 @@ def probe(options: Mapping[str, Any] | None = None) -> Capability:
     try:
         return decide(gather(options))
     except Exception as exc:  # a probe never raises for a missing capability
-        return Capability.missing(f"devmem: probe failed: {type(exc).__name__}: {exc}")
+        return Capability.missing(f"probe failed: {type(exc).__name__}: {exc}")

@@ -24,14 +24,11 @@ the stream options of `tcp` (token, connections, sndbuf, rcvbuf, nodelay).
 """
 from __future__ import annotations
 
-import errno
 import secrets
 import selectors
 import socket
 import time
 from typing import Any, Mapping
-
-import numpy as np
 
 from ...errors import ProtocolError, TransportError
 from .. import framing
@@ -147,13 +144,18 @@ class DevmemTarget(StreamTarget):
 
     # -- receive --------------------------------------------------------------------------
     def _on_readable(self, c: _TConn) -> None:
+        # Tokens belong to the socket that received them: every call returns all of c's tokens
+        # before it ends, so _pending_tokens never mixes connections.
         asm = self._asm.get(c.fd)
         if asm is None:
             asm = self._asm[c.fd] = rx.StreamAssembler(self._region_len)
         try:
             self._devmem_drain(c, asm)
         finally:
-            self._return_tokens(c, force=True)
+            if c.state == _CLOSED:
+                self._pending_tokens.clear()  # closing the socket released its frags
+            else:
+                self._return_tokens(c, force=True)
         if c.state == _RUN and c.placed_seq > c.acked:
             c.acked = c.placed_seq
             c.out += framing.encode_ack(c.placed_seq)
@@ -362,9 +364,15 @@ class DevmemInitiator(ZeroCopyInitiator):
         while c.iov_i < len(iov):
             i, off = c.iov_i, c.iov_off
             buf = iov[i]
+            if isinstance(buf, memoryview) and not len(buf):
+                # empty write: no payload call; it completes with the latest call id so far
+                c.calls.append(self._state(c).ncalls - 1)
+                c.iov_i, c.iov_off = i + 1, 0
+                c.sent_writes = c.iov_writes + ((i + 1) >> 1)
+                continue
             try:
                 if isinstance(buf, memoryview):
-                    start = sockio.buffer_address(buf) - self._base_addr if len(buf) else 0
+                    start = sockio.buffer_address(buf) - self._base_addr
                     sent = sockio.devmem_sendmsg(c.fd, start + off, len(buf) - off, self.tx_binding_id)
                     self.devmem_tx_bytes += sent
                 else:
