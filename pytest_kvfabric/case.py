@@ -132,11 +132,19 @@ class CaseOutcome:
         return props
 
 
+_PROBES: dict[str, str | None] = {}
+
+
 def probe_reason(transport: str, params: Mapping[str, Any]) -> str | None:
+    """Why this host cannot run the transport, or None. Probed once per process and
+    parameter set: some probes do real netlink binds and take a second."""
     from .transports.registry import probe
 
-    cap = probe(transport, params)
-    return None if cap.available else f"{transport}: {cap.reason}"
+    key = json.dumps([transport, params], sort_keys=True, default=str)
+    if key not in _PROBES:
+        cap = probe(transport, params)
+        _PROBES[key] = None if cap.available else f"{transport}: {cap.reason}"
+    return _PROBES[key]
 
 
 def run_case(
