@@ -296,3 +296,64 @@ def test_session_killed(sig, worker):
             proc.wait(5)
         for name in names:
             nsmod.remove_netns(name)
+
+
+@needs_netns
+def test_scenario_crosses_the_veth_and_leaves_nothing():
+    """End to end: a small tcp scenario between agents inside the two namespaces."""
+    from pytest_kvfabric.emulator.plan import build_plan
+    from pytest_kvfabric.profiles import load_gpu, load_model
+    from pytest_kvfabric.runner import AgentPair
+    from pytest_kvfabric.scenario import Distribution, Scenario, Workload
+
+    sc = Scenario(id="netns-e2e", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"),
+                  workload=Workload(isl=Distribution.fixed(64), osl=Distribution.fixed(8), requests=2),
+                  pool_bytes=16 << 20, transport="tcp", seed=5)
+    plan = build_plan(sc)
+    p = NetnsPair.create(TAG, 17, prefix=PREFIX)
+    hp = p.pair
+    ends = {"pv": (hp.prefill.netns, hp.prefill.interface), "dv": (hp.decode.netns, hp.decode.interface),
+            "pl": (hp.prefill.netns, "lo"), "dl": (hp.decode.netns, "lo")}
+    pids: dict[str, int] = {}
+    try:
+        before = {k: link_counters(*v) for k, v in ends.items()}
+        with AgentPair(hp, timeout_s=60) as agents:
+            res = agents.run(sc)
+            pids = dict(agents.pids)
+            # the agents really live in our namespaces
+            for role, ns in (("prefill", hp.prefill.netns), ("decode", hp.decode.netns)):
+                assert os.stat(f"/proc/{pids[role]}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino
+        after = {k: link_counters(*v) for k, v in ends.items()}
+    finally:
+        p.destroy()
+    assert res.integrity["errors"] == 0 and res.bytes == plan.total_bytes > 0
+    assert res.pair == hp.name
+    assert after["pv"]["tx_bytes"] - before["pv"]["tx_bytes"] >= res.bytes
+    assert after["dv"]["rx_bytes"] - before["dv"]["rx_bytes"] >= res.bytes
+    for k in ("pl", "dl"):
+        assert after[k]["tx_bytes"] - before[k]["tx_bytes"] < res.bytes // 100
+    # nothing of ours remains: no namespace, no link, no agent process
+    assert hp.prefill.netns not in list_netns() and hp.decode.netns not in list_netns()
+    root = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert hp.prefill.interface not in root and hp.decode.interface not in root
+    for pid in pids.values():
+        assert nsmod._starttime(pid) is None or nsmod._is_zombie(pid)
+
+
+@needs_netns
+def test_two_workers_get_two_distinct_pairs():
+    from pytest_kvfabric.fabric.select import open_pair
+
+    a, close_a = open_pair("netns", worker=20, netns_prefix=PREFIX)
+    try:
+        b, close_b = open_pair("netns", worker=21, netns_prefix=PREFIX)  # cleanup_stale spares a: creator alive
+        try:
+            assert a.name != b.name
+            assert {a.prefill.netns, a.decode.netns}.isdisjoint({b.prefill.netns, b.decode.netns})
+            assert {a.prefill.data_addr, a.decode.data_addr}.isdisjoint({b.prefill.data_addr, b.decode.data_addr})
+            assert {a.prefill.netns, a.decode.netns, b.prefill.netns, b.decode.netns} <= set(list_netns())
+        finally:
+            close_b()
+    finally:
+        close_a()
+    assert not {a.prefill.netns, b.decode.netns} & set(list_netns())

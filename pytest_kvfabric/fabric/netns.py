@@ -304,7 +304,10 @@ class NetnsPair:
         try:
             self._build()
         except BaseException as exc:
-            self.destroy()
+            try:
+                self.destroy()
+            except KvFabricError:
+                pass  # report the original failure; leftovers are removed by cleanup_stale
             if isinstance(exc, (KvFabricError, ValueError)):
                 raise
             if isinstance(exc, Exception):
