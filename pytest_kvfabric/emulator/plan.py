@@ -23,6 +23,7 @@ rounded up to 64 B; units take slots round robin per rank in row order.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -152,6 +153,15 @@ class _Segments:
     src_off: np.ndarray  # offset of the segment inside a src unit (per src rank)
     dst_off: np.ndarray
 
+    def take(self, idx: np.ndarray) -> "_Segments":
+        return _Segments(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
+
+    def slice(self, start: int, stop: int) -> "_Segments":
+        return _Segments(*(getattr(self, f.name)[start:stop] for f in dataclasses.fields(self)))
+
+
+ROWS_PER_STEP = 1 << 20  # rows built per vectorized step (bounds temporary memory)
+
 
 def _segments(src: KvLayout, dst: KvLayout, access: str) -> _Segments:
     layers = src.layers
@@ -222,7 +232,7 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
         raise ProfileError(SOURCE, "decode.access", f"{scenario.decode.access!r} differs from prefill's {access!r}")
     page = src.page_size
 
-    seg = _segments(src, dst, access)
+    seg = seg_all = _segments(src, dst, access)
     src_rank_bytes, src_slot, src_slots = _pool(scenario.pool_bytes, src.ranks, _unit_bytes(src, seg, seg.src_stage, access), "prefill")
     dst_rank_bytes, dst_slot, dst_slots = _pool(scenario.pool_bytes, dst.ranks, _unit_bytes(dst, seg, seg.dst_stage, access), "decode")
 
@@ -276,56 +286,66 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
             if len(pg) == 0:
                 continue
             in_window = pg >= first_sw[r]
-            present = ~(seg.all_sliding[:, None] & ~in_window[None, :])  # [segments, pages]
-            masked = not bool(present.all())
-            shape = (len(seg.first), len(pg), k)
-            m = int(np.count_nonzero(present)) * k
-            view = out[row : row + m]
-            base = {
-                "request": r,
-                "layer": seg.first[:, None, None],
-                "block": pg[None, :, None],
-                "ready_ns": ready[c][seg.last][:, None, None],
-                "src_rank": (seg.src_stage * src.tp)[:, None, None] + p_src,
-                "dst_rank": (seg.dst_stage * dst.tp)[:, None, None] + p_dst,
-            }
-            # [segments, pages] terms, computed in place to keep peak memory low.
-            head_bytes = np.where(in_window[None, :], seg.full_head_bytes[:, None], seg.dense_head_bytes[:, None])
-            src_slot_off = _ordinals(present, seg.src_stage, src_ctr, access)
-            np.remainder(src_slot_off, src_slots, out=src_slot_off)
-            src_slot_off *= src_slot
-            src_slot_off += (seg.src_stage * src.tp * src_rank_bytes + seg.src_off)[:, None]
-            dst_slot_off = _ordinals(present, seg.dst_stage, dst_ctr, access)
-            np.remainder(dst_slot_off, dst_slots, out=dst_slot_off)
-            dst_slot_off *= dst_slot
-            dst_slot_off += (seg.dst_stage * dst.tp * dst_rank_bytes + seg.dst_off)[:, None]
-            grid2 = {"nbytes": head_bytes, "src_off": src_slot_off, "dst_off": dst_slot_off}
-            # per-piece terms: [segments, 1, pieces] (multiplied or added to the grids above)
-            piece = {
-                "nbytes": p_nh[None, None, :].astype(np.uint32),
-                "src_off": (p_src * src_rank_bytes + seg.full_head_bytes[:, None, None] * p_sh).astype(np.uint64),
-                "dst_off": (p_dst * dst_rank_bytes + seg.full_head_bytes[:, None, None] * p_dh).astype(np.uint64),
-            }
-            if masked:  # some sliding-window segments skip pages outside the window
-                sel = np.broadcast_to(present[:, :, None], shape)
-                for name, value in base.items():
-                    view[name] = np.broadcast_to(value, shape)[sel]
-                for name, value in grid2.items():
-                    op = np.multiply if name == "nbytes" else np.add
-                    view[name] = op(value[:, :, None], piece[name])[sel]
-            else:  # assign by broadcasting straight into the table
-                grid = view.reshape(shape)
-                for name, value in base.items():
-                    grid[name] = value
-                for name, value in grid2.items():
-                    grid[name] = value[:, :, None]
-                    if name == "nbytes":
-                        if k > 1 or int(p_nh[0]) != 1:
-                            grid[name] *= piece[name]
-                    else:
-                        grid[name] += piece[name]
-            del head_bytes, src_slot_off, dst_slot_off, grid2
-            row += m
+            # access=layer: a few layers at a time (rows stay layer-major), so temporaries stay
+            # small; access=block: all segments at once (a unit spans a stage's segments).
+            step = len(seg_all.first) if access == "block" else max(1, ROWS_PER_STEP // (len(pg) * k))
+            for g0 in range(0, len(seg_all.first), step):
+                seg = seg_all.slice(g0, g0 + step)
+                present = ~(seg.all_sliding[:, None] & ~in_window[None, :])  # [segments, pages]
+                held = present.any(axis=1)
+                if not held.all():  # drop segments with no page in this chunk (sliding, before the window)
+                    seg, present = seg.take(np.nonzero(held)[0]), present[held]
+                    if len(seg.first) == 0:
+                        continue
+                masked = not bool(present.all())
+                shape = (len(seg.first), len(pg), k)
+                m = int(np.count_nonzero(present)) * k
+                view = out[row : row + m]
+                base = {
+                    "request": r,
+                    "layer": seg.first[:, None, None],
+                    "block": pg[None, :, None],
+                    "ready_ns": ready[c][seg.last][:, None, None],
+                    "src_rank": (seg.src_stage * src.tp)[:, None, None] + p_src,
+                    "dst_rank": (seg.dst_stage * dst.tp)[:, None, None] + p_dst,
+                }
+                # [segments, pages] terms, computed in place to keep peak memory low.
+                head_bytes = np.where(in_window[None, :], seg.full_head_bytes[:, None], seg.dense_head_bytes[:, None])
+                src_slot_off = _ordinals(present, seg.src_stage, src_ctr, access)
+                np.remainder(src_slot_off, src_slots, out=src_slot_off)
+                src_slot_off *= src_slot
+                src_slot_off += (seg.src_stage * src.tp * src_rank_bytes + seg.src_off)[:, None]
+                dst_slot_off = _ordinals(present, seg.dst_stage, dst_ctr, access)
+                np.remainder(dst_slot_off, dst_slots, out=dst_slot_off)
+                dst_slot_off *= dst_slot
+                dst_slot_off += (seg.dst_stage * dst.tp * dst_rank_bytes + seg.dst_off)[:, None]
+                grid2 = {"nbytes": head_bytes, "src_off": src_slot_off, "dst_off": dst_slot_off}
+                # per-piece terms: [segments, 1, pieces] (multiplied or added to the grids above)
+                piece = {
+                    "nbytes": p_nh[None, None, :].astype(np.uint32),
+                    "src_off": (p_src * src_rank_bytes + seg.full_head_bytes[:, None, None] * p_sh).astype(np.uint64),
+                    "dst_off": (p_dst * dst_rank_bytes + seg.full_head_bytes[:, None, None] * p_dh).astype(np.uint64),
+                }
+                if masked:  # some sliding-window segments skip pages outside the window
+                    sel = np.broadcast_to(present[:, :, None], shape)
+                    for name, value in base.items():
+                        view[name] = np.broadcast_to(value, shape)[sel]
+                    for name, value in grid2.items():
+                        op = np.multiply if name == "nbytes" else np.add
+                        view[name] = op(value[:, :, None], piece[name])[sel]
+                else:  # assign by broadcasting straight into the table
+                    grid = view.reshape(shape)
+                    for name, value in base.items():
+                        grid[name] = value
+                    for name, value in grid2.items():
+                        grid[name] = value[:, :, None]
+                        if name == "nbytes":
+                            if k > 1 or int(p_nh[0]) != 1:
+                                grid[name] *= piece[name]
+                        else:
+                            grid[name] += piece[name]
+                del head_bytes, src_slot_off, dst_slot_off, grid2
+                row += m
         requests[r] = (
             r,
             int(arrival_ns[r]),
