@@ -171,6 +171,12 @@ class AgentPair:
     def run(self, scenario: Scenario, check_integrity: bool = True) -> Result:
         """Run one scenario; raises TransportError (agent/transport failure) or IntegrityError
         (pages arrived wrong; the Result is attached as `exc.result`)."""
+        from .transports.registry import get_transport
+
+        try:
+            get_transport(scenario.transport)  # unknown name: UnknownIdError before any agent starts
+        except ImportError as exc:
+            raise TransportError(f"transport {scenario.transport!r} could not be imported: {exc}") from None
         plan = build_plan(scenario)
         run_timeout = self.timeout_s if self.timeout_s is not None else derive_timeout_s(plan)
         token = secrets.token_hex(16)

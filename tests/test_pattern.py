@@ -183,7 +183,7 @@ def test_without_guard_overwritten_page_would_fail():
     w.send(1)  # overwrite before verification
     w.ledger.verify_all()
     assert w.ledger.error_count == 1
-    assert "header key mismatch" in w.ledger.first_error
+    assert "overwritten before verification by request 0 layer 0 page 1" in w.ledger.first_error
 
 
 def test_guard_finds_a_placed_but_unreported_page():

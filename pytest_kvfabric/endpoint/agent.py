@@ -32,7 +32,7 @@ from pytest_kvfabric.endpoint.agent import serve
 serve(channel)
 """
 
-INJECT_KEY = "_inject"  # test-only transport_params key: "corrupt" | "misplace" | "kill"
+INJECT_KEY = "_inject"  # test-only transport_params key: "corrupt" | "misplace" | "kill" | "stall"
 
 
 def pack_array(a: np.ndarray) -> dict[str, Any]:

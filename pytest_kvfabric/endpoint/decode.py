@@ -24,7 +24,7 @@ IDLE_VERIFY_PAGES = 64  # pages verified per idle progress() return
 class DecodeOptions:
     timeout_s: float = 60.0
     poll_s: float = 0.002
-    inject: str | None = None  # test-only fault: "corrupt" | "misplace" | "kill"
+    inject: str | None = None  # test-only fault: "corrupt" | "misplace" | "kill" | "stall"
 
 
 def _inject(kind: str, ledger: pattern.PageLedger, row: int) -> bool:
@@ -81,6 +81,8 @@ def run_decode(
                 if row is not None and not injected:
                     if opts.inject == "kill":
                         os.kill(os.getpid(), signal.SIGKILL)  # test-only: die mid-transfer
+                    if opts.inject == "stall":
+                        time.sleep(opts.timeout_s * 10)  # test-only: hang mid-transfer
                     injected = _inject(opts.inject, ledger, row)
                 for req in ledger.completed[before:]:
                     req_complete_ns[req] = t

@@ -276,6 +276,14 @@ class PageLedger:
         reason = check_page(self.dst, self.base, r, self.keys[row])
         self.pages_checked += 1
         if reason is not None:
+            d = int(r["dst_off"])
+            other = self.index.lookup(self.dst[d:d + 8]) if int(r["nbytes"]) >= 8 else None
+            if reason.startswith("header key mismatch") and other is not None and other != row:
+                o = self.transfers[other]
+                if int(o["dst_off"]) == d:  # a later page of the same slot: the slot rule was broken
+                    reason = f"overwritten before verification by {describe(o)}"
+                else:
+                    reason = f"misplaced page: its place holds {describe(o)} instead"
             self._error(f"{describe(r)}: {reason}")
 
     def guard(self, dst_off: int, nbytes: int) -> None:

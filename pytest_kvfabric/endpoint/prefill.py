@@ -30,7 +30,8 @@ from ..errors import TransportError
 from ..transports.base import XFER_DTYPE, Initiator
 from . import pattern
 
-SPIN_NS = 50_000  # busy-wait only the last 50 µs before a ready time; sleep before that
+SPIN_NS = 50_000  # busy-wait the last 50 µs before a ready time; sleep before that ...
+MAX_SPIN_NS = 1_000_000  # ... unless wake-ups are measured to overshoot more (loaded or virtual host)
 _PR_SET_TIMERSLACK = 29
 
 
@@ -199,6 +200,14 @@ def run_prefill(
                         requests_done += 1
                     started += 1
 
+    spin_ns = SPIN_NS
+    overshoot_ns = 0.0  # EWMA of how late sleep()/poll() wake-ups are on this host
+
+    def note_wake(intended: int) -> None:
+        nonlocal overshoot_ns, spin_ns
+        overshoot_ns = 0.9 * overshoot_ns + 0.1 * max(now() - intended, 0)
+        spin_ns = int(min(max(SPIN_NS, 2 * overshoot_ns), MAX_SPIN_NS))
+
     while completed_rows < target_rows:
         t = now()
         if t > deadline:
@@ -260,9 +269,11 @@ def run_prefill(
         wait_ns = (next_ready - t) if next_ready is not None else 5_000_000
         if inflight:
             # Wake for a completion, or in time to spin into the next ready time.
-            comp = initiator.poll(max(wait_ns - SPIN_NS, 0) / 1e9)
+            comp = initiator.poll(max(wait_ns - spin_ns, 0) / 1e9)
             if len(comp):
                 on_completions(comp)
+            elif next_ready is not None and wait_ns > spin_ns:
+                note_wake(next_ready - spin_ns)
             continue
         if next_ready is None:
             if completed_rows >= target_rows:
@@ -271,9 +282,10 @@ def run_prefill(
                 f"prefill agent: stalled with {target_rows - completed_rows} writes neither "
                 f"ready nor in flight (plan or slot bookkeeping bug)"
             )
-        if wait_ns > SPIN_NS:
-            time.sleep((wait_ns - SPIN_NS) / 1e9)
-        while now() < next_ready:  # the last ~50 µs: busy-wait for a punctual post
+        if wait_ns > spin_ns:
+            time.sleep((wait_ns - spin_ns) / 1e9)
+            note_wake(next_ready - spin_ns)
+        while now() < next_ready:  # the last stretch: busy-wait for a punctual post
             pass
 
     return {

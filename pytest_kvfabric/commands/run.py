@@ -1,0 +1,105 @@
+"""`kvfabric run`: run one scenario between two local agents over loopback and print its figures."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from ..errors import IntegrityError, TransportError
+from ._scenario_args import add_scenario_args, positive_int, scenario_from_args
+
+DEFAULT_GPU = "h100"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run", help="move a scenario's KV bytes between two local agents and measure",
+        description=__doc__.splitlines()[0],
+    )
+    add_scenario_args(p)
+    for action in p._actions:  # --gpu is optional for run (a sensible default GPU)
+        if action.dest == "gpu":
+            action.required = False
+            action.default = DEFAULT_GPU
+            action.help = f"GPU profile id, alias, or path (default {DEFAULT_GPU})"
+    p.add_argument("--transport", required=True, help="transport name (kvfabric run lists them on a bad name)")
+    p.add_argument("--pace", choices=("emulated", "none"), default="emulated",
+                   help="emulated: post each layer when the emulated GPU has computed it; none: as fast as possible")
+    p.add_argument("--connections", type=positive_int, help="parallel connections (stream transports)")
+    p.add_argument("--window", type=positive_int, default=64, help="max writes in flight (default 64)")
+    p.add_argument("--timeout", type=float, help="run timeout in seconds (default: derived from the scenario)")
+    p.add_argument("--no-verify", action="store_true", help="skip page verification at the decode side")
+    p.add_argument("--json", metavar="PATH", help="write the Result as JSON (docs/run.md lists the keys)")
+    p.set_defaults(func=main)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "  ".join(f"{k} {_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def table(d: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    rows = [
+        ("scenario", d["scenario"]), ("transport / pair", f"{d['transport']} / {d['pair']}"),
+        ("model / gpu", f"{d['model']} / {d['gpu']}"), ("pacing", d["pacing"]),
+        ("requests", f"{d['requests_completed']} of {d['requests']} completed"),
+        ("transfers / bytes", f"{d['transfers']} / {d['bytes']}"),
+        ("throughput Gb/s", _fmt(d["throughput_gbps"])), ("throughput GB/s", _fmt(d["throughput_GBps"])),
+        ("latency us", _fmt(d["latency_us"])), ("exposed ms", _fmt(d["exposed_ms"])),
+        ("transfer ms / request", _fmt(d["transfer_ms"])), ("ttft ms", _fmt(d["ttft_ms"])),
+        ("tpot ms", _fmt(d["tpot_ms"])), ("post lateness us", _fmt(d["post_lateness_us"])),
+        ("cpu s/GB", _fmt(d["cpu_s_per_gb"])), ("retransmits", _fmt(d["retransmits"])),
+        ("connect / register ms", f"{_fmt(d['connect_ms'])} / {_fmt(d['register_ms'])}"),
+        ("integrity", f"{d['integrity']['pages_checked']} pages checked, {d['integrity']['errors']} errors"),
+        ("data path", (d["data_path"].get("sender") or {}).get("description", "-")),
+    ]
+    return tabulate(rows, tablefmt="simple")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..runner import AgentPair
+    from ..transports.registry import available_names, probe
+
+    if args.transport not in available_names():
+        from ..errors import UnknownIdError
+
+        raise UnknownIdError("transport", args.transport, available_names(), "<cli>")  # exit 2
+    sc = scenario_from_args(args, scenario_id="run")
+    cap = probe(args.transport, {"connections": args.connections} if args.connections else {})
+    if not cap.available:  # both agents run on this host: its probe decides
+        sys.stderr.write(f"kvfabric run: transport {args.transport!r} not available: {cap.reason}\n")
+        return 1
+    params = {"connections": args.connections} if args.connections else {}
+    sc = dataclasses.replace(sc, transport=args.transport, pacing=args.pace, transport_params=params,
+                             verify=not args.no_verify)
+    result = None
+    try:
+        with AgentPair(None, args.timeout, {"max_inflight": args.window}) as agents:
+            result = agents.run(sc)
+    except IntegrityError as exc:
+        result = getattr(exc, "result", None)
+        err = f"kvfabric run: integrity error: {exc}"
+    except TransportError as exc:
+        err = f"kvfabric run: transport error: {exc}"
+    else:
+        err = None
+    if result is not None:
+        d = result.to_dict()
+        print(table(d))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(d, f, indent=2, sort_keys=True)
+                f.write("\n")
+    if err is not None:
+        sys.stderr.write(err.splitlines()[0] + "\n")
+        return 1
+    return 0

@@ -1,0 +1,84 @@
+"""Faults: a dying or hanging decode agent, and pages damaged after placement."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from pytest_kvfabric.errors import IntegrityError, TransportError
+from pytest_kvfabric.fabric.local import local_pair
+from pytest_kvfabric.profiles import load_gpu, load_model
+from pytest_kvfabric.runner import AgentPair
+from pytest_kvfabric.scenario import Distribution, Scenario, Workload
+
+MIB = 1 << 20
+
+
+def scenario(inject: str, **kw) -> Scenario:
+    return Scenario(
+        id=f"fault-{inject}", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"),
+        workload=Workload(isl=Distribution.fixed(32), requests=2), pool_bytes=8 * MIB,
+        transport="tcp", transport_params={"_inject": inject}, **kw,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _assert_no_agents_left(pids: dict[str, int]) -> None:
+    assert set(pids) == {"prefill", "decode"}
+    for role, pid in pids.items():
+        assert not _alive(pid), f"{role} agent pid {pid} still alive"
+
+
+def test_decode_killed_mid_transfer_fails_with_transport_error_and_no_orphans():
+    timeout_s = 20.0
+    ap = AgentPair(local_pair(), timeout_s=timeout_s)
+    t0 = time.monotonic()
+    with pytest.raises(TransportError, match=r"decode agent \(pid \d+\) died during the run"):
+        ap.run(scenario("kill"))
+    assert time.monotonic() - t0 < timeout_s + 10  # bounded: never a hang
+    _assert_no_agents_left(ap.pids)
+    ap.close()
+
+
+def test_decode_hanging_times_out_and_is_killed():
+    ap = AgentPair(local_pair(), timeout_s=3.0)
+    with pytest.raises(TransportError, match="timed out|did not answer"):
+        ap.run(scenario("stall"))
+    _assert_no_agents_left(ap.pids)
+    ap.close()
+
+
+def test_corrupted_page_raises_integrity_error_naming_request_layer_page():
+    with AgentPair(local_pair(), timeout_s=30) as ap:
+        with pytest.raises(IntegrityError) as info:
+            ap.run(scenario("corrupt"))
+        msg = str(info.value)
+        assert "corrupted at byte" in msg
+        assert "request " in msg and " layer " in msg and " page " in msg
+        res = info.value.result
+        assert res.integrity["errors"] == 1
+        assert res.integrity["first_error"] in msg
+        # agents survive an integrity failure and run again cleanly
+        ok = ap.run(scenario("none"))
+        assert ok.integrity["errors"] == 0
+
+
+def test_misplaced_page_detected():
+    with AgentPair(local_pair(), timeout_s=30) as ap:
+        with pytest.raises(IntegrityError, match=r"request \d+ layer \d+ page \d+ .*misplaced page: its place holds request \d+ layer \d+ page \d+"):
+            ap.run(scenario("misplace"))
+
+
+def test_unknown_transport_is_a_clear_error_not_a_hang():
+    with AgentPair(local_pair(), timeout_s=10) as ap:
+        with pytest.raises(Exception, match="transport"):
+            ap.run(scenario("none").replace(transport="no-such-transport"))

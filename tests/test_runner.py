@@ -1,0 +1,107 @@
+"""End to end: two real agent processes over loopback with the tcp transport (a few MB per run)."""
+from __future__ import annotations
+
+import pytest
+
+from pytest_kvfabric.emulator.plan import build_plan
+from pytest_kvfabric.fabric.local import local_pair
+from pytest_kvfabric.profiles import load_gpu, load_model
+from pytest_kvfabric.runner import AgentPair, derive_timeout_s, run_scenario
+from pytest_kvfabric.scenario import Arrival, Distribution, Scenario, Workload
+
+MIB = 1 << 20
+
+
+def scenario(**kw) -> Scenario:
+    wl = dict(isl=Distribution.fixed(32), osl=Distribution.fixed(8), requests=2)
+    wl.update(kw.pop("workload", {}))
+    base = dict(id="e2e", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"),
+                workload=Workload(**wl), pool_bytes=8 * MIB, transport="tcp", seed=11)
+    base.update(kw)
+    return Scenario(**base)
+
+
+@pytest.fixture(scope="module")
+def agents():
+    with AgentPair(local_pair(), timeout_s=60) as ap:
+        yield ap
+
+
+def _check_complete(res, sc):
+    plan = build_plan(sc)
+    assert res.integrity["errors"] == 0, res.integrity
+    assert res.integrity["pages_checked"] == len(plan.transfers)
+    assert res.bytes == plan.total_bytes
+    assert res.transfers == len(plan.transfers)
+    assert res.requests == res.requests_completed == len(plan.requests)
+    return plan
+
+
+def test_emulated_pacing_moves_every_byte_and_reports_all_keys(agents):
+    sc = scenario()
+    res = agents.run(sc)
+    _check_complete(res, sc)
+    d = res.to_dict()
+    for key in ("throughput_gbps", "latency_us", "exposed_ms", "cpu_s_per_gb", "integrity",
+                "data_path", "bytes", "transfers", "post_lateness_us", "ttft_ms", "tpot_ms"):
+        assert key in d
+    assert set(d["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
+    assert d["latency_us"]["p50"] > 0 and d["throughput_gbps"] > 0
+    assert d["post_lateness_us"]["p50"] is not None
+    assert d["data_path"]["sender"]["transport"] == "tcp"
+    assert d["data_path"]["receiver"]["bytes_placed"] == res.bytes
+    assert d["cpu_s_per_gb"]["sender"] > 0 and d["cpu_s_per_gb"]["receiver"] > 0
+    assert d["connect_ms"] > 0 and d["register_ms"] > 0
+    assert d["pair"] == "local" and d["model"] == "llama3.1-8b"
+
+
+def test_pacing_none_moves_the_same_bytes(agents):
+    sc = scenario(pacing="none")
+    res = agents.run(sc)
+    _check_complete(res, sc)
+    assert res.post_lateness_us["p99"] is None  # no ready times to be late against
+
+
+def test_ttft_includes_emulated_prefill(agents):
+    sc = scenario(slo={"ttft_budget_ms": 1e6})
+    res = agents.run(sc)
+    plan = _check_complete(res, sc)
+    prefill_ms = plan.requests["prefill_ns"].min() / 1e6
+    assert res.ttft_ms["p50"] >= prefill_ms
+    assert res.exposed_ms["p50"] >= 0
+    assert res.ttft_met_fraction == 1.0
+
+
+def test_closed_loop_concurrency(agents):
+    sc = scenario(workload=dict(requests=4, arrival=Arrival(kind="closed", concurrency=2)))
+    res = agents.run(sc)
+    _check_complete(res, sc)
+
+
+def test_open_loop_poisson(agents):
+    sc = scenario(workload=dict(requests=3, arrival=Arrival(kind="poisson", rate_per_s=100.0)))
+    res = agents.run(sc)
+    _check_complete(res, sc)
+
+
+def test_bounded_pool_smaller_than_a_request_reuses_slots(agents):
+    sc = scenario(pool_bytes=1 * MIB, workload=dict(isl=Distribution.fixed(64), requests=2))
+    plan = build_plan(sc)
+    assert plan.src_region_bytes < int(plan.requests["nbytes"].max())  # precondition: slots reused
+    res = agents.run(sc)
+    _check_complete(res, sc)
+
+
+def test_agents_are_reused_across_runs(agents):
+    agents.run(scenario(seed=1))
+    pids = dict(agents.pids)
+    agents.run(scenario(seed=2))
+    assert agents.pids == pids and len(pids) == 2 and pids["prefill"] != pids["decode"]
+
+
+def test_run_scenario_one_shot_and_derived_timeout():
+    sc = scenario(workload=dict(requests=1))
+    plan = build_plan(sc)
+    assert derive_timeout_s(plan) >= plan.total_bytes / 100e6
+    res = run_scenario(sc)
+    _check_complete(res, sc)
