@@ -243,6 +243,8 @@ def test_dp_attention_request_lives_on_one_rank():
 
 def test_mismatched_sides_rejected():
     sc = scenario()
+    with pytest.raises(ProfileError, match="decode.dp_attention"):
+        build_plan(sc.replace(decode=Deployment(dp_attention=True)))
     with pytest.raises(ProfileError, match="decode.page_size"):
         build_plan(sc.replace(decode=Deployment(page_size=32)))
     with pytest.raises(ProfileError, match="decode.kv_dtype"):
@@ -264,6 +266,11 @@ def test_plan_summary_keys_and_required_gbps():
     assert sum(h["count"] for h in s["size_histogram"]) == len(plan.transfers)
     assert len(s["layer_ready_ms"]) == 80 and s["layer_ready_ms"] == sorted(s["layer_ready_ms"])
     assert s["requests"] == 2
+    block_sc = scenario("llama3-70b", 8, 4, isl=2048, requests=2, access="block")
+    block = plan_summary(build_plan(block_sc), block_sc)
+    assert block["layer_ready_ms"] == s["layer_ready_ms"]  # per layer even when pages move per stage
+    t = plan.transfers
+    assert s["layer_ready_ms"][79] == pytest.approx(t[t["request"] == 0]["ready_ns"].max() / 1e6, abs=1e-6)
 
 
 def test_poisson_arrivals_recorded():

@@ -225,6 +225,8 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
         raise ProfileError(SOURCE, "decode.kv_dtype", f"{dst.kv_dtype} differs from prefill's {src.kv_dtype}; KV is moved, not converted")
     if src.page_size != dst.page_size:
         raise ProfileError(SOURCE, "decode.page_size", f"{dst.page_size} differs from prefill's {src.page_size}")
+    if src.dp_attention != dst.dp_attention:
+        raise ProfileError(SOURCE, "decode.dp_attention", "must match prefill's: both sides hold a request's KV the same way")
     access = scenario.prefill.access
     if access not in ("layer", "block"):
         raise ProfileError(SOURCE, "prefill.access", f"unknown access {access!r}; valid: layer, block")
@@ -410,11 +412,8 @@ def plan_summary(plan: TransferPlan, scenario: "Scenario") -> dict:
     prefill_ns_sum = float(req["prefill_ns"].sum())
     first = req[0] if len(req) else None
     layer_ready_ms: list[float] = []
-    if first is not None:
-        rows = t[int(first["first"]) : int(first["first"]) + int(first["count"])]
-        layers = scenario.model.layers
-        ready = np.zeros(layers)
-        np.maximum.at(ready, rows["layer"].astype(np.int64), rows["ready_ns"].astype(np.float64))
+    if first is not None:  # when each layer of the first request is complete (its last chunk)
+        ready = timing.layer_ready_ns(scenario.model, scenario.gpu, scenario.prefill, int(first["isl"]))[-1]
         layer_ready_ms = [round(float(x) / 1e6, 6) for x in ready]
     return {
         "scenario": scenario.id,
