@@ -321,7 +321,7 @@ def test_writes_land_and_both_sides_report(verbs, poll):
         assert dp["path_mtu"] == 4096 and dp["poll"] == poll
         assert "counters_delta" in dp and dp["memory"].startswith(
             ("hugetlb", "transparent huge pages", "4 KiB pages"))
-        assert target.data_path()["write_guard"].startswith("not called")
+        assert target.data_path()["guard_round_trips"] == 0  # all destination bytes fresh
     finally:
         init.close()
         for _ in range(100):
@@ -397,3 +397,51 @@ def test_zero_length_writes_are_refused(verbs):
     finally:
         init.close()
         target.close()
+
+
+def test_reusing_destination_bytes_reports_then_guards_then_writes(verbs):
+    import threading
+
+    src, dst, target, desc, init = pair(verbs)
+    events = []
+    target.write_guard = lambda off, n: events.append(("guard", off, n))
+    stop = threading.Event()
+
+    def decode_loop():
+        for _ in range(2000):  # bounded: ~20 s at most
+            if stop.is_set():
+                return
+            placed, notes = target.progress(0.01)
+            events.extend(("placed", int(x)) for x in placed["xfer"])
+            events.extend(("notify", int(r)) for r in notes["request"])
+
+    thread = threading.Thread(target=decode_loop, daemon=True)
+    try:
+        init.connect(desc, 5.0)
+        thread.start()
+        s = np.frombuffer(src, np.uint8)
+        s[:4096] = 1
+        s[4096:8192] = 2
+        first = xfers([(0, 0, 4096, -1)])  # no immediate: only completions prove it landed
+        init.post(first, 5.0)
+        assert init.poll(2.0)["xfer"].tolist() == [0]
+        second = xfers([(4096, 1024, 1024, 3)])  # overwrites part of the first page
+        second["xfer"] = 1
+        init.post(second, 5.0)
+        assert init.poll(2.0)["xfer"].tolist() == [1]
+        for _ in range(200):
+            if ("notify", 3) in events:
+                break
+            stop.wait(0.01)
+        i_placed0 = events.index(("placed", 0))
+        i_guard = events.index(("guard", 1024, 1024))
+        assert i_placed0 < i_guard  # attributed while the old bytes were still there
+        assert events.index(("placed", 1)) > i_guard and ("notify", 3) in events
+        d = np.frombuffer(dst, np.uint8)
+        assert set(d[:1024]) == {1} and set(d[1024:2048]) == {2} and set(d[2048:4096]) == {1}
+    finally:
+        stop.set()
+        thread.join(5.0)
+        init.close()
+        target.close()
+    assert target.data_path()["guard_round_trips"] == 1

@@ -162,3 +162,33 @@ def test_placement_rejects_mismatch_and_out_of_region():
     small = PlacementTracker(1, region_nbytes=16)
     with pytest.raises(ProtocolError, match="outside registered region of 16 bytes"):
         small.add_records(records_for(w.descs, BASE))
+
+
+def test_written_ranges_exact_overlap():
+    from pytest_kvfabric.transports.rdma.placement import WrittenRanges
+
+    w = WrittenRanges()
+    assert w.add(0, 100) is False
+    assert w.add(100, 200) is False  # touching is not overlapping
+    assert len(w) == 1  # ...but merges
+    assert w.add(300, 400) is False and len(w) == 2
+    assert w.add(199, 201) is True
+    assert w.add(250, 300) is False and len(w) == 2  # touches [300, 400) only
+    assert w.add(201, 250) is False and len(w) == 1  # bridges both
+    assert w.add(50, 60) is True
+    assert w.add(5, 5) is False
+
+
+def test_confirm_retires_completed_writes_and_skips_their_immediates():
+    w = build_wrs(batch([8, 8, 8], [-1, 4, 6]), remote_base=BASE, rkey=RKEY, state=WrState())
+    t = PlacementTracker(1, region_nbytes=2 << 20)
+    t.add_records(records_for(w.descs, BASE))
+    # The initiator completed WRs 1 and 2 (request 4) before any immediate was seen.
+    placed = t.confirm([2], t_ns=10)
+    assert list(placed["xfer"]) == [100, 101] and set(placed["t_ns"]) == {10}
+    t.add_immediate(0, 4, t_ns=11)  # request 4's immediate: already accounted for
+    t.add_immediate(0, 6, t_ns=12)
+    placed, notes = t.drain(13)
+    assert list(placed["xfer"]) == [102]
+    assert list(notes["request"]) == [4, 6]
+    assert t.unplaced() == 0

@@ -12,6 +12,7 @@ proves every earlier write on q is placed (RC places in order). A request is ann
 """
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import deque
 
 import numpy as np
@@ -50,6 +51,7 @@ class SendTracker:
     def __init__(self, qps: int) -> None:
         self._pending: list[deque[tuple[int, int, bool]]] = [deque() for _ in range(qps)]
         self._count = 0
+        self.done_upto = [0] * qps  # highest wr_id known complete, per QP
 
     def posted(self, descs: np.ndarray) -> None:
         for d in descs:
@@ -60,6 +62,7 @@ class SendTracker:
     def completed(self, qp: int, wr_id: int, t_ns: int) -> np.ndarray:
         """Transfers done by a signalled completion of wr_id on qp (COMPLETION_DTYPE)."""
         queue = self._pending[qp]
+        self.done_upto[qp] = max(self.done_upto[qp], wr_id)
         done = []
         while queue and queue[0][0] <= wr_id:
             _, xfer, last = queue.popleft()
@@ -90,6 +93,8 @@ class PlacementTracker:
         self._imms: list[deque[tuple[int, int]]] = [deque() for _ in range(qps)]
         self._waiting: list[tuple[int, int]] = []  # (wr_id, request) ordered by wr_id
         self._last_wr_id = 0
+        # Immediates whose records confirm() already retired: consumed without a match.
+        self._skip: list[deque[int]] = [deque() for _ in range(qps)]
 
     def add_records(self, rec: np.ndarray) -> None:
         for r in rec:
@@ -114,6 +119,10 @@ class PlacementTracker:
         for qp in range(self.qps):
             records, imms = self._records[qp], self._imms[qp]
             while imms:
+                if self._skip[qp] and self._skip[qp][0] == imms[0][0]:
+                    imms.popleft()  # its write was already retired by confirm()
+                    self._skip[qp].popleft()
+                    continue
                 k = next((i for i, r in enumerate(records) if r[4] >= 0), None)
                 if k is None:
                     break  # its record has not arrived yet
@@ -135,5 +144,53 @@ class PlacementTracker:
         n = np.array(notifies, dtype=NOTIFY_DTYPE) if notifies else np.zeros(0, NOTIFY_DTYPE)
         return p, n
 
+    def confirm(self, done_upto: list[int], t_ns: int) -> np.ndarray:
+        """Retire records the initiator's completions prove placed (wr_id <= done_upto[qp]).
+
+        Used before a write reuses a destination range: the earlier writes there completed at
+        the initiator (an RC completion means placed remotely) though no immediate has
+        covered them yet, and the decode side must see them before they are overwritten.
+        """
+        placed = []
+        for qp, upto in enumerate(done_upto[: self.qps]):
+            records = self._records[qp]
+            while records and records[0][0] <= upto:
+                wr_id, xfer, dst_off, nbytes, notify = records.popleft()
+                placed.append((xfer, dst_off, nbytes, t_ns))
+                if notify >= 0:
+                    self._skip[qp].append(notify & IMM_MASK)
+                    self._waiting.append((wr_id, notify))
+        return np.array(placed, dtype=PLACED_DTYPE) if placed else np.zeros(0, PLACED_DTYPE)
+
     def unplaced(self) -> int:
         return sum(len(r) for r in self._records)
+
+
+class WrittenRanges:
+    """Byte ranges of the destination written so far (merged intervals, exact).
+
+    The initiator asks the target to guard a write only when it overlaps bytes written
+    before; pools filled in order coalesce into a few intervals, so checks stay cheap.
+    """
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, start: int, end: int) -> bool:
+        """Record [start, end); True if it overlaps anything recorded before."""
+        if end <= start:
+            return False
+        # Intervals that overlap or touch [start, end) are merged into one.
+        lo = bisect_left(self._ends, start)
+        hi = bisect_right(self._starts, end)
+        overlap = any(self._starts[i] < end and start < self._ends[i] for i in range(lo, hi))
+        if lo < hi:
+            start = min(start, self._starts[lo])
+            end = max(end, self._ends[hi - 1])
+        self._starts[lo:hi] = [start]
+        self._ends[lo:hi] = [end]
+        return overlap
+
+    def __len__(self) -> int:
+        return len(self._starts)

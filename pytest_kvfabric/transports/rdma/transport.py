@@ -17,10 +17,17 @@ Connection (within the Target/Initiator interface):
      RECORD_DTYPE (xfer, dst_off, nbytes, notify, qp, wr_id: 48 bytes per transfer) so
      the target can report what the NIC placed (PLACED) once an immediate proves it; a
      "B" frame says goodbye (peers_closed()).
-  Side-connection frames: 1 byte kind (J json, R records, B bye) + 4-byte big-endian length.
+  Side-connection frames: 1 byte kind + 4-byte big-endian length: J json, R records,
+  G guard request, A guard ack, B bye.
 
-write_guard: not called. The NIC places bytes without the target CPU; the decode endpoint
-verifies on PLACED/NOTIFY instead.
+Reusing destination memory (write_guard): the NIC places bytes without the target CPU,
+so the target cannot run write_guard "just before" a write. The initiator therefore tracks
+which destination bytes it has written (merged intervals); a batch that writes any of them
+again first sends G {seq, per-QP highest completed wr_id, the reusing transfers' records}
+and waits for A {seq}. The target retires the records those completions prove placed
+(returning them as PLACED so the decode side attributes them while their bytes are still
+there), then calls write_guard for each reusing transfer, then acks. Fresh destination
+bytes cost nothing; a reuse costs one side-connection round trip per batch.
 """
 from __future__ import annotations
 
@@ -47,10 +54,12 @@ from . import probe as probe_mod
 from . import qp as qpa
 from . import sysfs
 from .options import RdmaOptions
-from .placement import RECORD_DTYPE, PlacementTracker, SendTracker, records_for
+from .placement import RECORD_DTYPE, PlacementTracker, SendTracker, WrittenRanges, records_for
 from .wr import SGE_MAX_NBYTES, WrState, build_wrs
 
 _FRAME = struct.Struct("!cI")
+_FRAME_KINDS = (b"J", b"R", b"G", b"A", b"B")
+_SEQ = struct.Struct("!Q")
 _MAX_FRAME = 64 << 20
 MAP_HUGETLB = getattr(mmap, "MAP_HUGETLB", 0x40000)  # Linux value on x86/arm/riscv
 
@@ -313,7 +322,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def _recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
     kind, length = _FRAME.unpack(_recv_exact(sock, _FRAME.size))
-    if length > _MAX_FRAME or kind not in (b"J", b"R", b"B"):
+    if length > _MAX_FRAME or kind not in _FRAME_KINDS:
         raise ProtocolError(f"bad side-connection frame {kind!r} of {length} bytes")
     return kind, _recv_exact(sock, length)
 
@@ -324,7 +333,11 @@ class RdmaTarget(Target):
         self.ep = _Endpoint(self.region, self.opts, bind_host, remote_write=True)
         self.tracker = PlacementTracker(len(self.ep.qps), len(self.region))
         self._lock = threading.Lock()
-        self._records: list[np.ndarray] = []
+        self._inbox: list[tuple[bytes, bytes]] = []  # R and G frames, in arrival order
+        self._guards: list[tuple[int, list[int], np.ndarray]] = []
+        self._guard_confirmed = False
+        self._guard_count = 0
+        self._conn: socket.socket | None = None
         self._error: str | None = None
         self._bye = False
         self._stop = threading.Event()
@@ -390,15 +403,15 @@ class RdmaTarget(Target):
                 raise
             _send_frame(conn, b"J", json.dumps({"ok": True, "path_mtu": self.ep.path_mtu}).encode())
             conn.settimeout(0.2)
+            self._conn = conn
             while not self._stop.is_set():
                 try:
                     kind, payload = _recv_frame(conn)
                 except socket.timeout:
                     continue
-                if kind == b"R":
-                    rec = np.frombuffer(payload, dtype=RECORD_DTYPE).copy()
+                if kind in (b"R", b"G"):
                     with self._lock:
-                        self._records.append(rec)
+                        self._inbox.append((kind, payload))
                 elif kind == b"B":
                     self._bye = True
                     return
@@ -412,11 +425,18 @@ class RdmaTarget(Target):
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
             with self._lock:
-                records, self._records = self._records, []
-            for rec in records:
-                self.tracker.add_records(rec)
+                inbox, self._inbox = self._inbox, []
+            for kind, payload in inbox:
+                if kind == b"R":
+                    self.tracker.add_records(np.frombuffer(payload, dtype=RECORD_DTYPE))
+                else:
+                    self._guards.append(self._parse_guard(payload))
             if self._error:
                 raise TransportError(self._error)
+            if self._guards:
+                early = self._serve_guard()
+                if early is not None:
+                    return early
             wcs = self.ep.wait_cq(min(0.05, max(deadline - time.monotonic(), 0.0)))
             now = time.monotonic_ns()
             refill: dict[int, int] = {}
@@ -431,12 +451,45 @@ class RdmaTarget(Target):
             if len(placed) or len(notifies) or time.monotonic() >= deadline:
                 return placed, notifies
 
+    def _parse_guard(self, payload: bytes) -> tuple[int, list[int], np.ndarray]:
+        nq = len(self.ep.qps)
+        head = _SEQ.size + 8 * nq
+        if len(payload) < head or (len(payload) - head) % RECORD_DTYPE.itemsize:
+            raise ProtocolError(f"malformed guard frame of {len(payload)} bytes")
+        (seq,) = _SEQ.unpack_from(payload)
+        upto = np.frombuffer(payload, "<u8", nq, _SEQ.size).tolist()
+        return seq, upto, np.frombuffer(payload[head:], dtype=RECORD_DTYPE)
+
+    def _serve_guard(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """First report what the initiator's completions prove placed (the decode side must
+        attribute those pages while they are intact), then guard and acknowledge."""
+        seq, upto, rec = self._guards[0]
+        if not self._guard_confirmed:
+            self._guard_confirmed = True
+            placed = self.tracker.confirm(upto, time.monotonic_ns())
+            more, notifies = self.tracker.drain(time.monotonic_ns())
+            if len(placed) or len(more) or len(notifies):
+                return np.concatenate([placed, more]), notifies
+        if self.write_guard is not None:
+            for r in rec:
+                self.write_guard(int(r["dst_off"]), int(r["nbytes"]))
+        self._guards.pop(0)
+        self._guard_confirmed = False
+        self._guard_count += 1
+        try:
+            _send_frame(self._conn, b"A", _SEQ.pack(seq))
+        except (OSError, AttributeError) as exc:
+            raise TransportError(f"rdma side connection: cannot acknowledge guard: {exc}") from exc
+        return None
+
     def peers_closed(self) -> bool:
         return self._bye and self.tracker.unplaced() == 0
 
     def data_path(self) -> dict[str, Any]:
         out = self.ep.data_path("target")
-        out["write_guard"] = "not called: the NIC places bytes without the target CPU"
+        out["write_guard"] = ("called before a write reuses destination bytes (one side-connection "
+                              "round trip per reusing batch); the NIC places bytes on its own")
+        out["guard_round_trips"] = self._guard_count
         return out
 
     def close(self) -> None:
@@ -460,6 +513,8 @@ class RdmaInitiator(Initiator):
         self.state = WrState()
         self.sent = SendTracker(len(self.ep.qps))
         self._done: list[np.ndarray] = []
+        self._written = WrittenRanges()
+        self._guard_seq = 0
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout_s)
             self.sock.settimeout(timeout_s)
@@ -486,8 +541,12 @@ class RdmaInitiator(Initiator):
                         state=self.state, qps=len(ep.qps), max_msg_nbytes=ep.max_msg_nbytes,
                         max_chain=ep.max_send_wr, signal_every=self.opts.signal_every)
         # Records first, so the target usually knows a write before its immediate lands.
+        rec = records_for(wrs.descs, int(self.remote["addr"]))
+        reuse = self._mark_written(rec)
         try:
-            _send_frame(self.sock, b"R", records_for(wrs.descs, int(self.remote["addr"])).tobytes())
+            _send_frame(self.sock, b"R", rec.tobytes())
+            if reuse.any():
+                self._guard(rec[reuse], deadline)
         except OSError as exc:
             raise TransportError(f"rdma side connection lost: {exc}") from exc
         write, write_imm = v.e("IBV_WR_RDMA_WRITE"), v.e("IBV_WR_RDMA_WRITE_WITH_IMM")
@@ -519,6 +578,31 @@ class RdmaInitiator(Initiator):
                 raise TransportError(f"rdma: ibv_post_send on QP index {qpi} failed: {exc}") from exc
             self.sent.posted(chain)
             del objs  # the NIC copied the WRs into its queue
+
+    def _mark_written(self, rec: np.ndarray) -> np.ndarray:
+        """Which transfers overwrite destination bytes written before; records all of them."""
+        starts, sizes = rec["dst_off"].tolist(), rec["nbytes"].tolist()
+        return np.array([self._written.add(a, a + n) for a, n in zip(starts, sizes)], dtype=bool)
+
+    def _guard(self, rec: np.ndarray, deadline: float) -> None:
+        """Ask the target to guard reused destination ranges, and wait for its ack."""
+        self._guard_seq += 1
+        upto = np.array(self.sent.done_upto, dtype="<u8").tobytes()
+        _send_frame(self.sock, b"G", _SEQ.pack(self._guard_seq) + upto + rec.tobytes())
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError("rdma: the target did not acknowledge reuse of destination "
+                                     f"pages (guard {self._guard_seq}) in time")
+            self.sock.settimeout(left)
+            try:
+                kind, payload = _recv_frame(self.sock)
+            except socket.timeout:
+                continue
+            except ConnectionError as exc:
+                raise TransportError(f"rdma side connection lost: {exc}") from exc
+            if kind == b"A" and _SEQ.unpack(payload)[0] == self._guard_seq:
+                return
 
     def _reap(self, timeout_s: float) -> None:
         for wc in self.ep.wait_cq(timeout_s):
