@@ -183,3 +183,19 @@ def test_allocate_reports_its_pages():
         assert kind.startswith(("hugetlb", "transparent huge pages", "4 KiB pages"))
     finally:
         RdmaTransport.release(region)
+
+
+def test_bad_option_values_name_the_key(tmp_path):
+    from pytest_kvfabric.errors import ProfileError
+
+    with pytest.raises(ProfileError, match=r"gid_index: 'three' is not an integer"):
+        probe.probe({"gid_index": "three", "sysfs_root": str(tmp_path)})
+    with pytest.raises(ProfileError, match=r"traffic_class: 300 outside \[0, 255\]"):
+        probe.probe({"traffic_class": 300, "sysfs_root": str(tmp_path)})
+
+
+def test_options_reach_the_decision(tmp_path):
+    write_port(str(tmp_path), "mlx5_0", 1, gids=[(3, V4, "RoCE v2", "eth0")])
+    write_port(str(tmp_path), "mlx5_0", 2, gids=[(1, V4, "RoCE v2", "eth1")])
+    cap = probe.decide(gather(tmp_path, device="mlx5_0", port="2", data_addr="10.0.0.1"))
+    assert cap.available and (cap.details["port"], cap.details["gid_index"]) == (2, 1)

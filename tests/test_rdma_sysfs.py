@@ -122,3 +122,9 @@ def test_counter_delta_reset_and_new_counters():
 def test_gid_for_address():
     assert str(sysfs.gid_for_address("192.168.1.2")) == "::ffff:c0a8:102"
     assert str(sysfs.gid_for_address("fd00::7")) == "fd00::7"
+
+
+def test_ipv6_scope_is_ignored_for_gid_matching(tmp_path):
+    r = str(tmp_path / "ib")
+    write_port(r, "mlx5_0", 1, gids=[(1, LINK_LOCAL, "RoCE v2", "ens1f0")])
+    assert sysfs.select_gid(r, "mlx5_0", 1, "fe80::a5e:45ff:fe12:3456%ens1f0")[0] == 1

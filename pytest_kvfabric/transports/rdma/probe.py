@@ -162,19 +162,18 @@ def try_import_pyverbs() -> str | None:
     return None
 
 
-def _opt_int(options: Mapping[str, Any], key: str) -> int | None:
-    value = options.get(key)
-    return None if value is None or value == "" else int(value)
-
-
 def gather(
     options: Mapping[str, Any] | None = None,
     root: str = sysfs.DEFAULT_ROOT,
     import_pyverbs: Callable[[], str | None] = try_import_pyverbs,
 ) -> ProbeInputs:
+    """Read sysfs and try the import. Bad option values raise ProfileError naming the key."""
     import os
 
+    from .options import RdmaOptions
+
     options = options or {}
+    opts = RdmaOptions.from_options(options)
     present = os.path.isdir(root)
     ports = tuple(sysfs.all_ports(root)) if present else ()
     return ProbeInputs(
@@ -183,10 +182,10 @@ def gather(
         ports=ports,
         fw_versions={d: sysfs.fw_ver(root, d) for d in {p.device for p in ports}},
         pyverbs_error=import_pyverbs(),
-        device=options.get("device") or None,
-        port=_opt_int(options, "port"),
-        gid_index=_opt_int(options, "gid_index"),
-        data_addr=options.get("data_addr") or None,
+        device=opts.device,
+        port=opts.port,
+        gid_index=opts.gid_index,
+        data_addr=opts.data_addr,
     )
 
 

@@ -40,6 +40,14 @@ EVIDENCE_COUNTERS = (
     "resp_cqe_error",
     "roce_adp_retrans",
     "roce_slow_restart",
+    # soft-RoCE (rxe) names
+    "sent_pkts",
+    "rcvd_pkts",
+    "out_of_seq_request",
+    "rcvd_seq_err",
+    "completer_retry_err",
+    "retry_exceeded_err",
+    "retry_rnr_exceeded_err",
 )
 
 
@@ -168,7 +176,7 @@ def _gid_addr(gid: str) -> ipaddress.IPv6Address | None:
 
 def gid_for_address(addr: str) -> ipaddress.IPv6Address:
     """The GID value a RoCE v2 port carries for an IP address (IPv4 maps to ::ffff:a.b.c.d)."""
-    ip = ipaddress.ip_address(addr)
+    ip = ipaddress.ip_address(addr.split("%", 1)[0])  # a GID has no IPv6 scope
     if isinstance(ip, ipaddress.IPv4Address):
         return ipaddress.IPv6Address("::ffff:" + str(ip))
     return ip
