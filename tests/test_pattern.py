@@ -220,3 +220,20 @@ def test_expected_page_matches_stamped_source():
         w.send(i)
         s, n = int(t[i]["src_off"]), int(t[i]["nbytes"])
         assert np.array_equal(pattern.expected_page(w.base, t[i], w.keys[i]), w.src[s:s + n])
+
+
+def test_early_attribution_then_late_reports_in_order():
+    """Two connections: A is placed, its slot is reused by B within one receive call, and the
+    transport reports A then B afterwards. Both pages verify; nothing is flagged."""
+    t = _plan(requests=1, layers=1, blocks=2)
+    t["dst_off"][1] = t["dst_off"][0]
+    w = _World(t)
+    d, n = w.send(0)
+    w.ledger.guard(d, n)  # B's header arrives: A attributed and verified early
+    w.send(1)
+    w.ledger.place(d, n)  # late report of A
+    w.ledger.place(d, n)  # report of B
+    w.ledger.verify_all()
+    assert w.ledger.error_count == 0, w.ledger.errors
+    assert w.ledger.pages_checked == 2 and w.ledger.placed.all()
+    assert w.ledger.completed == [0]

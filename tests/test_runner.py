@@ -105,3 +105,14 @@ def test_run_scenario_one_shot_and_derived_timeout():
     assert derive_timeout_s(plan) >= plan.total_bytes / 100e6
     res = run_scenario(sc)
     _check_complete(res, sc)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_parallel_connections_reusing_slots_verify_clean(agents, seed):
+    # Two connections can place a slot's next page before the previous one is reported:
+    # the decode side must still attribute and verify both.
+    sc = scenario(pacing="none", pool_bytes=1 * MIB, seed=seed, transport_params={"connections": 2},
+                  workload=dict(isl=Distribution.fixed(64), requests=2))
+    res = agents.run(sc)
+    _check_complete(res, sc)
+    assert res.data_path["sender"]["connections"] == 2

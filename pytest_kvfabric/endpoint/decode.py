@@ -69,6 +69,7 @@ def run_decode(
     ncomplete = 0
     expected = int((plan.requests["count"] > 0).sum()) if nreq else 0
     ncomplete += nreq - expected
+    seen = 0
     while ncomplete < nreq:
         if now() > deadline:
             timed_out = True
@@ -76,7 +77,6 @@ def run_decode(
         placed, notes = target.progress(opts.poll_s)
         if len(placed):
             for d, nb, t in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist(), placed["t_ns"].tolist()):
-                before = len(ledger.completed)
                 row = ledger.place(d, nb)
                 if row is not None and not injected:
                     if opts.inject == "kill":
@@ -84,9 +84,11 @@ def run_decode(
                     if opts.inject == "stall":
                         time.sleep(opts.timeout_s * 10)  # test-only: hang mid-transfer
                     injected = _inject(opts.inject, ledger, row)
-                for req in ledger.completed[before:]:
+                # (guard() may have completed requests inside progress(): count those too)
+                for req in ledger.completed[seen:]:
                     req_complete_ns[req] = t
                     ncomplete += 1
+                seen = len(ledger.completed)
         if len(notes):
             notifications += len(notes)
             notify_ns[notes["request"]] = notes["t_ns"]

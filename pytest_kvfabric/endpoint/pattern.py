@@ -195,7 +195,7 @@ class PageLedger:
         self._qpos = 0
         self._verified = np.zeros(len(transfers), dtype=bool)
         self.completed: list[int] = []  # requests completed, in completion order
-        self._early: set[int] = set()  # rows attributed by guard() before being reported
+        self._absorb: dict[int, int] = {}  # dst_off -> reports to skip (attributed early by guard())
 
     # -- errors ---------------------------------------------------------------------------
     def _error(self, msg: str) -> None:
@@ -225,7 +225,18 @@ class PageLedger:
         return int(cand[0]) if len(cand) else None
 
     def place(self, dst_off: int, nbytes: int) -> int | None:
-        """Attribute a placed write to its plan row; returns the row, or None (error recorded)."""
+        """Attribute a placed write (as the transport reports it) to its plan row; returns
+        the row, or None (already attributed by guard(), or an error was recorded)."""
+        if self._absorb.get(dst_off):
+            # guard() attributed the page placed here before the transport reported it; reports
+            # for one offset come in placement order (the slot rule serializes them).
+            self._absorb[dst_off] -= 1
+            if not self._absorb[dst_off]:
+                del self._absorb[dst_off]
+            return None
+        return self._attribute(dst_off, nbytes)
+
+    def _attribute(self, dst_off: int, nbytes: int) -> int | None:
         row = self._identify(dst_off, nbytes)
         if row is None:
             self._error(
@@ -235,9 +246,6 @@ class PageLedger:
             return None
         r = self.transfers[row]
         if self.placed[row]:
-            if row in self._early:
-                self._early.discard(row)  # guard() attributed it before the transport reported it
-                return None
             if int(r["dst_off"]) == dst_off:
                 self._error(
                     f"stale page at dst_off {dst_off}: still holds {describe(r)}; "
@@ -295,8 +303,8 @@ class PageLedger:
         if nbytes >= 8 and dst_off + 8 <= len(self.dst):
             row = self.index.lookup(self.dst[dst_off:dst_off + 8])
             if row is not None and not self.placed[row] and int(self.transfers["dst_off"][row]) == dst_off:
-                if self.place(dst_off, int(self.transfers["nbytes"][row])) is not None:
-                    self._early.add(row)
+                if self._attribute(dst_off, int(self.transfers["nbytes"][row])) is not None:
+                    self._absorb[dst_off] = self._absorb.get(dst_off, 0) + 1
         for s in range(dst_off // self.slot_bytes, (end - 1) // self.slot_bytes + 1):
             rows = self._pending.get(s)
             if not rows:
