@@ -445,3 +445,16 @@ def test_reusing_destination_bytes_reports_then_guards_then_writes(verbs):
         init.close()
         target.close()
     assert target.data_path()["guard_round_trips"] == 1
+
+
+def test_out_of_region_transfer_is_refused_before_posting(verbs):
+    src, dst, target, desc, init = pair(verbs, nbytes=1 << 16)
+    try:
+        init.connect(desc, 5.0)
+        with pytest.raises(TransportError, match=r"transfer 0: remote range \[65000, 66000\) "
+                                                 r"outside the 65536-byte remote region"):
+            init.post(xfers([(0, 65000, 1000, 1)]), 1.0)
+        assert FABRIC.posts == []
+    finally:
+        init.close()
+        target.close()

@@ -428,6 +428,8 @@ class RdmaTarget(Target):
                 inbox, self._inbox = self._inbox, []
             for kind, payload in inbox:
                 if kind == b"R":
+                    if len(payload) % RECORD_DTYPE.itemsize:
+                        raise ProtocolError(f"malformed record frame of {len(payload)} bytes")
                     self.tracker.add_records(np.frombuffer(payload, dtype=RECORD_DTYPE))
                 else:
                     self._guards.append(self._parse_guard(payload))
@@ -483,7 +485,7 @@ class RdmaTarget(Target):
         return None
 
     def peers_closed(self) -> bool:
-        return self._bye and self.tracker.unplaced() == 0
+        return getattr(self, "_bye", False) and self.tracker.unplaced() == 0
 
     def data_path(self) -> dict[str, Any]:
         out = self.ep.data_path("target")
@@ -535,6 +537,14 @@ class RdmaInitiator(Initiator):
             return
         if np.any(batch["nbytes"] == 0):
             raise TransportError("rdma: zero-length write in batch (an SGE length of 0 means 2 GiB to some NICs)")
+        for limit, off, what in ((int(self.remote["region_nbytes"]), "dst_off", "remote"),
+                                 (len(self.region), "src_off", "local")):
+            over = np.flatnonzero(batch[off] + batch["nbytes"] > limit)
+            if len(over):
+                i = int(over[0])
+                raise TransportError(f"rdma: transfer {int(batch['xfer'][i])}: {what} range "
+                                     f"[{int(batch[off][i])}, {int(batch[off][i] + batch['nbytes'][i])}) "
+                                     f"outside the {limit}-byte {what} region")
         ep, v = self.ep, self.ep.v
         deadline = time.monotonic() + max(timeout_s, 0.0)
         wrs = build_wrs(batch, remote_base=int(self.remote["addr"]), rkey=int(self.remote["rkey"]),
