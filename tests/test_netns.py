@@ -357,3 +357,24 @@ def test_two_workers_get_two_distinct_pairs():
     finally:
         close_a()
     assert not {a.prefill.netns, b.decode.netns} & set(list_netns())
+
+
+@needs_netns
+def test_forked_child_signal_does_not_tear_down():
+    """pyroute2 forks helpers that inherit our SIGTERM handler: only the creator may tear down."""
+    import signal
+
+    from pytest_kvfabric.fabric.select import open_pair
+
+    hp, close = open_pair("netns", worker=22, netns_prefix=PREFIX)
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: die by SIGTERM through the inherited handler
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        assert {hp.prefill.netns, hp.decode.netns} <= set(list_netns())
+    finally:
+        close()
+    assert not {hp.prefill.netns, hp.decode.netns} & set(list_netns())

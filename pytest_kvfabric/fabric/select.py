@@ -28,9 +28,10 @@ def _guarded(close: Callable[[], None]) -> Callable[[], None]:
     """Make `close` idempotent and run it at exit and on SIGTERM/SIGHUP as well."""
     state = {"done": False}
     previous: dict[int, Any] = {}
+    owner = os.getpid()  # forked children (pyroute2 forks helpers) inherit handlers: they must not tear down
 
     def closer() -> None:
-        if state["done"]:
+        if state["done"] or os.getpid() != owner:
             return
         state["done"] = True  # first: a signal arriving during teardown must not re-enter
         try:
@@ -44,7 +45,7 @@ def _guarded(close: Callable[[], None]) -> Callable[[], None]:
 
     def on_signal(signum: int, frame: object) -> None:
         try:
-            closer()
+            closer()  # no-op in a forked child: it just dies the default way
         finally:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)  # die the way the sender asked
