@@ -83,7 +83,7 @@ class AgentPair:
             raise
 
     def close(self) -> None:
-        """Tear both agents down: ask them to exit, kill what is still alive after 2 s."""
+        """Tear both agents down: ask them to exit, kill what is still alive after 1 s."""
         group, self._group = self._group, None
         chans, self._ch = self._ch, {}
         for ch in chans.values():
@@ -93,7 +93,7 @@ class AgentPair:
                 pass
         if group is not None:
             try:
-                group.terminate(timeout=2.0)
+                group.terminate(timeout=1.0)
             except Exception:  # noqa: BLE001
                 pass
         for pid in self.pids.values():
@@ -154,6 +154,9 @@ class AgentPair:
                         dead = self._dead("decode", 1.0)
                         if dead:
                             raise TransportError(f"{dead}; prefill agent reported: {exc}") from None
+                        raise TransportError(
+                            f"{exc}; the decode agent{self._pid('decode')} had not finished its receive loop"
+                        ) from None
                     raise
         return got["prefill"], got["decode"]
 
