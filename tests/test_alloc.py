@@ -90,3 +90,21 @@ def test_open_pair_usage_errors(tmp_path):
         open_pair("netns", worker=0, netns_options={"speed": 1})
     with pytest.raises(FabricUsageError, match="--kv-netns-offloads: unknown offload 'lro'"):
         open_pair("netns", worker=0, netns_options={"offloads": "lro=off"})
+    with pytest.raises(FabricUsageError, match="--kv-netns-offloads: unknown offload 'lro'"):
+        open_pair("netns", worker=0, netns_options={"offloads": {"lro": False}})
+
+
+def test_open_pair_hosts_worker_count_from_env(tmp_path, monkeypatch):
+    inv = tmp_path / "lab.yaml"
+    inv.write_text("pairs:\n  - name: a\n    prefill: {ssh: kv@h1, data_addr: 192.0.2.1, interface: eth1}\n"
+                   "    decode: {ssh: kv@h2, data_addr: 192.0.2.2, interface: eth1}\n")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    with pytest.raises(FabricUsageError, match=f"3 workers but only 1 host pairs in {inv}"):
+        open_pair("hosts", worker=0, hosts_file=str(inv))
+
+
+def test_unavailable_is_a_fabric_unavailable():
+    from pytest_kvfabric.fabric import select
+    from pytest_kvfabric.fabric.netns import NetnsUnavailable
+
+    assert issubclass(NetnsUnavailable, select.FabricUnavailable)

@@ -19,6 +19,10 @@ _WORKER_RE = re.compile(r"gw(\d+)")
 MAX_NETNS_INDEX = 255  # third octet of 10.203.<index>.0/24
 
 
+class FabricUnavailable(KvFabricError):
+    """This process cannot have a pair of this fabric at all (no root, no netns support): a skip reason."""
+
+
 class FabricUsageError(KvFabricError):
     """The fabric options do not fit this run (the plugin shows it as a usage error)."""
 

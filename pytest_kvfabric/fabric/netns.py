@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KvFabricError
+from .alloc import FabricUnavailable
 from .base import Host, HostPair
 
 PREFIX = "kvf-"
@@ -45,7 +46,7 @@ IFNAMSIZ = 15  # usable characters in an interface name
 KILL_WAIT_S = 2.0
 
 
-class NetnsUnavailable(KvFabricError):
+class NetnsUnavailable(FabricUnavailable):
     """This machine/process cannot create the netns fabric; str() is the skip reason."""
 
 

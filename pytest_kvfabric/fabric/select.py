@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import KvFabricError
 from . import alloc
+from .alloc import FabricUnavailable, FabricUsageError
 from .base import HostPair
 
 FABRICS = ("local", "netns", "hosts")
@@ -60,7 +61,7 @@ def _guarded(close: Callable[[], None]) -> Callable[[], None]:
 
 
 def _netns_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    from .netns import parse_offloads
+    from .netns import OFFLOAD_KEYS, parse_offloads
 
     unknown = sorted(set(options) - set(NETNS_OPTION_KEYS))
     if unknown:
@@ -75,7 +76,10 @@ def _netns_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         except ValueError as exc:
             raise alloc.FabricUsageError(f"--kv-netns-offloads: {exc}") from None
     if offloads:
-        kw["offloads"] = dict(offloads)
+        bad = sorted(set(offloads) - set(OFFLOAD_KEYS))
+        if bad:
+            raise alloc.FabricUsageError(f"--kv-netns-offloads: unknown offload {bad[0]!r}; valid: {', '.join(OFFLOAD_KEYS)}")
+        kw["offloads"] = {k: bool(v) for k, v in offloads.items()}
     if options.get("rate_mbit") is not None:
         kw["rate_mbit"] = float(options["rate_mbit"])
     return kw
@@ -84,8 +88,11 @@ def _netns_kwargs(options: dict[str, Any]) -> dict[str, Any]:
 def open_pair(fabric: str, *, worker: int, hosts_file: str | None = None,
               netns_options: dict[str, Any] | None = None, nworkers: int | None = None,
               timeout_s: float = 10.0, netns_prefix: str | None = None) -> tuple[HostPair, Callable[[], None]]:
-    """(HostPair, closer) for this worker. Raises NetnsUnavailable (skip reason), FabricUsageError,
-    ProfileError (inventory) or HostUnreachable (host + cause)."""
+    """(HostPair, closer) for this worker.
+
+    Raises FabricUnavailable (skip reason; NetnsUnavailable is one), FabricUsageError (bad options,
+    more workers than pairs), ProfileError (inventory) or HostUnreachable (host + cause): all
+    KvFabricError with a one-line message."""
     if fabric not in FABRICS:
         raise alloc.FabricUsageError(f"unknown fabric {fabric!r}; valid: {', '.join(FABRICS)}")
     if fabric == "local":
@@ -116,10 +123,12 @@ def open_pair(fabric: str, *, worker: int, hosts_file: str | None = None,
     if not hosts_file:
         raise alloc.FabricUsageError("--kv-fabric=hosts needs an inventory: --kv-hosts PATH")
     inv = hosts.load_inventory(hosts_file)
-    index = alloc.inventory_index(worker, nworkers or worker + 1, len(inv.pairs), inv.source)
+    if nworkers is None:
+        nworkers = alloc.worker_count(os.environ)
+    index = alloc.inventory_index(worker, nworkers, len(inv.pairs), inv.source)
     pair, fps = hosts.check_pair(inv, index, timeout_s)
     pair.details["fingerprint"] = fps
     return pair, lambda: None  # agents over SSH end with their gateways (runner)
 
 
-__all__ = ["FABRICS", "open_pair", "KvFabricError"]
+__all__ = ["FABRICS", "open_pair", "FabricUnavailable", "FabricUsageError", "KvFabricError"]
