@@ -80,6 +80,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kv_slo(**thresholds): SLO thresholds for this test's KV-transfer cases "
                             f"(keys: {', '.join(slo_mod.VALID_KEYS)})")
     sel = _selection(config)
+    if not hasattr(config, "workerinput") and not config.option.collectonly:
+        for name in sel.transports:  # bad transport parameters are usage errors, not skips
+            try:
+                case_mod.probe_reason(name, sel.transport_params)
+            except KvFabricError as exc:
+                raise pytest.UsageError(f"kvfabric: transport {name}: {exc}") from None
     config.stash[PAIRS] = case_mod.PairManager(sel)
     config.stash[RESULTS] = {}
     config.stash[BASELINE] = {}
@@ -234,8 +240,10 @@ def kv_run(request: pytest.FixtureRequest, kv_scenario, kv_selection: Selection,
             sc = sc.replace(**changes)
         if scenario is not None:  # a user's own scenario still obeys --kv-slo and the marker
             sc = sc.replace(slo={**sc.slo, **_marker_slo(request.node), **kv_selection.slo})
-        model = "synthetic" if sc.synthetic else sc.model.id
-        cid = case_mod.case_id(sc.id, model, sc.transport)
+        # The case id follows the test's own parametrization id, so a baseline matches it.
+        callspec = getattr(request.node, "callspec", None)
+        cid = f"{sc.id}[{callspec.id}]" if callspec is not None else case_mod.case_id(
+            sc.id, "synthetic" if sc.synthetic else sc.model.id, sc.transport)
         return _run_and_judge(request.node, pytestconfig, sc, cid, check)
 
     return run
