@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from . import slo as slo_mod
+from .errors import KvFabricError
 from .fabric.base import HostPair
 from .options import Selection
 from .report import baseline as baseline_mod
@@ -70,7 +71,7 @@ def open_pair(selection: Selection) -> tuple[HostPair, Callable[[], None]]:
     try:
         return select.open_pair(selection.fabric, worker=index, hosts_file=selection.hosts,
                                 netns_options=dict(selection.netns))
-    except select.FabricUnavailable as exc:
+    except select.FabricUnavailable as exc:  # e.g. netns without root: the cases skip with this reason
         raise PairUnavailable(str(exc)) from None
 
 
@@ -86,6 +87,7 @@ class CaseOutcome:
     error: str | None = None
     result: Any = None  # the runner's Result object
     interfaces: list[dict[str, Any]] = field(default_factory=list)
+    host_fingerprints: dict[str, Any] = field(default_factory=dict)
 
     @property
     def slo_failed(self) -> bool:
@@ -114,6 +116,7 @@ class CaseOutcome:
             ],
             "reason": self.skip_reason or self.error,
             "interfaces": self.interfaces,
+            "host_fingerprints": self.host_fingerprints,
         }
 
     def junit_properties(self) -> list[tuple[str, Any]]:
@@ -164,12 +167,24 @@ def run_case(
     except PairUnavailable as exc:
         out.skip_reason = f"fabric {selection.fabric}: {exc}"
         return out
+    except KvFabricError as exc:  # unreachable host, bad inventory: the case fails, named
+        out.error = f"fabric {selection.fabric}: {type(exc).__name__}: {exc}"
+        return out
     out.pair = pair.name
-    out.interfaces = [{"name": h.interface or "lo", "netns": h.netns} for h in (pair.prefill, pair.decode)
-                      if h.netns or pair.fabric == "local"][:1 if pair.fabric == "local" else 2]
+    if pair.fabric == "local":
+        out.interfaces = [{"name": "lo", "netns": None}]
+    elif pair.fabric == "netns":
+        out.interfaces = [{"name": h.interface or "lo", "netns": h.netns} for h in (pair.prefill, pair.decode)]
+    # Remote hosts report their own kernel and NIC (collected on the host through its gateway).
+    out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
+                             (pair.details.get("fingerprint") or {}).items()}
     from .runner import run_scenario
 
-    result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
+    try:
+        result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
+    except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
+        out.error = f"{type(exc).__name__}: {exc}"
+        return out
     out.result = result
     out.metrics = json.loads(json.dumps(result.to_dict(), default=_jsonable))
     out.verdicts = slo_mod.check(scenario.slo, out.metrics)

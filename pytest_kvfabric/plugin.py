@@ -86,6 +86,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 case_mod.probe_reason(name, sel.transport_params)
             except KvFabricError as exc:
                 raise pytest.UsageError(f"kvfabric: transport {name}: {exc}") from None
+    if sel.fabric == "hosts" and not hasattr(config, "workerinput"):
+        _check_inventory(config, sel)
     config.stash[PAIRS] = case_mod.PairManager(sel)
     config.stash[RESULTS] = {}
     config.stash[BASELINE] = {}
@@ -97,6 +99,20 @@ def pytest_configure(config: pytest.Config) -> None:
             config.stash[BASELINE] = baseline.case_metrics(jsonreport.read(sel.baseline_path))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: --kv-baseline: {exc}") from None
+
+
+def _check_inventory(config: pytest.Config, sel: Selection) -> None:
+    """Inventory errors and more xdist workers than host pairs are usage errors, up front."""
+    from .fabric import alloc
+    from .fabric.hosts import load_inventory
+
+    try:
+        inv = load_inventory(sel.hosts)
+        workers = getattr(config.option, "numprocesses", None)
+        if isinstance(workers, int) and workers > 0:
+            alloc.check_worker_count(workers, len(inv.pairs), inv.source)
+    except KvFabricError as exc:
+        raise pytest.UsageError(f"kvfabric: {exc}") from None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -265,6 +281,8 @@ def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str,
         item.user_properties.append((key, value))
     if outcome.skip_reason:
         pytest.skip(outcome.skip_reason)
+    if outcome.error:
+        pytest.fail(outcome.error, pytrace=False)
     if not check:
         return outcome.result
     failures = []
