@@ -18,6 +18,7 @@ truncated page a missing trailer, a corrupted page the first byte that differs.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,11 @@ def key_id(key: bytes | np.ndarray) -> int:
 
 def stamp(src: np.ndarray, row: np.void | np.ndarray, key: np.ndarray) -> None:
     """Write a row's header and trailer keys into the source region before it is posted."""
-    off, n = int(row["src_off"]), int(row["nbytes"])
+    stamp_at(src, int(row["src_off"]), int(row["nbytes"]), key)
+
+
+def stamp_at(src: np.ndarray, off: int, n: int, key: np.ndarray) -> None:
+    """stamp() with the row's src_off and nbytes already unpacked (the sender's hot path)."""
     if n < KEY_BYTES:
         src[off:off + n] = key[:n]
         return
@@ -138,22 +143,23 @@ def check_page(dst: np.ndarray, base: np.ndarray, row: Any, key: np.ndarray) -> 
 
 
 class KeyIndex:
-    """Finds which plan row a received page belongs to from its header (sorted-array lookup:
-    compact for millions of rows, unlike a dict of bytes)."""
+    """Finds which plan row a received page belongs to from its header: bisect over sorted
+    Python ints (about 1 µs a lookup, and compact for millions of rows, unlike a dict)."""
 
     def __init__(self, keys: np.ndarray) -> None:
         ids = np.ascontiguousarray(keys[:, :8]).view("<u8").reshape(-1) if len(keys) else np.zeros(0, "<u8")
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted = ids[self._order]
+        order = np.argsort(ids, kind="stable")
+        self._order: list[int] = order.tolist()
+        self._sorted: list[int] = ids[order].tolist()
 
     def lookup(self, header8: bytes | np.ndarray) -> int | None:
         """Row index whose key starts with these 8 bytes, or None."""
         if len(header8) < 8:
             return None
         kid = key_id(header8)
-        i = int(self._sorted.searchsorted(kid))
-        if i < len(self._sorted) and int(self._sorted[i]) == kid:
-            return int(self._order[i])
+        i = bisect_left(self._sorted, kid)
+        if i < len(self._sorted) and self._sorted[i] == kid:
+            return self._order[i]
         return None
 
 

@@ -227,33 +227,43 @@ def run_prefill(
         k = 0
         if ready:
             keep: list[int] = []
-            blocked_src = _Busy(plan.src_slot_bytes)
-            blocked_dst = _Busy(plan.dst_slot_bytes)
+            blocked_src = blocked_dst = None  # created on the first blocked row only
+            bx: list[int] = []
             for pos, i in enumerate(ready):
+                nb = l_nb[i]
                 if inflight + k >= opts.max_inflight or (
-                    inflight + k > 0 and inflight_bytes + l_nb[i] > opts.max_inflight_bytes
+                    inflight + k > 0 and inflight_bytes + nb > opts.max_inflight_bytes
                 ):
                     keep.extend(ready[pos:])
                     break
-                a, b, c, d = l_src[i], l_src[i] + l_nb[i], l_dst[i], l_dst[i] + l_nb[i]
-                if (src_busy.conflicts(a, b) or dst_busy.conflicts(c, d)
-                        or blocked_src.conflicts(a, b) or blocked_dst.conflicts(c, d)):
+                a, c = l_src[i], l_dst[i]
+                b, d = a + nb, c + nb
+                if (src_busy.conflicts(a, b) or dst_busy.conflicts(c, d) or (
+                        blocked_src is not None and (blocked_src.conflicts(a, b) or blocked_dst.conflicts(c, d)))):
                     keep.append(i)
+                    if blocked_src is None:
+                        blocked_src, blocked_dst = _Busy(plan.src_slot_bytes), _Busy(plan.dst_slot_bytes)
                     blocked_src.add(i, a, b)
                     blocked_dst.add(i, c, d)
                     continue
                 src_busy.add(i, a, b)
                 dst_busy.add(i, c, d)
-                pattern.stamp(src, T[i], keys[i])
-                e = batch[k]
-                e["xfer"], e["src_off"], e["dst_off"], e["nbytes"] = i, a, c, l_nb[i]
-                e["notify"] = last_row.get(i, -1)
-                inflight_bytes += l_nb[i]
+                pattern.stamp_at(src, a, nb, keys[i])
+                bx.append(i)
+                inflight_bytes += nb
                 k += 1
             ready = keep
+            if k:
+                rows = np.array(bx, np.int64)
+                b_ = batch[:k]
+                b_["xfer"] = rows
+                b_["src_off"] = src_off[rows]
+                b_["dst_off"] = dst_off[rows]
+                b_["nbytes"] = nbytes[rows]
+                b_["notify"] = [last_row.get(i, -1) for i in bx]
         if k:
             t_post = now()
-            post_ns[batch["xfer"][:k]] = t_post
+            post_ns[bx] = t_post
             inflight += k
             initiator.post(batch[:k], max((deadline - t_post) / 1e9, 0.001))
         # Collect completions without blocking, then decide how long we may wait.
