@@ -108,6 +108,18 @@ def describe(row: Any) -> str:
     )
 
 
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Byte equality of two uint8 arrays, compared 8 bytes at a time (several times faster
+    than a uint8 compare or a bytes copy for the large pages of block transfers)."""
+    n = len(a)
+    if n != len(b):
+        return False
+    n8 = n - n % 8
+    if n8 and not np.array_equal(a[:n8].view(np.uint64), b[:n8].view(np.uint64)):
+        return False
+    return a[n8:].tobytes() == b[n8:].tobytes()
+
+
 def _first_diff(got: np.ndarray, want: np.ndarray) -> int:
     return int(np.flatnonzero(got != want)[0])
 
@@ -130,7 +142,7 @@ def check_page(dst: np.ndarray, base: np.ndarray, row: Any, key: np.ndarray) -> 
         return "header key mismatch (misplaced, reordered or stale page)"
     body = slice(HEADER_BYTES, n - TRAILER_BYTES)
     want_body = base[s + HEADER_BYTES:s + n - TRAILER_BYTES]
-    body_ok = got[body].tobytes() == want_body.tobytes()
+    body_ok = _equal(got[body], want_body)
     if got[n - TRAILER_BYTES:].tobytes() != key[HEADER_BYTES:].tobytes():
         if body_ok:
             return "trailer key missing (truncated or partially stale page)"
