@@ -38,6 +38,7 @@ class Result:
     integrity: dict[str, Any] = field(default_factory=dict)
     data_path: dict[str, Any] = field(default_factory=dict)
     ttft_met_fraction: float | None = None
+    notifications: int = 0  # per-request notifications the decode side received from its transport
     pacing: str = "emulated"
 
     def to_dict(self) -> dict[str, Any]:

@@ -247,6 +247,7 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
         },
         integrity={"pages_checked": int(dec["pages_checked"]), "errors": errors, "first_error": first_error},
         data_path={"sender": pre.get("data_path", {}), "receiver": dec.get("data_path", {})},
+        notifications=int(dec.get("notifications", 0)),
         **s,
     )
 

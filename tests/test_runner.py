@@ -53,6 +53,7 @@ def test_emulated_pacing_moves_every_byte_and_reports_all_keys(agents):
     assert d["cpu_s_per_gb"]["sender"] > 0 and d["cpu_s_per_gb"]["receiver"] > 0
     assert d["connect_ms"] > 0 and d["register_ms"] > 0
     assert d["pair"] == "local" and d["model"] == "llama3.1-8b"
+    assert d["notifications"] == res.requests  # one per request, on its last write
 
 
 def test_pacing_none_moves_the_same_bytes(agents):

@@ -99,9 +99,12 @@ def run_decode(
     # Let the initiator collect its last ACKs and say BYE before we close (bounded).
     grace = min(deadline, now() + 2_000_000_000)
     while not timed_out and not target.peers_closed() and now() < grace:
-        placed, _notes = target.progress(0.01)
+        placed, notes = target.progress(0.01)
         for d, nb in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist()):
             ledger.place(d, nb)
+        if len(notes):
+            notifications += len(notes)
+            notify_ns[notes["request"]] = notes["t_ns"]
     ledger.verify_all()
     return {
         "req_complete_ns": req_complete_ns,
