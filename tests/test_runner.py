@@ -117,3 +117,88 @@ def test_parallel_connections_reusing_slots_verify_clean(agents, seed):
     res = agents.run(sc)
     _check_complete(res, sc)
     assert res.data_path["sender"]["connections"] == 2
+
+
+# --- the prefill pacing loop against a fake initiator (no sockets) -------------------------
+
+import numpy as np  # noqa: E402
+
+from pytest_kvfabric.emulator.plan import REQUEST_DTYPE, TRANSFER_DTYPE, TransferPlan  # noqa: E402
+from pytest_kvfabric.endpoint import pattern  # noqa: E402
+from pytest_kvfabric.endpoint.prefill import PrefillOptions, run_prefill  # noqa: E402
+from pytest_kvfabric.transports.base import COMPLETION_DTYPE  # noqa: E402
+
+
+class _SlowInitiator:
+    """Completes the oldest in-flight write on each poll and checks the slot rule on each post."""
+
+    def __init__(self, src_region: np.ndarray, keys: np.ndarray, plan: TransferPlan) -> None:
+        self.inflight: list[tuple[int, int, int, int, int]] = []
+        self.posted: list[int] = []
+        self.violations: list[str] = []
+        self.src, self.keys, self.plan = src_region, keys, plan
+
+    def post(self, batch, timeout_s):
+        for x, s, d, n in zip(batch["xfer"].tolist(), batch["src_off"].tolist(),
+                              batch["dst_off"].tolist(), batch["nbytes"].tolist()):
+            for (y, s2, d2, n2, _) in self.inflight:
+                if s < s2 + n2 and s2 < s + n:
+                    self.violations.append(f"src overlap {x} with {y}")
+                if d < d2 + n2 and d2 < d + n:
+                    self.violations.append(f"dst overlap {x} with {y}")
+            # the keys are stamped before the post
+            assert self.src[s:s + 8].tobytes() == self.keys[x][:8].tobytes()
+            self.inflight.append((x, s, d, n, 0))
+            self.posted.append(x)
+
+    def poll(self, timeout_s):
+        out = np.zeros(min(len(self.inflight), 1), COMPLETION_DTYPE)
+        if self.inflight:
+            out["xfer"] = self.inflight.pop(0)[0]
+            out["t_ns"] = __import__("time").monotonic_ns()
+        return out
+
+    def outstanding(self):
+        return len(self.inflight)
+
+
+def _reuse_plan(requests: int = 3, pages: int = 12, slots: int = 4, page: int = 256) -> TransferPlan:
+    n = requests * pages
+    t = np.zeros(n, TRANSFER_DTYPE)
+    idx = np.arange(n)
+    t["request"] = idx // pages
+    t["block"] = idx % pages
+    t["layer"] = (idx % pages) // 2
+    t["src_off"] = (idx % slots) * page
+    t["dst_off"] = ((idx + 1) % slots) * page
+    t["nbytes"] = page
+    t["ready_ns"] = (idx % pages) // 2 * 200_000
+    r = np.zeros(requests, REQUEST_DTYPE)
+    r["request"] = np.arange(requests)
+    r["first"] = np.arange(requests) * pages
+    r["count"] = pages
+    r["nbytes"] = pages * page
+    r["prefill_ns"] = (pages // 2 - 1) * 200_000
+    return TransferPlan(t, r, 1, 1, slots * page, slots * page, page, page)
+
+
+@pytest.mark.parametrize("pacing", ["emulated", "none"])
+@pytest.mark.parametrize("closed_loop", [True, False])
+def test_prefill_loop_never_reuses_a_busy_slot_and_posts_every_row(pacing, closed_loop):
+    plan = _reuse_plan()
+    keys = pattern.row_keys(5, plan.transfers)
+    src = pattern.base_pattern(5, plan.src_region_bytes).copy()
+    ini = _SlowInitiator(src, keys, plan)
+    m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing=pacing, closed_loop=closed_loop,
+                                                         concurrency=2, max_inflight=8, timeout_s=30))
+    assert ini.violations == []
+    assert sorted(ini.posted) == list(range(len(plan.transfers)))
+    assert (m["done_ns"] >= m["post_ns"]).all() and (m["post_ns"] > 0).all()
+    assert m["requests_completed"] == len(plan.requests)
+    if pacing == "emulated":
+        # never posted before its layer was ready
+        ready = m["req_start_ns"][plan.transfers["request"].astype(int)] + plan.transfers["ready_ns"].astype(np.int64)
+        assert (m["post_ns"] >= ready).all()
+        # requests queue on the one emulated prefill GPU
+        starts = np.sort(m["req_start_ns"])
+        assert (np.diff(starts) >= plan.requests["prefill_ns"][0]).all()
