@@ -1,0 +1,360 @@
+"""Thin layer over the `liburing` PyPI package (2026.3.30): only what the iouring transport
+needs, with the package's quirks worked around here and nowhere else.
+
+Quirks and how we live with them (measured on this host, Linux 6.18, AMD EPYC without AVX-512):
+
+1. `Ring()`, `Sqe()`, `Sockaddr()`, `Statx()` and `put_sqe()` die with SIGILL: the wheel's
+   generated `__init__` zeroes its struct with AVX-512 (`vmovups %zmm0`), which this CPU
+   lacks (objdump of liburing.so: those are the only AVX-512 sites, plus an error-name
+   compare). We never call them: `Ring.__new__(Ring)` skips the crashing `__init__`, and we
+   store a calloc()ed `struct io_uring` in the object's only field (PyOZ puts the Zig struct
+   right after the 16-byte PyObject header; its `__del__` free()s that pointer, which is
+   right because it came from calloc). `_check_layout` verifies the layout before use.
+2. Prep functions take `bytes`/`bytearray` only, always the whole object (no offset, no
+   length). We prep with a 1-byte placeholder and then patch the SQE's `addr` (offset 16)
+   and `len` (offset 24) fields in ring memory to point into the caller's region: no copy,
+   no bytearray-backed pool, any buffer (mmap, numpy) works. The SQE address is the
+   package's `SQE._sqe` pointer, read the same way as (1).
+3. `CQE.res` raises OSError for any negative value, including a SEND_ZC notification whose
+   res has bit 31 set (IORING_NOTIF_USAGE_ZC_COPIED). We never call the accessor: `drain()`
+   reads user_data/res/flags straight from the CQE memory (`CQE._cqe` pointer).
+4. The package never releases the GIL, so a blocking `io_uring_wait_cqe*` would freeze every
+   other Python thread. We never block inside it: `wait()` poll(2)s the ring fd (the GIL is
+   released) and `drain()` only peeks completions that are already there.
+5. `ZcrxIfqReg` has no constructor (its struct pointer stays NULL), so ZCRX registration
+   goes through the raw io_uring_register(2) syscall with the uapi struct layout (below).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import struct
+from typing import Any
+
+try:  # the probe reports this text when the package is missing
+    import liburing as _L
+
+    IMPORT_ERROR: str | None = None
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    _L = None  # type: ignore[assignment]
+    IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
+
+_OBJ_DATA = 16  # sizeof(PyObject) on 64-bit CPython: where PyOZ stores the wrapped struct
+_QI = struct.Struct("<QI")  # io_uring_sqe.addr (u64 @16) + len (u32 @24)
+_CQE = struct.Struct("<QiI")  # io_uring_cqe: user_data u64, res s32, flags u32
+_PLACEHOLDER_SEND = b"\0"
+_PLACEHOLDER_RECV = bytearray(1)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.calloc.restype = ctypes.c_void_p
+_libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+_libc.syscall.restype = ctypes.c_long
+
+SYS_IO_URING_REGISTER = 427
+IORING_REGISTER_ZCRX_IFQ = 32
+IO_URING_STRUCT_BYTES = 1024  # sizeof(struct io_uring) is ~216; generous on purpose
+
+# Kernel uapi constants, taken from the package where it has them.
+if _L is not None:
+    OP_SEND = int(_L.io_uring_op.IORING_OP_SEND)
+    OP_SEND_ZC = int(_L.io_uring_op.IORING_OP_SEND_ZC)
+    OP_RECV = int(_L.io_uring_op.IORING_OP_RECV)
+    IOSQE_IO_LINK = _L.IOSQE_IO_LINK
+    IOSQE_CQE_SKIP_SUCCESS = _L.IOSQE_CQE_SKIP_SUCCESS
+    CQE_F_MORE = _L.IORING_CQE_F_MORE
+    CQE_F_NOTIF = _L.IORING_CQE_F_NOTIF
+    SEND_ZC_REPORT_USAGE = _L.IORING_SEND_ZC_REPORT_USAGE
+    NOTIF_USAGE_ZC_COPIED = _L.IORING_NOTIF_USAGE_ZC_COPIED
+    SETUP_DEFER_TASKRUN = _L.IORING_SETUP_DEFER_TASKRUN
+    SETUP_SINGLE_ISSUER = _L.IORING_SETUP_SINGLE_ISSUER
+    SETUP_CQE32 = _L.IORING_SETUP_CQE32
+
+
+class UringError(OSError):
+    """The package or the kernel refused something; str() names the call and the errno."""
+
+
+def errno_name(err: int) -> str:
+    # errno.errorcode maps 95 to ENOTSUP; the kernel source (and `man 2`) say EOPNOTSUPP.
+    return "EOPNOTSUPP" if err == errno.EOPNOTSUPP else errno.errorcode.get(err, str(err))
+
+
+def _ptr_field(obj: Any) -> int:
+    return ctypes.c_void_p.from_address(id(obj) + _OBJ_DATA).value or 0
+
+
+def _check_layout() -> None:
+    for cls in (_L.Ring, _L.SQE, _L.CQE):
+        if cls.__basicsize__ != _OBJ_DATA + 16:
+            raise UringError(
+                errno.ENOTSUP,
+                f"liburing {cls.__name__} object size {cls.__basicsize__} != 32: unknown package "
+                "layout, cannot apply the ring/SQE/CQE workarounds",
+            )
+
+
+def buffer_address(buf: Any) -> int:
+    """Address of a contiguous buffer (memoryview, mmap, bytearray, numpy) without copying."""
+    import numpy as np
+
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    return int(arr.ctypes.data) if arr.size else 0
+
+
+class Ring:
+    """One io_uring instance, driven from a single thread."""
+
+    def __init__(self, entries: int, flags: int = 0) -> None:
+        if _L is None:
+            raise UringError(errno.ENOSYS, f"liburing not importable: {IMPORT_ERROR}")
+        _check_layout()
+        self.entries = int(entries)
+        ring = _L.Ring.__new__(_L.Ring)  # NOT Ring(): its __init__ is AVX-512 code (SIGILL here)
+        if _ptr_field(ring) != 0:
+            raise UringError(errno.ENOTSUP, "liburing Ring.__new__ left a non-NULL pointer: unknown layout")
+        mem = _libc.calloc(1, IO_URING_STRUCT_BYTES)
+        if not mem:
+            raise MemoryError("calloc(struct io_uring) failed")
+        ctypes.c_void_p.from_address(id(ring) + _OBJ_DATA).value = mem  # freed by Ring.__del__
+        self._ring = ring
+        try:
+            _L.io_uring_queue_init(self.entries, ring, flags)
+        except OSError as exc:
+            raise UringError(exc.errno or 0, f"io_uring_queue_init({entries}, flags={flags:#x}): {exc}") from None
+        self.fd = ring.ring_fd
+        self._open = True
+        self._cqe = _L.Cqe()
+        self._poll = select.poll()
+        self._poll.register(self.fd, select.POLLIN)
+        self.submits = 0
+        self.sqes_submitted = 0
+
+    # -- submission -----------------------------------------------------------------------
+    def _get_sqe(self) -> Any:
+        sqe = _L.io_uring_get_sqe(self._ring)
+        if sqe is None:  # SQ full: hand what we have to the kernel and retry once
+            self.submit()
+            sqe = _L.io_uring_get_sqe(self._ring)
+            if sqe is None:
+                raise UringError(errno.EBUSY, "io_uring submission queue full")
+        return sqe
+
+    @staticmethod
+    def _patch(sqe: Any, addr: int, nbytes: int) -> None:
+        # Quirk 2: point the SQE at [addr, addr+nbytes) of the caller's memory.
+        ctypes.memmove(_ptr_field(sqe) + 16, _QI.pack(addr, nbytes), _QI.size)
+
+    def prep_send(
+        self, fd: int, addr: int, nbytes: int, user_data: int, msg_flags: int = 0,
+        sqe_flags: int = 0, zc: bool = False,
+    ) -> None:
+        sqe = self._get_sqe()
+        if zc:
+            _L.io_uring_prep_send_zc(sqe, fd, _PLACEHOLDER_SEND, msg_flags, SEND_ZC_REPORT_USAGE)
+        else:
+            _L.io_uring_prep_send(sqe, fd, _PLACEHOLDER_SEND, msg_flags)
+        self._patch(sqe, addr, nbytes)
+        sqe.user_data = user_data
+        if sqe_flags:
+            sqe.flags = sqe_flags
+
+    def prep_recv(
+        self, fd: int, addr: int, nbytes: int, user_data: int, msg_flags: int = 0, sqe_flags: int = 0
+    ) -> None:
+        sqe = self._get_sqe()
+        _L.io_uring_prep_recv(sqe, fd, _PLACEHOLDER_RECV, msg_flags)
+        self._patch(sqe, addr, nbytes)
+        sqe.user_data = user_data
+        if sqe_flags:
+            sqe.flags = sqe_flags
+
+    def prep_nop(self, user_data: int) -> None:
+        sqe = self._get_sqe()
+        _L.io_uring_prep_nop(sqe)
+        sqe.user_data = user_data
+
+    def submit(self) -> int:
+        """Hand every prepared SQE to the kernel in one io_uring_enter."""
+        if _L.io_uring_sq_ready(self._ring) == 0:
+            return 0
+        try:
+            n = _L.io_uring_submit(self._ring)
+        except OSError as exc:
+            raise UringError(exc.errno or 0, f"io_uring_submit: {exc}") from None
+        self.submits += 1
+        self.sqes_submitted += n or 0
+        return n or 0
+
+    # -- completion -----------------------------------------------------------------------
+    def wait(self, timeout_s: float, extra_fds: tuple[int, ...] = ()) -> list[int]:
+        """Block (GIL released) until a CQE is ready, an extra fd is readable, or timeout.
+
+        Returns the extra fds that are readable (the ring itself is checked with cq_ready)."""
+        if _L.io_uring_cq_ready(self._ring):
+            return []
+        poller = self._poll
+        if extra_fds:
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            for fd in extra_fds:
+                poller.register(fd, select.POLLIN)
+        events = poller.poll(max(0, int(timeout_s * 1000 + 0.999)))
+        # A wake-up may only mean task work ran; io_uring_get_events flushes it into the CQ.
+        if not _L.io_uring_cq_ready(self._ring):
+            try:
+                _L.io_uring_get_events(self._ring)
+            except OSError:
+                pass
+        return [fd for fd, _ in events if fd != self.fd]
+
+    def ready(self) -> int:
+        """Completions waiting in the CQ ring (no syscall)."""
+        return _L.io_uring_cq_ready(self._ring)
+
+    def drain(self, limit: int = 4096) -> list[tuple[int, int, int]]:
+        """Every completion already posted, as raw (user_data, res, flags) (quirk 3)."""
+        out: list[tuple[int, int, int]] = []
+        ring, cqe = self._ring, self._cqe
+        for _ in range(limit):
+            if not _L.io_uring_cq_ready(ring):
+                break
+            try:
+                _L.io_uring_peek_cqe(ring, cqe)
+            except BlockingIOError:
+                break
+            entry = cqe[0]
+            out.append(_CQE.unpack(ctypes.string_at(_ptr_field(entry), _CQE.size)))
+            _L.io_uring_cqe_seen(ring, entry)
+        return out
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            _L.io_uring_queue_exit(self._ring)
+
+    def __del__(self) -> None:  # pragma: no cover - GC path
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def send_zc_supported() -> tuple[bool, str]:
+    """Whether the kernel's opcode table has IORING_OP_SEND_ZC (io_uring_get_probe)."""
+    probe = _L.io_uring_get_probe()
+    try:
+        ok = bool(_L.io_uring_opcode_supported(probe, OP_SEND_ZC))
+    finally:
+        _L.io_uring_free_probe(probe)
+    return ok, "" if ok else "IORING_OP_SEND_ZC not in io_uring_get_probe() opcode table"
+
+
+# -- ZCRX ---------------------------------------------------------------------------------
+# uapi (include/uapi/linux/io_uring.h, kernel 6.15+; 6.18 layout):
+#   struct io_uring_region_desc  { u64 user_addr, size; u32 flags, id; u64 mmap_offset; u64 __resv[4]; }  64 B
+#   struct io_uring_zcrx_area_reg { u64 addr, len, rq_area_token; u32 flags, dmabuf_fd; u64 __resv2[2]; } 48 B
+#   struct io_uring_zcrx_ifq_reg  { u32 if_idx, if_rxq, rq_entries, flags; u64 area_ptr, region_ptr;
+#       struct io_uring_zcrx_offsets { u32 head, tail, rqes, __resv2; u64 __resv[2]; } offsets;
+#       u32 zcrx_id, rx_buf_len; u64 __resv[3]; }                                                     96 B
+_REGION = struct.Struct("<QQIIQ32x")
+_AREA = struct.Struct("<QQQII16x")
+_IFQ = struct.Struct("<IIIIQQIIII16xII24x")
+ZCRX_RING_FLAGS = 0  # filled below when the package is present
+if _L is not None:
+    ZCRX_RING_FLAGS = SETUP_DEFER_TASKRUN | SETUP_SINGLE_ISSUER | SETUP_CQE32
+
+
+class ZcrxIfq:
+    """A zero-copy receive interface queue registered on a ring (IORING_REGISTER_ZCRX_IFQ).
+
+    The ring must be created with ZCRX_RING_FLAGS (DEFER_TASKRUN, SINGLE_ISSUER, CQE32);
+    the area is page-aligned anonymous memory the NIC's page pool will hand out."""
+
+    def __init__(self, ring: Ring, ifindex: int, rxq: int, area_nbytes: int = 4 << 20,
+                 rq_entries: int = 4096) -> None:
+        import mmap
+
+        self.area = mmap.mmap(-1, area_nbytes)
+        area_addr = buffer_address(self.area)
+        self._area_reg = ctypes.create_string_buffer(_AREA.pack(area_addr, area_nbytes, 0, 0, 0), _AREA.size)
+        page = mmap.PAGESIZE
+        region_nbytes = (64 + 16 * rq_entries + page - 1) // page * page + page
+        self._region = ctypes.create_string_buffer(_REGION.pack(0, region_nbytes, 0, 0, 0), _REGION.size)
+        self._reg = ctypes.create_string_buffer(
+            _IFQ.pack(ifindex, rxq, rq_entries, 0, ctypes.addressof(self._area_reg),
+                      ctypes.addressof(self._region), 0, 0, 0, 0, 0, 0), _IFQ.size)
+        ret = _libc.syscall(
+            ctypes.c_long(SYS_IO_URING_REGISTER), ctypes.c_long(ring.fd),
+            ctypes.c_long(IORING_REGISTER_ZCRX_IFQ), ctypes.c_void_p(ctypes.addressof(self._reg)),
+            ctypes.c_long(1))
+        if ret < 0:
+            err = ctypes.get_errno()
+            raise UringError(err, f"IORING_REGISTER_ZCRX_IFQ(ifindex={ifindex}, rxq={rxq}) returned "
+                                  f"{errno_name(err)} ({os.strerror(err)})")
+        fields = _IFQ.unpack(self._reg.raw)
+        self.offsets = {"head": fields[6], "tail": fields[7], "rqes": fields[8]}
+        self.zcrx_id = fields[10]
+
+
+def try_zcrx(ifname: str, rxq: int) -> tuple[int, str]:
+    """Try a ZCRX registration on (ifname, rxq): (0, "") on success, else (errno, kernel's answer)."""
+    import socket
+
+    try:
+        ifindex = socket.if_nametoindex(ifname)
+    except OSError as exc:
+        return errno.ENODEV, f"no interface {ifname!r}: {exc}"
+    try:
+        ring = Ring(8, ZCRX_RING_FLAGS)
+    except UringError as exc:
+        return exc.errno or errno.EINVAL, f"ZCRX ring setup (DEFER_TASKRUN|SINGLE_ISSUER|CQE32): {exc}"
+    try:
+        ZcrxIfq(ring, ifindex, rxq, area_nbytes=1 << 20, rq_entries=256)
+        return 0, ""
+    except UringError as exc:
+        return exc.errno or 0, f"{ifname} queue {rxq}: {exc.strerror}"
+    finally:
+        ring.close()
+
+
+def selftest(ifname: str, rxq: int) -> dict[str, Any]:
+    """What the probe needs to know, gathered by really using the package (run in a child
+    process by the probe: if the package dies with SIGILL/SIGSEGV, only the child dies)."""
+    out: dict[str, Any] = {"import_error": IMPORT_ERROR}
+    if _L is None:
+        return out
+    try:
+        ring = Ring(8)
+        ring.prep_nop(0xC0FFEE)
+        ring.submit()
+        ring.wait(2.0)
+        got = ring.drain()
+        ring.close()
+        if got[:1] != [(0xC0FFEE, 0, 0)]:
+            out["ring_error"] = f"NOP round trip through the ring returned {got!r}"
+    except (UringError, OSError) as exc:
+        out["ring_error"] = str(exc)
+        return out
+    ok, why = send_zc_supported()
+    out["send_zc"] = ok
+    out["send_zc_error"] = why
+    out["zcrx_errno"], out["zcrx_error"] = try_zcrx(ifname, rxq)
+    return out
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="io_uring/liburing self-test for the iouring probe")
+    ap.add_argument("--ifname", default="lo")
+    ap.add_argument("--rxq", type=int, default=0)
+    args = ap.parse_args(argv)
+    print(json.dumps(selftest(args.ifname, args.rxq)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

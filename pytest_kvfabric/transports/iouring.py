@@ -1,0 +1,623 @@
+"""The `iouring` transport: the stream wire format of `framing` (wire-compatible with `tcp`),
+moved by io_uring through the `liburing` package.
+
+Initiator: every ready batch becomes one chain of SQEs handed to the kernel by ONE
+io_uring_submit: per write a 32-byte header SEND (MSG_MORE, CQE_SKIP_SUCCESS) and a payload
+SEND or SEND_ZC pointing straight into the source region. The SQEs are linked
+(IOSQE_IO_LINK) because io_uring does not order independent sends on one stream socket; with
+MSG_WAITALL the kernel finishes short sends itself, so a link only breaks on a real error.
+A chain holds at most `inflight` writes; the next ready writes go out as the next chain once
+it completes. A write completes when the target's cumulative ACK covers it and, in send_zc
+mode, when its notification CQE says the kernel released the source pages.
+
+Target: per connection a header RECV (MSG_WAITALL); the header is decoded and checked
+(framing.check_write, then write_guard) before a payload RECV is queued straight into
+region[dst_off:dst_off+nbytes], linked to the next header RECV. Cumulative ACKs go back as
+io_uring SENDs, one in flight per connection.
+
+Memory: the package's prep functions accept only whole bytes/bytearray objects, so we do not
+override Transport.allocate: `_uring.Ring` patches each SQE's addr/len to point into the
+default mmap region (see _uring.py, quirk 2). No payload byte is copied in Python.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import secrets
+import socket
+import struct
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import ProtocolError, TransportError
+from . import framing
+from ._stream import set_tcp_options, tcp_info
+from .base import (
+    COMPLETION_DTYPE,
+    NOTIFY_DTYPE,
+    PLACED_DTYPE,
+    Capability,
+    Initiator,
+    Target,
+    Transport,
+    check_region,
+)
+from .iouring_probe import check_options
+from .iouring_probe import probe as _probe
+
+HDR_DTYPE = np.dtype(
+    [("magic", "S2"), ("version", "u1"), ("type", "u1"), ("nbytes", "<u4"),
+     ("dst_off", "<u8"), ("seq", "<u8"), ("imm", "<u8")]
+)
+assert HDR_DTYPE.itemsize == framing.HEADER_SIZE
+
+# user_data = [conn id (16 bits)] [seq (44 bits)] [kind (4 bits)]
+K_HDR, K_PAYLOAD, K_ACK_RECV, K_ACK_SEND, K_HELLO = 1, 2, 3, 4, 5
+_SEQ_MASK = (1 << 44) - 1
+SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
+ACK_BUF_BYTES = 64 * 1024
+DEFAULT_QUEUE_DEPTH = 512
+
+
+def _ud(conn: int, seq: int, kind: int) -> int:
+    return (conn << 48) | ((seq & _SEQ_MASK) << 4) | kind
+
+
+def _strerror(res: int) -> str:
+    return f"{errno.errorcode.get(-res, -res)} ({os.strerror(-res)})"
+
+
+def _uring():  # imported lazily: the registry must not import liburing until asked
+    from . import _uring
+
+    return _uring
+
+
+def _ring_options(options: Mapping[str, Any]) -> tuple[str, int, int]:
+    bad = check_options(options)
+    if bad:
+        raise TransportError(bad)
+    qd = int(options.get("queue_depth", DEFAULT_QUEUE_DEPTH))
+    if qd < 8:
+        raise TransportError(f"iouring option queue_depth={qd}: must be at least 8")
+    per_chain = (qd - 2) // 2  # two SQEs per write, one SQE kept for the ack recv
+    inflight = min(int(options.get("inflight", per_chain)), per_chain)
+    return options.get("mode", "send"), qd, inflight
+
+
+class IoUringInitiator(Initiator):
+    def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
+        super().__init__(region, options)
+        self.mode, self.queue_depth, self.inflight = _ring_options(self.options)
+        self._zc = self.mode == "send_zc"
+        self._u = _uring()
+        self._src_addr = self._u.buffer_address(region)
+        self._src_len = region.nbytes
+        self._ring: Any = None
+        self._sock: socket.socket | None = None
+        self._error: TransportError | None = None
+        self._next_seq = 1
+        self._acked = 0
+        self._pending: collections.deque[np.ndarray] = collections.deque()  # rows not yet sent
+        self._waiting: collections.deque[tuple[int, int]] = collections.deque()  # (seq, xfer)
+        self._zc_wait: set[int] = set()
+        self._chain_left = 0
+        self._chain_hdr: np.ndarray | None = None  # keeps the header memory alive while sent
+        self._ackbuf = bytearray(ACK_BUF_BYTES)
+        self._ackbuf_addr = self._u.buffer_address(self._ackbuf)
+        self._reader = framing.ControlReader()
+        self._outstanding = 0
+        self.counters = {"writes": 0, "bytes": 0, "chains": 0, "zc_notifications": 0,
+                         "copied_notifications": 0}
+
+    # -- setup ----------------------------------------------------------------------------
+    def connect(self, descriptor: Mapping[str, Any], timeout_s: float) -> None:
+        host, port = descriptor["host"], int(descriptor["port"])
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout_s)
+            set_tcp_options(sock, self.options)
+            # The HELLO of _stream.py (tcp/zerocopy), so either side interoperates with them.
+            token = str(self.options.get("token") or descriptor.get("token") or "")
+            hello = {"token": token, "initiator": f"{secrets.token_hex(8)}-{os.getpid()}",
+                     "index": 0, "connections": 1}
+            sock.sendall(framing.encode_hello(hello))
+            sock.settimeout(None)  # blocking fd: io_uring arms poll instead of failing EAGAIN
+        except OSError as exc:
+            raise TransportError(f"iouring connect to {host}:{port} failed: {exc}") from None
+        self._sock = sock
+        try:
+            self._ring = self._u.Ring(self.queue_depth)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"iouring ring setup failed: {exc}") from None
+        self._arm_ack_recv()
+        self._ring.submit()
+
+    def _arm_ack_recv(self) -> None:
+        self._ring.prep_recv(self._sock.fileno(), self._ackbuf_addr, ACK_BUF_BYTES,
+                             _ud(0, 0, K_ACK_RECV))
+
+    # -- data path ------------------------------------------------------------------------
+    def post(self, batch: np.ndarray, timeout_s: float) -> None:
+        self._raise_if_failed()
+        if self._ring is None:
+            raise TransportError("iouring initiator: post() before connect()")
+        if len(batch) == 0:
+            return
+        end = batch["src_off"] + batch["nbytes"]
+        bad = np.nonzero(end > self._src_len)[0]
+        if len(bad):
+            i = int(bad[0])
+            raise TransportError(
+                f"write {int(batch['xfer'][i])}: source "
+                f"{check_region(self._src_len, int(batch['src_off'][i]), int(batch['nbytes'][i]))}")
+        if int(batch["nbytes"].max()) > framing.MAX_WRITE:
+            raise TransportError(f"write larger than {framing.MAX_WRITE} bytes")
+        rows = np.empty(len(batch), dtype=batch.dtype.descr + [("seq", "<u8")])
+        for name in batch.dtype.names:
+            rows[name] = batch[name]
+        rows["seq"] = np.arange(self._next_seq, self._next_seq + len(batch), dtype=np.uint64)
+        self._next_seq += len(batch)
+        self._waiting.extend(zip(rows["seq"].tolist(), rows["xfer"].tolist()))
+        self._pending.append(rows)
+        self._outstanding += len(batch)
+        self._pump()
+
+    def _take(self, limit: int) -> np.ndarray:
+        parts, n = [], 0
+        while self._pending and n < limit:
+            head = self._pending[0]
+            k = min(limit - n, len(head))
+            parts.append(head[:k])
+            n += k
+            if k == len(head):
+                self._pending.popleft()
+            else:
+                self._pending[0] = head[k:]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _pump(self) -> None:
+        """Submit the next chain if the previous one is done: one io_uring_submit per chain."""
+        if self._chain_left or not self._pending or self._error is not None:
+            return
+        rows = self._take(self.inflight)
+        k = len(rows)
+        hdr = np.zeros(k, HDR_DTYPE)
+        hdr["magic"] = framing.MAGIC
+        hdr["version"] = framing.VERSION
+        hdr["type"] = framing.WRITE
+        hdr["nbytes"] = rows["nbytes"]
+        hdr["dst_off"] = rows["dst_off"]
+        hdr["seq"] = rows["seq"]
+        hdr["imm"] = np.where(rows["notify"] >= 0, rows["notify"] + 1, 0).astype(np.uint64)
+        self._chain_hdr = hdr
+        hdr_addr = int(hdr.ctypes.data)
+        ring, fd, src, zc = self._ring, self._sock.fileno(), self._src_addr, self._zc
+        link, skip = self._u.IOSQE_IO_LINK, self._u.IOSQE_IO_LINK | self._u.IOSQE_CQE_SKIP_SUCCESS
+        seqs, offs, sizes = rows["seq"].tolist(), rows["src_off"].tolist(), rows["nbytes"].tolist()
+        for i in range(k):
+            seq, n = seqs[i], sizes[i]
+            tail = 0 if i == k - 1 else link
+            if n == 0:
+                ring.prep_send(fd, hdr_addr + 32 * i, 32, _ud(0, seq, K_PAYLOAD), SEND_FLAGS, tail)
+                continue
+            ring.prep_send(fd, hdr_addr + 32 * i, 32, _ud(0, seq, K_HDR),
+                           SEND_FLAGS | socket.MSG_MORE, skip)
+            ring.prep_send(fd, src + offs[i], n, _ud(0, seq, K_PAYLOAD), SEND_FLAGS, tail, zc=zc)
+            if zc:
+                self._zc_wait.add(seq)
+        self._chain_left = k
+        self.counters["chains"] += 1
+        self.counters["writes"] += k
+        self.counters["bytes"] += int(rows["nbytes"].sum())
+        try:
+            ring.submit()
+        except OSError as exc:
+            self._fail(f"io_uring_submit failed: {exc}")
+
+    def _fail(self, reason: str, cls: type[TransportError] = TransportError) -> None:
+        if self._error is None:
+            self._error = cls(f"iouring initiator: {reason}")
+        raise self._error
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _reap(self) -> None:
+        copied_bit = self._u.NOTIF_USAGE_ZC_COPIED
+        cqes = self._ring.drain()
+        notif = self._u.CQE_F_NOTIF
+        failed = [c for c in cqes if c[1] < 0 and not c[2] & notif]
+        if failed:  # report the root cause, not the ECANCELED of the links behind it
+            ud, res, _ = next((c for c in failed if c[1] != -errno.ECANCELED), failed[0])
+            what = {K_HDR: "header send of write", K_PAYLOAD: "send of write"}.get(ud & 15)
+            gone = " (peer gone)" if -res in (errno.ECONNRESET, errno.EPIPE) else ""
+            if what is None:
+                self._fail(f"receiving acks failed: {_strerror(res)}{gone}")
+            self._fail(f"{what} seq {(ud >> 4) & _SEQ_MASK} failed: {_strerror(res)}{gone}")
+        for ud, res, flags in cqes:
+            kind, seq = ud & 15, (ud >> 4) & _SEQ_MASK
+            if kind == K_PAYLOAD:
+                if flags & self._u.CQE_F_NOTIF:
+                    # ZC notification: res is a usage bitmask, not a length (quirk 3 in _uring).
+                    self.counters["zc_notifications"] += 1
+                    if (res & 0xFFFFFFFF) & copied_bit:
+                        self.counters["copied_notifications"] += 1
+                    self._zc_wait.discard(seq)
+                    continue
+                if res < 0:
+                    self._fail(f"send of write seq {seq} failed: {_strerror(res)}")
+                if not flags & self._u.CQE_F_MORE:
+                    self._zc_wait.discard(seq)
+                self._chain_left -= 1
+            elif kind == K_HDR:  # only failures post a CQE (CQE_SKIP_SUCCESS)
+                self._fail(f"header send of write seq {seq} failed: {_strerror(res)}")
+            elif kind == K_ACK_RECV:
+                if res == 0:
+                    self._fail("target closed the connection (peer gone)")
+                if res < 0:
+                    self._fail(f"receiving acks failed: {_strerror(res)}")
+                try:
+                    for h, payload in self._reader.feed(memoryview(self._ackbuf)[:res]):
+                        if h.type == framing.ACK:
+                            self._acked = max(self._acked, h.seq)
+                        elif h.type == framing.ERROR:
+                            self._fail(f"target rejected the stream: {payload.decode('utf-8', 'replace')}")
+                        else:
+                            self._fail(f"unexpected {framing.TYPE_NAMES[h.type]} frame from target",
+                                       ProtocolError)
+                except ProtocolError as exc:
+                    self._fail(str(exc), ProtocolError)
+                self._arm_ack_recv()
+        self._pump()
+        self._ring.submit()
+
+    def _collect(self) -> np.ndarray:
+        done: list[tuple[int, int]] = []
+        now = time.monotonic_ns()
+        waiting, acked, zc_wait = self._waiting, self._acked, self._zc_wait
+        while waiting and waiting[0][0] <= acked and waiting[0][0] not in zc_wait:
+            done.append((waiting.popleft()[1], now))
+        self._outstanding -= len(done)
+        return np.array(done, dtype=COMPLETION_DTYPE)
+
+    def poll(self, timeout_s: float) -> np.ndarray:
+        self._raise_if_failed()
+        if self._ring is None:
+            raise TransportError("iouring initiator: poll() before connect()")
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            self._reap()
+            done = self._collect()
+            remaining = deadline - time.monotonic()
+            if len(done) or remaining <= 0:
+                return done
+            self._ring.wait(remaining)
+
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    def data_path(self) -> dict[str, Any]:
+        c = dict(self.counters)
+        notifs, copied = c["zc_notifications"], c["copied_notifications"]
+        out: dict[str, Any] = {"transport": "iouring", "mode": self.mode, **c,
+                               "tcp_info": tcp_info(self._sock) if self._sock else {},
+                               "submits": getattr(self._ring, "submits", 0),
+                               "sqes_submitted": getattr(self._ring, "sqes_submitted", 0)}
+        if self._zc:
+            frac = copied / notifs if notifs else None
+            out["copied_fraction"] = frac
+            out["zc_completions"] = notifs - copied
+            out["copied_completions"] = copied
+            out["zero_copy"] = None if frac is None else frac == 0.0
+            if frac is None:
+                out["description"] = "io_uring SEND_ZC: no notification received yet"
+            elif frac == 1.0:
+                out["description"] = ("io_uring SEND_ZC, but the kernel copied 100% of the payloads "
+                                      "(every notification had IORING_NOTIF_USAGE_ZC_COPIED)")
+            else:
+                out["description"] = f"io_uring SEND_ZC: kernel copied {frac:.1%} of the payloads"
+        else:
+            out["zero_copy"] = False
+            out["description"] = "io_uring SEND batches: the kernel copies payloads into socket buffers"
+        return out
+
+    def close(self) -> None:
+        if self._sock is not None and self._error is None and self._ring is not None:
+            deadline = time.monotonic() + 2.0
+            try:  # let the last chain leave before saying BYE (bounded)
+                while (self._chain_left or self._pending) and time.monotonic() < deadline:
+                    self._reap()
+                    self._ring.wait(deadline - time.monotonic())
+                self._sock.settimeout(1.0)
+                self._sock.sendall(framing.encode_bye())
+            except (OSError, TransportError):
+                pass
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._ring is not None:
+            self._ring.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class _Conn:
+    def __init__(self, cid: int, sock: socket.socket, peer: Any, addr_of: Any) -> None:
+        self.cid, self.sock, self.fd, self.peer = cid, sock, sock.fileno(), peer
+        self.hdr = bytearray(framing.HEADER_SIZE)
+        self.hello_buf = bytearray()
+        self.ackbuf = bytearray(framing.HEADER_SIZE)
+        self.hdr_addr = addr_of(self.hdr)
+        self.ackbuf_addr = addr_of(self.ackbuf)
+        self.expected_seq = 1
+        self.pending: framing.Header | None = None
+        self.hello_done = False
+        self.placed_seq = 0
+        self.acked_sent = 0
+        self.ack_inflight = False
+        self.bye = False
+        self.dead = False
+
+
+class IoUringTarget(Target):
+    def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
+        super().__init__(region, options)
+        self.mode, self.queue_depth, _ = _ring_options(self.options)
+        self._u = _uring()
+        self._base = self._u.buffer_address(region)
+        self._len = region.nbytes
+        self._ring: Any = None
+        self._lsock: socket.socket | None = None
+        self._token = str(self.options.get("token") or "")
+        self._conns: dict[int, _Conn] = {}
+        self._next_cid = 1
+        self.counters = {"placed": 0, "bytes": 0, "rejected": 0}
+
+    def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
+        if self.options.get("zcrx"):
+            self._register_zcrx(bind_host)
+        try:
+            self._ring = self._u.Ring(self.queue_depth)
+        except OSError as exc:
+            raise TransportError(f"iouring ring setup failed: {exc}") from None
+        lsock = socket.create_server((bind_host, int(self.options.get("port", 0))))
+        lsock.setblocking(False)
+        self._lsock = lsock
+        host, port = lsock.getsockname()[:2]
+        # Same descriptor as _stream.py: the token travels in it only if we made it up.
+        desc = {"host": host, "port": port, "region_len": self._len, "connections": 1}
+        if not self._token:
+            self._token = desc["token"] = secrets.token_hex(16)
+        return desc
+
+    def _register_zcrx(self, bind_host: str) -> None:
+        """Try the ZCRX registration on the data-plane queue; never silently fall back."""
+        from .iouring_probe import interface_for
+
+        ifname = self.options.get("zcrx_ifname") or interface_for(bind_host)
+        rxq = int(self.options.get("zcrx_rxq", 0))
+        err, why = self._u.try_zcrx(ifname, rxq)
+        if err:
+            raise TransportError(f"iouring zcrx: ZCRX unsupported: {why}")
+        raise TransportError(f"iouring zcrx: registered on {ifname} queue {rxq}, but the RECV_ZC "
+                             "receive path is not implemented yet")
+
+    # -- connections ----------------------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, peer = self._lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            sock.settimeout(None)
+            set_tcp_options(sock, self.options)
+            conn = _Conn(self._next_cid, sock, peer, self._u.buffer_address)
+            self._next_cid += 1
+            self._conns[conn.cid] = conn
+            self._arm_header(conn)
+
+    def _arm_header(self, conn: _Conn, sqe_flags: int = 0) -> None:
+        self._ring.prep_recv(conn.fd, conn.hdr_addr, framing.HEADER_SIZE,
+                             _ud(conn.cid, conn.expected_seq, K_HDR), socket.MSG_WAITALL, sqe_flags)
+
+    def _drop(self, conn: _Conn) -> None:
+        conn.dead = True
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # pending recvs complete; their CQEs are ignored
+        except OSError:
+            pass
+
+    def _reject(self, conn: _Conn, exc: ProtocolError) -> None:
+        """Tell the peer why (best effort), close the connection, raise. No byte was placed."""
+        self.counters["rejected"] += 1
+        try:
+            conn.sock.send(framing.encode_error(str(exc)), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except OSError:
+            pass
+        self._drop(conn)
+        raise ProtocolError(f"iouring target: connection from {conn.peer[0]}:{conn.peer[1]}: {exc}")
+
+    def _peer_failed(self, conn: _Conn, reason: str) -> None:
+        self._drop(conn)
+        raise TransportError(f"iouring target: connection from {conn.peer[0]}:{conn.peer[1]}: {reason}")
+
+    # -- data path ------------------------------------------------------------------------
+    def _placed(self, conn: _Conn, h: framing.Header, placed: list, notifies: list) -> None:
+        now = time.monotonic_ns()
+        conn.expected_seq = h.seq + 1
+        conn.placed_seq = h.seq
+        # xfer = the write's 0-based position in its initiator's post order (as _stream.py
+        # reports it; one connection per initiator here, so seq - 1).
+        placed.append((h.seq - 1, h.dst_off, h.nbytes, now))
+        if h.notify_request is not None:
+            notifies.append((h.notify_request, now))
+        self.counters["placed"] += 1
+        self.counters["bytes"] += h.nbytes
+
+    def _on_header(self, conn: _Conn, res: int, placed: list, notifies: list) -> None:
+        if res == 0:
+            if conn.bye:
+                conn.dead = True
+                return
+            self._peer_failed(conn, f"closed without BYE after write seq {conn.expected_seq - 1} "
+                                    "(peer gone)")
+        if res < 0:
+            self._peer_failed(conn, f"receive failed: {_strerror(res)}")
+        if res < framing.HEADER_SIZE:
+            self._reject(conn, ProtocolError(f"truncated frame header: {res} of {framing.HEADER_SIZE} bytes"))
+        try:
+            h = framing.decode_header(conn.hdr)
+        except ProtocolError as exc:
+            self._reject(conn, exc)
+        if not conn.hello_done:
+            if h.type != framing.HELLO or h.nbytes == 0:
+                self._reject(conn, ProtocolError(f"expected HELLO, got {framing.TYPE_NAMES[h.type]}"))
+            conn.hello_buf = bytearray(h.nbytes)
+            self._ring.prep_recv(conn.fd, self._u.buffer_address(conn.hello_buf), h.nbytes,
+                                 _ud(conn.cid, 0, K_HELLO), socket.MSG_WAITALL)
+            return
+        if h.type == framing.WRITE:
+            try:
+                framing.check_write(h, self._len, conn.expected_seq)
+            except ProtocolError as exc:
+                self._reject(conn, exc)
+            if self.write_guard is not None:
+                self.write_guard(h.dst_off, h.nbytes)
+            if h.nbytes == 0:
+                self._placed(conn, h, placed, notifies)
+                self._arm_header(conn)
+                return
+            conn.pending = h
+            self._ring.prep_recv(conn.fd, self._base + h.dst_off, h.nbytes,
+                                 _ud(conn.cid, h.seq, K_PAYLOAD), socket.MSG_WAITALL,
+                                 self._u.IOSQE_IO_LINK)
+            conn.expected_seq = h.seq + 1  # the linked header recv is for the next frame
+            self._arm_header(conn)
+        elif h.type == framing.BYE:
+            conn.bye = True
+            self._arm_header(conn)  # expect EOF
+        elif h.type == framing.ERROR:
+            self._peer_failed(conn, "initiator sent an ERROR frame")
+        else:
+            self._reject(conn, ProtocolError(f"unexpected {framing.TYPE_NAMES[h.type]} frame from initiator"))
+
+    def _reap(self, placed: list, notifies: list) -> None:
+        for ud, res, _flags in self._ring.drain():
+            kind, cid = ud & 15, ud >> 48
+            conn = self._conns.get(cid)
+            if conn is None or conn.dead:
+                continue
+            if kind == K_HDR:
+                self._on_header(conn, res, placed, notifies)
+            elif kind == K_PAYLOAD:
+                h = conn.pending
+                if res != h.nbytes:
+                    what = _strerror(res) if res < 0 else f"{res} of {h.nbytes} bytes"
+                    self._peer_failed(conn, f"write seq {h.seq} cut short: {what} (peer gone)")
+                conn.pending = None
+                self._placed(conn, h, placed, notifies)
+            elif kind == K_HELLO:
+                if res != len(conn.hello_buf):
+                    self._peer_failed(conn, f"HELLO cut short ({res} of {len(conn.hello_buf)} bytes)")
+                try:
+                    params = framing.decode_hello(bytes(conn.hello_buf))
+                except ProtocolError as exc:
+                    self._reject(conn, exc)
+                token = params.get("token")
+                if not isinstance(token, str) or not secrets.compare_digest(
+                        token.encode(), self._token.encode()):
+                    self._reject(conn, ProtocolError("HELLO with a wrong or missing auth token"))
+                if params.get("connections", 1) != 1 or params.get("index", 0) != 0:
+                    self._reject(conn, ProtocolError(
+                        "the iouring target takes one connection per initiator (HELLO asked for "
+                        f"index {params.get('index')} of {params.get('connections')})"))
+                conn.hello_done = True
+                self._arm_header(conn)
+            elif kind == K_ACK_SEND:
+                conn.ack_inflight = False
+                if res < 0 and not conn.bye:
+                    self._peer_failed(conn, f"sending ACK failed: {_strerror(res)}")
+
+    def _send_acks(self) -> None:
+        for conn in self._conns.values():
+            if conn.dead or conn.ack_inflight or conn.placed_seq <= conn.acked_sent:
+                continue
+            struct.pack_into("<2sBBIQQQ", conn.ackbuf, 0, framing.MAGIC, framing.VERSION,
+                             framing.ACK, 0, 0, conn.placed_seq, 0)
+            self._ring.prep_send(conn.fd, conn.ackbuf_addr, framing.HEADER_SIZE,
+                                 _ud(conn.cid, 0, K_ACK_SEND), socket.MSG_NOSIGNAL)
+            conn.ack_inflight = True
+            conn.acked_sent = conn.placed_seq
+
+    def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
+        if self._ring is None:
+            raise TransportError("iouring target: progress() before listen()")
+        placed: list[tuple[int, int, int, int]] = []
+        notifies: list[tuple[int, int]] = []
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        lfd = self._lsock.fileno()
+        accept = True
+        try:
+            for _ in range(1_000_000):  # bounded; exits on placement or deadline
+                if accept or not self._conns:
+                    self._accept()
+                self._reap(placed, notifies)
+                self._send_acks()
+                self._ring.submit()
+                if self._ring.ready() and len(placed) < 4096:
+                    accept = False
+                    continue  # more completions already posted: take them in this call
+                remaining = deadline - time.monotonic()
+                if placed or notifies or remaining <= 0:
+                    break
+                accept = lfd in self._ring.wait(remaining, (lfd,))
+        finally:
+            if placed:  # acks for what was placed before an error still go out
+                try:
+                    self._send_acks()
+                    self._ring.submit()
+                except OSError:
+                    pass
+        return (np.array(placed, dtype=PLACED_DTYPE), np.array(notifies, dtype=NOTIFY_DTYPE))
+
+    def peers_closed(self) -> bool:
+        return bool(self._conns) and all(c.bye for c in self._conns.values())
+
+    def data_path(self) -> dict[str, Any]:
+        return {"transport": "iouring", "zero_copy": False, **self.counters,
+                "description": "io_uring RECV (MSG_WAITALL) straight into the destination slice; "
+                               "the kernel copies from socket buffers (no ZCRX)",
+                "submits": getattr(self._ring, "submits", 0)}
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._ring is not None:
+            self._ring.close()
+        for conn in self._conns.values():
+            conn.sock.close()
+        if self._lsock is not None:
+            self._lsock.close()
+            self._lsock = None
+
+
+class IoUringTransport(Transport):
+    name = "iouring"
+    description = "io_uring SEND / SEND_ZC batches and RECV into the destination, via liburing"
+    initiator_cls = IoUringInitiator
+    target_cls = IoUringTarget
+
+    @classmethod
+    def probe(cls, options: Mapping[str, Any] | None = None) -> Capability:
+        return _probe(options)
