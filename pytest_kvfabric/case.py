@@ -184,6 +184,9 @@ def run_case(
         result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
     except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
         out.error = f"{type(exc).__name__}: {exc}"
+        partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
+        if partial is not None:
+            out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
         return out
     out.result = result
     out.metrics = json.loads(json.dumps(result.to_dict(), default=_jsonable))

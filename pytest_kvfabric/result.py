@@ -27,6 +27,7 @@ class Result:
     throughput_GBps: float | None = None  # noqa: N815 - unit spelled as in the JSON
     latency_us: dict[str, float | None] = field(default_factory=dict)
     exposed_ms: dict[str, float | None] = field(default_factory=dict)
+    exposed_fraction: dict[str, float | None] = field(default_factory=dict)  # exposed / prefill time
     transfer_ms: dict[str, float | None] = field(default_factory=dict)
     ttft_ms: dict[str, float | None] = field(default_factory=dict)
     tpot_ms: dict[str, float | None] = field(default_factory=dict)

@@ -83,6 +83,10 @@ def summarize(
     idx = np.flatnonzero(ok)
     prefill_end = start[idx] + prefill_ns[idx]
     exposed_ms = np.clip(rdone[idx] - prefill_end, 0, None) / 1e6
+    # Exposed time relative to the request's own prefill (Splitwise reports the tail this way).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exposed_fraction = np.where(prefill_ns[idx] > 0, exposed_ms * 1e6 / prefill_ns[idx], np.nan)
+    exposed_fraction = exposed_fraction[~np.isnan(exposed_fraction)]
     # First post of each request: rows of a request are contiguous [first, first+count).
     first_post = np.array(
         [int(post[f:f + c][post[f:f + c] > 0].min()) for f, c in zip(first[idx], count[idx])], np.int64
@@ -112,6 +116,7 @@ def summarize(
         "throughput_GBps": rate_GBps(moved, window_s),
         "latency_us": percentiles(latency_us),
         "exposed_ms": percentiles(exposed_ms, ("p50", "p99", "max")),
+        "exposed_fraction": percentiles(exposed_fraction, ("p50", "p99", "max")),
         "transfer_ms": percentiles(transfer_ms, ("p50", "p99")),
         "ttft_ms": percentiles(ttft_ms, ("p50", "p99")),
         "tpot_ms": percentiles(tpot_ms, ("p50",)),

@@ -105,3 +105,31 @@ def test_result_to_dict_has_documented_keys():
                 "cpu_s_per_gb", "retransmits", "connect_ms", "register_ms", "integrity", "data_path",
                 "bytes", "transfers", "requests", "requests_completed", "duration_s", "ttft_met_fraction"):
         assert key in d
+
+
+def test_exposed_fraction_is_exposed_over_prefill_per_request():
+    import numpy as np
+
+    from pytest_kvfabric.emulator.plan import REQUEST_DTYPE, TRANSFER_DTYPE
+    from pytest_kvfabric.stats import summarize
+
+    transfers = np.zeros(2, dtype=TRANSFER_DTYPE)
+    transfers["request"] = [0, 1]
+    transfers["nbytes"] = 1000
+    requests = np.zeros(2, dtype=REQUEST_DTYPE)
+    requests["request"] = [0, 1]
+    requests["first"] = [0, 1]
+    requests["count"] = 1
+    requests["prefill_ns"] = [10_000_000, 20_000_000]  # 10 ms and 20 ms of emulated prefill
+    m = {
+        "post_ns": np.array([1_000, 2_000]),
+        "done_ns": np.array([12_000_000, 22_000_000]),
+        "req_arrival_ns": np.array([1, 1]),
+        "req_start_ns": np.array([1, 1]),
+        # request 0 lands 2 ms after its prefill end (0.2), request 1 lands 5 ms after (0.25)
+        "req_done_ns": np.array([12_000_001, 25_000_001]),
+    }
+    s = summarize(transfers, requests, m, "emulated", None)
+    assert s["exposed_ms"]["max"] == pytest.approx(5.0)
+    assert s["exposed_fraction"]["max"] == pytest.approx(0.25)
+    assert s["exposed_fraction"]["p50"] == pytest.approx(0.225)
