@@ -196,6 +196,8 @@ def test_peers_closed_after_bye_and_stats():
     assert stats["connect_ns"] > 0
     assert isinstance(stats["retransmits"], int) and stats["retransmits"] >= 0
     assert len(stats["tcp_info"]) == 2 and all("rtt_us" in t for t in stats["tcp_info"])
+    tstats = served.target.stats()
+    assert tstats["bytes_placed"] == 1000 and tstats["writes_placed"] == 1 and tstats["connections"] == 2
     served.close()
 
 

@@ -97,6 +97,14 @@ def test_probe():
     assert "loopback and veth" in cap.data_path
 
 
+def test_probe_requiring_zero_copy_on_loopback_is_missing():
+    cap = registry.probe("zerocopy", {"require_zero_copy": True, "host": "127.0.0.1"})
+    assert not cap.available
+    assert "kernel copies every MSG_ZEROCOPY send on loopback and veth" in cap.reason
+    assert registry.probe("zerocopy", {"require_zero_copy": True, "host": "10.1.2.3"}).available
+    assert registry.probe("zerocopy", {"host": "127.0.0.1"}).available
+
+
 @pytest.mark.parametrize("nbytes", [1, 4096 + 3, MIB, 64 * MIB])
 def test_round_trip_sizes_and_loopback_copies(nbytes: int):
     served, src, comps, dp, _ = round_trip(T, [nbytes], [7], [1], nbytes + 8)

@@ -584,6 +584,16 @@ class StreamTarget(Target):
             c.state == _RUN for c in self._conns.values()
         )
 
+    def stats(self) -> dict[str, Any]:
+        """Receive-side counters and TCP_INFO of the live connections."""
+        per = [tcp_info(c.sock) for c in self._conns.values() if c.state == _RUN]
+        return {
+            "connections": self._seen,
+            "bytes_placed": self.bytes_placed,
+            "writes_placed": self.writes_placed,
+            "tcp_info": per,
+        }
+
     def data_path(self) -> dict[str, Any]:
         return {
             "transport": self.transport_name,
@@ -833,10 +843,10 @@ class StreamInitiator(Initiator):
                 c.iov_writes += cut >> 1
         if iov:
             c.iov_writes += len(iov) >> 1
-            self._retire(c, iov[:])
-            iov.clear()
+            c.iov = []  # a fresh queue; the old list goes to _retire (zerocopy keeps it alive)
             c.iov_i = 0
             c.iov_off = 0
+            self._retire(c, iov)
         return True
 
     def _retire(self, c: _IConn, bufs: list[Any]) -> None:

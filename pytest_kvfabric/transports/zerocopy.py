@@ -9,10 +9,15 @@ loopback and veth: the skb is looped back to a local receiver). A write is compl
 when the target acknowledged it AND the notification covering the call that sent its last
 byte arrived: until then the pool slot must not be reused (the NIC may still read it).
 Receive side: as tcp (recv_into the pool; MSG_ZEROCOPY is send-side only).
+
+A scenario that requires zero-copy probes with ``{"require_zero_copy": True, "host": addr}``
+(loopback addresses are refused up front) and checks ``data_path()["zero_copy"]`` after the
+run (veth is only known to copy once the kernel reported it).
 """
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import struct
 import time
@@ -139,6 +144,15 @@ def _data_path(zc: int, copied: int) -> dict[str, Any]:
     }
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ZeroCopyTarget(StreamTarget):
     transport_name = "zerocopy"
 
@@ -255,6 +269,14 @@ class ZeroCopyTransport(Transport):
             )
         finally:
             s.close()
+        opts = options or {}
+        host = str(opts.get("host") or opts.get("bind_host") or "")
+        if opts.get("require_zero_copy") and _is_loopback(host):
+            return Capability.missing(
+                f"zero-copy required, but the data path is loopback ({host}): the kernel copies "
+                f"every MSG_ZEROCOPY send on loopback and veth (needs a real NIC)",
+                optmem_max=optmem,
+            )
         return Capability.ok(
             "TCP sendmsg with MSG_ZEROCOPY from the pool, completions from the socket error "
             "queue; the kernel copies on loopback and veth (zero-copy needs a real NIC)",
