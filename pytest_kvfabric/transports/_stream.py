@@ -55,7 +55,7 @@ _VERSION = framing.VERSION
 _WRITE = framing.WRITE
 _HS = framing.HEADER_SIZE
 _EAGAIN = (BlockingIOError, InterruptedError)
-_DRAIN_BUDGET_BYTES = 64 << 20  # per connection per wakeup, so one busy peer cannot starve others
+_DRAIN_BUDGET_BYTES = 8 << 20  # per connection per wakeup: one busy peer cannot starve others, acks flow
 
 
 def _now() -> int:
