@@ -658,3 +658,11 @@ def mooncake_pair(env: Mapping[str, str], *, nbytes: int = 1 << 20, batch: int =
         tres = tgt.read_json(15.0)
     res["cpu_s_per_gb_receiver"] = cpu_s_per_gb(tres["cpu_s"], res["bytes"])
     return res
+
+
+def timer_floor(interval_us: float, seconds: float, spin_us: float = 50.0) -> dict[str, Any]:
+    """Lateness of a bare sleep-until-deadline loop in its own process (the host's floor)."""
+    with peer([PYTHON, str(BENCH_DIR / "_peer_timer.py"), "--interval-us", f"{interval_us:g}",
+               "--seconds", f"{seconds:g}", "--spin-us", f"{spin_us:g}"], name="timer") as p:
+        res = p.read_json(seconds + 20)
+    return res

@@ -43,6 +43,14 @@ def contenders(a: argparse.Namespace, fabric: str, ns: Any) -> dict[str, Callabl
                 transport=a.transport, nbytes=nb, batch=batch, window_bytes=a.window_mib * MIB,
                 seconds=a.seconds, target_addr=t_addr, target_netns=t_ns, initiator_netns=i_ns)
         )
+    if a.same_buffer:
+        # iperf3 -l 1M sends and receives one 1 MiB buffer over and over (cache-hot); this
+        # contender does the same with a 2 MiB region, to show what the 64 MiB pool's
+        # cache-cold copies cost.
+        out[f"{fabric}/tcp-alone-1M-2MiB-region"] = lambda: C.transport_pair(
+            transport=a.transport, nbytes=MIB, batch=a.batch, window_bytes=a.window_mib * MIB,
+            seconds=a.seconds, target_addr=t_addr, target_netns=t_ns, initiator_netns=i_ns,
+            region_bytes=2 * MIB)
     out[f"{fabric}/iperf3-1M"] = lambda: C.iperf3_throughput(
         t_addr, length="1M", seconds=a.seconds, server_netns=t_ns, client_netns=i_ns)
     if a.runner:
@@ -82,6 +90,9 @@ def rows_for(fabric: str, raw: dict[str, list[dict[str, Any]]], runner: bool) ->
             C.ratio_row(f"{fabric}: runner 64 KiB vs runner 1 MiB", g("runner-64K"), g("runner-1M"),
                         unit="GB/s", target=0.8, ref_label="ours 1M"),
         ]
+    if f"{fabric}/tcp-alone-1M-2MiB-region" in raw:
+        rows.append(C.ratio_row(f"{fabric}: tcp-alone 1 MiB, 2 MiB region vs iperf3", g("tcp-alone-1M-2MiB-region"),
+                                g("iperf3-1M"), unit="GB/s", target=None, ref_label="iperf3"))
     for side in ("sender", "receiver"):
         rows.append(C.ratio_row(
             f"{fabric}: CPU {side} tcp-alone 1 MiB vs iperf3", g("tcp-alone-1M", f"cpu_s_per_gb_{side}"),
@@ -103,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transport", default="tcp")
     ap.add_argument("--batch", type=int, default=8, help="writes per post at 1 MiB (x8 at 64 KiB)")
     ap.add_argument("--window-mib", type=int, default=32, help="bytes in flight (tcp-alone)")
+    ap.add_argument("--same-buffer", action="store_true",
+                    help="also run tcp-alone over a 2 MiB region (cache-hot, as iperf3 reuses one buffer)")
     ap.add_argument("--no-runner", dest="runner", action="store_false", help="skip the run_scenario path")
     ap.add_argument("--runner-rounds", type=int, default=3, help="rounds that include the runner path")
     ap.add_argument("--runner-mib", type=int, default=256, help="MiB moved per runner run")

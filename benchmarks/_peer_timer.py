@@ -1,0 +1,47 @@
+"""The host's pacing floor: a process that only sleeps until deadlines (sleep, then spin the
+last --spin-us, timer slack 1 ns as the prefill agent sets it) and records how late it woke.
+No transport, no numpy work in the loop: what this host's scheduler allows a paced loop.
+
+    python benchmarks/_peer_timer.py --interval-us 1473 --seconds 3   -> one JSON line
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--interval-us", type=float, required=True)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--spin-us", type=float, default=50.0)
+    a = ap.parse_args(argv)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK, as prefill does
+    except (OSError, AttributeError):
+        pass
+    iv, spin = int(a.interval_us * 1000), int(a.spin_us * 1000)
+    n = max(int(a.seconds * 1e6 / a.interval_us), 1)
+    now = time.monotonic_ns
+    t0 = now() + 1_000_000
+    late: list[int] = []
+    for g in range(n):
+        r = t0 + g * iv
+        w = r - now()
+        if w > spin:
+            time.sleep((w - spin) / 1e9)
+        while now() < r:
+            pass
+        late.append(now() - r)
+    late.sort()
+    us = [x / 1e3 for x in late]
+    pick = lambda q: us[min(int(q / 100 * len(us)), len(us) - 1)]  # noqa: E731
+    sys.stdout.write(json.dumps({"p50": pick(50), "p99": pick(99), "max": us[-1], "n": len(us)}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
