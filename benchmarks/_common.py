@@ -478,7 +478,8 @@ def transport_pair(*, transport: str = "tcp", mode: str = "throughput", nbytes: 
                    warmup_s: float = 0.3, connections: int = 1,
                    target_addr: str = "127.0.0.1", target_netns: str | None = None,
                    initiator_netns: str | None = None, region_bytes: int = 64 << 20,
-                   profile_dir: str | None = None) -> dict[str, Any]:
+                   profile_dir: str | None = None,
+                   options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Target and initiator of a registered transport in two processes (pacing none).
     Returns the initiator's figures plus the target's CPU s/GB. With profile_dir, each peer
     runs under `py-spy record` (collapsed stacks: <dir>/target.txt, <dir>/initiator.txt)."""
@@ -493,6 +494,8 @@ def transport_pair(*, transport: str = "tcp", mode: str = "throughput", nbytes: 
 
     common = ["--transport", transport, "--region-bytes", str(region_bytes),
               "--token", os.urandom(8).hex()]
+    for k, v in (options or {}).items():
+        common += ["--opt", f"{k}={json.dumps(v)}"]
     budget = warmup_s + seconds + 20
     env = peer_env()
     with peer(netns_prefix(target_netns) + spy("target") + [PYTHON, script, "target", "--bind", target_addr,

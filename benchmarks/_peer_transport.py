@@ -35,11 +35,23 @@ def _out(doc: dict) -> None:
     sys.stdout.flush()
 
 
+def _opts(a: argparse.Namespace) -> dict:
+    """--opt KEY=JSON-VALUE transport options (both sides), e.g. --opt busy_poll_us=50."""
+    out = {}
+    for kv in a.opt:
+        k, _, v = kv.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
 def run_target(a: argparse.Namespace) -> int:
     T = get_transport(a.transport)
     region = T.allocate(a.region_bytes, {})
     np.frombuffer(region, np.uint8)[:] = 0  # fault every page in before timing (as a pool is)
-    tgt = T.target(region, {"token": a.token})
+    tgt = T.target(region, {"token": a.token, **_opts(a)})
     desc = tgt.listen(a.bind, timeout_s=5.0)
     _out({"descriptor": desc})
     deadline = time.monotonic() + a.timeout
@@ -180,7 +192,7 @@ def run_initiator(a: argparse.Namespace) -> int:
     T = get_transport(a.transport)
     region = T.allocate(a.region_bytes, {})
     np.frombuffer(region, np.uint8)[:] = 0x5A  # touch every page before timing
-    ini = T.initiator(region, {"token": a.token, "connections": a.connections})
+    ini = T.initiator(region, {"token": a.token, "connections": a.connections, **_opts(a)})
     try:
         ini.connect(json.loads(a.desc), timeout_s=5.0)
         res = _throughput(ini, a) if a.mode == "throughput" else _latency(ini, a)
@@ -201,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token", default="bench-token")
     ap.add_argument("--region-bytes", type=int, default=64 << 20)
     ap.add_argument("--connections", type=int, default=1)
+    ap.add_argument("--opt", action="append", default=[], help="transport option KEY=VALUE (both sides)")
     ap.add_argument("--mode", choices=["throughput", "latency"], default="throughput")
     ap.add_argument("--nbytes", type=int, default=1 << 20)
     ap.add_argument("--batch", type=int, default=8)

@@ -34,6 +34,10 @@ def contenders(a: argparse.Namespace, fabric: str, ns: Any) -> dict[str, Callabl
         f"{fabric}/tcp-alone-4K": lambda: C.transport_pair(
             transport=a.transport, mode="latency", nbytes=a.nbytes, seconds=a.seconds,
             target_addr=t_addr, target_netns=t_ns, initiator_netns=i_ns, region_bytes=16 << 20),
+        **({f"{fabric}/tcp-alone-4K-busypoll": lambda: C.transport_pair(
+            transport=a.transport, mode="latency", nbytes=a.nbytes, seconds=a.seconds,
+            target_addr=t_addr, target_netns=t_ns, initiator_netns=i_ns, region_bytes=16 << 20,
+            options={"busy_poll_us": a.busy_poll_us})} if a.busy_poll_us else {}),
         f"{fabric}/sockperf-4K": lambda: C.sockperf_rtt(
             t_addr, msg_bytes=a.nbytes, seconds=a.seconds, server_netns=t_ns, client_netns=i_ns),
     }
@@ -57,6 +61,10 @@ def rows_for(fabric: str, raw: dict[str, list[dict[str, Any]]], runner: bool) ->
     rows = [C.ratio_row(f"{fabric}: tcp-alone 4 KiB p50 vs sockperf RTT p50", col("tcp-alone-4K", "p50_us"),
                         col("sockperf-4K", "rtt_p50_us"), unit="µs", target=1.3, higher_is_better=False,
                         ref_label="2 x sockperf")]
+    if f"{fabric}/tcp-alone-4K-busypoll" in raw:
+        rows.append(C.ratio_row(f"{fabric}: tcp-alone 4 KiB p50, busy_poll_us option vs sockperf RTT p50",
+                                col("tcp-alone-4K-busypoll", "p50_us"), col("sockperf-4K", "rtt_p50_us"),
+                                unit="µs", target=1.3, higher_is_better=False, ref_label="2 x sockperf"))
     if runner:
         rows.append(C.ratio_row(f"{fabric}: runner 4 KiB p50 vs sockperf RTT p50", col("runner-4K", "p50_us"),
                                 col("sockperf-4K", "rtt_p50_us"), unit="µs", target=1.3,
@@ -76,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nbytes", type=int, default=4096)
     ap.add_argument("--interval-us", type=float, default=500.0, help="runner: one write every this many µs")
     ap.add_argument("--no-runner", dest="runner", action="store_false")
+    ap.add_argument("--busy-poll-us", type=float, default=50.0,
+                    help="also measure tcp-alone with the transport's busy_poll_us option (0: skip)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
