@@ -106,7 +106,7 @@ def buffer_address(buf: Any) -> int:
 class Ring:
     """One io_uring instance, driven from a single thread."""
 
-    def __init__(self, entries: int, flags: int = 0) -> None:
+    def __init__(self, entries: int, flags: int = 0, defer_taskrun: bool = False) -> None:
         if _L is None:
             raise UringError(errno.ENOSYS, f"liburing not importable: {IMPORT_ERROR}")
         _check_layout()
@@ -119,6 +119,12 @@ class Ring:
             raise MemoryError("calloc(struct io_uring) failed")
         ctypes.c_void_p.from_address(id(ring) + _OBJ_DATA).value = mem  # freed by Ring.__del__
         self._ring = ring
+        if defer_taskrun:
+            # Completion work runs only when we ask (io_uring_get_events), in batches, instead of
+            # interrupting the thread once per finished/linked request. Requires that only the
+            # creating thread submits (SINGLE_ISSUER). poll(2) on the ring fd is not woken for
+            # deferred work, so an eventfd registered on the ring is what we wait on.
+            flags |= SETUP_DEFER_TASKRUN | SETUP_SINGLE_ISSUER
         try:
             _L.io_uring_queue_init(self.entries, ring, flags)
         except OSError as exc:
@@ -126,8 +132,15 @@ class Ring:
         self.fd = ring.ring_fd
         self._open = True
         self._cqe = _L.Cqe()
+        self._efd = -1
+        wait_fd = self.fd
+        if defer_taskrun:
+            self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            _L.io_uring_register_eventfd(ring, self._efd)
+            wait_fd = self._efd
+        self._wait_fd = wait_fd
         self._poll = select.poll()
-        self._poll.register(self.fd, select.POLLIN)
+        self._poll.register(wait_fd, select.POLLIN)
         self.submits = 0
         self.sqes_submitted = 0
 
@@ -192,47 +205,59 @@ class Ring:
         """Block (GIL released) until a CQE is ready, an extra fd is readable, or timeout.
 
         Returns the extra fds that are readable (the ring itself is checked with cq_ready)."""
-        if _L.io_uring_cq_ready(self._ring):
+        if self.ready():
             return []
         poller = self._poll
         if extra_fds:
             poller = select.poll()
-            poller.register(self.fd, select.POLLIN)
+            poller.register(self._wait_fd, select.POLLIN)
             for fd in extra_fds:
                 poller.register(fd, select.POLLIN)
         events = poller.poll(max(0, int(timeout_s * 1000 + 0.999)))
-        # A wake-up may only mean task work ran; io_uring_get_events flushes it into the CQ.
-        if not _L.io_uring_cq_ready(self._ring):
+        if self._efd >= 0:
+            try:
+                os.eventfd_read(self._efd)
+            except BlockingIOError:
+                pass
+        self.ready()
+        return [fd for fd, _ in events if fd != self._wait_fd]
+
+    def ready(self) -> int:
+        """Completions waiting in the CQ ring; runs deferred completion work first if needed."""
+        n = _L.io_uring_cq_ready(self._ring)
+        if not n:
+            # A wake-up may only mean completion work is pending; get_events runs it.
             try:
                 _L.io_uring_get_events(self._ring)
             except OSError:
                 pass
-        return [fd for fd, _ in events if fd != self.fd]
-
-    def ready(self) -> int:
-        """Completions waiting in the CQ ring (no syscall)."""
-        return _L.io_uring_cq_ready(self._ring)
+            n = _L.io_uring_cq_ready(self._ring)
+        return n
 
     def drain(self, limit: int = 4096) -> list[tuple[int, int, int]]:
-        """Every completion already posted, as raw (user_data, res, flags) (quirk 3)."""
+        """Every completion already posted, as raw (user_data, res, flags) (quirk 3), then one
+        io_uring_cq_advance for all of them."""
         out: list[tuple[int, int, int]] = []
         ring, cqe = self._ring, self._cqe
-        for _ in range(limit):
-            if not _L.io_uring_cq_ready(ring):
-                break
-            try:
-                _L.io_uring_peek_cqe(ring, cqe)
-            except BlockingIOError:
-                break
-            entry = cqe[0]
-            out.append(_CQE.unpack(ctypes.string_at(_ptr_field(entry), _CQE.size)))
-            _L.io_uring_cqe_seen(ring, entry)
+        if not _L.io_uring_cq_ready(ring):
+            return out
+        unpack, string_at, from_address = _CQE.unpack, ctypes.string_at, ctypes.c_void_p.from_address
+        it = _L.io_uring_cqe_iter_init(ring)
+        n = 0
+        while n < limit and _L.io_uring_cqe_iter_next(it, cqe):
+            entry = cqe[0]  # kept alive while its pointer field is read
+            out.append(unpack(string_at(from_address(id(entry) + _OBJ_DATA).value, 16)))
+            n += 1
+        if n:
+            _L.io_uring_cq_advance(ring, n)
         return out
 
     def close(self) -> None:
         if self._open:
             self._open = False
             _L.io_uring_queue_exit(self._ring)
+            if self._efd >= 0:
+                os.close(self._efd)
 
     def __del__(self) -> None:  # pragma: no cover - GC path
         try:

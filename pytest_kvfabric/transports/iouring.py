@@ -92,6 +92,7 @@ class IoUringInitiator(Initiator):
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         super().__init__(region, options)
         self.mode, self.queue_depth, self.inflight = _ring_options(self.options)
+        self.defer_taskrun = bool(self.options.get("defer_taskrun", True))
         self._zc = self.mode == "send_zc"
         self._u = _uring()
         self._src_addr = self._u.buffer_address(region)
@@ -129,7 +130,7 @@ class IoUringInitiator(Initiator):
             raise TransportError(f"iouring connect to {host}:{port} failed: {exc}") from None
         self._sock = sock
         try:
-            self._ring = self._u.Ring(self.queue_depth)
+            self._ring = self._u.Ring(self.queue_depth, defer_taskrun=self.defer_taskrun)
         except OSError as exc:
             sock.close()
             raise TransportError(f"iouring ring setup failed: {exc}") from None
@@ -371,6 +372,7 @@ class IoUringTarget(Target):
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         super().__init__(region, options)
         self.mode, self.queue_depth, _ = _ring_options(self.options)
+        self.defer_taskrun = bool(self.options.get("defer_taskrun", True))
         self._u = _uring()
         self._base = self._u.buffer_address(region)
         self._len = region.nbytes
@@ -384,10 +386,6 @@ class IoUringTarget(Target):
     def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
         if self.options.get("zcrx"):
             self._register_zcrx(bind_host)
-        try:
-            self._ring = self._u.Ring(self.queue_depth)
-        except OSError as exc:
-            raise TransportError(f"iouring ring setup failed: {exc}") from None
         lsock = socket.create_server((bind_host, int(self.options.get("port", 0))))
         lsock.setblocking(False)
         self._lsock = lsock
@@ -558,8 +556,13 @@ class IoUringTarget(Target):
             conn.acked_sent = conn.placed_seq
 
     def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
-        if self._ring is None:
+        if self._lsock is None:
             raise TransportError("iouring target: progress() before listen()")
+        if self._ring is None:  # created by the thread that drives it (SINGLE_ISSUER)
+            try:
+                self._ring = self._u.Ring(self.queue_depth, defer_taskrun=self.defer_taskrun)
+            except OSError as exc:
+                raise TransportError(f"iouring ring setup failed: {exc}") from None
         placed: list[tuple[int, int, int, int]] = []
         notifies: list[tuple[int, int]] = []
         deadline = time.monotonic() + max(0.0, timeout_s)
