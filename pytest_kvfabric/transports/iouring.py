@@ -302,6 +302,10 @@ class IoUringInitiator(Initiator):
     def outstanding(self) -> int:
         return self._outstanding
 
+    def stats(self) -> dict[str, Any]:
+        info = tcp_info(self._sock) if self._sock is not None else {}
+        return {"retransmits": info.get("total_retrans"), **self.counters}
+
     def data_path(self) -> dict[str, Any]:
         c = dict(self.counters)
         notifs, copied = c["zc_notifications"], c["copied_notifications"]
