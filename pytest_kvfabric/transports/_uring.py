@@ -31,6 +31,7 @@ import errno
 import os
 import select
 import struct
+import time
 from typing import Any
 
 try:  # the probe reports this text when the package is missing
@@ -43,6 +44,10 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 
 _OBJ_DATA = 16  # sizeof(PyObject) on 64-bit CPython: where PyOZ stores the wrapped struct
 _QI = struct.Struct("<QI")  # io_uring_sqe.addr (u64 @16) + len (u32 @24)
+# struct io_uring_sqe (64 B): opcode u8, flags u8, ioprio u16, fd s32, off u64, addr u64,
+# len u32, op flags u32, user_data u64, buf_index u16, personality u16, file_index s32,
+# addr3 u64, pad u64.
+SQE = struct.Struct("<BBHiQQIIQHHiQQ")
 _CQE = struct.Struct("<QiI")  # io_uring_cqe: user_data u64, res s32, flags u32
 _PLACEHOLDER_SEND = b"\0"
 _PLACEHOLDER_RECV = bytearray(1)
@@ -61,6 +66,8 @@ if _L is not None:
     OP_SEND = int(_L.io_uring_op.IORING_OP_SEND)
     OP_SEND_ZC = int(_L.io_uring_op.IORING_OP_SEND_ZC)
     OP_RECV = int(_L.io_uring_op.IORING_OP_RECV)
+    OP_SENDMSG = int(_L.io_uring_op.IORING_OP_SENDMSG)
+    OP_SENDMSG_ZC = int(_L.io_uring_op.IORING_OP_SENDMSG_ZC)
     IOSQE_IO_LINK = _L.IOSQE_IO_LINK
     IOSQE_CQE_SKIP_SUCCESS = _L.IOSQE_CQE_SKIP_SUCCESS
     CQE_F_MORE = _L.IORING_CQE_F_MORE
@@ -143,6 +150,7 @@ class Ring:
         self._poll.register(wait_fd, select.POLLIN)
         self.submits = 0
         self.sqes_submitted = 0
+        self._check_encoding()
 
     # -- submission -----------------------------------------------------------------------
     def _get_sqe(self) -> Any:
@@ -159,29 +167,58 @@ class Ring:
         # Quirk 2: point the SQE at [addr, addr+nbytes) of the caller's memory.
         ctypes.memmove(_ptr_field(sqe) + 16, _QI.pack(addr, nbytes), _QI.size)
 
+    def _check_encoding(self) -> None:
+        """Our SQE encoding must equal what the package's prep functions write (addr aside)."""
+        for prep, op, ioprio in (
+            (lambda q: _L.io_uring_prep_send(q, 5, _PLACEHOLDER_SEND, 0x100), OP_SEND, 0),
+            (lambda q: _L.io_uring_prep_send_zc(q, 5, _PLACEHOLDER_SEND, 0x100, SEND_ZC_REPORT_USAGE),
+             OP_SEND_ZC, SEND_ZC_REPORT_USAGE),
+            (lambda q: _L.io_uring_prep_recv(q, 5, _PLACEHOLDER_RECV, 0x100), OP_RECV, 0),
+        ):
+            sqe = self._get_sqe()
+            prep(sqe)
+            sqe.user_data = 0x5EED
+            ptr = _ptr_field(sqe)
+            theirs = bytearray(ctypes.string_at(ptr, 64))
+            theirs[16:24] = bytes(8)
+            ours = SQE.pack(op, 0, ioprio, 5, 0, 0, 1, 0x100, 0x5EED, 0, 0, 0, 0, 0)
+            # the slot is already queued: turn it into a NOP whose CQE nobody claims (user_data 0)
+            ctypes.memmove(ptr, SQE.pack(0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), 64)
+            if bytes(theirs) != ours:
+                raise UringError(errno.ENOTSUP, f"liburing wrote SQE {bytes(theirs).hex()} for opcode {op}, "
+                                                f"we would write {ours.hex()}: unknown SQE layout")
+        self.submit()
+
+    def put(self, opcode: int, fd: int, addr: int, nbytes: int, user_data: int,
+            msg_flags: int = 0, sqe_flags: int = 0, ioprio: int = 0) -> None:
+        """Write one whole SQE into the slot io_uring_get_sqe hands out (quirk 2): the
+        package's prep functions cannot point at a slice, so we encode the uapi SQE ourselves
+        (checked against the package's own encoding at ring setup)."""
+        sqe = _L.io_uring_get_sqe(self._ring) or self._get_sqe()
+        ctypes.memmove(_ptr_field(sqe), SQE.pack(opcode, sqe_flags, ioprio, fd, 0, addr, nbytes,
+                                                 msg_flags, user_data, 0, 0, 0, 0, 0), 64)
+
+    def put_many(self, sqes_addr: int, count: int) -> None:
+        """Copy `count` ready-made 64-byte SQEs (e.g. a numpy array built for a whole chain)
+        into consecutive slots of the submission queue."""
+        get, ring, memmove, from_address = _L.io_uring_get_sqe, self._ring, ctypes.memmove, ctypes.c_void_p.from_address
+        for i in range(count):
+            sqe = get(ring) or self._get_sqe()
+            memmove(from_address(id(sqe) + _OBJ_DATA).value, sqes_addr + 64 * i, 64)
+
     def prep_send(
         self, fd: int, addr: int, nbytes: int, user_data: int, msg_flags: int = 0,
         sqe_flags: int = 0, zc: bool = False,
     ) -> None:
-        sqe = self._get_sqe()
         if zc:
-            _L.io_uring_prep_send_zc(sqe, fd, _PLACEHOLDER_SEND, msg_flags, SEND_ZC_REPORT_USAGE)
+            self.put(OP_SEND_ZC, fd, addr, nbytes, user_data, msg_flags, sqe_flags, SEND_ZC_REPORT_USAGE)
         else:
-            _L.io_uring_prep_send(sqe, fd, _PLACEHOLDER_SEND, msg_flags)
-        self._patch(sqe, addr, nbytes)
-        sqe.user_data = user_data
-        if sqe_flags:
-            sqe.flags = sqe_flags
+            self.put(OP_SEND, fd, addr, nbytes, user_data, msg_flags, sqe_flags)
 
     def prep_recv(
         self, fd: int, addr: int, nbytes: int, user_data: int, msg_flags: int = 0, sqe_flags: int = 0
     ) -> None:
-        sqe = self._get_sqe()
-        _L.io_uring_prep_recv(sqe, fd, _PLACEHOLDER_RECV, msg_flags)
-        self._patch(sqe, addr, nbytes)
-        sqe.user_data = user_data
-        if sqe_flags:
-            sqe.flags = sqe_flags
+        self.put(OP_RECV, fd, addr, nbytes, user_data, msg_flags, sqe_flags)
 
     def prep_nop(self, user_data: int) -> None:
         sqe = self._get_sqe()
@@ -355,7 +392,11 @@ def selftest(ifname: str, rxq: int) -> dict[str, Any]:
         ring.prep_nop(0xC0FFEE)
         ring.submit()
         ring.wait(2.0)
-        got = ring.drain()
+        deadline = time.monotonic() + 2.0
+        got = [c for c in ring.drain() if c[0]]  # user_data 0: the encoding check's NOPs
+        while not got and time.monotonic() < deadline:
+            ring.wait(0.1)
+            got = [c for c in ring.drain() if c[0]]
         ring.close()
         if got[:1] != [(0xC0FFEE, 0, 0)]:
             out["ring_error"] = f"NOP round trip through the ring returned {got!r}"

@@ -2,8 +2,8 @@
 moved by io_uring through the `liburing` package.
 
 Initiator: every ready batch becomes one chain of SQEs handed to the kernel by ONE
-io_uring_submit: per write a 32-byte header SEND (MSG_MORE, CQE_SKIP_SUCCESS) and a payload
-SEND or SEND_ZC pointing straight into the source region. The SQEs are linked
+io_uring_submit: per write one SENDMSG (or SENDMSG_ZC) whose iovec is [32-byte header,
+payload slice of the source region]. The SQEs are linked
 (IOSQE_IO_LINK) because io_uring does not order independent sends on one stream socket; with
 MSG_WAITALL the kernel finishes short sends itself, so a link only breaks on a real error.
 A chain holds at most `inflight` writes; the next ready writes go out as the next chain once
@@ -53,6 +53,18 @@ HDR_DTYPE = np.dtype(
      ("dst_off", "<u8"), ("seq", "<u8"), ("imm", "<u8")]
 )
 assert HDR_DTYPE.itemsize == framing.HEADER_SIZE
+IOVEC_DTYPE = np.dtype([("base", "<u8"), ("len", "<u8")])
+MSGHDR_DTYPE = np.dtype(  # struct msghdr, x86-64
+    [("name", "<u8"), ("namelen", "<u4"), ("pad0", "<u4"), ("iov", "<u8"), ("iovlen", "<u8"),
+     ("control", "<u8"), ("controllen", "<u8"), ("flags", "<i4"), ("pad1", "<u4")]
+)
+SQE_DTYPE = np.dtype(  # struct io_uring_sqe (see _uring.SQE)
+    [("opcode", "u1"), ("flags", "u1"), ("ioprio", "<u2"), ("fd", "<i4"), ("off", "<u8"),
+     ("addr", "<u8"), ("len", "<u4"), ("msg_flags", "<u4"), ("user_data", "<u8"),
+     ("buf_index", "<u2"), ("personality", "<u2"), ("file_index", "<i4"), ("addr3", "<u8"),
+     ("pad", "<u8")]
+)
+assert (MSGHDR_DTYPE.itemsize, SQE_DTYPE.itemsize) == (56, 64)
 
 # user_data = [conn id (16 bits)] [seq (44 bits)] [kind (4 bits)]
 K_HDR, K_PAYLOAD, K_ACK_RECV, K_ACK_SEND, K_HELLO = 1, 2, 3, 4, 5
@@ -83,7 +95,7 @@ def _ring_options(options: Mapping[str, Any]) -> tuple[str, int, int]:
     qd = int(options.get("queue_depth", DEFAULT_QUEUE_DEPTH))
     if qd < 8:
         raise TransportError(f"iouring option queue_depth={qd}: must be at least 8")
-    per_chain = (qd - 2) // 2  # two SQEs per write, one SQE kept for the ack recv
+    per_chain = qd - 2  # one SENDMSG SQE per write; room kept for the ack recv
     inflight = min(int(options.get("inflight", per_chain)), per_chain)
     return options.get("mode", "send"), qd, inflight
 
@@ -106,7 +118,8 @@ class IoUringInitiator(Initiator):
         self._waiting: collections.deque[tuple[int, int]] = collections.deque()  # (seq, xfer)
         self._zc_wait: set[int] = set()
         self._chain_left = 0
-        self._chain_hdr: np.ndarray | None = None  # keeps the header memory alive while sent
+        # (last seq, header/iovec/msghdr/SQE arrays) of chains the kernel may still read
+        self._chain_keep: collections.deque[tuple[int, tuple]] = collections.deque()
         self._ackbuf = bytearray(ACK_BUF_BYTES)
         self._ackbuf_addr = self._u.buffer_address(self._ackbuf)
         self._reader = framing.ControlReader()
@@ -194,28 +207,39 @@ class IoUringInitiator(Initiator):
         hdr["dst_off"] = rows["dst_off"]
         hdr["seq"] = rows["seq"]
         hdr["imm"] = np.where(rows["notify"] >= 0, rows["notify"] + 1, 0).astype(np.uint64)
-        self._chain_hdr = hdr
-        hdr_addr = int(hdr.ctypes.data)
-        ring, fd, src, zc = self._ring, self._sock.fileno(), self._src_addr, self._zc
-        link, skip = self._u.IOSQE_IO_LINK, self._u.IOSQE_IO_LINK | self._u.IOSQE_CQE_SKIP_SUCCESS
-        seqs, offs, sizes = rows["seq"].tolist(), rows["src_off"].tolist(), rows["nbytes"].tolist()
-        for i in range(k):
-            seq, n = seqs[i], sizes[i]
-            tail = 0 if i == k - 1 else link
-            if n == 0:
-                ring.prep_send(fd, hdr_addr + 32 * i, 32, _ud(0, seq, K_PAYLOAD), SEND_FLAGS, tail)
-                continue
-            ring.prep_send(fd, hdr_addr + 32 * i, 32, _ud(0, seq, K_HDR),
-                           SEND_FLAGS | socket.MSG_MORE, skip)
-            ring.prep_send(fd, src + offs[i], n, _ud(0, seq, K_PAYLOAD), SEND_FLAGS, tail, zc=zc)
-            if zc:
-                self._zc_wait.add(seq)
+        # One SENDMSG(_ZC) per write: iovec [header, payload slice of the source region].
+        # The whole chain's SQEs are built here with numpy, then copied into the ring slots.
+        idx = np.arange(k, dtype=np.uint64)
+        iov = np.zeros((k, 2), IOVEC_DTYPE)
+        iov["base"][:, 0] = np.uint64(hdr.ctypes.data) + idx * np.uint64(framing.HEADER_SIZE)
+        iov["len"][:, 0] = framing.HEADER_SIZE
+        iov["base"][:, 1] = np.uint64(self._src_addr) + rows["src_off"]
+        iov["len"][:, 1] = rows["nbytes"]
+        msg = np.zeros(k, MSGHDR_DTYPE)
+        msg["iov"] = np.uint64(iov.ctypes.data) + idx * np.uint64(2 * IOVEC_DTYPE.itemsize)
+        msg["iovlen"] = np.where(rows["nbytes"] > 0, 2, 1)
+        sqes = np.zeros(k, SQE_DTYPE)
+        sqes["opcode"] = self._u.OP_SENDMSG_ZC if self._zc else self._u.OP_SENDMSG
+        sqes["flags"] = self._u.IOSQE_IO_LINK
+        sqes["flags"][-1] = 0  # the chain ends here
+        sqes["ioprio"] = self._u.SEND_ZC_REPORT_USAGE if self._zc else 0
+        sqes["fd"] = self._sock.fileno()
+        sqes["addr"] = np.uint64(msg.ctypes.data) + idx * np.uint64(MSGHDR_DTYPE.itemsize)
+        sqes["len"] = 1
+        sqes["msg_flags"] = SEND_FLAGS
+        sqes["user_data"] = (rows["seq"] << np.uint64(4)) | np.uint64(K_PAYLOAD)
+        # Alive until the kernel is done with them: the chain's sends complete (send) or, with
+        # SENDMSG_ZC, until every notification of the chain arrived (skbs reference the pages).
+        self._chain_keep.append((int(rows["seq"][-1]), (hdr, iov, msg, sqes)))
+        self._ring.put_many(int(sqes.ctypes.data), k)
+        if self._zc:
+            self._zc_wait.update(rows["seq"].tolist())
         self._chain_left = k
         self.counters["chains"] += 1
         self.counters["writes"] += k
         self.counters["bytes"] += int(rows["nbytes"].sum())
         try:
-            ring.submit()
+            self._ring.submit()
         except OSError as exc:
             self._fail(f"io_uring_submit failed: {exc}")
 
@@ -274,6 +298,11 @@ class IoUringInitiator(Initiator):
                 except ProtocolError as exc:
                     self._fail(str(exc), ProtocolError)
                 self._arm_ack_recv()
+        keep = self._chain_keep
+        if keep and not self._chain_left:
+            floor = min(self._zc_wait) if self._zc_wait else 1 << 62
+            while len(keep) > 0 and keep[0][0] < floor and (len(keep) > 1 or not self._chain_left):
+                keep.popleft()
         self._pump()
         self._ring.submit()
 
