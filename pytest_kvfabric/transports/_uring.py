@@ -11,10 +11,11 @@ Quirks and how we live with them (measured on this host, Linux 6.18, AMD EPYC wi
    right after the 16-byte PyObject header; its `__del__` free()s that pointer, which is
    right because it came from calloc). `_check_layout` verifies the layout before use.
 2. Prep functions take `bytes`/`bytearray` only, always the whole object (no offset, no
-   length). We prep with a 1-byte placeholder and then patch the SQE's `addr` (offset 16)
-   and `len` (offset 24) fields in ring memory to point into the caller's region: no copy,
-   no bytearray-backed pool, any buffer (mmap, numpy) works. The SQE address is the
-   package's `SQE._sqe` pointer, read the same way as (1).
+   length). We take the slot from `io_uring_get_sqe` and write the whole 64-byte uapi SQE
+   into it ourselves (`put`, `put_many`), pointing into the caller's region: no copy, no
+   bytearray-backed pool, any buffer (mmap, numpy) works. The slot address is the package's
+   `SQE._sqe` pointer, read the same way as (1). `_check_encoding` compares our bytes with
+   what the package's prep functions write, at every ring setup.
 3. `CQE.res` raises OSError for any negative value, including a SEND_ZC notification whose
    res has bit 31 set (IORING_NOTIF_USAGE_ZC_COPIED). We never call the accessor: `drain()`
    reads user_data/res/flags straight from the CQE memory (`CQE._cqe` pointer).
@@ -43,7 +44,6 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
     IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
 
 _OBJ_DATA = 16  # sizeof(PyObject) on 64-bit CPython: where PyOZ stores the wrapped struct
-_QI = struct.Struct("<QI")  # io_uring_sqe.addr (u64 @16) + len (u32 @24)
 # struct io_uring_sqe (64 B): opcode u8, flags u8, ioprio u16, fd s32, off u64, addr u64,
 # len u32, op flags u32, user_data u64, buf_index u16, personality u16, file_index s32,
 # addr3 u64, pad u64.
@@ -161,11 +161,6 @@ class Ring:
             if sqe is None:
                 raise UringError(errno.EBUSY, "io_uring submission queue full")
         return sqe
-
-    @staticmethod
-    def _patch(sqe: Any, addr: int, nbytes: int) -> None:
-        # Quirk 2: point the SQE at [addr, addr+nbytes) of the caller's memory.
-        ctypes.memmove(_ptr_field(sqe) + 16, _QI.pack(addr, nbytes), _QI.size)
 
     def _check_encoding(self) -> None:
         """Our SQE encoding must equal what the package's prep functions write (addr aside)."""
@@ -304,13 +299,15 @@ class Ring:
 
 
 def send_zc_supported() -> tuple[bool, str]:
-    """Whether the kernel's opcode table has IORING_OP_SEND_ZC (io_uring_get_probe)."""
+    """Whether the kernel's opcode table has IORING_OP_SEND_ZC and IORING_OP_SENDMSG_ZC (the
+    send_zc mode uses the latter) (io_uring_get_probe)."""
     probe = _L.io_uring_get_probe()
     try:
-        ok = bool(_L.io_uring_opcode_supported(probe, OP_SEND_ZC))
+        missing = [name for name, op in (("IORING_OP_SEND_ZC", OP_SEND_ZC), ("IORING_OP_SENDMSG_ZC", OP_SENDMSG_ZC))
+                   if not _L.io_uring_opcode_supported(probe, op)]
     finally:
         _L.io_uring_free_probe(probe)
-    return ok, "" if ok else "IORING_OP_SEND_ZC not in io_uring_get_probe() opcode table"
+    return not missing, f"{', '.join(missing)} not in io_uring_get_probe() opcode table" if missing else ""
 
 
 # -- ZCRX ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ region[dst_off:dst_off+nbytes], linked to the next header RECV. Cumulative ACKs 
 io_uring SENDs, one in flight per connection.
 
 Memory: the package's prep functions accept only whole bytes/bytearray objects, so we do not
-override Transport.allocate: `_uring.Ring` patches each SQE's addr/len to point into the
+override Transport.allocate: `_uring.Ring` writes each SQE itself, pointing into the
 default mmap region (see _uring.py, quirk 2). No payload byte is copied in Python.
 """
 from __future__ import annotations
