@@ -11,18 +11,21 @@ def _num(v: Any, fmt: str = ".3g") -> str:
 
 
 def data_path_label(metrics: Mapping[str, Any]) -> str:
+    """Short form of what the kernel/NIC did: 'tcp copied', 'zerocopy 100% copied', 'devmem RX only'..."""
     dp = metrics.get("data_path") or {}
     sender = dp.get("sender") or {}
     receiver = dp.get("receiver") or {}
-    label = sender.get("label") or sender.get("description") or ""
-    zc = sender.get("zero_copy")
+    name = sender.get("transport") or receiver.get("transport") or ""
     if sender.get("copied_fraction") is not None:
-        label = f"{sender.get('transport', '')}: {100 * float(sender['copied_fraction']):.0f}% copied"
-    elif zc is not None and not label:
-        label = "zero-copy" if zc else "copied"
-    if receiver.get("label"):
-        label += f" / {receiver['label']}"
-    return label[:40]
+        return f"{name} {100 * float(sender['copied_fraction']):.0f}% copied"
+    if receiver.get("device_placed_all") is not None:
+        placed = "device-placed" if receiver["device_placed_all"] else "host bytes seen"
+        tx = "" if sender.get("devmem_tx") else ", RX only"
+        return f"{name} {placed}{tx}"
+    zc = sender.get("zero_copy")
+    if zc is None:
+        return name
+    return f"{name} {'zero-copy' if zc else 'copied'}"
 
 
 def row(result: Mapping[str, Any]) -> list[str]:
