@@ -21,11 +21,17 @@ def render(doc: dict[str, Any]) -> str:
     head = (f"**{doc['benchmark']}**, {env['date_utc']} UTC, kernel {env['kernel']}, {env['cpu']} x{env['ncpu']}, "
             f"load {env['loadavg'][0]:.2f} -> {env.get('loadavg_end', [float('nan')])[0]:.2f}, "
             f"commit {git.get('commit', '?')}" + (f" + uncommitted {', '.join(git['modified'])}" if git.get("modified") else ""))
-    lines = [head, "", "| comparison | unit | ours median [min-max] | reference median [min-max] | ratio | paired ratio [min-max] | target | met |",
+    lines = [head, "", "| comparison | unit | ours median [min-max] | reference median [min-max] | ratio of medians | per-round ratio: median [min-max] (verdict) | target | met |",
              "|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         o, f, p = r["ours"], r["ref"], r["paired_ratio"]
-        met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        # verdict on the median of per-round ratios (recomputed: older JSON used the ratio of medians)
+        v = p["median"] if p.get("n") else r["ratio"]
+        if r["target"] is None or v is None or v != v:
+            met = "-"
+        else:
+            ok = v >= r["target"] if r["target_op"] == ">=" else v <= r["target"]
+            met = "yes" if ok else "**no**"
         tgt = "-" if r["target"] is None else f"{r['target_op']} {r['target']}"
         lines.append(
             f"| {r['label']} | {r['unit']} | {_f(o['median'])} [{_f(o['min'])}-{_f(o['max'])}] | "
