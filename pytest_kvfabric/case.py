@@ -150,6 +150,15 @@ def probe_reason(transport: str, params: Mapping[str, Any]) -> str | None:
     return _PROBES[key]
 
 
+def pair_probe_reason(pair: HostPair, transport: str, params: Mapping[str, Any]) -> str | None:
+    key = json.dumps([pair.name, transport, params], sort_keys=True, default=str)
+    if key not in _PROBES:
+        from .fabric.transport_probe import probe_pair
+
+        _PROBES[key] = probe_pair(pair, transport, params)
+    return _PROBES[key]
+
+
 def run_case(
     scenario: Scenario,
     pairs: PairManager,
@@ -158,10 +167,11 @@ def run_case(
     case: str,
 ) -> CaseOutcome:
     out = CaseOutcome(case=case, scenario=scenario)
-    reason = probe_reason(scenario.transport, scenario.transport_params)
-    if reason:
-        out.skip_reason = reason
-        return out
+    if selection.fabric == "local":  # other fabrics probe on the agents' own hosts, below
+        reason = probe_reason(scenario.transport, scenario.transport_params)
+        if reason:
+            out.skip_reason = reason
+            return out
     try:
         pair = pairs.get()
     except PairUnavailable as exc:
@@ -171,6 +181,11 @@ def run_case(
         out.error = f"fabric {selection.fabric}: {type(exc).__name__}: {exc}"
         return out
     out.pair = pair.name
+    if pair.fabric != "local":  # the agents' hosts answer for themselves (their NICs, kernels)
+        reason = pair_probe_reason(pair, scenario.transport, scenario.transport_params)
+        if reason:
+            out.skip_reason = f"{scenario.transport}: {reason}"
+            return out
     if pair.fabric == "local":
         out.interfaces = [{"name": "lo", "netns": None}]
     elif pair.fabric == "netns":

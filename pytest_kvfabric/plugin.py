@@ -203,6 +203,8 @@ def kv_transport(request: pytest.FixtureRequest, kv_selection: Selection) -> str
     """The transport name of this case (parametrized over --kv-transport); skips, with the
     probe's exact reason, when this host cannot run it."""
     name = getattr(request, "param", None) or kv_selection.transports[0]
+    if kv_selection.fabric != "local":
+        return name  # probed on the pair's hosts when the case runs (kv_run)
     reason = case_mod.probe_reason(name, kv_selection.transport_params)
     if reason:
         _remember(request.node, {"case": request.node.nodeid, "transport": name, "reason": reason})
