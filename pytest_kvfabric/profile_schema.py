@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -123,6 +124,11 @@ def _translate(error: jsonschema.ValidationError) -> tuple[str, str]:
         extras = sorted(str(k) for k in value if k not in known)
         name = extras[0] if extras else "?"
         return format_path(path + [name]), f"unknown field {name!r} (valid: {', '.join(known)})"
+    if kind == "unevaluatedProperties" and isinstance(value, dict):
+        # Schemas composed with $ref/allOf (suites) list their fields in the referenced schema.
+        match = re.search(r"\('(.+?)' (?:was|were) unexpected", error.message)
+        name = match.group(1) if match else "?"
+        return format_path(path + [name]), f"unknown field {name!r}"
     if kind == "required" and isinstance(value, dict):
         missing = [k for k in error.validator_value if k not in value]
         name = missing[0] if missing else "?"

@@ -6,19 +6,15 @@ No pytest here: the plugin turns templates into test items.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
 from .errors import ProfileError
+from .profile_schema import parse_yaml_text, read_yaml, validate
 from .profiles import GpuProfile, ModelProfile
 from .scenario import Arrival, Deployment, Distribution, Scenario, Synthetic, Workload
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "suite.schema.json"
 DEFAULT_GPU = "h100"
 DEFAULT_MODELS = ("llama3.1-8b",)
 DEFAULT_POOL_MIB = 64
@@ -26,13 +22,6 @@ DEFAULT_POOL_MIB = 64
 
 def shipped_suite_dir() -> Path:
     return Path(__file__).resolve().parent / "data" / "suites"
-
-
-def yaml_path(parts: Sequence[Any]) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
 
 
 @dataclass(frozen=True)
@@ -156,40 +145,13 @@ def _check_distributions(fields: Mapping[str, Any], source: str, where: str) -> 
             raise ProfileError(source, f"{where}.workload.{key}", f"low {d['low']} > high {d['high']}")
 
 
-@lru_cache(maxsize=1)
-def _validator() -> Any:
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
-
-
-def _schema_error(source: str, data: Any) -> None:
-    errors = sorted(_validator().iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if not errors:
-        return
-    # The deepest error is the most specific one (oneOf/allOf wrap their children).
-    err = max(errors, key=lambda e: len(e.absolute_path))
-    while err.context:
-        err = max(err.context, key=lambda e: len(e.absolute_path))
-    path = list(err.absolute_path)
-    message = err.message
-    if err.validator in ("additionalProperties", "unevaluatedProperties"):
-        message = message.replace("Unevaluated properties are not allowed", "unknown field").replace(
-            "Additional properties are not allowed", "unknown field")
-    raise ProfileError(source, yaml_path(path), message)
-
-
 def parse_suite(text: str, source: str) -> Suite:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProfileError(source, where, f"not valid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ProfileError(source, "", "a suite must be a mapping with 'suite' and 'scenarios'")
-    _schema_error(source, data)
+    data = parse_yaml_text(text, source)
+    validate(data, "suite", source)
+    return _suite(data, source)
+
+
+def _suite(data: Mapping[str, Any], source: str) -> Suite:
     defaults = data.get("defaults", {})
     seen: dict[str, int] = {}
     templates = []
@@ -208,12 +170,9 @@ def parse_suite(text: str, source: str) -> Suite:
 
 
 def load_suite(path: str | Path) -> Suite:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ProfileError(str(p), "", f"cannot read suite: {exc.strerror}") from None
-    return parse_suite(text, str(p))
+    data = read_yaml(path)
+    validate(data, "suite", str(path))
+    return _suite(data, str(path))
 
 
 def find_suite(name: str, search_dirs: Sequence[str | Path] = ()) -> Path:

@@ -175,7 +175,7 @@ def test_suite_file_with_an_error_fails_collection_naming_file_path_reason(pytes
     (suites / "broken.yaml").write_text("suite: broken\nscenarios:\n  - id: a\n    slo: {max_exposed_ms: -1}\n")
     result = pytester.runpytest("suites/broken.yaml")
     assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.stdout.fnmatch_lines(["*broken.yaml: scenarios[[]0[]].slo.max_exposed_ms: -1 is less than the minimum of 0*"])
+    result.stdout.fnmatch_lines(["*broken.yaml: scenarios[[]0[]].slo.max_exposed_ms: must be >= 0, got -1*"])
 
 
 def test_non_suite_yaml_is_left_alone(pytester):

@@ -30,13 +30,14 @@ def test_every_application_preset_has_a_suite():
 @pytest.mark.parametrize(
     "text,field,reason",
     [
-        ("suite: x\nscenarios: [{id: a, slo: {p99_latency_us: fast}}]", "scenarios[0].slo.p99_latency_us", "not of type"),
-        ("suite: x\nscenarios: [{id: a, bogus: 1}]", "scenarios[0]", "unknown field"),
-        ("suite: x\nscenarios: [{id: a, prefill: {tp: 0}}]", "scenarios[0].prefill.tp", "less than the minimum"),
+        ("suite: x\nscenarios: [{id: a, slo: {p99_latency_us: fast}}]", "scenarios[0].slo.p99_latency_us", "expected number, got string 'fast'"),
+        ("suite: x\nscenarios: [{id: a, bogus: 1}]", "scenarios[0].bogus", "unknown field 'bogus'"),
+        ("suite: x\nsuite: y\nscenarios: [{id: a}]", "", "duplicate key 'suite'"),
+        ("suite: x\nscenarios: [{id: a, prefill: {tp: 0}}]", "scenarios[0].prefill.tp", "must be >= 1, got 0"),
         ("suite: x\nscenarios: [{id: a}, {id: a}]", "scenarios[1].id", "duplicate id"),
         ("suite: x\nscenarios: [{id: a, workload: {isl: {kind: uniform, low: 9}}}]", "scenarios[0].workload.isl.high", "required"),
         ("suite: x\nscenarios: [{id: a, workload: {arrival: {kind: poisson}}}]", "scenarios[0].workload.arrival.rate_per_s", "required"),
-        ("suite: x\nscenarios: []", "scenarios", "should be non-empty"),
+        ("suite: x\nscenarios: []", "scenarios", "must not be empty"),
         ("suite: x\nscenarios: [{id: a, workload: {isl: 5}\n", "line", "not valid YAML"),
     ],
 )
