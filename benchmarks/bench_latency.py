@@ -77,7 +77,7 @@ def rows_for(fabric: str, raw: dict[str, list[dict[str, Any]]], runner: bool) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="4 KiB write-to-completion latency vs sockperf ping-pong")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per run")
     ap.add_argument("--fabric", choices=["loopback", "netns", "both"], default="loopback")
     ap.add_argument("--transport", default="tcp")

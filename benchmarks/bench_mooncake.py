@@ -30,7 +30,7 @@ KIB = 1 << 10
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="tcp transport vs Mooncake Transfer Engine (tcp)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=1.5)
+    ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--mc-batches", default="1,8", help="Mooncake writes per batch_transfer_sync_write call")
     ap.add_argument("--batch", type=int, default=8, help="our writes per post")
     ap.add_argument("--no-64k", dest="k64", action="store_false", help="skip the 64 KiB comparison")
