@@ -70,14 +70,17 @@ def run_decode(
     expected = int((plan.requests["count"] > 0).sum()) if nreq else 0
     ncomplete += nreq - expected
     seen = 0
+    completed = ledger.completed  # appended to by place() and guard()
+    place = ledger.place
+    progress = target.progress
     while ncomplete < nreq:
         if now() > deadline:
             timed_out = True
             break
-        placed, notes = target.progress(opts.poll_s)
+        placed, notes = progress(opts.poll_s)
         if len(placed):
             for d, nb, t in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist(), placed["t_ns"].tolist()):
-                row = ledger.place(d, nb)
+                row = place(d, nb)
                 if row is not None and not injected:
                     if opts.inject == "kill":
                         os.kill(os.getpid(), signal.SIGKILL)  # test-only: die mid-transfer
@@ -85,10 +88,11 @@ def run_decode(
                         time.sleep(opts.timeout_s * 10)  # test-only: hang mid-transfer
                     injected = _inject(opts.inject, ledger, row)
                 # (guard() may have completed requests inside progress(): count those too)
-                for req in ledger.completed[seen:]:
-                    req_complete_ns[req] = t
-                    ncomplete += 1
-                seen = len(ledger.completed)
+                if len(completed) > seen:
+                    for req in completed[seen:]:
+                        req_complete_ns[req] = t
+                        ncomplete += 1
+                    seen = len(completed)
         if len(notes):
             notifications += len(notes)
             notify_ns[notes["request"]] = notes["t_ns"]
