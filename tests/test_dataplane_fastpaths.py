@@ -112,3 +112,33 @@ def test_stale_page_is_still_reported_with_the_expected_row_shortcut():
     assert w.ledger.place(d0, n0) == 0
     assert w.ledger.place(d0, n0) is None  # the same page reported again: stale
     assert "stale page at dst_off 0" in w.ledger.first_error
+
+
+def test_stamper_writes_exactly_what_stamp_at_writes():
+    t = _reuse_plan(rounds=2, nbytes=100)
+    t = np.concatenate([t, np.array([(9, 0, 0, 0, 0, 5000, 0, 10, 0)], dtype=TRANSFER_DTYPE)])  # a short row
+    keys = pattern.row_keys(3, t)
+    base = pattern.base_pattern(3, 6000)
+    a, b = base.copy(), base.copy()
+    st = pattern.Stamper(b, keys)
+    for i, r in enumerate(t):
+        pattern.stamp_at(a, int(r["src_off"]), int(r["nbytes"]), keys[i])
+        st(i, int(r["src_off"]), int(r["nbytes"]))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, base)
+
+
+def test_busy_ranges_detect_every_overlap_and_forget_removed_rows():
+    from pytest_kvfabric.endpoint.prefill import _Busy
+
+    busy = _Busy(100)
+    busy.add(1, 50, 150)  # spans slots 0 and 1
+    assert busy.conflicts(149, 200) and busy.conflicts(0, 51) and busy.conflicts(60, 60)
+    assert not busy.conflicts(150, 300) and not busy.conflicts(0, 50)
+    busy.add(2, 150, 150)  # empty write claims byte 150
+    assert busy.conflicts(150, 151)
+    busy.remove(1, 50, 150)
+    assert not busy.conflicts(0, 150)
+    assert busy.conflicts(140, 151)
+    busy.remove(2, 150, 150)
+    assert busy.rows == {}

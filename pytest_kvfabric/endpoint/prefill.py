@@ -55,36 +55,60 @@ class PrefillOptions:
 
 
 class _Busy:
-    """In-flight byte ranges, bucketed by slot so overlap checks touch only a few rows."""
+    """In-flight byte ranges, bucketed by slot so overlap checks touch only a few rows.
+
+    Slots are at least one transfer long, so a range spans one or two buckets; the loops
+    below avoid per-call range/tuple building (this runs six times per posted write)."""
 
     __slots__ = ("slot", "rows")
 
     def __init__(self, slot_bytes: int) -> None:
         self.slot = max(int(slot_bytes), 1)
-        self.rows: dict[int, list[tuple[int, int, int]]] = {}  # slot -> [(row, a, b)]
-
-    def _slots(self, a: int, b: int) -> range:
-        return range(a // self.slot, (max(b, a + 1) - 1) // self.slot + 1)
+        self.rows: dict[int, list[tuple[int, int, int]]] = {}  # slot -> [(row, a, b)], b > a
 
     def conflicts(self, a: int, b: int) -> bool:
-        for s in self._slots(a, b):
-            for _row, x, y in self.rows.get(s, ()):
-                if x < max(b, a + 1) and a < max(y, x + 1):
-                    return True
+        if b <= a:
+            b = a + 1  # an empty write still claims its first byte
+        rows = self.rows
+        s, e = a // self.slot, (b - 1) // self.slot
+        while s <= e:
+            lst = rows.get(s)
+            if lst:
+                for _row, x, y in lst:
+                    if x < b and a < y:
+                        return True
+            s += 1
         return False
 
     def add(self, row: int, a: int, b: int) -> None:
-        for s in self._slots(a, b):
-            self.rows.setdefault(s, []).append((row, a, b))
+        if b <= a:
+            b = a + 1
+        rows = self.rows
+        s, e = a // self.slot, (b - 1) // self.slot
+        ent = (row, a, b)
+        while s <= e:
+            lst = rows.get(s)
+            if lst is None:
+                rows[s] = [ent]
+            else:
+                lst.append(ent)
+            s += 1
 
     def remove(self, row: int, a: int, b: int) -> None:
-        for s in self._slots(a, b):
-            lst = self.rows.get(s)
-            if lst is None:
-                continue
-            lst[:] = [e for e in lst if e[0] != row]
-            if not lst:
-                del self.rows[s]
+        if b <= a:
+            b = a + 1
+        rows = self.rows
+        s, e = a // self.slot, (b - 1) // self.slot
+        while s <= e:
+            lst = rows.get(s)
+            if lst is not None:
+                for k, ent in enumerate(lst):
+                    if ent[0] == row:
+                        del lst[k]
+                        break
+                if not lst:
+                    del rows[s]
+            s += 1
 
 
 def run_prefill(
@@ -123,6 +147,7 @@ def run_prefill(
     gpu_free = 0
     emulated = opts.pacing == "emulated"
 
+    stamp = pattern.Stamper(src, keys)
     src_busy = _Busy(plan.src_slot_bytes)
     dst_busy = _Busy(plan.dst_slot_bytes)
     heap: list[tuple[int, int, int]] = []  # (absolute ready ns, request, next row)
@@ -248,7 +273,7 @@ def run_prefill(
                     continue
                 src_busy.add(i, a, b)
                 dst_busy.add(i, c, d)
-                pattern.stamp_at(src, a, nb, keys[i])
+                stamp(i, a, nb)
                 bx.append(i)
                 inflight_bytes += nb
                 k += 1
