@@ -24,6 +24,18 @@ Quirks and how we live with them (measured on this host, Linux 6.18, AMD EPYC wi
    released) and `drain()` only peeks completions that are already there.
 5. `ZcrxIfqReg` has no constructor (its struct pointer stays NULL), so ZCRX registration
    goes through the raw io_uring_register(2) syscall with the uapi struct layout (below).
+
+Hot path (why we touch the rings ourselves): one package call per SQE (io_uring_get_sqe +
+memmove) and four per CQE (iter_next, cqe[0], string_at, unpack) cost more Python time than
+the kernel spends sending 64 KiB. The package's `struct io_uring` is C liburing's (sq: khead,
+ktail, ..., sqes, sqe_head, sqe_tail, ...; cq: khead, ktail, ..., cqes, ..., ring_mask,
+ring_entries), so `_RingMap` maps the SQE array and the CQ ring with numpy: `put`/`put_many`
+write SQEs straight into their slots and bump the library's `sqe_tail` (io_uring_submit then
+publishes them exactly as for its own SQEs), `drain_np` copies every posted CQE in one slice
+and advances `khead` once. `_RingMap.verify` checks this layout against the package at every
+ring setup (io_uring_get_sqe's slot address and tail, io_uring_cq_ready); a mismatch is a
+setup failure, never silent. x86-64 is TSO: plain loads/stores are the acquire/release that
+liburing's inline helpers use (the probe refuses other machines).
 """
 from __future__ import annotations
 
@@ -48,7 +60,6 @@ _OBJ_DATA = 16  # sizeof(PyObject) on 64-bit CPython: where PyOZ stores the wrap
 # len u32, op flags u32, user_data u64, buf_index u16, personality u16, file_index s32,
 # addr3 u64, pad u64.
 SQE = struct.Struct("<BBHiQQIIQHHiQQ")
-_CQE = struct.Struct("<QiI")  # io_uring_cqe: user_data u64, res s32, flags u32
 _PLACEHOLDER_SEND = b"\0"
 _PLACEHOLDER_RECV = bytearray(1)
 
@@ -110,6 +121,68 @@ def buffer_address(buf: Any) -> int:
     return int(arr.ctypes.data) if arr.size else 0
 
 
+CQE_DTYPE = None  # numpy dtype of struct io_uring_cqe (16 B), set on first use
+
+
+def _cqe_dtype(nbytes: int = 16) -> Any:
+    global CQE_DTYPE
+    import numpy as np
+
+    if CQE_DTYPE is None:
+        CQE_DTYPE = np.dtype([("user_data", "<u8"), ("res", "<i4"), ("flags", "<u4")])
+    if nbytes == 16:
+        return CQE_DTYPE
+    return np.dtype({"names": ["user_data", "res", "flags"], "formats": ["<u8", "<i4", "<u4"],
+                     "offsets": [0, 8, 12], "itemsize": nbytes})  # CQE32: big_cqe[] ignored
+
+
+class _RingMap:
+    """numpy/ctypes views of the SQE array and CQ ring of the package's `struct io_uring`.
+
+    Offsets are C liburing's x86-64 layout (struct io_uring_sq: 8 pointers, then sqe_head,
+    sqe_tail, ring_sz, ring_ptr, ring_mask, ring_entries; struct io_uring_cq at byte 104:
+    7 pointers, ring_sz, ring_ptr, ring_mask, ring_entries)."""
+
+    def __init__(self, ring_struct: int, cqe_nbytes: int = 16) -> None:
+        import numpy as np
+
+        raw = ctypes.string_at(ring_struct, 192)
+        sq_khead, _sq_ktail, _, _, _, _, _, sqes = struct.unpack_from("<8Q", raw, 0)
+        self.sq_mask, self.sq_entries = struct.unpack_from("<II", raw, 88)
+        cq_khead, cq_ktail, _, _, _, _, cqes = struct.unpack_from("<7Q", raw, 104)
+        self.cq_mask, self.cq_entries = struct.unpack_from("<II", raw, 176)
+        self.sqe_tail = ctypes.c_uint.from_address(ring_struct + 68)  # the library's own copy
+        self.sq_khead = ctypes.c_uint.from_address(sq_khead)
+        self.cq_khead = ctypes.c_uint.from_address(cq_khead)
+        self.cq_ktail = ctypes.c_uint.from_address(cq_ktail)
+        self.sqes_addr = sqes
+        self.sq_mem = memoryview((ctypes.c_char * (64 * self.sq_entries)).from_address(sqes)).cast("B")
+        self.cqe_nbytes = cqe_nbytes
+        cq_raw = np.ctypeslib.as_array((ctypes.c_uint8 * (cqe_nbytes * self.cq_entries)).from_address(cqes))
+        self.cqes = cq_raw.view(_cqe_dtype(cqe_nbytes))
+
+    def verify(self, ring: Any, entries: int) -> None:
+        """Our reading of the layout must agree with what the package itself does."""
+        def bad(what: str) -> UringError:
+            return UringError(errno.ENOTSUP, f"liburing struct io_uring layout not as expected ({what}): "
+                                             "cannot write SQEs / read CQEs directly")
+        if self.sq_entries != entries or self.sq_mask != entries - 1 or self.cq_mask != self.cq_entries - 1:
+            raise bad(f"sq entries {self.sq_entries} mask {self.sq_mask}, cq entries {self.cq_entries}")
+        tail = self.sqe_tail.value
+        sqe = _L.io_uring_get_sqe(ring)
+        if sqe is None:
+            raise bad("no free SQE at setup")
+        if _ptr_field(sqe) != self.sqes_addr + 64 * (tail & self.sq_mask) or self.sqe_tail.value != tail + 1:
+            raise bad(f"io_uring_get_sqe returned {_ptr_field(sqe):#x}, expected "
+                      f"{self.sqes_addr + 64 * (tail & self.sq_mask):#x}")
+        # hand the slot back as a NOP nobody claims (user_data 0)
+        ctypes.memmove(_ptr_field(sqe), SQE.pack(0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), 64)
+        if _L.io_uring_sq_ready(ring) != (self.sqe_tail.value - self.sq_khead.value) & 0xFFFFFFFF:
+            raise bad("io_uring_sq_ready disagrees with sqe_tail - khead")
+        if _L.io_uring_cq_ready(ring) != (self.cq_ktail.value - self.cq_khead.value) & 0xFFFFFFFF:
+            raise bad("io_uring_cq_ready disagrees with ktail - khead")
+
+
 class Ring:
     """One io_uring instance, driven from a single thread."""
 
@@ -138,7 +211,6 @@ class Ring:
             raise UringError(exc.errno or 0, f"io_uring_queue_init({entries}, flags={flags:#x}): {exc}") from None
         self.fd = ring.ring_fd
         self._open = True
-        self._cqe = _L.Cqe()
         self._efd = -1
         wait_fd = self.fd
         if defer_taskrun:
@@ -150,7 +222,10 @@ class Ring:
         self._poll.register(wait_fd, select.POLLIN)
         self.submits = 0
         self.sqes_submitted = 0
+        self._map = _RingMap(_ptr_field(ring), 32 if flags & SETUP_CQE32 else 16)
+        self._map.verify(ring, self.entries)
         self._check_encoding()
+        self._check_cq()
 
     # -- submission -----------------------------------------------------------------------
     def _get_sqe(self) -> Any:
@@ -184,22 +259,39 @@ class Ring:
                                                 f"we would write {ours.hex()}: unknown SQE layout")
         self.submit()
 
+    def _room(self, count: int) -> int:
+        """Tail index where `count` SQEs fit; submits what is queued first if they do not."""
+        m = self._map
+        tail = m.sqe_tail.value
+        if m.sq_entries - ((tail - m.sq_khead.value) & 0xFFFFFFFF) < count:
+            self.submit()
+            tail = m.sqe_tail.value
+            if m.sq_entries - ((tail - m.sq_khead.value) & 0xFFFFFFFF) < count:
+                raise UringError(errno.EBUSY, f"io_uring submission queue has no room for {count} SQEs")
+        return tail
+
     def put(self, opcode: int, fd: int, addr: int, nbytes: int, user_data: int,
             msg_flags: int = 0, sqe_flags: int = 0, ioprio: int = 0) -> None:
-        """Write one whole SQE into the slot io_uring_get_sqe hands out (quirk 2): the
-        package's prep functions cannot point at a slice, so we encode the uapi SQE ourselves
-        (checked against the package's own encoding at ring setup)."""
-        sqe = _L.io_uring_get_sqe(self._ring) or self._get_sqe()
-        ctypes.memmove(_ptr_field(sqe), SQE.pack(opcode, sqe_flags, ioprio, fd, 0, addr, nbytes,
-                                                 msg_flags, user_data, 0, 0, 0, 0, 0), 64)
+        """Write one whole uapi SQE into the next SQ slot (quirk 2: the package's prep
+        functions cannot point at a slice; our encoding is checked against theirs at setup)
+        and bump the library's sqe_tail, as io_uring_get_sqe would."""
+        m = self._map
+        tail = self._room(1)
+        SQE.pack_into(m.sq_mem, 64 * (tail & m.sq_mask), opcode, sqe_flags, ioprio, fd, 0, addr, nbytes,
+                      msg_flags, user_data, 0, 0, 0, 0, 0)
+        m.sqe_tail.value = tail + 1
 
     def put_many(self, sqes_addr: int, count: int) -> None:
         """Copy `count` ready-made 64-byte SQEs (e.g. a numpy array built for a whole chain)
-        into consecutive slots of the submission queue."""
-        get, ring, memmove, from_address = _L.io_uring_get_sqe, self._ring, ctypes.memmove, ctypes.c_void_p.from_address
-        for i in range(count):
-            sqe = get(ring) or self._get_sqe()
-            memmove(from_address(id(sqe) + _OBJ_DATA).value, sqes_addr + 64 * i, 64)
+        into consecutive SQ slots: at most two memmoves (the ring may wrap)."""
+        m = self._map
+        tail = self._room(count)
+        first = tail & m.sq_mask
+        n1 = min(count, m.sq_entries - first)
+        ctypes.memmove(m.sqes_addr + 64 * first, sqes_addr, 64 * n1)
+        if count > n1:
+            ctypes.memmove(m.sqes_addr, sqes_addr + 64 * n1, 64 * (count - n1))
+        m.sqe_tail.value = tail + count
 
     def prep_send(
         self, fd: int, addr: int, nbytes: int, user_data: int, msg_flags: int = 0,
@@ -266,23 +358,39 @@ class Ring:
             n = _L.io_uring_cq_ready(self._ring)
         return n
 
-    def drain(self, limit: int = 4096) -> list[tuple[int, int, int]]:
-        """Every completion already posted, as raw (user_data, res, flags) (quirk 3), then one
-        io_uring_cq_advance for all of them."""
-        out: list[tuple[int, int, int]] = []
-        ring, cqe = self._ring, self._cqe
-        if not _L.io_uring_cq_ready(ring):
-            return out
-        unpack, string_at, from_address = _CQE.unpack, ctypes.string_at, ctypes.c_void_p.from_address
-        it = _L.io_uring_cqe_iter_init(ring)
-        n = 0
-        while n < limit and _L.io_uring_cqe_iter_next(it, cqe):
-            entry = cqe[0]  # kept alive while its pointer field is read
-            out.append(unpack(string_at(from_address(id(entry) + _OBJ_DATA).value, 16)))
-            n += 1
-        if n:
-            _L.io_uring_cq_advance(ring, n)
+    def drain_np(self) -> Any:
+        """Every completion already posted, as a numpy CQE_DTYPE array (user_data, res, flags
+        read from the ring memory: quirk 3), then one khead store for all of them."""
+        m = self._map
+        head = m.cq_khead.value
+        n = (m.cq_ktail.value - head) & 0xFFFFFFFF
+        if not n:
+            return m.cqes[:0]
+        first = head & m.cq_mask
+        if first + n <= m.cq_entries:
+            out = m.cqes[first:first + n].copy()
+        else:
+            import numpy as np
+
+            out = np.concatenate((m.cqes[first:], m.cqes[:n - (m.cq_entries - first)]))
+        m.cq_khead.value = head + n  # io_uring_cq_advance(n): entries are ours now
         return out
+
+    def drain(self) -> list[tuple[int, int, int]]:
+        """drain_np() as a list of (user_data, res, flags) tuples."""
+        return self.drain_np().tolist()
+
+    def _check_cq(self) -> None:
+        """Our CQ reading against the package's: a NOP's CQE seen through both."""
+        self.prep_nop(0xC0DE)
+        self.submit()
+        deadline = time.monotonic() + 2.0
+        while not _L.io_uring_cq_ready(self._ring) and time.monotonic() < deadline:
+            self.wait(0.05)
+        ok = _L.io_uring_cq_ready(self._ring) == (self._map.cq_ktail.value - self._map.cq_khead.value) & 0xFFFFFFFF
+        got = [c for c in self.drain() if c[0]]
+        if not ok or got != [(0xC0DE, 0, 0)] or _L.io_uring_cq_ready(self._ring):
+            raise UringError(errno.ENOTSUP, f"liburing CQ ring layout not as expected (NOP round trip read {got!r})")
 
     def close(self) -> None:
         if self._open:
