@@ -377,8 +377,35 @@ class Ring:
         return out
 
     def drain(self) -> list[tuple[int, int, int]]:
-        """drain_np() as a list of (user_data, res, flags) tuples."""
-        return self.drain_np().tolist()
+        """Every completion already posted as (user_data, res, flags) tuples, read from the
+        ring memory (quirk 3), then one khead store for all of them."""
+        m = self._map
+        head = m.cq_khead.value
+        n = (m.cq_ktail.value - head) & 0xFFFFFFFF
+        if not n:
+            return []
+        first = head & m.cq_mask
+        if first + n <= m.cq_entries:
+            out = m.cqes[first:first + n].tolist()
+        else:
+            out = m.cqes[first:].tolist() + m.cqes[:n - (m.cq_entries - first)].tolist()
+        m.cq_khead.value = head + n
+        return out
+
+    def cq_ready(self) -> int:
+        """Completions posted and not yet drained (no system call, no deferred work run)."""
+        m = self._map
+        return (m.cq_ktail.value - m.cq_khead.value) & 0xFFFFFFFF
+
+    def submit_and_get_events(self) -> None:
+        """Submit what is queued and run deferred completion work in ONE io_uring_enter
+        (io_uring_submit_and_get_events): a linked SQE behind a finished one is issued too."""
+        try:
+            n = _L.io_uring_submit_and_get_events(self._ring)
+        except OSError as exc:
+            raise UringError(exc.errno or 0, f"io_uring_submit_and_get_events: {exc}") from None
+        self.submits += 1
+        self.sqes_submitted += n or 0
 
     def _check_cq(self) -> None:
         """Our CQ reading against the package's: a NOP's CQE seen through both."""

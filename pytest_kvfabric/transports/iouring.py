@@ -70,6 +70,8 @@ assert (MSGHDR_DTYPE.itemsize, SQE_DTYPE.itemsize) == (56, 64)
 K_HDR, K_PAYLOAD, K_ACK_RECV, K_ACK_SEND, K_HELLO = 1, 2, 3, 4, 5
 _SEQ_MASK = (1 << 44) - 1
 SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
+WRITES_PER_SQE = 512  # 2 iovecs per write, UIO_MAXIOV = 1024
+SQE_BYTES_CAP = 1 << 30  # a chain above this goes one write per SQE (sendmsg's MAX_RW_COUNT < 2 GiB)
 ACK_BUF_BYTES = 64 * 1024
 ACK_EVERY = 16
 DEFAULT_QUEUE_DEPTH = 512
@@ -120,7 +122,8 @@ class IoUringInitiator(Initiator):
         self._acked = 0
         self._pending: collections.deque[np.ndarray] = collections.deque()  # rows not yet sent
         self._waiting: collections.deque[tuple[int, int]] = collections.deque()  # (seq, xfer)
-        self._zc_wait: set[int] = set()
+        # SEND_ZC SQEs whose notification is due: last seq -> first seq of the writes they carry
+        self._zc_wait: dict[int, int] = {}
         self._chain_left = 0
         # (last seq, header/iovec/msghdr/SQE arrays) of chains the kernel may still read
         self._chain_keep: collections.deque[tuple[int, tuple]] = collections.deque()
@@ -128,7 +131,7 @@ class IoUringInitiator(Initiator):
         self._ackbuf_addr = self._u.buffer_address(self._ackbuf)
         self._reader = framing.ControlReader()
         self._outstanding = 0
-        self.counters = {"writes": 0, "bytes": 0, "chains": 0, "zc_notifications": 0,
+        self.counters = {"writes": 0, "bytes": 0, "chains": 0, "send_sqes": 0, "waits": 0, "zc_notifications": 0,
                          "copied_notifications": 0}
 
     # -- setup ----------------------------------------------------------------------------
@@ -211,18 +214,23 @@ class IoUringInitiator(Initiator):
         hdr["dst_off"] = rows["dst_off"]
         hdr["seq"] = rows["seq"]
         hdr["imm"] = np.where(rows["notify"] >= 0, rows["notify"] + 1, 0).astype(np.uint64)
-        # One SENDMSG(_ZC) per write: iovec [header, payload slice of the source region].
-        # The whole chain's SQEs are built here with numpy, then copied into the ring slots.
+        # iovecs [header, payload slice of the source region] per write (no copy in Python);
+        # one SENDMSG(_ZC) carries up to WRITES_PER_SQE writes (UIO_MAXIOV = 1024 iovecs), so
+        # a whole chain is one or two SQEs: the kernel walks the iovecs, Python does not.
+        per_sqe = WRITES_PER_SQE if int(rows["nbytes"].sum()) <= SQE_BYTES_CAP else 1
         idx = np.arange(k, dtype=np.uint64)
         iov = np.zeros((k, 2), IOVEC_DTYPE)
         iov["base"][:, 0] = np.uint64(hdr.ctypes.data) + idx * np.uint64(framing.HEADER_SIZE)
         iov["len"][:, 0] = framing.HEADER_SIZE
         iov["base"][:, 1] = np.uint64(self._src_addr) + rows["src_off"]
         iov["len"][:, 1] = rows["nbytes"]
-        msg = np.zeros(k, MSGHDR_DTYPE)
-        msg["iov"] = np.uint64(iov.ctypes.data) + idx * np.uint64(2 * IOVEC_DTYPE.itemsize)
-        msg["iovlen"] = np.where(rows["nbytes"] > 0, 2, 1)
-        sqes = np.zeros(k, SQE_DTYPE)
+        first = np.arange(0, k, per_sqe)  # row index of each SQE's first write
+        last = np.minimum(first + per_sqe, k) - 1
+        g = len(first)
+        msg = np.zeros(g, MSGHDR_DTYPE)
+        msg["iov"] = np.uint64(iov.ctypes.data) + first.astype(np.uint64) * np.uint64(2 * IOVEC_DTYPE.itemsize)
+        msg["iovlen"] = 2 * (last - first + 1)
+        sqes = np.zeros(g, SQE_DTYPE)
         sqes["opcode"] = self._u.OP_SENDMSG_ZC if self._zc else self._u.OP_SENDMSG
         # send mode: only the chain's last SQE posts a CQE when all goes well (a failure posts
         # its own CQE and ECANCELED ones behind it). SENDMSG_ZC refuses CQE_SKIP_SUCCESS.
@@ -230,18 +238,20 @@ class IoUringInitiator(Initiator):
         sqes["flags"][-1] = 0  # the chain ends here
         sqes["ioprio"] = self._u.SEND_ZC_REPORT_USAGE if self._zc else 0
         sqes["fd"] = self._sock.fileno()
-        sqes["addr"] = np.uint64(msg.ctypes.data) + idx * np.uint64(MSGHDR_DTYPE.itemsize)
+        sqes["addr"] = np.uint64(msg.ctypes.data) + np.arange(g, dtype=np.uint64) * np.uint64(MSGHDR_DTYPE.itemsize)
         sqes["len"] = 1
         sqes["msg_flags"] = SEND_FLAGS
-        sqes["user_data"] = (rows["seq"] << np.uint64(4)) | np.uint64(K_PAYLOAD)
+        seqs = rows["seq"]
+        sqes["user_data"] = (seqs[last] << np.uint64(4)) | np.uint64(K_PAYLOAD)  # the SQE's last seq
         # Alive until the kernel is done with them: the chain's sends complete (send) or, with
         # SENDMSG_ZC, until every notification of the chain arrived (skbs reference the pages).
-        self._chain_keep.append((int(rows["seq"][-1]), (hdr, iov, msg, sqes)))
-        self._ring.put_many(int(sqes.ctypes.data), k)
-        if self._zc:
-            self._zc_wait.update(rows["seq"].tolist())
-        self._chain_left = k if self._zc else 1  # send CQEs still to come for this chain
+        self._chain_keep.append((int(seqs[-1]), (hdr, iov, msg, sqes)))
+        self._ring.put_many(int(sqes.ctypes.data), g)
+        if self._zc:  # last seq -> first seq of each SQE whose notification is still due
+            self._zc_wait.update(zip(seqs[last].tolist(), seqs[first].tolist()))
+        self._chain_left = g if self._zc else 1  # send CQEs still to come for this chain
         self.counters["chains"] += 1
+        self.counters["send_sqes"] += g
         self.counters["writes"] += k
         self.counters["bytes"] += int(rows["nbytes"].sum())
         try:
@@ -259,73 +269,75 @@ class IoUringInitiator(Initiator):
             raise self._error
 
     def _reap(self) -> None:
-        """Take every posted CQE in one numpy slice and account for them vectorized: the
-        common CQEs (chain ends, ZC notifications) never pass through Python one by one."""
-        c = self._ring.drain_np()
-        if len(c):
-            self._account(c)
+        cqes = self._ring.drain()
+        if cqes:
+            self._account(cqes)
         self._release_chains()
         self._pump()
         self._ring.submit()
 
-    def _account(self, c: np.ndarray) -> None:
+    def _account(self, cqes: list[tuple[int, int, int]]) -> None:
+        """A chain posts one CQE (send) or two per SQE (send_zc: send + notification), an SQE
+        carrying up to WRITES_PER_SQE writes, so a plain loop over the CQEs is cheap."""
         u = self._u
-        ud, res, flags = c["user_data"], c["res"], c["flags"]
-        kind = ud & np.uint64(15)
-        notif = (flags & np.uint32(u.CQE_F_NOTIF)) != 0
-        failed = (res < 0) & ~notif
-        if failed.any():  # report the root cause, not the ECANCELED of the links behind it
-            bad = c[failed].tolist()
-            ud0, r0, _ = next((x for x in bad if x[1] != -errno.ECANCELED), bad[0])
+        notif_flag = u.CQE_F_NOTIF
+        failed = [c for c in cqes if c[1] < 0 and not c[2] & notif_flag]
+        if failed:  # report the root cause, not the ECANCELED of the links behind it
+            ud0, r0, _ = next((x for x in failed if x[1] != -errno.ECANCELED), failed[0])
             gone = " (peer gone)" if -r0 in (errno.ECONNRESET, errno.EPIPE) else ""
             if ud0 & 15 != K_PAYLOAD:
                 self._fail(f"receiving acks failed: {_strerror(r0)}{gone}")
-            self._fail(f"send of write seq {(ud0 >> 4) & _SEQ_MASK} failed: {_strerror(r0)}{gone}")
-        pay = kind == K_PAYLOAD
-        sends = pay & ~notif
-        self._chain_left -= int(np.count_nonzero(sends))
-        if self._zc:
-            # ZC notification: res is a usage bitmask, not a length (quirk 3 in _uring).
-            nmask = pay & notif
-            n_notif = int(np.count_nonzero(nmask))
-            if n_notif:
-                usage = res[nmask].view(np.uint32)
-                self.counters["zc_notifications"] += n_notif
-                self.counters["copied_notifications"] += int(
-                    np.count_nonzero(usage & np.uint32(u.NOTIF_USAGE_ZC_COPIED)))
-            # released: by its notification, or by a send CQE that announces none (no F_MORE)
-            released = nmask | (sends & ((flags & np.uint32(u.CQE_F_MORE)) == 0))
-            if released.any():
-                self._zc_wait.difference_update(((ud[released] >> np.uint64(4)) & np.uint64(_SEQ_MASK)).tolist())
-        for i in np.flatnonzero(kind == K_ACK_RECV).tolist():
-            n = int(res[i])
-            if n == 0:
-                self._fail("target closed the connection (peer gone)")
-            try:
-                for h, payload in self._reader.feed(memoryview(self._ackbuf)[:n]):
-                    if h.type == framing.ACK:
-                        self._acked = max(self._acked, h.seq)
-                    elif h.type == framing.ERROR:
-                        self._fail(f"target rejected the stream: {payload.decode('utf-8', 'replace')}")
-                    else:
-                        self._fail(f"unexpected {framing.TYPE_NAMES[h.type]} frame from target",
-                                   ProtocolError)
-            except ProtocolError as exc:
-                self._fail(str(exc), ProtocolError)
-            self._arm_ack_recv()
+            self._fail(f"send of writes up to seq {(ud0 >> 4) & _SEQ_MASK} failed: {_strerror(r0)}{gone}")
+        for ud, res, flags in cqes:
+            kind = ud & 15
+            if kind == K_PAYLOAD:
+                seq = (ud >> 4) & _SEQ_MASK
+                if flags & notif_flag:
+                    # ZC notification: res is a usage bitmask, not a length (quirk 3 in _uring).
+                    self.counters["zc_notifications"] += 1
+                    if (res & 0xFFFFFFFF) & u.NOTIF_USAGE_ZC_COPIED:
+                        self.counters["copied_notifications"] += 1
+                    self._zc_wait.pop(seq, None)
+                    continue
+                self._chain_left -= 1
+                if self._zc and not flags & u.CQE_F_MORE:  # no notification will follow
+                    self._zc_wait.pop(seq, None)
+            elif kind == K_ACK_RECV:
+                self._on_acks(res)
+
+    def _on_acks(self, n: int) -> None:
+        if n == 0:
+            self._fail("target closed the connection (peer gone)")
+        try:
+            for h, payload in self._reader.feed(memoryview(self._ackbuf)[:n]):
+                if h.type == framing.ACK:
+                    self._acked = max(self._acked, h.seq)
+                elif h.type == framing.ERROR:
+                    self._fail(f"target rejected the stream: {payload.decode('utf-8', 'replace')}")
+                else:
+                    self._fail(f"unexpected {framing.TYPE_NAMES[h.type]} frame from target",
+                               ProtocolError)
+        except ProtocolError as exc:
+            self._fail(str(exc), ProtocolError)
+        self._arm_ack_recv()
 
     def _release_chains(self) -> None:
         keep = self._chain_keep
         if keep and not self._chain_left:
-            floor = min(self._zc_wait) if self._zc_wait else 1 << 62
+            floor = self._zc_floor()
             while len(keep) > 0 and keep[0][0] < floor and (len(keep) > 1 or not self._chain_left):
                 keep.popleft()
+
+    def _zc_floor(self) -> int:
+        """Lowest seq an outstanding SEND_ZC notification still covers (writes below it are free)."""
+        return min(self._zc_wait.values()) if self._zc_wait else 1 << 62
 
     def _collect(self) -> np.ndarray:
         done: list[tuple[int, int]] = []
         now = time.monotonic_ns()
-        waiting, acked, zc_wait = self._waiting, self._acked, self._zc_wait
-        while waiting and waiting[0][0] <= acked and waiting[0][0] not in zc_wait:
+        waiting = self._waiting
+        limit = min(self._acked, self._zc_floor() - 1)  # acked, and no SEND_ZC notification due
+        while waiting and waiting[0][0] <= limit:
             done.append((waiting.popleft()[1], now))
         self._outstanding -= len(done)
         return np.array(done, dtype=COMPLETION_DTYPE)
@@ -341,6 +353,7 @@ class IoUringInitiator(Initiator):
             remaining = deadline - time.monotonic()
             if len(done) or remaining <= 0:
                 return done
+            self.counters["waits"] += 1
             self._ring.wait(remaining)
 
     def outstanding(self) -> int:
@@ -654,8 +667,10 @@ class IoUringTarget(Target):
                     self._accept()
                 self._reap(placed, notifies)
                 self._send_acks(ACK_EVERY)  # cumulative: while busy, one ACK per ACK_EVERY writes
-                self._ring.submit()
-                if self._ring.ready() and len(placed) < 4096:
+                # One enter per pass: submits the payload+header recvs just queued and runs the
+                # deferred work (the header recv linked behind a finished payload recv).
+                self._ring.submit_and_get_events()
+                if self._ring.cq_ready() and len(placed) < 4096:
                     accept = False
                     continue  # more completions already posted: take them in this call
                 self._send_acks()  # about to return or sleep: acknowledge everything placed
