@@ -55,6 +55,11 @@ _VERSION = framing.VERSION
 _WRITE = framing.WRITE
 _HS = framing.HEADER_SIZE
 _EAGAIN = (BlockingIOError, InterruptedError)
+_ACK_BUF_BYTES = 65536
+# Shared zero-length results for idle calls (nothing to write into: safe to share).
+_NO_PLACED = np.empty(0, PLACED_DTYPE)
+_NO_NOTES = np.empty(0, NOTIFY_DTYPE)
+_NO_COMPLETIONS = np.empty(0, COMPLETION_DTYPE)
 _DRAIN_BUDGET_BYTES = 8 << 20  # per connection per wakeup: one busy peer cannot starve others, acks flow
 
 
@@ -294,6 +299,8 @@ class StreamTarget(Target):
 
     def _take(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._p_x)
+        if not n and not self._n_req:
+            return _NO_PLACED, _NO_NOTES  # idle return: no allocation
         placed = np.empty(n, PLACED_DTYPE)
         if n:
             placed["xfer"] = self._p_x
@@ -302,6 +309,8 @@ class StreamTarget(Target):
             placed["t_ns"] = self._p_t
             self._p_x, self._p_d, self._p_n, self._p_t = [], [], [], []
         m = len(self._n_req)
+        if not m:
+            return placed, _NO_NOTES
         notes = np.empty(m, NOTIFY_DTYPE)
         if m:
             notes["request"] = self._n_req
@@ -358,8 +367,21 @@ class StreamTarget(Target):
             return
         if c.placed_seq > c.acked:
             c.acked = c.placed_seq
-            c.out += _PACK(_MAGIC, _VERSION, framing.ACK, 0, 0, c.placed_seq, 0)
-            self._flush(c)
+            ack = _PACK(_MAGIC, _VERSION, framing.ACK, 0, 0, c.placed_seq, 0)
+            if c.out:
+                c.out += ack
+                self._flush(c)
+                return
+            # Nothing queued (the usual case): one send, no queue bookkeeping.
+            try:
+                n = c.sock.send(ack)
+            except _EAGAIN:
+                n = 0
+            except OSError:
+                return  # the peer is gone; reading will report how
+            if n < _HS:
+                c.out += ack[n:]
+                self._flush(c)
 
     def _flush(self, c: _TConn) -> None:
         if c.out:
@@ -676,6 +698,8 @@ class StreamInitiator(Initiator):
         # busy_poll_us: spin (epoll with timeout 0) this long before sleeping in poll(); trades a
         # core for the wakeup latency. Default 0: sleep at once.
         self._busy_poll_s = float(self.options.get("busy_poll_us", 0)) / 1e6
+        self._ackbuf = bytearray(_ACK_BUF_BYTES)  # acks are read into this (no per-read bytes object)
+        self._ackmv = memoryview(self._ackbuf)
 
     # -- hooks for subclasses -------------------------------------------------------------
     def _configure_socket(self, sock: socket.socket) -> None:
@@ -892,9 +916,10 @@ class StreamInitiator(Initiator):
         if c.eof:
             return
         sock = c.sock
+        buf, mv = self._ackbuf, self._ackmv
         for _ in range(64):
             try:
-                data = sock.recv(65536)
+                nread = sock.recv_into(buf)
             except _EAGAIN:
                 return
             except OSError as exc:
@@ -902,18 +927,18 @@ class StreamInitiator(Initiator):
                     f"{self.transport_name}: lost the connection to target {c.peer} (connection "
                     f"{c.index}): {exc}, with {c.seq - c.acked} writes unacknowledged"
                 ) from None
-            if not data:
+            if not nread:
                 c.eof = True
                 raise TransportError(
                     f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
                     f"connection with {c.seq - c.acked} writes unacknowledged"
                 )
-            if len(data) == _HS and data[3] == framing.ACK and data[:3] == b"KV\x01":
+            if nread == _HS and not c.reader.pending and buf[3] == framing.ACK and buf[:3] == b"KV\x01":
                 # fast path: one cumulative ack
-                self._on_ack(c, _UNPACK(data)[5])
+                self._on_ack(c, _UNPACK(buf)[5])
             else:
                 try:
-                    for h, payload in c.reader.feed(data):
+                    for h, payload in c.reader.feed(bytes(mv[:nread])):
                         if h.type == framing.ACK:
                             self._on_ack(c, h.seq)
                         elif h.type == framing.ERROR:
@@ -929,7 +954,7 @@ class StreamInitiator(Initiator):
                     raise ProtocolError(
                         f"{self.transport_name}: target {c.peer} (connection {c.index}): {exc}"
                     ) from None
-            if len(data) < 65536:
+            if nread < _ACK_BUF_BYTES:
                 return
 
     def _on_ack(self, c: _IConn, seq: int) -> None:
@@ -953,6 +978,8 @@ class StreamInitiator(Initiator):
                     c.xbase = ready
                     self._trim(c, b)
         n = len(ids)
+        if not n:
+            return _NO_COMPLETIONS
         out = np.empty(n, COMPLETION_DTYPE)
         if n:
             out["xfer"] = ids
@@ -965,7 +992,7 @@ class StreamInitiator(Initiator):
 
     def poll(self, timeout_s: float) -> np.ndarray:
         if self._posted == self._completed and not self._more_pending():
-            return np.empty(0, COMPLETION_DTYPE)
+            return _NO_COMPLETIONS
         now = time.monotonic()
         deadline = now + max(timeout_s, 0.0)
         spin_until = now + self._busy_poll_s
