@@ -368,3 +368,73 @@ def test_interop_with_tcp(regions, direction):
     finally:
         ini.close()
         tt.stop()
+
+
+def test_dribbled_frames_short_reads_mid_payload_and_mid_header(regions):
+    """The target receives [payload rest, next header] without MSG_WAITALL: a stream cut at
+    every awkward place (mid-payload, mid-header, header split over payload reads) must
+    still place every byte exactly once, in order, and a bad header behind good writes must
+    be rejected before any byte of its payload lands."""
+    _skip_unless("send")
+    dst_r = regions(1 << 16)
+    tt = TargetThread(T, dst_r, {})
+    s = _raw_hello(tt)
+    try:
+        payloads = [bytes([i + 1]) * n for i, n in enumerate((5000, 1, 32, 33, 40000))]
+        stream, off = b"", 0
+        for seq, p in enumerate(payloads, start=1):
+            stream += framing.encode_write(off, len(p), seq, notify_request=seq if seq == 3 else None) + p
+            off += len(p)
+        bad = framing.encode_write(60000, 1 << 20, len(payloads) + 1)  # out of region
+        stream += bad + b"\xee" * 1000
+        # cut points: inside the first payload, inside the second header, 10 bytes into a
+        # header that follows a payload, and so on
+        cuts = sorted({7, 32 + 2500, 32 + 5000 + 10, 32 + 5000 + 32 + 1 + 20, 5200, 9000, 30000,
+                       len(stream) - 1000 - 16})
+        prev = 0
+        for c in cuts + [len(stream)]:
+            s.sendall(stream[prev:c])
+            prev = c
+            time.sleep(0.02)
+        err = tt.wait_error()
+        assert isinstance(err, ProtocolError) and "outside registered region" in str(err)
+        placed = sorted(tt.placed)
+        assert [(x, d, n) for x, d, n, _ in placed] == [
+            (i, sum(map(len, payloads[:i])), len(p)) for i, p in enumerate(payloads)]
+        got = np.frombuffer(dst_r, np.uint8)
+        assert bytes(got[:off]) == b"".join(payloads)
+        assert not got[off:].any()  # nothing of the rejected write landed
+        assert [n for n, _ in tt.notifies] == [3]
+        assert tt.guarded == [(d, n) for _, d, n, _ in placed]
+    finally:
+        s.close()
+        tt.stop()
+
+
+@pytest.mark.parametrize("mode", ["send", "send_zc"])
+def test_chain_split_over_several_sendmsg_sqes(regions, mode, monkeypatch):
+    """Several SQEs per chain (small WRITES_PER_SQE): every write lands, in send_zc one
+    notification per SQE and no write completes before its SQE's notification."""
+    _skip_unless(mode)
+    from pytest_kvfabric.transports import iouring as mod
+
+    monkeypatch.setattr(mod, "WRITES_PER_SQE", 3)
+    src_r, dst_r = regions(1 << 20), regions(1 << 20)
+    _fill(src_r, 7)
+    tt = TargetThread(T, dst_r, {})
+    ini = _connect(src_r, tt, mode)
+    try:
+        n = 20
+        ini.post(_batch([(i << 15, i << 15, (i + 1) * 1000, -1) for i in range(n)]), 5)
+        _complete(ini, n)
+        dp = ini.data_path()
+        assert dp["chains"] == 1 and dp["send_sqes"] == 7  # 20 writes, 3 per SQE
+        if mode == "send_zc":
+            assert dp["zc_notifications"] == dp["send_sqes"]
+        src, dst = np.frombuffer(src_r, np.uint8), np.frombuffer(dst_r, np.uint8)
+        for i in range(n):
+            o, k = i << 15, (i + 1) * 1000
+            assert bytes(dst[o:o + k]) == bytes(src[o:o + k])
+    finally:
+        ini.close()
+        tt.stop()

@@ -76,6 +76,9 @@ ACK_BUF_BYTES = 64 * 1024
 ACK_EVERY = 16
 DEFAULT_QUEUE_DEPTH = 512
 _HDR = framing.HEADER
+_HDR_SIZE = framing.HEADER_SIZE
+_IOV2 = struct.Struct("<QQQQ")  # struct iovec[2]
+_MSGHDR = struct.Struct("<QIIQQQQiI")  # struct msghdr (x86-64), see MSGHDR_DTYPE
 _MAGIC, _VERSION, _WRITE = framing.MAGIC, framing.VERSION, framing.WRITE
 _WAITALL = socket.MSG_WAITALL
 
@@ -419,6 +422,13 @@ class _Conn:
         self.ackbuf = bytearray(framing.HEADER_SIZE)
         self.hdr_addr = addr_of(self.hdr)
         self.ud_base = cid << 48
+        # RECVMSG scatter list [rest of the payload, next header] and its msghdr (stable memory)
+        self.iov = bytearray(_IOV2.size)
+        self.msg = bytearray(MSGHDR_DTYPE.itemsize)
+        self.msg_addr = addr_of(self.msg)
+        _MSGHDR.pack_into(self.msg, 0, 0, 0, 0, addr_of(self.iov), 2, 0, 0, 0, 0)
+        self.pay_pos = 0  # payload bytes of `pending` already placed
+        self.hfill = 0  # bytes of the next header already received
         self.ackbuf_addr = addr_of(self.ackbuf)
         self.expected_seq = 1
         self.pending: tuple[int, int, int, int] | None = None  # (seq, dst_off, nbytes, imm)
@@ -485,7 +495,9 @@ class IoUringTarget(Target):
             self._arm_header(conn)
 
     def _arm_header(self, conn: _Conn, sqe_flags: int = 0) -> None:
-        self._ring.prep_recv(conn.fd, conn.hdr_addr, framing.HEADER_SIZE,
+        """RECV (MSG_WAITALL) of the rest of a header (all of it unless a payload RECVMSG
+        brought its first conn.hfill bytes)."""
+        self._ring.prep_recv(conn.fd, conn.hdr_addr + conn.hfill, framing.HEADER_SIZE - conn.hfill,
                              _ud(conn.cid, conn.expected_seq, K_HDR), socket.MSG_WAITALL, sqe_flags)
 
     def _drop(self, conn: _Conn) -> None:
@@ -556,11 +568,9 @@ class IoUringTarget(Target):
                 self._arm_header(conn)
                 return
             conn.pending = (h.seq, h.dst_off, h.nbytes, h.imm)
-            self._ring.prep_recv(conn.fd, self._base + h.dst_off, h.nbytes,
-                                 _ud(conn.cid, h.seq, K_PAYLOAD), socket.MSG_WAITALL,
-                                 self._u.IOSQE_IO_LINK)
-            conn.expected_seq = h.seq + 1  # the linked header recv is for the next frame
-            self._arm_header(conn)
+            conn.pay_pos = 0
+            conn.expected_seq = h.seq + 1
+            self._arm_payload(conn)
         elif h.type == framing.BYE:
             conn.bye = True
             self._arm_header(conn)  # expect EOF
@@ -569,51 +579,72 @@ class IoUringTarget(Target):
         else:
             self._reject(conn, ProtocolError(f"unexpected {framing.TYPE_NAMES[h.type]} frame from initiator"))
 
+    def _arm_payload(self, conn: _Conn) -> None:
+        """RECVMSG without MSG_WAITALL into [rest of the payload, next header]: like tcp's
+        recvmsg_into, one receive per write when the stream is ahead of us. Only the header of
+        the next frame shares the call; its payload waits until that header is validated."""
+        seq, dst_off, nbytes, _imm = conn.pending
+        pos = conn.pay_pos
+        _IOV2.pack_into(conn.iov, 0, self._base + dst_off + pos, nbytes - pos, conn.hdr_addr, _HDR_SIZE)
+        self._ring.put(self._u.OP_RECVMSG, conn.fd, conn.msg_addr, 1,
+                       conn.ud_base | ((seq & _SEQ_MASK) << 4) | K_PAYLOAD)
+
+    def _header_in(self, conn: _Conn, placed: list, notifies: list) -> None:
+        """conn.hdr holds a whole header. Fast path: a well-formed, in-sequence, in-bounds WRITE
+        with a payload (exactly what decode_header + check_write accept); anything else takes
+        _on_header, which names the fault. write_guard runs before the payload receive."""
+        magic, version, type_, nbytes, dst_off, seq, imm = _HDR.unpack_from(conn.hdr)
+        if (type_ == _WRITE and magic == _MAGIC and version == _VERSION and nbytes
+                and seq == conn.expected_seq and dst_off + nbytes <= self._len):
+            if self.write_guard is not None:
+                self.write_guard(dst_off, nbytes)
+            conn.pending = (seq, dst_off, nbytes, imm)
+            conn.pay_pos = 0
+            conn.expected_seq = seq + 1
+            self._arm_payload(conn)
+        else:
+            self._on_header(conn, _HDR_SIZE, placed, notifies)
+
     def _reap(self, placed: list, notifies: list) -> None:
-        conns, put, monotonic_ns = self._conns, self._ring.put, time.monotonic_ns
-        unpack_hdr, region_len, base, guard = _HDR.unpack_from, self._len, self._base, self.write_guard
-        op_recv, link = self._u.OP_RECV, self._u.IOSQE_IO_LINK
-        counters = self.counters
+        conns, monotonic_ns, counters = self._conns, time.monotonic_ns, self.counters
         for ud, res, _flags in self._ring.drain():
             kind, cid = ud & 15, ud >> 48
             conn = conns.get(cid)
             if conn is None or conn.dead:
                 continue
             if kind == K_PAYLOAD:
-                pend = conn.pending  # (seq, dst_off, nbytes, imm)
-                if res != pend[2]:
-                    what = _strerror(res) if res < 0 else f"{res} of {pend[2]} bytes"
-                    self._peer_failed(conn, f"write seq {pend[0]} cut short: {what} (peer gone)")
+                seq, dst_off, nbytes, imm = conn.pending
+                rem = nbytes - conn.pay_pos
+                if res <= 0:
+                    what = _strerror(res) if res < 0 else f"{conn.pay_pos} of {nbytes} bytes"
+                    self._peer_failed(conn, f"write seq {seq} cut short: {what} (peer gone)")
+                if res < rem:  # short read: the receive queue ran dry mid-payload
+                    conn.pay_pos += res
+                    self._arm_payload(conn)
+                    continue
                 conn.pending = None
                 now = monotonic_ns()
-                seq = pend[0]
                 conn.placed_seq = seq
                 # xfer = the write's 0-based position in its initiator's post order (as
                 # _stream.py reports it; one connection per initiator here, so seq - 1).
-                placed.append((seq - 1, pend[1], pend[2], now))
-                if pend[3]:
-                    notifies.append((pend[3] - 1, now))
+                placed.append((seq - 1, dst_off, nbytes, now))
+                if imm:
+                    notifies.append((imm - 1, now))
                 counters["placed"] += 1
-                counters["bytes"] += pend[2]
+                counters["bytes"] += nbytes
+                hfill = res - rem  # bytes of the next header that came with it
+                if hfill == _HDR_SIZE:
+                    self._header_in(conn, placed, notifies)
+                else:
+                    conn.hfill = hfill
+                    self._arm_header(conn)
             elif kind == K_HDR:
-                if res == framing.HEADER_SIZE and conn.hello_done:
-                    # Fast path: a well-formed, in-sequence, in-bounds WRITE with a payload, the
-                    # exact acceptance of decode_header + check_write; anything else takes the
-                    # full path below, which names the fault.
-                    magic, version, type_, nbytes, dst_off, seq, imm = unpack_hdr(conn.hdr)
-                    if (type_ == _WRITE and magic == _MAGIC and version == _VERSION and nbytes
-                            and seq == conn.expected_seq and dst_off + nbytes <= region_len):
-                        if guard is not None:
-                            guard(dst_off, nbytes)
-                        conn.pending = (seq, dst_off, nbytes, imm)
-                        conn.expected_seq = seq + 1  # the linked header recv is for the next frame
-                        cud = conn.ud_base
-                        put(op_recv, conn.fd, base + dst_off, nbytes, cud | ((seq & _SEQ_MASK) << 4) | K_PAYLOAD,
-                            _WAITALL, link)
-                        put(op_recv, conn.fd, conn.hdr_addr, framing.HEADER_SIZE,
-                            cud | (((seq + 1) & _SEQ_MASK) << 4) | K_HDR, _WAITALL)
-                        continue
-                self._on_header(conn, res, placed, notifies)
+                got = res + conn.hfill if res > 0 else res
+                conn.hfill = 0
+                if got == _HDR_SIZE and conn.hello_done:
+                    self._header_in(conn, placed, notifies)
+                else:
+                    self._on_header(conn, got, placed, notifies)
             elif kind == K_HELLO:
                 if res != len(conn.hello_buf):
                     self._peer_failed(conn, f"HELLO cut short ({res} of {len(conn.hello_buf)} bytes)")
@@ -661,16 +692,18 @@ class IoUringTarget(Target):
         deadline = time.monotonic() + max(0.0, timeout_s)
         lfd = self._lsock.fileno()
         accept = True
+        reap, send_acks = self._reap, self._send_acks
+        submit_and_get_events, cq_ready = self._ring.submit_and_get_events, self._ring.cq_ready
         try:
             for _ in range(1_000_000):  # bounded; exits on placement or deadline
                 if accept or not self._conns:
                     self._accept()
-                self._reap(placed, notifies)
-                self._send_acks(ACK_EVERY)  # cumulative: while busy, one ACK per ACK_EVERY writes
+                reap(placed, notifies)
+                send_acks(ACK_EVERY)  # cumulative: while busy, one ACK per ACK_EVERY writes
                 # One enter per pass: submits the payload+header recvs just queued and runs the
                 # deferred work (the header recv linked behind a finished payload recv).
-                self._ring.submit_and_get_events()
-                if self._ring.cq_ready() and len(placed) < 4096:
+                submit_and_get_events()
+                if cq_ready() and len(placed) < 4096:
                     accept = False
                     continue  # more completions already posted: take them in this call
                 self._send_acks()  # about to return or sleep: acknowledge everything placed
