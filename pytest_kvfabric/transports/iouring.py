@@ -76,6 +76,9 @@ ACK_BUF_BYTES = 64 * 1024
 ACK_EVERY = 16
 DEFAULT_QUEUE_DEPTH = 512
 _HDR = framing.HEADER
+ROW_DTYPE = np.dtype([("src_off", "<u8"), ("dst_off", "<u8"), ("nbytes", "<u8"), ("notify", "<i8"),
+                      ("seq", "<u8")])  # a posted write waiting for its chain
+_NO_COMPLETIONS = np.empty(0, COMPLETION_DTYPE)
 _HDR_SIZE = framing.HEADER_SIZE
 _IOV2 = struct.Struct("<QQQQ")  # struct iovec[2]
 _MSGHDR = struct.Struct("<QIIQQQQiI")  # struct msghdr (x86-64), see MSGHDR_DTYPE
@@ -124,7 +127,8 @@ class IoUringInitiator(Initiator):
         self._next_seq = 1
         self._acked = 0
         self._pending: collections.deque[np.ndarray] = collections.deque()  # rows not yet sent
-        self._waiting: collections.deque[tuple[int, int]] = collections.deque()  # (seq, xfer)
+        # per posted batch: (seq of its first write, its xfer ids), oldest first
+        self._waiting: collections.deque[tuple[int, np.ndarray]] = collections.deque()
         # SEND_ZC SQEs whose notification is due: last seq -> first seq of the writes they carry
         self._zc_wait: dict[int, int] = {}
         self._chain_left = 0
@@ -171,21 +175,25 @@ class IoUringInitiator(Initiator):
             raise TransportError("iouring initiator: post() before connect()")
         if len(batch) == 0:
             return
-        end = batch["src_off"] + batch["nbytes"]
-        bad = np.nonzero(end > self._src_len)[0]
-        if len(bad):
-            i = int(bad[0])
+        src_off, nbytes = batch["src_off"], batch["nbytes"]
+        end = src_off + nbytes
+        if int(end.max()) > self._src_len:
+            i = int(np.argmax(end > self._src_len))
             raise TransportError(
                 f"write {int(batch['xfer'][i])}: source "
-                f"{check_region(self._src_len, int(batch['src_off'][i]), int(batch['nbytes'][i]))}")
-        if int(batch["nbytes"].max()) > framing.MAX_WRITE:
+                f"{check_region(self._src_len, int(src_off[i]), int(nbytes[i]))}")
+        if int(nbytes.max()) > framing.MAX_WRITE:
             raise TransportError(f"write larger than {framing.MAX_WRITE} bytes")
-        rows = np.empty(len(batch), dtype=batch.dtype.descr + [("seq", "<u8")])
-        for name in batch.dtype.names:
-            rows[name] = batch[name]
-        rows["seq"] = np.arange(self._next_seq, self._next_seq + len(batch), dtype=np.uint64)
-        self._next_seq += len(batch)
-        self._waiting.extend(zip(rows["seq"].tolist(), rows["xfer"].tolist()))
+        n = len(batch)
+        rows = np.empty(n, ROW_DTYPE)
+        rows["src_off"] = src_off
+        rows["dst_off"] = batch["dst_off"]
+        rows["nbytes"] = nbytes
+        rows["notify"] = batch["notify"]
+        seq0 = self._next_seq
+        rows["seq"] = np.arange(seq0, seq0 + n, dtype=np.uint64)
+        self._next_seq += n
+        self._waiting.append((seq0, batch["xfer"].astype(np.uint64)))  # a copy: the caller may reuse batch
         self._pending.append(rows)
         self._outstanding += len(batch)
         self._pump()
@@ -336,14 +344,26 @@ class IoUringInitiator(Initiator):
         return min(self._zc_wait.values()) if self._zc_wait else 1 << 62
 
     def _collect(self) -> np.ndarray:
-        done: list[tuple[int, int]] = []
-        now = time.monotonic_ns()
+        """Writes acked (and, in send_zc, released by their notification), in post order."""
         waiting = self._waiting
-        limit = min(self._acked, self._zc_floor() - 1)  # acked, and no SEND_ZC notification due
+        limit = min(self._acked, self._zc_floor() - 1)
+        if not waiting or waiting[0][0] > limit:
+            return _NO_COMPLETIONS
+        parts = []
         while waiting and waiting[0][0] <= limit:
-            done.append((waiting.popleft()[1], now))
-        self._outstanding -= len(done)
-        return np.array(done, dtype=COMPLETION_DTYPE)
+            seq0, xfers = waiting[0]
+            k = min(len(xfers), limit - seq0 + 1)
+            parts.append(xfers[:k])
+            if k == len(xfers):
+                waiting.popleft()
+            else:
+                waiting[0] = (seq0 + k, xfers[k:])
+        xf = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        done = np.empty(len(xf), COMPLETION_DTYPE)
+        done["xfer"] = xf
+        done["t_ns"] = time.monotonic_ns()
+        self._outstanding -= len(xf)
+        return done
 
     def poll(self, timeout_s: float) -> np.ndarray:
         self._raise_if_failed()
