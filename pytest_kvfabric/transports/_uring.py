@@ -60,7 +60,6 @@ _OBJ_DATA = 16  # sizeof(PyObject) on 64-bit CPython: where PyOZ stores the wrap
 # len u32, op flags u32, user_data u64, buf_index u16, personality u16, file_index s32,
 # addr3 u64, pad u64.
 SQE = struct.Struct("<BBHiQQIIQHHiQQ")
-SQE2 = struct.Struct("<" + "BBHiQQIIQHHiQQ" * 2)  # two consecutive slots in one pack
 _PLACEHOLDER_SEND = b"\0"
 _PLACEHOLDER_RECV = bytearray(1)
 
@@ -278,25 +277,12 @@ class Ring:
         functions cannot point at a slice; our encoding is checked against theirs at setup)
         and bump the library's sqe_tail, as io_uring_get_sqe would."""
         m = self._map
-        tail = self._room(1)
+        tail = m.sqe_tail.value
+        if (tail - m.sq_khead.value) & 0xFFFFFFFF >= m.sq_entries:
+            tail = self._room(1)
         SQE.pack_into(m.sq_mem, 64 * (tail & m.sq_mask), opcode, sqe_flags, ioprio, fd, 0, addr, nbytes,
                       msg_flags, user_data, 0, 0, 0, 0, 0)
         m.sqe_tail.value = tail + 1
-
-    def put_recv_pair(self, fd: int, addr1: int, nbytes1: int, ud1: int, addr2: int, nbytes2: int,
-                      ud2: int, msg_flags: int, sqe_flags1: int) -> None:
-        """Two RECV SQEs (the first typically IOSQE_IO_LINKed to the second) in one go."""
-        m = self._map
-        tail = self._room(2)
-        slot = tail & m.sq_mask
-        if slot + 1 < m.sq_entries:
-            SQE2.pack_into(m.sq_mem, 64 * slot, OP_RECV, sqe_flags1, 0, fd, 0, addr1, nbytes1, msg_flags, ud1,
-                           0, 0, 0, 0, 0, OP_RECV, 0, 0, fd, 0, addr2, nbytes2, msg_flags, ud2, 0, 0, 0, 0, 0)
-        else:  # the pair wraps around the end of the SQE array
-            SQE.pack_into(m.sq_mem, 64 * slot, OP_RECV, sqe_flags1, 0, fd, 0, addr1, nbytes1, msg_flags, ud1,
-                          0, 0, 0, 0, 0)
-            SQE.pack_into(m.sq_mem, 0, OP_RECV, 0, 0, fd, 0, addr2, nbytes2, msg_flags, ud2, 0, 0, 0, 0, 0)
-        m.sqe_tail.value = tail + 2
 
     def put_many(self, sqes_addr: int, count: int) -> None:
         """Copy `count` ready-made 64-byte SQEs (e.g. a numpy array built for a whole chain)
