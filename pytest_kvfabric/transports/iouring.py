@@ -73,7 +73,11 @@ SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
 WRITES_PER_SQE = 512  # 2 iovecs per write, UIO_MAXIOV = 1024
 SQE_BYTES_CAP = 1 << 30  # a chain above this goes one write per SQE (sendmsg's MAX_RW_COUNT < 2 GiB)
 ACK_BUF_BYTES = 64 * 1024
-ACK_EVERY = 16
+# While writes keep coming the target acks (cumulatively) every ACK_EVERY writes or ACK_BYTES
+# placed, whichever comes first (tcp's target acks once per <= 8 MiB drained); it acks all it
+# placed before it sleeps or returns, so an idle stream's completions are never held back.
+ACK_EVERY = 128
+ACK_BYTES = 8 << 20
 DEFAULT_QUEUE_DEPTH = 512
 _HDR = framing.HEADER
 ROW_DTYPE = np.dtype([("src_off", "<u8"), ("dst_off", "<u8"), ("nbytes", "<u8"), ("notify", "<i8"),
@@ -455,6 +459,8 @@ class _Conn:
         self.hello_done = False
         self.placed_seq = 0
         self.acked_sent = 0
+        self.placed_bytes = 0  # payload bytes placed / covered by the last ACK sent
+        self.acked_bytes = 0
         self.ack_inflight = False
         self.bye = False
         self.dead = False
@@ -547,6 +553,7 @@ class IoUringTarget(Target):
         now = time.monotonic_ns()
         conn.expected_seq = h.seq + 1
         conn.placed_seq = h.seq
+        conn.placed_bytes += h.nbytes
         # xfer = the write's 0-based position in its initiator's post order (as _stream.py
         # reports it; one connection per initiator here, so seq - 1).
         placed.append((h.seq - 1, h.dst_off, h.nbytes, now))
@@ -649,6 +656,7 @@ class IoUringTarget(Target):
                 conn.pending = None
                 now = monotonic_ns()
                 conn.placed_seq = seq
+                conn.placed_bytes += nbytes
                 # xfer = the write's 0-based position in its initiator's post order (as
                 # _stream.py reports it; one connection per initiator here, so seq - 1).
                 placed.append((seq - 1, dst_off, nbytes, now))
@@ -703,9 +711,12 @@ class IoUringTarget(Target):
                 if res < 0 and not conn.bye:
                     self._peer_failed(conn, f"sending ACK failed: {_strerror(res)}")
 
-    def _send_acks(self, min_gap: int = 1) -> None:
+    def _send_acks(self, busy: bool = False) -> None:
         for conn in self._conns.values():
-            if conn.dead or conn.ack_inflight or conn.placed_seq - conn.acked_sent < min_gap:
+            gap = conn.placed_seq - conn.acked_sent
+            if conn.dead or conn.ack_inflight or not gap:
+                continue
+            if busy and gap < ACK_EVERY and conn.placed_bytes - conn.acked_bytes < ACK_BYTES:
                 continue
             struct.pack_into("<2sBBIQQQ", conn.ackbuf, 0, framing.MAGIC, framing.VERSION,
                              framing.ACK, 0, 0, conn.placed_seq, 0)
@@ -713,6 +724,7 @@ class IoUringTarget(Target):
                                  _ud(conn.cid, 0, K_ACK_SEND), socket.MSG_NOSIGNAL)
             conn.ack_inflight = True
             conn.acked_sent = conn.placed_seq
+            conn.acked_bytes = conn.placed_bytes
 
     def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         if self._lsock is None:
@@ -735,7 +747,7 @@ class IoUringTarget(Target):
                 if accept or not self._conns:
                     self._accept()
                 reap(placed, notifies)
-                send_acks(ACK_EVERY)  # cumulative: while busy, one ACK per ACK_EVERY writes
+                send_acks(True)  # cumulative: while busy, per ACK_EVERY writes or ACK_BYTES
                 # One enter per pass: submits the payload+header recvs just queued and runs the
                 # deferred work (the header recv linked behind a finished payload recv).
                 submit_and_get_events()
