@@ -139,3 +139,37 @@ def test_zcrx_target_refuses_instead_of_falling_back():
     with pytest.raises(TransportError, match="ZCRX unsupported.*EOPNOTSUPP"):
         tgt.listen("127.0.0.1", 5)
     tgt.close()
+
+
+def test_direct_ring_access_refused_off_x86_64(monkeypatch):
+    """Writing SQEs / reading CQEs straight from the rings assumes x86-64 (TSO, LP64 layout):
+    elsewhere Ring() must refuse with that reason instead of racing the kernel."""
+    from pytest_kvfabric.transports import _uring
+
+    monkeypatch.setattr(_uring.platform, "machine", lambda: "aarch64")
+    with pytest.raises(_uring.UringError, match="assumes x86-64.*aarch64"):
+        _uring.Ring(8)
+
+
+def test_ring_reads_cqes_and_writes_sqes_directly():
+    """Our SQ/CQ ring access agrees with the kernel: NOPs with distinct user_data, more than
+    the CQ slice fast path handles and wrapping around the rings, come back in order."""
+    from pytest_kvfabric.transports import _uring
+
+    ring = _uring.Ring(8)
+    try:
+        seen = []
+        for round_ in range(5):  # 5 x 6 NOPs through an 8-entry SQ / 16-entry CQ: wraps
+            for i in range(6):
+                ring.put(0, -1, 0, 0, 1000 + 6 * round_ + i)
+            ring.submit()
+            for _ in range(100):
+                ring.wait(0.05)
+                seen += [c for c in ring.drain() if c[0]]
+                if len(seen) == 6 * (round_ + 1):
+                    break
+        assert [c[0] for c in seen] == list(range(1000, 1030))
+        assert all(res == 0 for _, res, _ in seen)
+        assert ring.cq_ready() == 0
+    finally:
+        ring.close()

@@ -11,14 +11,14 @@ Quirks and how we live with them (measured on this host, Linux 6.18, AMD EPYC wi
    right after the 16-byte PyObject header; its `__del__` free()s that pointer, which is
    right because it came from calloc). `_check_layout` verifies the layout before use.
 2. Prep functions take `bytes`/`bytearray` only, always the whole object (no offset, no
-   length). We take the slot from `io_uring_get_sqe` and write the whole 64-byte uapi SQE
-   into it ourselves (`put`, `put_many`), pointing into the caller's region: no copy, no
-   bytearray-backed pool, any buffer (mmap, numpy) works. The slot address is the package's
-   `SQE._sqe` pointer, read the same way as (1). `_check_encoding` compares our bytes with
-   what the package's prep functions write, at every ring setup.
+   length). We write the whole 64-byte uapi SQE into the next SQ slot ourselves (`put`,
+   `put_many`, see "Hot path" below), pointing into the caller's region: no copy, no
+   bytearray-backed pool, any buffer (mmap, numpy) works. `_check_encoding` compares our
+   bytes with what the package's prep functions write (into a slot from `io_uring_get_sqe`,
+   whose `SQE._sqe` pointer is read the same way as (1)), at every ring setup.
 3. `CQE.res` raises OSError for any negative value, including a SEND_ZC notification whose
    res has bit 31 set (IORING_NOTIF_USAGE_ZC_COPIED). We never call the accessor: `drain()`
-   reads user_data/res/flags straight from the CQE memory (`CQE._cqe` pointer).
+   reads user_data/res/flags straight from the CQ ring memory.
 4. The package never releases the GIL, so a blocking `io_uring_wait_cqe*` would freeze every
    other Python thread. We never block inside it: `wait()` poll(2)s the ring fd (the GIL is
    released) and `drain()` only peeks completions that are already there.
@@ -35,13 +35,14 @@ publishes them exactly as for its own SQEs), `drain_np` copies every posted CQE 
 and advances `khead` once. `_RingMap.verify` checks this layout against the package at every
 ring setup (io_uring_get_sqe's slot address and tail, io_uring_cq_ready); a mismatch is a
 setup failure, never silent. x86-64 is TSO: plain loads/stores are the acquire/release that
-liburing's inline helpers use (the probe refuses other machines).
+liburing's inline helpers use; on any other machine `Ring()` refuses (the probe reports it).
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
+import platform
 import select
 import struct
 import time
@@ -169,6 +170,9 @@ class _RingMap:
         def bad(what: str) -> UringError:
             return UringError(errno.ENOTSUP, f"liburing struct io_uring layout not as expected ({what}): "
                                              "cannot write SQEs / read CQEs directly")
+        machine = platform.machine()
+        if machine not in ("x86_64", "AMD64"):
+            raise bad(f"direct SQ/CQ ring access assumes x86-64 (TSO ordering, LP64 layout); this is {machine}")
         if self.sq_entries != entries or self.sq_mask != entries - 1 or self.cq_mask != self.cq_entries - 1:
             raise bad(f"sq entries {self.sq_entries} mask {self.sq_mask}, cq entries {self.cq_entries}")
         tail = self.sqe_tail.value

@@ -1,19 +1,21 @@
 """The `iouring` transport: the stream wire format of `framing` (wire-compatible with `tcp`),
 moved by io_uring through the `liburing` package.
 
-Initiator: every ready batch becomes one chain of SQEs handed to the kernel by ONE
-io_uring_submit: per write one SENDMSG (or SENDMSG_ZC) whose iovec is [32-byte header,
-payload slice of the source region]. The SQEs are linked
-(IOSQE_IO_LINK) because io_uring does not order independent sends on one stream socket; with
-MSG_WAITALL the kernel finishes short sends itself, so a link only breaks on a real error.
-A chain holds at most `inflight` writes; the next ready writes go out as the next chain once
-it completes. A write completes when the target's cumulative ACK covers it and, in send_zc
-mode, when its notification CQE says the kernel released the source pages.
+Initiator: every ready batch becomes one chain handed to the kernel by ONE io_uring_submit:
+one SENDMSG (or SENDMSG_ZC) carries up to WRITES_PER_SQE writes, its iovec being [32-byte
+header, payload slice of the source region] per write, so Python does no work per write on
+the send path. Several SQEs of a chain are linked (IOSQE_IO_LINK) because io_uring does not
+order independent sends on one stream socket; with MSG_WAITALL the kernel finishes short sends
+itself, so a link only breaks on a real error. A chain holds at most `inflight` writes; the
+next ready writes go out as the next chain once it completes. A write completes when the
+target's cumulative ACK covers it and, in send_zc mode, when the notification CQE of its SQE
+says the kernel released the source pages.
 
-Target: per connection a header RECV (MSG_WAITALL); the header is decoded and checked
-(framing.check_write, then write_guard) before a payload RECV is queued straight into
-region[dst_off:dst_off+nbytes], linked to the next header RECV. Cumulative ACKs go back as
-io_uring SENDs, one in flight per connection.
+Target: per connection one RECVMSG (no MSG_WAITALL) into [rest of the payload, next header]
+straight in the region, like tcp's recvmsg_into; each header is decoded and checked (the
+acceptance of framing.decode_header + check_write) and write_guard called before the receive
+of its payload is queued. Cumulative ACKs go back as io_uring SENDs, one in flight per
+connection.
 
 Memory: the package's prep functions accept only whole bytes/bytearray objects, so we do not
 override Transport.allocate: `_uring.Ring` writes each SQE itself, pointing into the
@@ -112,7 +114,7 @@ def _ring_options(options: Mapping[str, Any]) -> tuple[str, int, int]:
     qd = int(options.get("queue_depth", DEFAULT_QUEUE_DEPTH))
     if qd < 8:
         raise TransportError(f"iouring option queue_depth={qd}: must be at least 8")
-    per_chain = qd - 2  # one SENDMSG SQE per write; room kept for the ack recv
+    per_chain = qd - 2  # room for one SQE per write (a chain over SQE_BYTES_CAP) and the ack recv
     inflight = min(int(options.get("inflight", per_chain)), per_chain)
     return options.get("mode", "send"), qd, inflight
 
