@@ -104,7 +104,8 @@ def _number(name: str, text: Any, kind: Callable[[Any], Any], minimum: float | N
     return value
 
 
-def _params(items: Sequence[str], name: str) -> dict[str, Any]:
+def transport_params(items: Sequence[str], name: str) -> dict[str, Any]:
+    """KEY=VALUE texts -> typed values (YAML scalars: 2 -> int, true -> bool)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -183,7 +184,7 @@ def resolve(get: Callable[[str], Any]) -> Selection:
     if on_copy not in ON_COPY:
         raise ProfileError("--kv-on-copy", on_copy, f"valid: {', '.join(ON_COPY)}")
 
-    params = _params(list(get("kv_transport_param") or ()), "--kv-transport-param")
+    params = transport_params(list(get("kv_transport_param") or ()), "--kv-transport-param")
     for dest, key, kind in (("kv_rdma_device", "device", str), ("kv_rdma_gid_index", "gid_index", int),
                             ("kv_rdma_tc", "traffic_class", int)):
         if get(dest) not in (None, ""):

@@ -3,7 +3,7 @@
 Every time is measured on the PREFILL agent's monotonic clock (agents on different hosts
 share no clock). A write completes when the prefill agent reads the target's ACK, so a
 write's latency includes half a round trip after the bytes were placed.
-See docs/run.md for every key, its unit and how it is computed.
+See the README section on `kvfabric run` for every key, its unit and how it is computed.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class Result:
     pacing: str = "emulated"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON (keys documented in docs/run.md; stable across releases)."""
+        """Plain JSON (keys documented in the README, `kvfabric run` section; stable across releases)."""
         return asdict(self)
 
     @property

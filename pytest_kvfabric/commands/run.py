@@ -28,10 +28,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pace", choices=("emulated", "none"), default="emulated",
                    help="emulated: post each layer when the emulated GPU has computed it; none: as fast as possible")
     p.add_argument("--connections", type=positive_int, help="parallel connections (stream transports)")
+    p.add_argument("--transport-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="transport parameter, repeatable (e.g. mode=send_zc, interface=eth2), as pytest's --kv-transport-param")
     p.add_argument("--window", type=positive_int, default=64, help="max writes in flight (default 64)")
     p.add_argument("--timeout", type=float, help="run timeout in seconds (default: derived from the scenario)")
     p.add_argument("--no-verify", action="store_true", help="skip page verification at the decode side")
-    p.add_argument("--json", metavar="PATH", help="write the Result as JSON (docs/run.md lists the keys)")
+    p.add_argument("--json", metavar="PATH", help="write the Result as JSON (the README lists the keys)")
     p.set_defaults(func=main)
 
 
@@ -74,11 +76,15 @@ def main(args: argparse.Namespace) -> int:
 
         raise UnknownIdError("transport", args.transport, available_names(), "<cli>")  # exit 2
     sc = scenario_from_args(args, scenario_id="run")
-    cap = probe(args.transport, {"connections": args.connections} if args.connections else {})
+    from ..options import transport_params
+
+    params = transport_params(args.transport_param, "--transport-param")
+    if args.connections:
+        params["connections"] = args.connections
+    cap = probe(args.transport, params)
     if not cap.available:  # both agents run on this host: its probe decides
         sys.stderr.write(f"kvfabric run: transport {args.transport!r} not available: {cap.reason}\n")
         return 1
-    params = {"connections": args.connections} if args.connections else {}
     sc = dataclasses.replace(sc, transport=args.transport, pacing=args.pace, transport_params=params,
                              verify=not args.no_verify)
     result = None
