@@ -1,6 +1,7 @@
 """The sans-I/O frame format: round trips and every way a frame can be wrong."""
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -80,7 +81,7 @@ def test_encode_control_too_large():
         (raw(version=2), "unsupported frame version 2"),
         (raw(version=0), "unsupported frame version 0"),
         (raw(type_=0), "unknown frame type 0"),
-        (raw(type_=7), "unknown frame type 7"),
+        (raw(type_=8), "unknown frame type 8"),
         (raw(type_=255), "unknown frame type 255"),
         (raw()[:31], "truncated frame header: 31 of 32"),
         (b"", "truncated frame header: 0 of 32"),
@@ -184,3 +185,105 @@ def test_control_reader_malformed_after_good_frames(bad: bytes, match: str):
         for h, _p in r.feed(framing.encode_ack(1) + bad):
             seen.append(h.seq)
     assert seen == [1]  # the good frame before the bad one was delivered
+
+
+# --- WRITEV: several writes in one frame -------------------------------------------------------
+
+def _wv(entries, seq=1, total=None, count=None, imm=0):
+    """Header + table by hand (entries: (dst_off, nbytes, reserved, imm))."""
+    tab = b"".join(framing.WRITEV_ENTRY.pack(*e) for e in entries)
+    total = sum(e[1] for e in entries) if total is None else total
+    count = len(entries) if count is None else count
+    return raw(type_=framing.WRITEV, nbytes=total, dst_off=count, seq=seq, imm=imm), tab
+
+
+def test_writev_round_trip():
+    frame = framing.encode_writev(7, [0, 100, 300], [100, 0, 50], [0, 5, 0])
+    assert len(frame) == HEADER_SIZE + 3 * framing.WRITEV_ENTRY_SIZE
+    h = framing.decode_header(frame[:HEADER_SIZE])
+    assert (h.type, h.nbytes, h.dst_off, h.seq, h.imm) == (framing.WRITEV, 150, 3, 7, 0)
+    ds, ns, ims = framing.decode_writev_table(h, frame[HEADER_SIZE:], region_len=350, expected_seq=7)
+    assert (ds, ns, ims) == ([0, 100, 300], [100, 0, 50], [0, 5, 0])
+
+
+def test_writev_entry_is_24_bytes_and_bounded_by_iov_max():
+    assert framing.WRITEV_ENTRY_SIZE == 24
+    assert framing.MAX_WRITEV_ENTRIES == 1024
+    n = framing.MAX_WRITEV_ENTRIES
+    frame = framing.encode_writev(1, list(range(0, 2 * n, 2)), [2] * n, [0] * n)
+    h = framing.decode_header(frame[:HEADER_SIZE])
+    assert h.dst_off == n
+    assert len(framing.decode_writev_table(h, frame[HEADER_SIZE:], 2 * n, 1)[0]) == n
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (([], [], []), "1..1024"),
+        (([0] * 1025, [1] * 1025, [0] * 1025), "1..1024"),
+        (([0, 1], [1], [0, 0]), "equal-length"),
+        (([0], [framing.MAX_WRITE + 1], [0]), "outside"),
+        (([0, 2**33], [framing.MAX_WRITE, framing.MAX_WRITE], [0, 0]), "payload of"),
+    ],
+)
+def test_encode_writev_rejects(args, match):
+    with pytest.raises(ValueError, match=match):
+        framing.encode_writev(1, *args)
+
+
+@pytest.mark.parametrize(
+    "hdr, match",
+    [
+        (raw(type_=framing.WRITEV, nbytes=0, dst_off=0, seq=1), "WRITEV with 0 entries"),
+        (raw(type_=framing.WRITEV, nbytes=0, dst_off=1025, seq=1), "WRITEV with 1025 entries"),
+        (raw(type_=framing.WRITEV, nbytes=8, dst_off=1, seq=1, imm=3), "non-zero imm 3"),
+    ],
+    ids=["no-entries", "too-many-entries", "header-imm"],
+)
+def test_writev_bad_header(hdr, match):
+    with pytest.raises(ProtocolError, match=match):
+        framing.decode_header(hdr)
+
+
+@pytest.mark.parametrize(
+    "entries, kw, table_cut, match",
+    [
+        ([(0, 10, 0, 0), (10, 10, 0, 0)], {}, 24, "truncated WRITEV table: 24 of 48 bytes"),
+        ([(0, 10, 0, 0)], {"count": 2}, None, "truncated WRITEV table: 24 of 48 bytes"),
+        ([(0, 10, 0, 0), (4090, 10, 0, 0)], {}, None,
+         "write [4090, 4100) outside registered region of 4096 bytes (seq 2, WRITEV entry 1)"),
+        ([(2**64 - 4, 8, 0, 0)], {}, None, "outside registered region"),
+        ([(0, 10, 0, 0), (20, 10, 0, 0)], {"total": 21}, None,
+         "WRITEV entries total 20 bytes but the header says 21"),
+        ([(0, 10, 0, 0), (20, 10, 0, 0), (5, 10, 0, 0)], {}, None, "WRITEV entries 0 and 2 overlap at 5"),
+        ([(100, 10, 0, 0), (100, 10, 0, 0)], {}, None, "overlap at 100"),
+        ([(0, 10, 7, 0)], {}, None, "reserved field is 7"),
+        ([(0, 10, 0, 0)], {"seq": 3}, None, "write out of sequence: seq 3, expected 1"),
+    ],
+    ids=["table-truncated", "count-larger-than-table", "entry-out-of-region", "offset-overflow",
+         "total-mismatch", "overlap", "same-offset", "reserved", "sequence"],
+)
+def test_writev_table_faults(entries, kw, table_cut, match):
+    hdr, tab = _wv(entries, **kw)
+    if table_cut is not None:
+        tab = tab[:table_cut]
+    h = framing.decode_header(hdr)
+    with pytest.raises(ProtocolError, match=re.escape(match)):
+        framing.decode_writev_table(h, tab, region_len=4096, expected_seq=1)
+
+
+def test_writev_empty_and_adjacent_entries_are_not_overlap():
+    hdr, tab = _wv([(0, 10, 0, 0), (10, 0, 0, 0), (10, 5, 0, 2), (5, 0, 0, 0)])
+    ds, ns, ims = framing.decode_writev_table(framing.decode_header(hdr), tab, 15, 1)
+    assert ns == [10, 0, 5, 0] and ims == [0, 0, 2, 0]
+
+
+def test_writev_table_rejects_other_types():
+    with pytest.raises(ProtocolError, match="expected WRITEV, got WRITE"):
+        framing.decode_writev_table(framing.decode_header(raw(nbytes=1)), b"", 10, 0)
+
+
+def test_control_reader_rejects_writev():
+    frame = framing.encode_writev(1, [0], [4], [0])
+    with pytest.raises(ProtocolError, match="unexpected WRITEV frame on a control stream"):
+        list(ControlReader().feed(frame))

@@ -3,9 +3,16 @@
 Wire format: `framing` (32-byte headers). Connection setup:
 
 - The Target listens on an ephemeral TCP port of `bind_host`; its descriptor is
-  ``{"host", "port", "region_len", "connections"}`` (plus ``"token"`` only when the target
-  was given no token and made one up: the descriptor then travels over the controller's
-  authenticated channel).
+  ``{"host", "port", "region_len", "connections", "writev"}`` (plus ``"token"`` only when the
+  target was given no token and made one up: the descriptor then travels over the
+  controller's authenticated channel).
+- WRITEV: an initiator whose target advertises ``"writev": true`` sends the writes of a
+  posted batch, per connection, as WRITEV frames (<= 1024 writes, <= writev_max_bytes
+  payload each; option writev=false turns them off). The target reads the frame's table,
+  validates every entry and calls write_guard for each before it reads one payload byte,
+  then places all payloads with one recvmsg_into over the destination slices (a cursor
+  over short reads). Sequence numbers, cumulative ACKs, PLACED rows and notifies stay per
+  write. A batch whose writes overlap at the destination goes as WRITE frames.
 - Each initiator connection sends one HELLO: ``{"token", "initiator", "index",
   "connections"}``. A HELLO with a wrong or missing token gets an ERROR frame, the
   connection is closed and the Target's progress() raises ProtocolError: an
@@ -37,7 +44,7 @@ import selectors
 import socket
 import struct
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Any, Mapping
 
 import numpy as np
@@ -53,6 +60,9 @@ _UNPACK = _HDR.unpack_from
 _MAGIC = framing.MAGIC
 _VERSION = framing.VERSION
 _WRITE = framing.WRITE
+_WRITEV = framing.WRITEV
+_EMPTY = b""  # the prefix of every write of a WRITEV frame after its first (keeps [prefix, payload] pairs)
+WRITEV_MAX_BYTES = 4 << 20  # default payload cap of one WRITEV frame (option writev_max_bytes)
 _HS = framing.HEADER_SIZE
 _EAGAIN = (BlockingIOError, InterruptedError)
 _ACK_BUF_BYTES = 65536
@@ -174,6 +184,9 @@ class _TConn:
         "sock", "fd", "peer", "state", "hdr", "hdr_mv", "hfill", "body", "index", "nconn",
         "group", "next_seq", "placed_seq", "acked", "out", "pay_view", "pay_pos", "pay_len",
         "pay_dst", "pay_imm", "bye", "writes", "want_write",
+        # WRITEV: table being read, then the frame's payload scatter state
+        "tab", "tab_fill", "tab_need", "v_hdr", "v_views", "v_ends", "v_ds", "v_ns", "v_ims",
+        "v_pos", "v_done", "v_seq0", "v_total",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -200,12 +213,26 @@ class _TConn:
         self.bye = False
         self.writes = 0
         self.want_write = False
+        self.tab: bytearray | None = None
+        self.tab_fill = 0
+        self.tab_need = 0
+        self.v_hdr: framing.Header | None = None
+        self.v_views: list[memoryview] | None = None
+        self.v_ends: list[int] = []
+        self.v_ds: list[int] = []
+        self.v_ns: list[int] = []
+        self.v_ims: list[int] = []
+        self.v_pos = 0
+        self.v_done = 0
+        self.v_seq0 = 0
+        self.v_total = 0
 
 
 class StreamTarget(Target):
     """Receive side: listens, authenticates, places payload straight into the region."""
 
     transport_name = "stream"
+    supports_writev = True  # advertised in the descriptor: initiators may send WRITEV frames
 
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         super().__init__(region, options)
@@ -257,6 +284,8 @@ class StreamTarget(Target):
             "region_len": self._region_len,
             "connections": int(self.options.get("connections", 1)),
         }
+        if self.supports_writev:
+            desc["writev"] = True
         if self._token_in_descriptor:
             desc["token"] = self._token
         return desc
@@ -344,6 +373,17 @@ class StreamTarget(Target):
                 f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed mid-write: "
                 f"{missing} of {c.pay_len} bytes of write seq {c.next_seq - 1} "
                 f"(dst_off {c.pay_dst}) missing"
+            )
+        if c.v_views is not None:
+            raise TransportError(
+                f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed mid-write: "
+                f"{c.v_total - c.v_pos} of {c.v_total} payload bytes of the WRITEV frame of "
+                f"seq {c.v_seq0}..{c.v_seq0 + len(c.v_ds) - 1} missing"
+            )
+        if c.tab_need:
+            raise TransportError(
+                f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed mid-header: "
+                f"{c.tab_fill} of {c.tab_need} WRITEV table bytes after write seq {c.next_seq - 1}"
             )
         if c.hfill:
             raise TransportError(
@@ -504,6 +544,11 @@ class StreamTarget(Target):
             try:
                 if view is not None:
                     n = recvmsg_into([view[c.pay_pos :], hdr_mv])[0]
+                elif c.v_views is not None:
+                    bufs = self._v_bufs(c)
+                    n = recvmsg_into(bufs)[0]
+                elif c.tab_need:
+                    n = sock.recv_into(memoryview(c.tab)[c.tab_fill : c.tab_need])
                 else:
                     n = sock.recv_into(hdr_mv[c.hfill :]) if c.hfill else sock.recv_into(hdr_mv)
             except _EAGAIN:
@@ -531,6 +576,27 @@ class StreamTarget(Target):
                 self._placed(c, seq, c.pay_dst, c.pay_len, c.pay_imm, now(), px, pd, pn, pt)
                 placed_any = True
                 short = n < rem + _HS
+            elif c.v_views is not None:
+                rem = c.v_total - c.v_pos
+                if n < rem:
+                    c.v_pos += n
+                    if self._v_place(c, px, pd, pn, pt):
+                        placed_any = True
+                    break  # a short read: the receive queue is empty now
+                c.hfill = n - rem
+                c.v_pos = c.v_total
+                self._v_place(c, px, pd, pn, pt)
+                c.v_views = None
+                placed_any = True
+                # (a 1024-entry frame leaves no iovec for the next header: not a short read)
+                short = n < rem + _HS if bufs[-1] is hdr_mv else False
+            elif c.tab_need:
+                c.tab_fill += n
+                if c.tab_fill < c.tab_need:
+                    break  # a short read: the receive queue is empty now
+                if self._v_start(c, px, pd, pn, pt):
+                    placed_any = True
+                continue
             else:
                 short = c.hfill + n < _HS
                 c.hfill += n
@@ -541,6 +607,9 @@ class StreamTarget(Target):
                     if magic == _MAGIC and ver == _VERSION and typ == framing.BYE and nb == 0:
                         c.bye = True
                         c.hfill = 0
+                        break
+                    if magic == _MAGIC and ver == _VERSION and typ == _WRITEV:
+                        self._v_header(c)
                         break
                     self._bad_header(c)
                 if seq != c.next_seq or dst + nb > rlen:
@@ -562,6 +631,91 @@ class StreamTarget(Target):
                 break
         if placed_any and c.group is not None and c.group.held:
             self._release(c.group)
+
+    # -- WRITEV ---------------------------------------------------------------------------
+    def _v_header(self, c: _TConn) -> None:
+        """A WRITEV header arrived: check it, then read its table (no payload byte yet)."""
+        try:
+            h = framing.decode_header(c.hdr)
+            if h.seq != c.next_seq:
+                raise ProtocolError(f"write out of sequence: seq {h.seq}, expected {c.next_seq}")
+        except ProtocolError as exc:
+            self._fail(c, str(exc))
+        c.hfill = 0
+        if c.tab is None:
+            c.tab = bytearray(framing.MAX_WRITEV_ENTRIES * framing.WRITEV_ENTRY_SIZE)
+        c.v_hdr = h
+        c.tab_fill = 0
+        c.tab_need = h.dst_off * framing.WRITEV_ENTRY_SIZE
+
+    def _v_start(
+        self, c: _TConn, px: list[int], pd: list[int], pn: list[int], pt: list[int]
+    ) -> bool:
+        """The whole table is here: validate every entry, guard every entry, then set up the
+        scatter receive of the frame's payload. True if something was placed already (an
+        all-empty frame)."""
+        h = c.v_hdr
+        assert h is not None and c.tab is not None
+        need = c.tab_need
+        c.tab_need = 0
+        try:
+            ds, ns, ims = framing.decode_writev_table(
+                h, memoryview(c.tab)[:need], self._region_len, c.next_seq
+            )
+        except ProtocolError as exc:
+            self._fail(c, str(exc))
+        c.next_seq = h.seq + len(ds)
+        guard = self.write_guard
+        if guard is not None:
+            for d, nb in zip(ds, ns):
+                guard(d, nb)
+        region = self._mv
+        ends = []
+        total = 0
+        for nb in ns:
+            total += nb
+            ends.append(total)
+        c.v_ds, c.v_ns, c.v_ims, c.v_ends = ds, ns, ims, ends
+        c.v_seq0 = h.seq
+        c.v_pos = 0
+        c.v_done = 0
+        c.v_total = total
+        if total == 0:
+            self._v_place(c, px, pd, pn, pt)
+            return True
+        c.v_views = [region[d : d + nb] for d, nb in zip(ds, ns)]
+        return False
+
+    def _v_bufs(self, c: _TConn) -> list[memoryview]:
+        """Scatter list for the rest of the frame's payload, then the next header."""
+        views = c.v_views
+        assert views is not None
+        pos = c.v_pos
+        if not pos:
+            bufs = views + [c.hdr_mv]
+        else:
+            k = bisect_right(c.v_ends, pos)  # entries [0, k) are complete
+            off = pos - (c.v_ends[k - 1] if k else 0)
+            bufs = [views[k][off:]] + views[k + 1 :] + [c.hdr_mv]
+        if len(bufs) > IOV_MAX:
+            del bufs[IOV_MAX:]  # recvmsg takes at most IOV_MAX buffers; the header comes next call
+        return bufs
+
+    def _v_place(
+        self, c: _TConn, px: list[int], pd: list[int], pn: list[int], pt: list[int]
+    ) -> bool:
+        """Report the frame's writes completed by c.v_pos (in order); True if any."""
+        k = bisect_right(c.v_ends, c.v_pos)
+        i = c.v_done
+        if k <= i:
+            return False
+        t = _now()
+        seq0, ds, ns, ims = c.v_seq0, c.v_ds, c.v_ns, c.v_ims
+        placed = self._placed
+        for j in range(i, k):
+            placed(c, seq0 + j, ds[j], ns[j], ims[j], t, px, pd, pn, pt)
+        c.v_done = k
+        return True
 
     def _placed(
         self, c: _TConn, seq: int, dst: int, nb: int, imm: int, t: int,
@@ -647,6 +801,30 @@ class StreamTarget(Target):
 # ---------------------------------------------------------------------------------------
 
 
+def _truthy(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(v)
+
+
+def _overlapping(batch: np.ndarray, ds: Any, ns: Any) -> bool:
+    """Do any two writes of the batch overlap at the destination? (Entries of one WRITEV
+    frame must not: the target guards them all before placing any.) Conservative: an empty
+    write inside another counts."""
+    n = len(ds)
+    if n <= 64:
+        prev_end = -1
+        for d, nb in sorted(zip(ds, ns)):
+            if d < prev_end:
+                return True
+            prev_end = max(prev_end, d + nb)
+        return False
+    order = np.argsort(batch["dst_off"], kind="stable")
+    starts = batch["dst_off"][order].astype(np.int64)
+    ends = starts + batch["nbytes"][order].astype(np.int64)
+    return bool((np.maximum.accumulate(ends)[:-1] > starts[1:]).any())
+
+
 class _IConn:
     __slots__ = (
         "sock", "fd", "index", "peer", "iov", "iov_i", "iov_off", "iov_writes", "seq",
@@ -700,6 +878,10 @@ class StreamInitiator(Initiator):
         self._busy_poll_s = float(self.options.get("busy_poll_us", 0)) / 1e6
         self._ackbuf = bytearray(_ACK_BUF_BYTES)  # acks are read into this (no per-read bytes object)
         self._ackmv = memoryview(self._ackbuf)
+        # WRITEV frames: only to a target that advertises them, unless option writev is false.
+        self._writev = False
+        self.writev_max_bytes = int(self.options.get("writev_max_bytes") or WRITEV_MAX_BYTES)
+        self.frames_writev = 0
 
     # -- hooks for subclasses -------------------------------------------------------------
     def _configure_socket(self, sock: socket.socket) -> None:
@@ -761,6 +943,7 @@ class StreamInitiator(Initiator):
             self._conns.append(c)
             self._sel.register(sock, selectors.EVENT_READ, c)
         self.connect_ns = _now() - t0
+        self._writev = bool(descriptor.get("writev")) and _truthy(self.options.get("writev", True))
         if "region_len" in descriptor:
             self.remote_region_len = int(descriptor["region_len"])
 
@@ -793,10 +976,24 @@ class StreamInitiator(Initiator):
                 f"{self.transport_name}: write xfer {xs[i]} [{ss[i]}, {ss[i] + ns[i]}) outside "
                 f"the local region of {self._region_len} bytes or longer than {framing.MAX_WRITE}"
             )
-        mv = self._mv
-        pack = _PACK
         conns = self._conns
         nconn = len(conns)
+        if self._writev and n > 1 and not _overlapping(batch, ds, ns):
+            if nconn == 1:
+                self._emit_writev(conns[0], xs, ss, ds, ns, imms)
+            else:
+                rr = self._rr
+                for k in range(min(nconn, n)):
+                    ci = (rr + k) % nconn
+                    self._emit_writev(conns[ci], xs[k::nconn], ss[k::nconn], ds[k::nconn],
+                                      ns[k::nconn], imms[k::nconn])
+                self._rr = (rr + n) % nconn
+            self._posted += n
+            self.bytes_posted += total
+            self._pump(time.monotonic() + timeout_s, timeout_s)
+            return
+        mv = self._mv
+        pack = _PACK
         if nconn == 1:
             c = conns[0]
             iov = c.iov
@@ -820,6 +1017,47 @@ class StreamInitiator(Initiator):
         self._posted += n
         self.bytes_posted += total
         self._pump(time.monotonic() + timeout_s, timeout_s)
+
+    def _emit_writev(
+        self, c: _IConn, xs: Any, ss: Any, ds: Any, ns: Any, imms: Any
+    ) -> None:
+        """Queue one connection's writes as WRITEV frames (<= MAX_WRITEV_ENTRIES entries and
+        <= writev_max_bytes payload each; a lone write goes as a WRITE). The iov keeps one
+        [prefix, payload] pair per write (prefix = header + table for a frame's first write,
+        b"" for the others), so the sent-write accounting counts pairs as with WRITE frames."""
+        mv = self._mv
+        iov = c.iov
+        append = iov.append
+        seq = c.seq
+        m = len(xs)
+        cap = self.writev_max_bytes
+        max_e = framing.MAX_WRITEV_ENTRIES
+        i = 0
+        while i < m:
+            lim = min(m, i + max_e)
+            tot = ns[i]
+            j = i + 1
+            while j < lim and tot + ns[j] <= cap:
+                tot += ns[j]
+                j += 1
+            if j - i == 1:
+                seq += 1
+                s, nb = ss[i], ns[i]
+                append(_PACK(_MAGIC, _VERSION, _WRITE, nb, ds[i], seq, imms[i]))
+                append(mv[s : s + nb])
+            else:
+                append(framing.encode_writev(seq + 1, ds[i:j], ns[i:j], imms[i:j]))
+                s, nb = ss[i], ns[i]
+                append(mv[s : s + nb])
+                for k in range(i + 1, j):
+                    s, nb = ss[k], ns[k]
+                    append(_EMPTY)
+                    append(mv[s : s + nb])
+                seq += j - i
+                self.frames_writev += 1
+            i = j
+        c.seq = seq
+        c.xfers.extend(xs)
 
     def _send_some(self, c: _IConn) -> bool:
         """sendmsg until the queue is empty or the socket is full; True if all was sent."""
@@ -1025,6 +1263,8 @@ class StreamInitiator(Initiator):
             "description": "sendmsg scatter-gather from the region",
             "zero_copy": False,
             "connections": len(self._conns),
+            "writev": self._writev,
+            "writev_frames": self.frames_writev,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -1036,6 +1276,8 @@ class StreamInitiator(Initiator):
             "connections": len(self._conns),
             "bytes_posted": self.bytes_posted,
             "writes_posted": self._posted,
+            "writev": self._writev,
+            "writev_frames": self.frames_writev,
             "retransmits": sum(p.get("total_retrans", 0) for p in per),
             "tcp_info": per,
         }

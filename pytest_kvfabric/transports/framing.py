@@ -13,6 +13,14 @@ Pure functions over bytes; sockets live in the transports. Every frame starts wi
 - NOTIFY (target -> initiator): unused on the wire today; reserved.
 - ERROR  (either way): payload = nbytes of UTF-8 reason; the sender closes after it.
 - BYE    (initiator -> target): clean end of stream.
+- WRITEV (initiator -> target): several writes in one frame, so the target places them with
+  one scatter receive. Header: nbytes = total payload bytes, dst_off = entry count N
+  (1..MAX_WRITEV_ENTRIES), seq = sequence number of the first write (the entries carry
+  seq, seq+1, ... and each counts as one write for ACKs), imm = 0. Then a table of N
+  24-byte entries ``dst_off u64 | nbytes u32 | reserved u32 (0) | imm u64`` (imm per write,
+  as in WRITE), then the N payloads back to back. Entries of one frame must not overlap:
+  the target guards and validates all of them before it reads a payload byte.
+  Sent only to targets whose descriptor says ``"writev": true``.
 """
 from __future__ import annotations
 
@@ -30,8 +38,14 @@ HEADER_SIZE = HEADER.size  # 32
 MAX_CONTROL_PAYLOAD = 64 * 1024  # HELLO / ERROR payload bound: a peer cannot make us buffer more
 MAX_WRITE = 0xFFFFFFFF
 
-HELLO, WRITE, ACK, NOTIFY, ERROR, BYE = 1, 2, 3, 4, 5, 6
-TYPE_NAMES = {HELLO: "HELLO", WRITE: "WRITE", ACK: "ACK", NOTIFY: "NOTIFY", ERROR: "ERROR", BYE: "BYE"}
+HELLO, WRITE, ACK, NOTIFY, ERROR, BYE, WRITEV = 1, 2, 3, 4, 5, 6, 7
+TYPE_NAMES = {
+    HELLO: "HELLO", WRITE: "WRITE", ACK: "ACK", NOTIFY: "NOTIFY", ERROR: "ERROR", BYE: "BYE",
+    WRITEV: "WRITEV",
+}
+WRITEV_ENTRY = struct.Struct("<QIIQ")
+WRITEV_ENTRY_SIZE = WRITEV_ENTRY.size  # 24
+MAX_WRITEV_ENTRIES = 1024  # IOV_MAX: one recvmsg_into takes the whole frame's slices
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,13 @@ def decode_header(buf: bytes | bytearray | memoryview) -> Header:
         )
     if type_ in (ACK, BYE, NOTIFY) and nbytes != 0:
         raise ProtocolError(f"{TYPE_NAMES[type_]} frame with non-empty payload ({nbytes} bytes)")
+    if type_ == WRITEV:
+        if not 1 <= dst_off <= MAX_WRITEV_ENTRIES:
+            raise ProtocolError(
+                f"WRITEV with {dst_off} entries (expected 1..{MAX_WRITEV_ENTRIES})"
+            )
+        if imm != 0:
+            raise ProtocolError(f"WRITEV header with non-zero imm {imm}")
     return Header(type_, nbytes, dst_off, seq, imm)
 
 
@@ -115,6 +136,85 @@ def check_write(h: Header, region_len: int, expected_seq: int) -> None:
             f"write [{h.dst_off}, {h.dst_off + h.nbytes}) outside registered region of "
             f"{region_len} bytes (seq {h.seq})"
         )
+
+
+def encode_writev(
+    first_seq: int, dst_offs: list[int], nbytes: list[int], imms: list[int]
+) -> bytes:
+    """WRITEV header + descriptor table (the payloads follow it on the wire, not in here).
+
+    imms are wire values (request id + 1, 0 for none), one per entry.
+    """
+    n = len(dst_offs)
+    if not 1 <= n <= MAX_WRITEV_ENTRIES or len(nbytes) != n or len(imms) != n:
+        raise ValueError(f"WRITEV needs 1..{MAX_WRITEV_ENTRIES} entries of equal-length lists")
+    total = 0
+    parts = [b""]
+    pack = WRITEV_ENTRY.pack
+    for d, nb, imm in zip(dst_offs, nbytes, imms):
+        if not 0 <= nb <= MAX_WRITE:
+            raise ValueError(f"write length {nb} outside 0..{MAX_WRITE}")
+        total += nb
+        parts.append(pack(d, nb, 0, imm))
+    if total > MAX_WRITE:
+        raise ValueError(f"WRITEV payload of {total} bytes > {MAX_WRITE}")
+    parts[0] = HEADER.pack(MAGIC, VERSION, WRITEV, total, n, first_seq, 0)
+    return b"".join(parts)
+
+
+def decode_writev_table(
+    h: Header, table: bytes | bytearray | memoryview, region_len: int, expected_seq: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Validate a WRITEV header and its table; return (dst_offs, nbytes, imms).
+
+    Checks, before a single payload byte is read: sequence, table length, reserved fields,
+    every entry inside the region, total = header nbytes, no two entries overlapping.
+    Raises ProtocolError naming the first fault.
+    """
+    if h.type != WRITEV:
+        raise ProtocolError(f"expected WRITEV, got {TYPE_NAMES.get(h.type, h.type)}")
+    if h.seq != expected_seq:
+        raise ProtocolError(f"write out of sequence: seq {h.seq}, expected {expected_seq}")
+    n = h.dst_off
+    if not 1 <= n <= MAX_WRITEV_ENTRIES:
+        raise ProtocolError(f"WRITEV with {n} entries (expected 1..{MAX_WRITEV_ENTRIES})")
+    if len(table) != n * WRITEV_ENTRY_SIZE:
+        raise ProtocolError(
+            f"truncated WRITEV table: {len(table)} of {n * WRITEV_ENTRY_SIZE} bytes (seq {h.seq})"
+        )
+    ds: list[int] = []
+    ns: list[int] = []
+    ims: list[int] = []
+    total = 0
+    for i, (d, nb, rsv, imm) in enumerate(WRITEV_ENTRY.iter_unpack(table)):
+        if rsv:
+            raise ProtocolError(f"WRITEV entry {i} (seq {h.seq + i}): reserved field is {rsv}, not 0")
+        if d + nb > region_len:
+            raise ProtocolError(
+                f"write [{d}, {d + nb}) outside registered region of {region_len} bytes "
+                f"(seq {h.seq + i}, WRITEV entry {i})"
+            )
+        total += nb
+        ds.append(d)
+        ns.append(nb)
+        ims.append(imm)
+    if total != h.nbytes:
+        raise ProtocolError(
+            f"WRITEV entries total {total} bytes but the header says {h.nbytes} (seq {h.seq})"
+        )
+    if n > 1:
+        order = sorted(range(n), key=ds.__getitem__)
+        end_prev, i_prev = -1, -1
+        for i in order:
+            if ns[i] == 0:
+                continue
+            if ds[i] < end_prev:
+                raise ProtocolError(
+                    f"WRITEV entries {i_prev} and {i} overlap at {ds[i]} (seq {h.seq}): "
+                    "writes of one frame must not overlap"
+                )
+            end_prev, i_prev = ds[i] + ns[i], i
+    return ds, ns, ims
 
 
 def decode_hello(payload: bytes) -> dict[str, Any]:
@@ -147,8 +247,10 @@ class ControlReader:
                 # would make the `del buf[:pos]` below raise BufferError and mask it.
                 h = decode_header(bytes(buf[pos : pos + HEADER_SIZE]))
                 payload_len = h.nbytes if h.type in (HELLO, ERROR) else 0
-                if h.type == WRITE:
-                    raise ProtocolError("unexpected WRITE frame on a control stream")
+                if h.type in (WRITE, WRITEV):
+                    raise ProtocolError(
+                        f"unexpected {TYPE_NAMES[h.type]} frame on a control stream"
+                    )
                 end = pos + HEADER_SIZE + payload_len
                 if len(buf) < end:
                     break

@@ -2,7 +2,9 @@
 
 Options (all optional): connections (parallel connections per endpoint pair, default 1),
 token (auth secret the controller hands both agents), sndbuf / rcvbuf (SO_SNDBUF /
-SO_RCVBUF bytes), nodelay (default True: TCP_NODELAY), close_timeout_s.
+SO_RCVBUF bytes), nodelay (default True: TCP_NODELAY), close_timeout_s, writev (default
+True: batched WRITEV frames when the target advertises them), writev_max_bytes (payload cap
+of one WRITEV frame, default 4 MiB).
 """
 from __future__ import annotations
 
