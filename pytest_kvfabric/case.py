@@ -24,7 +24,16 @@ def case_id(scenario_id: str, model: str, transport: str) -> str:
 
 
 def worker_id() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+    """This process's xdist worker id; the plugin sets it from its own config (env vars leak
+    into in-process pytest runs, e.g. pytester under xdist)."""
+    return _WORKER["id"]
+
+
+_WORKER = {"id": os.environ.get("PYTEST_XDIST_WORKER", "main"), "count": "1"}
+
+
+def set_worker(worker: str, count: int) -> None:
+    _WORKER["id"], _WORKER["count"] = worker, str(count)
 
 
 class PairManager:
@@ -70,7 +79,7 @@ def open_pair(selection: Selection) -> tuple[HostPair, Callable[[], None]]:
     index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
     try:
         return select.open_pair(selection.fabric, worker=index, hosts_file=selection.hosts,
-                                netns_options=dict(selection.netns))
+                                netns_options=dict(selection.netns), nworkers=int(_WORKER["count"]))
     except select.FabricUnavailable as exc:  # e.g. netns without root: the cases skip with this reason
         raise PairUnavailable(str(exc)) from None
 

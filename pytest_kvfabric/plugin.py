@@ -80,6 +80,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kv_slo(**thresholds): SLO thresholds for this test's KV-transfer cases "
                             f"(keys: {', '.join(slo_mod.VALID_KEYS)})")
     sel = _selection(config)
+    winput = getattr(config, "workerinput", None)  # xdist worker identity comes from config, not env
+    if winput:
+        case_mod.set_worker(winput["workerid"], int(winput["workercount"]))
+    else:
+        case_mod.set_worker("main", 1)
     if not hasattr(config, "workerinput") and not config.option.collectonly:
         for name in sel.transports:  # bad transport parameters are usage errors, not skips
             try:
