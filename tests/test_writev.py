@@ -41,13 +41,15 @@ def _expected(srcarr, src, dst, lens, region_len):
     return exp
 
 
+@pytest.mark.parametrize("notifies", [True, False], ids=["notify", "no-notify"])
 @pytest.mark.parametrize("connections", [1, 3])
 @pytest.mark.parametrize("transport", [TcpTransport, ZeroCopyTransport], ids=["tcp", "zerocopy"])
-def test_batches_go_as_writev_and_place_exactly(transport, connections: int):
+def test_batches_go_as_writev_and_place_exactly(transport, connections: int, notifies: bool):
     n = 3000  # several frames per connection (entry cap 1024 and the byte cap)
     src, dst, lens, region_len = _contiguous(n, lambda r: int(r.integers(0, 9000)), connections)
     notify = np.full(n, -1)
-    notify[99::100] = np.arange(30)
+    if notifies:
+        notify[99::100] = np.arange(30)
     served, srcarr, comps, dp, st = round_trip(
         transport, lens, src, dst, region_len, connections=connections, notify=notify,
         batch_size=1500, writev_max_bytes=1 << 20,
@@ -64,8 +66,9 @@ def test_batches_go_as_writev_and_place_exactly(transport, connections: int):
         by_x = {int(x): (int(d), int(nb)) for x, d, nb in placed[["xfer", "dst_off", "nbytes"]].tolist()}
         assert by_x == {i: (int(dst[i]), int(lens[i])) for i in range(n)}
         # a notify only after it and every earlier write were placed
-        assert served.all_notifies()["request"].tolist() == list(range(30))
-        assert len(placed) == n
+        assert served.all_notifies()["request"].tolist() == (list(range(30)) if notifies else [])
+        assert len(placed) == n and int(placed["nbytes"].sum()) == int(lens.sum())
+        assert served.target.writes_placed == n and served.target.bytes_placed == int(lens.sum())
     finally:
         served.close()
 

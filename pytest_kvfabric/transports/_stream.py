@@ -186,7 +186,7 @@ class _TConn:
         "pay_dst", "pay_imm", "bye", "writes", "want_write",
         # WRITEV: table being read, then the frame's payload scatter state
         "tab", "tab_fill", "tab_need", "v_hdr", "v_views", "v_ends", "v_ds", "v_ns", "v_ims",
-        "v_pos", "v_done", "v_seq0", "v_total",
+        "v_pos", "v_done", "v_seq0", "v_total", "v_any_imm",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -226,6 +226,7 @@ class _TConn:
         self.v_done = 0
         self.v_seq0 = 0
         self.v_total = 0
+        self.v_any_imm = False
 
 
 class StreamTarget(Target):
@@ -676,6 +677,7 @@ class StreamTarget(Target):
             total += nb
             ends.append(total)
         c.v_ds, c.v_ns, c.v_ims, c.v_ends = ds, ns, ims, ends
+        c.v_any_imm = any(ims)
         c.v_seq0 = h.seq
         c.v_pos = 0
         c.v_done = 0
@@ -711,9 +713,25 @@ class StreamTarget(Target):
             return False
         t = _now()
         seq0, ds, ns, ims = c.v_seq0, c.v_ds, c.v_ns, c.v_ims
-        placed = self._placed
-        for j in range(i, k):
-            placed(c, seq0 + j, ds[j], ns[j], ims[j], t, px, pd, pn, pt)
+        if c.v_any_imm:
+            placed = self._placed
+            for j in range(i, k):
+                placed(c, seq0 + j, ds[j], ns[j], ims[j], t, px, pd, pn, pt)
+        else:
+            # No notify in the frame: what _placed does, once for the whole run of writes.
+            nconn, m = c.nconn, k - i
+            pos0 = (seq0 + i - 1) * nconn + c.index
+            px.extend(range(pos0, pos0 + m * nconn, nconn))
+            pd.extend(ds[i:k])
+            pn.extend(ns[i:k])
+            pt.extend([t] * m)
+            last = seq0 + k - 1
+            c.placed_seq = last
+            c.writes += m
+            nb = c.v_ends[k - 1] - (c.v_ends[i - 1] if i else 0)
+            self.bytes_placed += nb
+            self.writes_placed += m
+            c.group.placed[c.index] = last
         c.v_done = k
         return True
 
