@@ -270,7 +270,7 @@ class StreamTarget(Target):
         try:
             ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             ls.settimeout(timeout_s)
-            ls.bind((bind_host, 0))
+            ls.bind((bind_host, int(self.options.get("port", 0))))  # fixed port: a NIC steering rule may match it
             ls.listen(64)
         except OSError as exc:
             ls.close()

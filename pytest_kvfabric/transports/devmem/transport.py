@@ -61,6 +61,7 @@ def _ifindex(ifname: str, netns: str | None) -> int:
 
 class DevmemTarget(StreamTarget):
     transport_name = "devmem"
+    supports_writev = False  # fragments are reassembled by rx.py, which knows WRITE frames only
 
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         super().__init__(region, options)
@@ -98,7 +99,7 @@ class DevmemTarget(StreamTarget):
                                                        self.nic.rx_queues)
             if qerr:
                 raise TransportError(f"devmem: {qerr}")
-            desc = self._listen_socket(bind_host, timeout_s)
+            desc = super().listen(bind_host, timeout_s)  # honours options["port"]
             reasons = check_nic(self.nic, self.queues, int(self.options.get("port", 0)) or None)
             if reasons:
                 raise TransportError("devmem: NIC not ready: " + "; ".join(reasons))
@@ -116,30 +117,6 @@ class DevmemTarget(StreamTarget):
             raise TransportError(f"devmem: {exc}") from None
         desc["transport"] = "devmem"
         desc["rx_binding_id"] = self.binding_id
-        return desc
-
-    def _listen_socket(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
-        """StreamTarget.listen with a configurable port (a steering rule must match it)."""
-        if not self._token:
-            self._token = secrets.token_hex(16)
-            self._token_in_descriptor = True
-        ls = socket.socket(_family(bind_host), socket.SOCK_STREAM)
-        try:
-            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            ls.settimeout(timeout_s)
-            ls.bind((bind_host, int(self.options.get("port", 0))))
-            ls.listen(64)
-        except OSError as exc:
-            ls.close()
-            raise TransportError(f"devmem: cannot listen on {bind_host}: {exc}") from None
-        ls.setblocking(False)
-        self._lsock = ls
-        self._sel.register(ls, selectors.EVENT_READ, None)
-        host, port = ls.getsockname()[:2]
-        desc: dict[str, Any] = {"host": host, "port": port, "region_len": self._region_len,
-                                "connections": int(self.options.get("connections", 1))}
-        if self._token_in_descriptor:
-            desc["token"] = self._token
         return desc
 
     # -- receive --------------------------------------------------------------------------
