@@ -8,6 +8,7 @@ no orphan. Throughput is decimal: GB/s = 1e9 bytes per second.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import selectors
@@ -463,7 +464,7 @@ def sockperf_rtt(server_addr: str, *, msg_bytes: int = 4096, seconds: float = 2.
         out = run_tool(
             netns_prefix(client_netns)
             + ["sockperf", "ping-pong", "--tcp", "-i", server_addr, "-p", str(port),
-               "-m", str(msg_bytes), "-t", f"{seconds:g}"],
+               "-m", str(msg_bytes), "-t", str(max(1, math.ceil(seconds)))],  # sockperf takes whole seconds
             timeout_s=seconds + 15,
         )
     half = parse_sockperf(out)
@@ -576,6 +577,32 @@ def bench_netns(index: int = 201, mtu: int = 9000) -> Iterator[Any]:
         yield ns
     finally:
         ns.destroy()
+
+
+def run_fabrics(fabric_choice: str, rounds: int,
+                contenders: Callable[[str, Any], Mapping[str, Callable[[], dict[str, Any]]]],
+                rows_for: Callable[[str, Mapping[str, Any]], list[dict[str, Any]]],
+                notes: list[str]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Interleaved rounds on loopback and/or our own namespace pair (`both`); a netns that this
+    host cannot make is skipped with its reason in the notes. Returns (raw, rows)."""
+    fabrics = ["loopback", "netns"] if fabric_choice == "both" else [fabric_choice]
+    raw: dict[str, list[dict[str, Any]]] = {}
+    rows: list[dict[str, Any]] = []
+    for fabric in fabrics:
+        if fabric == "netns":
+            from pytest_kvfabric.fabric.netns import netns_unavailable_reason
+
+            reason = netns_unavailable_reason()
+            if reason:
+                notes.append(f"netns skipped: {reason}")
+                continue
+            with bench_netns() as ns:
+                notes.append(f"netns: veth MTU {ns.mtu}, {ns.pair.prefill.data_addr} -> {ns.pair.decode.data_addr}")
+                raw.update(interleave(rounds, contenders(fabric, ns), log=log))
+        else:
+            raw.update(interleave(rounds, contenders(fabric, None), log=log))
+        rows += rows_for(fabric, raw)
+    return raw, rows
 
 
 def top_frames(collapsed_path: str, n: int = 12) -> list[tuple[str, float]]:

@@ -125,26 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     env = C.env_info()
-    fabrics = ["loopback", "netns"] if a.fabric == "both" else [a.fabric]
-    raw: dict[str, list[dict[str, Any]]] = {}
-    rows: list[dict[str, Any]] = []
     notes = [f"{a.rounds} rounds, order rotated each round; {a.seconds:g} s timed per tcp-alone/iperf3 run; "
              f"runner (first {a.runner_rounds} rounds): {a.runner_mib} MiB per run, pool {a.pool_mib} MiB, verify {'off' if a.no_verify else 'on'}"]
-    for fabric in fabrics:
-        if fabric == "netns":
-            from pytest_kvfabric.fabric.netns import netns_unavailable_reason
-
-            reason = netns_unavailable_reason()
-            if reason:
-                notes.append(f"netns skipped: {reason}")
-                continue
-            with C.bench_netns() as ns:
-                notes.append(f"netns: veth MTU {ns.mtu}, {ns.pair.prefill.data_addr} -> {ns.pair.decode.data_addr}")
-                r = C.interleave(a.rounds, contenders(a, fabric, ns), log=C.log)
-        else:
-            r = C.interleave(a.rounds, contenders(a, fabric, None), log=C.log)
-        raw.update(r)
-        rows += rows_for(fabric, raw, a.runner)
+    raw, rows = C.run_fabrics(a.fabric, a.rounds, lambda fabric, ns: contenders(a, fabric, ns),
+                              lambda fabric, raw: rows_for(fabric, raw, a.runner), notes)
     C.emit("bench_tcp", rows, raw, env, a.json, notes)
     return 0
 
