@@ -4,8 +4,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import subprocess
-import uuid
 
 import pytest
 
@@ -166,24 +164,6 @@ def test_real_kernel_unknown_family_is_a_named_error():
         with pytest.raises(nl.NetlinkError) as info:
             s.family("kvfabric-no-such-family")
         assert info.value.errno == errno.EINVAL and info.value.bad_attr == "family-name"
-
-
-@pytest.fixture
-def veth_netns():
-    """A network namespace with a veth pair (deleted in teardown)."""
-    name = f"kvft7-{uuid.uuid4().hex[:8]}"
-    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
-    if r.returncode:
-        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-    try:
-        subprocess.run(["ip", "-n", name, "link", "add", "kvdm0", "type", "veth", "peer", "name", "kvdm1"],
-                       check=True, capture_output=True, timeout=10)
-        subprocess.run(["ip", "-n", name, "link", "set", "kvdm0", "up"], check=True, timeout=10)
-        out = subprocess.run(["ip", "-n", name, "-o", "link", "show", "kvdm0"], capture_output=True,
-                             text=True, check=True, timeout=10).stdout
-        yield name, "kvdm0", int(out.split(":", 1)[0])
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
 def test_real_kernel_queue_dump_and_dev_get_on_veth(veth_netns):

@@ -4,8 +4,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import subprocess
-import uuid
 
 import pytest
 
@@ -161,23 +159,8 @@ def test_several_missing_pieces_are_all_reported():
 
 # ---- the real probe on this machine ------------------------------------------------------
 
-@pytest.fixture
-def veth_netns():
-    name = f"kvft7-{uuid.uuid4().hex[:8]}"
-    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
-    if r.returncode:
-        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-    try:
-        subprocess.run(["ip", "-n", name, "link", "add", "kvdm0", "type", "veth", "peer", "name", "kvdm1"],
-                       check=True, capture_output=True, timeout=10)
-        subprocess.run(["ip", "-n", name, "link", "set", "kvdm0", "up"], check=True, timeout=10)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-
-
 def test_real_probe_on_veth_gets_the_kernels_answers(veth_netns):
-    inp = gather({"interface": "kvdm0", "netns": veth_netns, "rx_queues": [0], "port": 5201})
+    inp = gather({"interface": "kvdm0", "netns": veth_netns.name, "rx_queues": [0], "port": 5201})
     assert inp.netdev_error is None, inp.netdev_error
     if 13 not in inp.netdev_ops:
         pytest.skip("kernel netdev family has no bind-rx")
@@ -202,9 +185,9 @@ def test_real_probe_on_veth_gets_the_kernels_answers(veth_netns):
 
 
 def test_registry_probe_of_a_missing_interface(veth_netns):
-    cap = registry.probe("devmem", {"interface": "nope0", "netns": veth_netns})
+    cap = registry.probe("devmem", {"interface": "nope0", "netns": veth_netns.name})
     assert not cap.available
-    assert "interface 'nope0' does not exist in netns " + veth_netns in cap.reason
+    assert "interface 'nope0' does not exist in netns " + veth_netns.name in cap.reason
 
 
 # ---- transport entry points without the hardware -----------------------------------------
