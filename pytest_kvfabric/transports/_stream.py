@@ -44,7 +44,7 @@ import selectors
 import socket
 import struct
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from typing import Any, Mapping
 
 import numpy as np

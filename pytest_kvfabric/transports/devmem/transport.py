@@ -24,15 +24,13 @@ the stream options of `tcp` (token, connections, sndbuf, rcvbuf, nodelay).
 """
 from __future__ import annotations
 
-import secrets
-import selectors
 import socket
 import time
 from typing import Any, Mapping
 
 from ...errors import ProtocolError, TransportError
 from .. import framing
-from .._stream import _CLOSED, _RUN, StreamTarget, _family, _IConn, _TConn
+from .._stream import _CLOSED, _RUN, StreamTarget, _IConn, _TConn
 from ..base import Capability, Transport
 from ..zerocopy import ZeroCopyInitiator
 from . import cmsg, netlink, probe as probe_mod, rx, sockio, udmabuf
