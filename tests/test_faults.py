@@ -1,7 +1,6 @@
 """Faults: a dying or hanging decode agent, and pages damaged after placement."""
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
