@@ -69,14 +69,10 @@ class PairUnavailable(Exception):
 
 
 def open_pair(selection: Selection) -> tuple[HostPair, Callable[[], None]]:
-    if selection.fabric == "local":
-        from .fabric.local import local_pair
-
-        return local_pair(), lambda: None
-    from .fabric import select
+    from .fabric import alloc, select
 
     worker = worker_id()
-    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    index = alloc.worker_index({} if worker == "main" else {"PYTEST_XDIST_WORKER": worker})
     try:
         return select.open_pair(selection.fabric, worker=index, hosts_file=selection.hosts,
                                 netns_options=dict(selection.netns), nworkers=int(_WORKER["count"]))

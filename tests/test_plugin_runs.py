@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-
 from pytest_kvfabric.report import jsonreport
 
 # A small synthetic case: 64 writes of 64 KiB posted as fast as tcp takes them.
 CASES = """
+import pytest
 from pytest_kvfabric.scenario import Synthetic
 
 SMALL = dict(synthetic=Synthetic(nbytes=65536, transfers=64, batch=16), pacing="none", pool_bytes=8 << 20)
