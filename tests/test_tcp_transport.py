@@ -9,7 +9,7 @@ import pytest
 
 from pytest_kvfabric.errors import ProtocolError, TransportError
 from pytest_kvfabric.transports import framing, registry
-from pytest_kvfabric.transports._stream import parse_tcp_info
+from pytest_kvfabric.transports._stream import DEFAULT_BUSY_POLL_US, busy_poll_s, parse_tcp_info
 from pytest_kvfabric.transports.tcp import TcpTransport
 
 from stream_harness import (
@@ -418,3 +418,73 @@ def test_post_outside_local_region_rejected():
         ini.close()
         served.stop()
         served.close()
+
+
+def test_single_writes_between_batches_placed_in_order_with_notifies():
+    """The one-write fast path (the latency case) and the batch path share one sequence:
+    alternating them places every byte, completes every id and notifies in post order."""
+    region_len = 64 * KIB
+    served = ServedTarget(T, region_len).start()
+    src_region = T.allocate(region_len, {})
+    src = np.frombuffer(src_region, np.uint8)
+    src[:] = np.arange(region_len, dtype=np.uint64).astype(np.uint8) ^ 0x3C
+    ini = T.initiator(src_region, {"token": TOKEN})
+    srcs, dsts, lens, notify = [], [], [], []
+    try:
+        ini.connect(served.descriptor, 5)
+        xfer = 0
+        for round_ in range(6):
+            k = 1 if round_ % 2 == 0 else 5  # single, batch, single, ...
+            s_ = [(xfer + j) * 1000 for j in range(k)]
+            d_ = [region_len - 1000 - (xfer + j) * 1000 for j in range(k)]
+            n_ = [999 - j for j in range(k)]
+            nt = [-1] * (k - 1) + [round_]
+            ini.post(batch(s_, d_, n_, nt, first_xfer=xfer), 5)
+            srcs += s_; dsts += d_; lens += n_; notify += nt
+            xfer += k
+        comps = wait_all(ini, xfer)
+    finally:
+        ini.close()
+        served.stop()
+    assert served.error is None
+    assert sorted(comps["xfer"].tolist()) == list(range(xfer))
+    _check_scatter(served, src, np.array(srcs), np.array(dsts), np.array(lens))
+    assert served.all_notifies()["request"].tolist() == list(range(6))
+    served.close()
+
+
+def test_single_write_outside_local_region_rejected():
+    served = ServedTarget(T, 100).start()
+    ini = T.initiator(T.allocate(100, {}), {"token": TOKEN})
+    try:
+        ini.connect(served.descriptor, 5)
+        with pytest.raises(TransportError, match=r"write xfer 7 \[95, 105\) outside the local region of 100"):
+            ini.post(batch([95], [0], [10], first_xfer=7), 5)
+        assert ini.outstanding() == 0
+    finally:
+        ini.close()
+        served.stop()
+        served.close()
+
+
+def test_busy_poll_option_default_and_validation():
+    assert busy_poll_s({}, "tcp") == DEFAULT_BUSY_POLL_US / 1e6
+    assert busy_poll_s({"busy_poll_us": 0}, "tcp") == 0.0
+    assert busy_poll_s({"busy_poll_us": "200"}, "tcp") == 200e-6
+    for bad in (-1, "fast", float("nan"), 2e6, None):
+        with pytest.raises(TransportError, match=r"tcp: option busy_poll_us must be a number of microseconds"):
+            busy_poll_s({"busy_poll_us": bad}, "tcp")
+    with pytest.raises(TransportError, match="busy_poll_us"):
+        T.target(T.allocate(10, {}), {"busy_poll_us": -5})
+
+
+@pytest.mark.parametrize("busy_poll_us", [0, 50, 5000])
+def test_round_trip_with_and_without_busy_polling(busy_poll_us):
+    region_len = MIB
+    srcs, dsts, lens = _scattered(64, region_len, seed=busy_poll_us)
+    served, src, comps, _, _ = round_trip(
+        T, lens, srcs, dsts, region_len, batch_size=1, busy_poll_us=busy_poll_us
+    )
+    assert sorted(comps["xfer"].tolist()) == list(range(64))
+    _check_scatter(served, src, srcs, dsts, lens)
+    served.close()
