@@ -10,7 +10,9 @@ writes of --nbytes become ready every interval chosen so that it needs --load of
 capacity (default 15%); read post_lateness_us from the Result. Each load level runs
 --rounds times, interleaved with the host's floor: a process that does nothing but sleep
 until the same deadlines (benchmarks/_peer_timer.py), so a miss caused by the host's
-scheduler (oversubscribed cores) is told apart from one caused by our pacing loop.
+scheduler (oversubscribed cores) is told apart from one caused by our pacing loop, and a
+process that never sleeps (busy-waits to every deadline): its p99 is what the host itself
+takes away (vCPU steal, interrupts), a floor no pacing loop on this host can beat.
 
     python benchmarks/bench_lateness.py [--load 0.1,0.2] [--rounds 3] [--json]
 """
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         plans[name] = {"load": f, "interval_us": interval_us, "needs_gbps": rate / 1e9, "groups": groups}
         cont[name] = lambda sc=sc: C.runner_figures(sc, timeout_s=a.seconds + 60)
         cont[f"timer-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds)
+        # never sleeps: what is left is the host taking the CPU away (vCPU steal, interrupts)
+        cont[f"spin-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds, spin_us=iv + 1000.0)
     raw = C.interleave(a.rounds, cont, log=C.log)
     rows = []
     for name, runs in raw.items():
@@ -83,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                                 unit="µs", target=None, higher_is_better=False, ref_label="timer-only"))
         rows.append(C.ratio_row(f"{name}: p50 vs the host's bare timer loop p50", p50, C.column(floor, "p50"),
                                 unit="µs", target=None, higher_is_better=False, ref_label="timer-only"))
+        spin = raw[name.replace("load-", "spin-")]
+        rows.append(C.ratio_row(f"{name}: the host's pure-spin loop p99 (never sleeps) vs the target",
+                                C.column(spin, "p99"), [TARGET_P99_US] * len(spin), unit="µs", target=None,
+                                higher_is_better=False, ref_label="target"))
+        rows.append(C.ratio_row(f"{name}: p99 vs the host's pure-spin loop p99", p99, C.column(spin, "p99"),
+                                unit="µs", target=None, higher_is_better=False, ref_label="pure spin"))
         for r in runs:
             r["plan"] = pl
     notes = [link_note, f"{a.rounds} rounds per load level; emulated {a.seconds:g} s per run; "
