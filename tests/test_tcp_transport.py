@@ -488,3 +488,20 @@ def test_round_trip_with_and_without_busy_polling(busy_poll_us):
     assert sorted(comps["xfer"].tolist()) == list(range(64))
     _check_scatter(served, src, srcs, dsts, lens)
     served.close()
+
+
+def test_default_region_is_private_and_asks_for_huge_pages():
+    from pytest_kvfabric.transports.base import anonymous_region
+
+    small, kind = anonymous_region(4096)
+    assert len(small) == 4096 and kind.startswith("4 KiB pages")
+    big, kind = anonymous_region(8 * MIB)
+    assert len(big) == 8 * MIB
+    assert kind.startswith(("transparent huge pages requested", "4 KiB pages (MADV_HUGEPAGE failed"))
+    arr = np.frombuffer(big, np.uint8)
+    arr[:] = 7  # writable, zero-filled before
+    assert int(arr.sum()) == 7 * 8 * MIB
+    # the transport's default allocation is this mapping, and release() frees it
+    region = T.allocate(3 * MIB, {})
+    assert len(region) == 3 * MIB and not region.readonly
+    T.release(region)

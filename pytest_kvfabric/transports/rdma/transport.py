@@ -49,7 +49,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from ...errors import ProtocolError, TransportError
-from ..base import COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, Capability, Initiator, Target, Transport
+from ..base import (
+    COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, Capability, Initiator, Target, Transport, anonymous_region,
+)
 from . import probe as probe_mod
 from . import qp as qpa
 from . import sysfs
@@ -680,12 +682,12 @@ class RdmaTransport(Transport):
             mm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | MAP_HUGETLB)
             kind = f"hugetlb {huge >> 20} MiB pages (MAP_HUGETLB)"
         except OSError as exc:
-            mm = mmap.mmap(-1, size)
-            try:
-                mm.madvise(mmap.MADV_HUGEPAGE)
-                kind = f"transparent huge pages (madvise MADV_HUGEPAGE; MAP_HUGETLB failed: {os.strerror(exc.errno or 0)})"
-            except (OSError, AttributeError) as exc2:
-                kind = f"4 KiB pages (MAP_HUGETLB and MADV_HUGEPAGE failed: {exc2})"
+            # (a shared anonymous mapping would be shmem, which gets THP only if
+            # shmem_enabled allows it: anonymous_region maps private memory)
+            region, how = anonymous_region(size)
+            view = region[:nbytes]
+            _ALLOC_KIND[_addr_of(view)] = f"{how}; MAP_HUGETLB failed: {os.strerror(exc.errno or 0)}"
+            return view
         view = memoryview(mm)[:nbytes]
         _ALLOC_KIND[_addr_of(view)] = kind
         return view
