@@ -183,7 +183,9 @@ def _send_error_and_close(sock: socket.socket, reason: str) -> None:
 # Target
 # ---------------------------------------------------------------------------------------
 
-_HELLO_HDR, _HELLO_BODY, _RUN, _CLOSED = 0, 1, 2, 3
+# TargetConn.state. STATE_RUN and STATE_CLOSED are part of the subclass interface (a target
+# that overrides _on_readable checks them); the handshake states are internal.
+_HELLO_HDR, _HELLO_BODY, STATE_RUN, STATE_CLOSED = 0, 1, 2, 3
 
 
 class _Group:
@@ -202,7 +204,9 @@ class _Group:
         return min(p * n + i for i, p in enumerate(self.placed))
 
 
-class _TConn:
+class TargetConn:
+    """One accepted connection of a StreamTarget: what subclass hooks receive as `c`."""
+
     __slots__ = (
         "sock", "fd", "peer", "state", "hdr", "hdr_mv", "hfill", "body", "index", "nconn",
         "group", "next_seq", "placed_seq", "acked", "out", "pay_view", "pay_pos", "pay_len",
@@ -264,7 +268,7 @@ class StreamTarget(Target):
         self._region_len = len(self._mv)
         self._sel = selectors.DefaultSelector()
         self._lsock: socket.socket | None = None
-        self._conns: dict[int, _TConn] = {}
+        self._conns: dict[int, TargetConn] = {}
         self._groups: dict[str, _Group] = {}
         self._token = str(self.options.get("token") or "")
         self._token_in_descriptor = False
@@ -323,7 +327,7 @@ class StreamTarget(Target):
                 return
             sock.setblocking(False)
             self._configure_socket(sock)
-            c = _TConn(sock)
+            c = TargetConn(sock)
             self._conns[c.fd] = c
             self._sel.register(sock, selectors.EVENT_READ, c)
 
@@ -344,7 +348,7 @@ class StreamTarget(Target):
                     continue
                 if mask & selectors.EVENT_WRITE:
                     self._flush(c)
-                if mask & selectors.EVENT_READ and c.state != _CLOSED:
+                if mask & selectors.EVENT_READ and c.state != STATE_CLOSED:
                     self._on_readable(c)
             if self._p_x or self._n_req or remaining <= 0:
                 return self._take()
@@ -371,7 +375,7 @@ class StreamTarget(Target):
             self._n_req, self._n_t = [], []
         return placed, notes
 
-    def _fail(self, c: _TConn, reason: str) -> None:
+    def _fail(self, c: TargetConn, reason: str) -> None:
         """Reject the peer: ERROR frame, close, ProtocolError naming peer and reason."""
         self._drop(c)
         _send_error_and_close(c.sock, reason)
@@ -379,16 +383,16 @@ class StreamTarget(Target):
             f"{self.transport_name}: rejected peer {c.peer} (connection {c.index}): {reason}"
         )
 
-    def _drop(self, c: _TConn) -> None:
-        if c.state != _CLOSED:
-            c.state = _CLOSED
+    def _drop(self, c: TargetConn) -> None:
+        if c.state != STATE_CLOSED:
+            c.state = STATE_CLOSED
             try:
                 self._sel.unregister(c.sock)
             except (KeyError, ValueError):
                 pass
             self._conns.pop(c.fd, None)
 
-    def _on_eof(self, c: _TConn) -> None:
+    def _on_eof(self, c: TargetConn) -> None:
         self._drop(c)
         c.sock.close()
         if c.pay_view is not None:
@@ -421,13 +425,13 @@ class StreamTarget(Target):
             )
         self._closed_clean += 1
 
-    def _on_readable(self, c: _TConn) -> None:
-        if c.state != _RUN:
+    def _on_readable(self, c: TargetConn) -> None:
+        if c.state != STATE_RUN:
             self._read_hello(c)
-            if c.state != _RUN:
+            if c.state != STATE_RUN:
                 return
         self._drain(c)
-        if c.state == _CLOSED:
+        if c.state == STATE_CLOSED:
             return
         if c.placed_seq > c.acked:
             c.acked = c.placed_seq
@@ -447,7 +451,7 @@ class StreamTarget(Target):
                 c.out += ack[n:]
                 self._flush(c)
 
-    def _flush(self, c: _TConn) -> None:
+    def _flush(self, c: TargetConn) -> None:
         if c.out:
             try:
                 n = c.sock.send(c.out)
@@ -464,7 +468,7 @@ class StreamTarget(Target):
             except (KeyError, ValueError):
                 pass
 
-    def _read_hello(self, c: _TConn) -> None:
+    def _read_hello(self, c: TargetConn) -> None:
         sock = c.sock
         for _ in range(64):
             try:
@@ -508,7 +512,7 @@ class StreamTarget(Target):
             self._accept_hello(c)
             return
 
-    def _accept_hello(self, c: _TConn) -> None:
+    def _accept_hello(self, c: TargetConn) -> None:
         try:
             params = framing.decode_hello(bytes(c.body))
         except ProtocolError as exc:
@@ -535,10 +539,10 @@ class StreamTarget(Target):
         c.body = bytearray()
         c.pay_pos = 0
         c.hfill = 0
-        c.state = _RUN
+        c.state = STATE_RUN
         self._seen += 1
 
-    def _bad_header(self, c: _TConn) -> None:
+    def _bad_header(self, c: TargetConn) -> None:
         """The fast path refused a header: let framing name exactly why, then reject."""
         try:
             h = framing.decode_header(c.hdr)
@@ -549,7 +553,7 @@ class StreamTarget(Target):
             reason = str(exc)
         self._fail(c, reason)
 
-    def _drain(self, c: _TConn) -> None:
+    def _drain(self, c: TargetConn) -> None:
         """Read what is readable on one connection: headers, then payload straight into the
         region. Payload and the next header are read with one recvmsg_into scatter call; the
         next header is validated before a byte of its payload is read."""
@@ -657,7 +661,7 @@ class StreamTarget(Target):
             self._release(c.group)
 
     # -- WRITEV ---------------------------------------------------------------------------
-    def _v_header(self, c: _TConn) -> None:
+    def _v_header(self, c: TargetConn) -> None:
         """A WRITEV header arrived: check it, then read its table (no payload byte yet)."""
         try:
             h = framing.decode_header(c.hdr)
@@ -673,7 +677,7 @@ class StreamTarget(Target):
         c.tab_need = h.dst_off * framing.WRITEV_ENTRY_SIZE
 
     def _v_start(
-        self, c: _TConn, px: list[int], pd: list[int], pn: list[int], pt: list[int]
+        self, c: TargetConn, px: list[int], pd: list[int], pn: list[int], pt: list[int]
     ) -> bool:
         """The whole table is here: validate every entry, guard every entry, then set up the
         scatter receive of the frame's payload. True if something was placed already (an
@@ -711,7 +715,7 @@ class StreamTarget(Target):
         c.v_views = [region[d : d + nb] for d, nb in zip(ds, ns)]
         return False
 
-    def _v_bufs(self, c: _TConn) -> list[memoryview]:
+    def _v_bufs(self, c: TargetConn) -> list[memoryview]:
         """Scatter list for the rest of the frame's payload, then the next header."""
         views = c.v_views
         assert views is not None
@@ -727,7 +731,7 @@ class StreamTarget(Target):
         return bufs
 
     def _v_place(
-        self, c: _TConn, px: list[int], pd: list[int], pn: list[int], pt: list[int]
+        self, c: TargetConn, px: list[int], pd: list[int], pn: list[int], pt: list[int]
     ) -> bool:
         """Report the frame's writes completed by c.v_pos (in order); True if any."""
         k = bisect_right(c.v_ends, c.v_pos)
@@ -759,7 +763,7 @@ class StreamTarget(Target):
         return True
 
     def _placed(
-        self, c: _TConn, seq: int, dst: int, nb: int, imm: int, t: int,
+        self, c: TargetConn, seq: int, dst: int, nb: int, imm: int, t: int,
         px: list[int], pd: list[int], pn: list[int], pt: list[int],
     ) -> None:
         pos = (seq - 1) * c.nconn + c.index
@@ -798,12 +802,12 @@ class StreamTarget(Target):
             return False
         expected = sum(g.nconn for g in self._groups.values())
         return self._closed_clean >= expected and not any(
-            c.state == _RUN for c in self._conns.values()
+            c.state == STATE_RUN for c in self._conns.values()
         )
 
     def stats(self) -> dict[str, Any]:
         """Receive-side counters and TCP_INFO of the live connections."""
-        per = [tcp_info(c.sock) for c in self._conns.values() if c.state == _RUN]
+        per = [tcp_info(c.sock) for c in self._conns.values() if c.state == STATE_RUN]
         return {
             "connections": self._seen,
             "bytes_placed": self.bytes_placed,
@@ -866,7 +870,9 @@ def _overlapping(batch: np.ndarray, ds: Any, ns: Any) -> bool:
     return bool((np.maximum.accumulate(ends)[:-1] > starts[1:]).any())
 
 
-class _IConn:
+class InitiatorConn:
+    """One connection of a StreamInitiator: what subclass hooks receive as `c`."""
+
     __slots__ = (
         "sock", "fd", "index", "peer", "iov", "iov_i", "iov_off", "iov_writes", "seq",
         "acked", "done", "xfers", "xbase", "reader", "sent_writes", "want_write", "eof",
@@ -905,7 +911,7 @@ class StreamInitiator(Initiator):
         super().__init__(region, options)
         self._mv = region.cast("B") if region.format != "B" else region
         self._region_len = len(self._mv)
-        self._conns: list[_IConn] = []
+        self._conns: list[InitiatorConn] = []
         self._sel = selectors.DefaultSelector()
         self._rr = 0
         self._posted = 0
@@ -926,14 +932,14 @@ class StreamInitiator(Initiator):
     def _configure_socket(self, sock: socket.socket) -> None:
         set_tcp_options(sock, self.options)
 
-    def _on_sent(self, c: _IConn, before: int, after: int) -> None:
+    def _on_sent(self, c: InitiatorConn, before: int, after: int) -> None:
         """Called after each sendmsg call that completed writes [before, after) of c."""
 
-    def _ready(self, c: _IConn) -> int:
+    def _ready(self, c: InitiatorConn) -> int:
         """How many writes of c are complete (default: acknowledged by the target)."""
         return c.acked
 
-    def _read_extra(self, c: _IConn) -> None:
+    def _read_extra(self, c: InitiatorConn) -> None:
         """Read anything besides acks (zerocopy: the error queue)."""
 
     # -- setup ----------------------------------------------------------------------------
@@ -978,7 +984,7 @@ class StreamInitiator(Initiator):
                     f"{self.transport_name}: HELLO to {host}:{port} failed: {exc}"
                 ) from None
             sock.setblocking(False)
-            c = _IConn(sock, i)
+            c = InitiatorConn(sock, i)
             self._conns.append(c)
             self._sel.register(sock, selectors.EVENT_READ, c)
         self.connect_ns = _now() - t0
@@ -1080,7 +1086,7 @@ class StreamInitiator(Initiator):
             self._pump(time.monotonic() + timeout_s, timeout_s)
 
     def _emit_writev(
-        self, c: _IConn, xs: Any, ss: Any, ds: Any, ns: Any, imms: Any
+        self, c: InitiatorConn, xs: Any, ss: Any, ds: Any, ns: Any, imms: Any
     ) -> None:
         """Queue one connection's writes as WRITEV frames (<= MAX_WRITEV_ENTRIES entries and
         <= writev_max_bytes payload each; a lone write goes as a WRITE). The iov keeps one
@@ -1120,7 +1126,7 @@ class StreamInitiator(Initiator):
         c.seq = seq
         c.xfers.extend(xs)
 
-    def _send_some(self, c: _IConn) -> bool:
+    def _send_some(self, c: InitiatorConn) -> bool:
         """sendmsg until the queue is empty or the socket is full; True if all was sent."""
         iov = c.iov
         flags = self.send_flags
@@ -1172,14 +1178,14 @@ class StreamInitiator(Initiator):
             self._retire(c, iov)
         return True
 
-    def _retire(self, c: _IConn, bufs: list[Any]) -> None:
+    def _retire(self, c: InitiatorConn, bufs: list[Any]) -> None:
         """Fully sent buffers leave the queue (zerocopy keeps them alive until released)."""
 
-    def _send_would_wait(self, c: _IConn, exc: OSError) -> bool:
+    def _send_would_wait(self, c: InitiatorConn, exc: OSError) -> bool:
         """An OSError from sendmsg that means 'wait and retry' (zerocopy: ENOBUFS)."""
         return False
 
-    def _set_want_write(self, c: _IConn, want: bool) -> None:
+    def _set_want_write(self, c: InitiatorConn, want: bool) -> None:
         if c.want_write != want:
             c.want_write = want
             ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
@@ -1210,7 +1216,7 @@ class StreamInitiator(Initiator):
                     self._read(key.data)
 
     # -- completions ----------------------------------------------------------------------
-    def _read(self, c: _IConn) -> None:
+    def _read(self, c: InitiatorConn) -> None:
         self._read_extra(c)
         if c.eof:
             return
@@ -1256,7 +1262,7 @@ class StreamInitiator(Initiator):
             if nread < _ACK_BUF_BYTES:
                 return
 
-    def _on_ack(self, c: _IConn, seq: int) -> None:
+    def _on_ack(self, c: InitiatorConn, seq: int) -> None:
         if seq < c.acked or seq > c.seq:
             raise ProtocolError(
                 f"{self.transport_name}: target {c.peer} acknowledged seq {seq}; "
@@ -1289,7 +1295,7 @@ class StreamInitiator(Initiator):
         out["t_ns"] = t
         return out
 
-    def _trim(self, c: _IConn, k: int) -> None:
+    def _trim(self, c: InitiatorConn, k: int) -> None:
         """Per-write bookkeeping of the first k writes (since xbase) is no longer needed."""
 
     def poll(self, timeout_s: float) -> np.ndarray:

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ._stream import StreamInitiator, StreamTarget, _IConn, set_tcp_options
+from ._stream import InitiatorConn, StreamInitiator, StreamTarget, set_tcp_options
 from .base import Capability, Transport
 from ..errors import TransportError
 
@@ -177,24 +177,24 @@ class ZeroCopyInitiator(StreamInitiator):
         except OSError as exc:
             raise TransportError(f"zerocopy: setsockopt(SO_ZEROCOPY) failed: {exc}") from None
 
-    def _state(self, c: _IConn) -> _ZcState:
+    def _state(self, c: InitiatorConn) -> _ZcState:
         st = self._zc.get(c.index)
         if st is None:
             st = self._zc[c.index] = _ZcState()
         return st
 
-    def _on_sent(self, c: _IConn, before: int, after: int) -> None:
+    def _on_sent(self, c: InitiatorConn, before: int, after: int) -> None:
         st = self._state(c)
         call = st.ncalls
         st.ncalls = call + 1
         if after > before:
             c.calls += [call] * (after - before)
 
-    def _retire(self, c: _IConn, bufs: list[Any]) -> None:
+    def _retire(self, c: InitiatorConn, bufs: list[Any]) -> None:
         st = self._state(c)
         st.pinned.append((st.ncalls - 1, bufs))
 
-    def _send_would_wait(self, c: _IConn, exc: OSError) -> bool:
+    def _send_would_wait(self, c: InitiatorConn, exc: OSError) -> bool:
         # ENOBUFS: the unread notifications exhausted optmem; read them and retry.
         if exc.errno == errno.ENOBUFS:
             self._read_extra(c)
@@ -202,7 +202,7 @@ class ZeroCopyInitiator(StreamInitiator):
             return True
         return False
 
-    def _read_extra(self, c: _IConn) -> None:
+    def _read_extra(self, c: InitiatorConn) -> None:
         st = self._state(c)
         recvmsg = c.sock.recvmsg
         for _ in range(4096):
@@ -223,12 +223,12 @@ class ZeroCopyInitiator(StreamInitiator):
                 else:
                     st.zc += n.calls
 
-    def _ready(self, c: _IConn) -> int:
+    def _ready(self, c: InitiatorConn) -> int:
         st = self._state(c)
         released = c.xbase + bisect_left(c.calls, st.done)
         return min(c.acked, released)
 
-    def _trim(self, c: _IConn, k: int) -> None:
+    def _trim(self, c: InitiatorConn, k: int) -> None:
         del c.calls[:k]
 
     def _more_pending(self) -> bool:

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from ...errors import ProtocolError, TransportError
 from .. import framing
-from .._stream import _CLOSED, _RUN, StreamTarget, _IConn, _TConn
+from .._stream import STATE_CLOSED, STATE_RUN, InitiatorConn, StreamTarget, TargetConn
 from ..base import Capability, Transport
 from ..zerocopy import ZeroCopyInitiator
 from . import cmsg, netlink, probe as probe_mod, rx, sockio, udmabuf
@@ -118,7 +118,7 @@ class DevmemTarget(StreamTarget):
         return desc
 
     # -- receive --------------------------------------------------------------------------
-    def _on_readable(self, c: _TConn) -> None:
+    def _on_readable(self, c: TargetConn) -> None:
         # Tokens belong to the socket that received them: every call returns all of c's tokens
         # before it ends, so _pending_tokens never mixes connections.
         asm = self._asm.get(c.fd)
@@ -127,16 +127,16 @@ class DevmemTarget(StreamTarget):
         try:
             self._devmem_drain(c, asm)
         finally:
-            if c.state == _CLOSED:
+            if c.state == STATE_CLOSED:
                 self._pending_tokens.clear()  # closing the socket released its frags
             else:
                 self._return_tokens(c, force=True)
-        if c.state == _RUN and c.placed_seq > c.acked:
+        if c.state == STATE_RUN and c.placed_seq > c.acked:
             c.acked = c.placed_seq
             c.out += framing.encode_ack(c.placed_seq)
             self._flush(c)
 
-    def _devmem_drain(self, c: _TConn, asm: rx.StreamAssembler) -> None:
+    def _devmem_drain(self, c: TargetConn, asm: rx.StreamAssembler) -> None:
         sock = c.sock
         for _ in range(64):  # bounded per wakeup so one peer cannot starve the others
             try:
@@ -159,14 +159,14 @@ class DevmemTarget(StreamTarget):
                 frags = cmsg.parse_ancdata(anc, flags)
                 self._consume(c, asm, n, frags)
             except ProtocolError as exc:
-                if c.state == _CLOSED:  # already rejected (and reported) by _fail
+                if c.state == STATE_CLOSED:  # already rejected (and reported) by _fail
                     raise
                 self._fail(c, str(exc))
             if self.options.get("require_device_placement") and not self.device_placed_all:
                 raise TransportError("devmem: payload landed in host memory and the scenario "
                                      f"requires device placement: {self._placement_summary()}")
 
-    def _consume(self, c: _TConn, asm: rx.StreamAssembler, n: int, frags: list[cmsg.Frag]) -> None:
+    def _consume(self, c: TargetConn, asm: rx.StreamAssembler, n: int, frags: list[cmsg.Frag]) -> None:
         cnt = self.counts
         if not frags:
             # regular skbs: this flow's packets reached a queue without the dma-buf binding
@@ -200,7 +200,7 @@ class DevmemTarget(StreamTarget):
         if len(self._pending_tokens) >= self.batch:
             self._return_tokens(c)
 
-    def _events(self, c: _TConn, events: Any) -> None:
+    def _events(self, c: TargetConn, events: Any) -> None:
         for ev in events:
             if isinstance(ev, rx.Place):
                 if ev.first and self.write_guard is not None:
@@ -222,7 +222,7 @@ class DevmemTarget(StreamTarget):
             elif isinstance(ev, rx.PeerError):
                 raise TransportError(f"devmem: peer {c.peer} reported: {ev.reason}")
 
-    def _return_tokens(self, c: _TConn, force: bool = False) -> None:
+    def _return_tokens(self, c: TargetConn, force: bool = False) -> None:
         if not self._pending_tokens or (not force and len(self._pending_tokens) < self.batch):
             return
         tokens, self._pending_tokens = self._pending_tokens, []
@@ -331,7 +331,7 @@ class DevmemInitiator(ZeroCopyInitiator):
             ifname = str(self.options["interface"]).encode()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname + b"\0")
 
-    def _send_some(self, c: _IConn) -> bool:
+    def _send_some(self, c: InitiatorConn) -> bool:
         if not self.tx_binding_id:
             return super()._send_some(c)
         # Devmem TX: headers (bytes) from host memory, payload (pool slices) by dma-buf offset.
