@@ -236,6 +236,7 @@ def peer_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # as our agents: no BLAS work, no spinning BLAS threads
     if extra:
         env.update(extra)
     return env

@@ -23,7 +23,10 @@ from typing import Any
 import numpy as np
 
 BOOTSTRAP = """
-import sys
+import os, sys
+# Before numpy loads: agents do no BLAS work, and OpenBLAS's worker threads spin for ~0.1 s
+# of CPU after start-up, which the other agent on a small host needs.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 try:
     import pytest_kvfabric  # noqa: F401
 except ImportError:

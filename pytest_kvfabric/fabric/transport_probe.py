@@ -11,7 +11,8 @@ from ..transports.base import Capability
 from .base import Host, HostPair
 
 _REMOTE = """
-import sys
+import os, sys
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the agents (endpoint/agent.py BOOTSTRAP)
 try:
     import pytest_kvfabric  # noqa: F401
 except ImportError:
