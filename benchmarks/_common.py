@@ -522,6 +522,8 @@ def transport_pair(*, transport: str = "tcp", mode: str = "throughput", nbytes: 
             tgt.wait(15.0)  # let py-spy write its file
     res["cpu_s_per_gb_receiver"] = tres["cpu_s_per_gb"]
     res["target_bytes"] = tres["bytes"]
+    res["target_acks"] = tres.get("acks_sent")
+    res["target_writes"] = tres.get("writes_placed")
     return res
 
 

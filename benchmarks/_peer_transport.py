@@ -73,6 +73,8 @@ def run_target(a: argparse.Namespace) -> int:
             "cpu_s_per_gb": cpu_s_per_gb(c1 - c0, nbytes),
             "active_s": active_s,
             "data_path": tgt.data_path(),
+            "acks_sent": tgt.stats().get("acks_sent"),
+            "writes_placed": tgt.stats().get("writes_placed"),
             "timed_out": not tgt.peers_closed(),
         })
     finally:

@@ -198,6 +198,7 @@ def test_peers_closed_after_bye_and_stats():
     assert len(stats["tcp_info"]) == 2 and all("rtt_us" in t for t in stats["tcp_info"])
     tstats = served.target.stats()
     assert tstats["bytes_placed"] == 1000 and tstats["writes_placed"] == 1 and tstats["connections"] == 2
+    assert tstats["acks_sent"] == 1  # one write, one cumulative ACK
     served.close()
 
 

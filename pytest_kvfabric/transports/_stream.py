@@ -283,6 +283,7 @@ class StreamTarget(Target):
         self.bytes_placed = 0
         self.writes_placed = 0
         self._busy_poll_s = busy_poll_s(self.options, self.transport_name)
+        self.acks_sent = 0
 
     # -- hooks for subclasses -------------------------------------------------------------
     def _configure_socket(self, sock: socket.socket) -> None:
@@ -435,6 +436,7 @@ class StreamTarget(Target):
             return
         if c.placed_seq > c.acked:
             c.acked = c.placed_seq
+            self.acks_sent += 1
             ack = _PACK(_MAGIC, _VERSION, framing.ACK, 0, 0, c.placed_seq, 0)
             if c.out:
                 c.out += ack
@@ -812,6 +814,7 @@ class StreamTarget(Target):
             "connections": self._seen,
             "bytes_placed": self.bytes_placed,
             "writes_placed": self.writes_placed,
+            "acks_sent": self.acks_sent,
             "tcp_info": per,
         }
 
