@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from pytest_kvfabric.endpoint.agent import BOOTSTRAP
+from pytest_kvfabric.fabric.transport_probe import _REMOTE
 
 _THREADS_AFTER_NUMPY = """
 import os
@@ -28,5 +29,6 @@ def _threads(prelude: str) -> int:
 def test_bootstrap_prelude_keeps_openblas_single_threaded():
     if _threads("") == 1:
         pytest.skip("this numpy build starts no BLAS worker threads")
-    prelude = BOOTSTRAP.split("try:")[0]  # what runs before pytest_kvfabric (and numpy) loads
-    assert _threads(prelude) == 1
+    for source in (BOOTSTRAP, _REMOTE):  # agents, and probes sent to a host's gateway
+        prelude = source.split("try:")[0]  # what runs before pytest_kvfabric (and numpy) loads
+        assert _threads(prelude) == 1

@@ -479,6 +479,69 @@ def test_busy_poll_option_default_and_validation():
         T.target(T.allocate(10, {}), {"busy_poll_us": -5})
 
 
+def test_busy_poll_never_outlasts_the_callers_timeout():
+    # A one-second spin window: poll(0)/progress(0) must not spin at all, and a 50 ms wait
+    # must end at its timeout, not after the spin window (bounds are 10x generous).
+    served = ServedTarget(T, 4096, busy_poll_us=1e6).start()
+    ini = T.initiator(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": 1e6})
+    ls = socket.create_server(("127.0.0.1", 0))
+    silent = T.initiator(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": 1e6})
+    quiet = T.target(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": 1e6})
+    try:
+        ini.connect(served.descriptor, 5)
+        ini.post(batch([0], [0], [100]), 5)
+        assert len(wait_all(ini, 1)) == 1
+        silent.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
+        conn, _ = ls.accept()  # never answers: a write to it never completes
+        silent.post(batch([0], [0], [100]), 5)
+        quiet.listen("127.0.0.1", 5)
+        for call, timeout, bound in ((silent.poll, 0.0, 0.5), (silent.poll, 0.05, 0.9),
+                                     (quiet.progress, 0.0, 0.5), (quiet.progress, 0.05, 0.9)):
+            t0 = time.monotonic()
+            out = call(timeout)
+            elapsed = time.monotonic() - t0
+            assert elapsed < bound, f"{call.__name__}({timeout}) took {elapsed:.3f} s with a 1 s spin window"
+            assert not len(out[0] if isinstance(out, tuple) else out)
+        conn.close()
+    finally:
+        for x in (ini, silent, quiet):
+            x.close()
+        ls.close()
+        served.stop()
+        served.close()
+
+
+def test_single_write_after_a_timed_out_post_goes_out_after_the_queued_bytes():
+    # post() timed out with bytes still queued (want_write set); the next one-write post must
+    # not jump the queue: once the target reads, both writes are placed, in order.
+    region_len = 8 * MIB
+    served = ServedTarget(T, region_len)  # not started: it reads nothing yet
+    src_region = T.allocate(region_len, {})
+    src = np.frombuffer(src_region, np.uint8)
+    src[:] = np.arange(region_len, dtype=np.uint64).astype(np.uint8) ^ 0x5B
+    ini = T.initiator(src_region, {"token": TOKEN, "sndbuf": 65536})
+    try:
+        ini.connect(served.descriptor, 5)
+        with pytest.raises(TransportError, match="post timed out"):
+            ini.post(batch([0], [0], [6 * MIB]), 0.2)
+        with pytest.raises(TransportError, match="post timed out"):  # queued behind, not sent
+            ini.post(batch([6 * MIB], [7 * MIB], [4096], first_xfer=1), 0.0)
+    finally:
+        served.start()  # now the target reads; poll() sends what is queued
+    try:
+        comps = wait_all(ini, 2)
+    finally:
+        ini.close()
+        served.stop()
+    assert served.error is None
+    assert comps["xfer"].tolist() == [0, 1]
+    placed = served.all_placed()
+    assert placed["xfer"].tolist() == [0, 1] and placed["dst_off"].tolist() == [0, 7 * MIB]
+    assert np.array_equal(served.arr[:6 * MIB], src[:6 * MIB])
+    assert np.array_equal(served.arr[7 * MIB:7 * MIB + 4096], src[6 * MIB:6 * MIB + 4096])
+    served.close()
+
+
 @pytest.mark.parametrize("busy_poll_us", [0, 50, 5000])
 def test_round_trip_with_and_without_busy_polling(busy_poll_us):
     region_len = MIB
@@ -500,8 +563,16 @@ def test_default_region_is_private_and_asks_for_huge_pages():
     assert len(big) == 8 * MIB
     assert kind.startswith(("transparent huge pages requested", "4 KiB pages (MADV_HUGEPAGE failed"))
     arr = np.frombuffer(big, np.uint8)
-    arr[:] = 7  # writable, zero-filled before
+    assert not arr.any()  # anonymous memory starts zero-filled
+    arr[:] = 7
     assert int(arr.sum()) == 7 * 8 * MIB
+    # private, not shared: shared anonymous memory is shmem, which gets no THP here
+    start = arr.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        perms = [ln.split()[1] for ln in f
+                 if int(ln.split("-")[0], 16) <= start < int(ln.split()[0].split("-")[1], 16)]
+    assert perms == ["rw-p"]
+    del arr
     # the transport's default allocation is this mapping, and release() frees it
     region = T.allocate(3 * MIB, {})
     assert len(region) == 3 * MIB and not region.readonly

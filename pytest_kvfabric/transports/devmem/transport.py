@@ -133,6 +133,7 @@ class DevmemTarget(StreamTarget):
                 self._return_tokens(c, force=True)
         if c.state == STATE_RUN and c.placed_seq > c.acked:
             c.acked = c.placed_seq
+            self.acks_sent += 1
             c.out += framing.encode_ack(c.placed_seq)
             self._flush(c)
 

@@ -685,6 +685,12 @@ class RdmaTransport(Transport):
             # (a shared anonymous mapping would be shmem, which gets THP only if
             # shmem_enabled allows it: anonymous_region maps private memory)
             region, how = anonymous_region(size)
+            try:
+                # a registered MR over private pages must not become copy-on-write in a
+                # forked child (kernels before 5.9 could then leave the NIC on stale pages)
+                region.obj.madvise(mmap.MADV_DONTFORK)
+            except (OSError, AttributeError, ValueError):
+                pass
             view = region[:nbytes]
             _ALLOC_KIND[_addr_of(view)] = f"{how}; MAP_HUGETLB failed: {os.strerror(exc.errno or 0)}"
             return view
