@@ -202,3 +202,59 @@ def test_prefill_loop_never_reuses_a_busy_slot_and_posts_every_row(pacing, close
         # requests queue on the one emulated prefill GPU
         starts = np.sort(m["req_start_ns"])
         assert (np.diff(starts) >= plan.requests["prefill_ns"][0]).all()
+
+
+def test_spin_window_follows_the_tail_of_wakeup_overshoot():
+    from pytest_kvfabric.endpoint.prefill import MAX_SPIN_NS, SPIN_NS, SpinWindow
+
+    w = SpinWindow()
+    for _ in range(1000):  # a quiet host: wake-ups on time (or early)
+        w.note(-1_000)
+        w.note(5_000)
+    assert w.ns == SPIN_NS + 5_000
+    w.note(600_000)  # one late wake-up (a p99 event on a virtual host) widens the window at once
+    assert w.ns == SPIN_NS + 600_000
+    for _ in range(100):  # ... and it still counts 100 on-time wake-ups later
+        w.note(0)
+    assert SPIN_NS + 300_000 < w.ns < SPIN_NS + 600_000
+    for _ in range(3000):  # long quiet: back to the floor
+        w.note(0)
+    assert w.ns == SPIN_NS
+    w.note(50_000_000)  # never more than the cap
+    assert w.ns == MAX_SPIN_NS
+
+
+class _LaggingInitiator(_SlowInitiator):
+    """Completes nothing until 3 ms after a post, recording every poll timeout it is given."""
+
+    def __init__(self, *a) -> None:
+        super().__init__(*a)
+        self.timeouts: list[float] = []
+
+    def post(self, batch, timeout_s):
+        super().post(batch, timeout_s)
+        self.due = __import__("time").monotonic_ns() + 3_000_000
+
+    def poll(self, timeout_s):
+        import time
+
+        self.timeouts.append(timeout_s)
+        if self.inflight and time.monotonic_ns() >= self.due:
+            return super().poll(timeout_s)
+        time.sleep(min(timeout_s, 0.0005))
+        return np.zeros(0, COMPLETION_DTYPE)
+
+
+def test_pacing_loop_asks_epoll_for_whole_milliseconds_only():
+    # epoll rounds a timeout up to whole milliseconds (poll(300 µs) sleeps ~1.1 ms), so the
+    # pacing loop must never hand the initiator a fractional-millisecond wait while writes
+    # are in flight: it asks for the whole milliseconds and spins the rest.
+    plan = _reuse_plan(requests=2, pages=12, slots=4)
+    keys = pattern.row_keys(5, plan.transfers)
+    src = pattern.base_pattern(5, plan.src_region_bytes).copy()
+    ini = _LaggingInitiator(src, keys, plan)
+    m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", concurrency=2,
+                                                         max_inflight=8, timeout_s=30))
+    assert m["requests_completed"] == len(plan.requests)
+    waits = [t for t in ini.timeouts if t > 0]
+    assert ini.timeouts and all(abs(t * 1e3 - round(t * 1e3)) < 1e-9 for t in ini.timeouts), waits[:10]
