@@ -511,9 +511,9 @@ def test_busy_poll_never_outlasts_the_callers_timeout():
         served.close()
 
 
-def test_single_write_after_a_timed_out_post_goes_out_after_the_queued_bytes():
-    # post() timed out with bytes still queued (want_write set); the next one-write post must
-    # not jump the queue: once the target reads, both writes are placed, in order.
+def test_post_queues_and_returns_and_a_later_single_write_goes_out_after_the_queue():
+    # post() returns with bytes still queued (as ibv_post_send does); poll() hands them to the
+    # kernel as the socket drains. A one-write post behind them must not jump the queue.
     region_len = 8 * MIB
     served = ServedTarget(T, region_len)  # not started: it reads nothing yet
     src_region = T.allocate(region_len, {})
@@ -522,10 +522,9 @@ def test_single_write_after_a_timed_out_post_goes_out_after_the_queued_bytes():
     ini = T.initiator(src_region, {"token": TOKEN, "sndbuf": 65536})
     try:
         ini.connect(served.descriptor, 5)
-        with pytest.raises(TransportError, match="post timed out"):
-            ini.post(batch([0], [0], [6 * MIB]), 0.2)
-        with pytest.raises(TransportError, match="post timed out"):  # queued behind, not sent
-            ini.post(batch([6 * MIB], [7 * MIB], [4096], first_xfer=1), 0.0)
+        ini.post(batch([0], [0], [6 * MIB]), 0.2)  # far more than the socket takes: queued
+        ini.post(batch([6 * MIB], [7 * MIB], [4096], first_xfer=1), 0.0)  # behind it
+        assert ini.outstanding() == 2 and not len(ini.poll(0.05))
     finally:
         served.start()  # now the target reads; poll() sends what is queued
     try:
@@ -540,6 +539,24 @@ def test_single_write_after_a_timed_out_post_goes_out_after_the_queued_bytes():
     assert np.array_equal(served.arr[:6 * MIB], src[:6 * MIB])
     assert np.array_equal(served.arr[7 * MIB:7 * MIB + 4096], src[6 * MIB:6 * MIB + 4096])
     served.close()
+
+
+@pytest.mark.parametrize("max_unsent", [0, MIB])
+def test_post_blocks_while_more_than_max_unsent_bytes_are_queued(max_unsent):
+    ls = socket.create_server(("127.0.0.1", 0))
+    ini = T.initiator(T.allocate(8 * MIB, {}), {"token": TOKEN, "sndbuf": 65536,
+                                                "max_unsent_bytes": max_unsent})
+    try:
+        ini.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
+        conn, _ = ls.accept()  # accepts, never reads
+        with pytest.raises(TransportError, match="post timed out after 0.2 s"):
+            ini.post(batch([0], [0], [6 * MIB]), 0.2)
+        conn.close()
+    finally:
+        ini.close()
+        ls.close()
+    with pytest.raises(TransportError, match="max_unsent_bytes must be a byte count >= 0, got -1"):
+        T.initiator(T.allocate(10, {}), {"max_unsent_bytes": -1})
 
 
 @pytest.mark.parametrize("busy_poll_us", [0, 50, 5000])

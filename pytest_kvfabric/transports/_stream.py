@@ -63,6 +63,10 @@ _WRITE = framing.WRITE
 _WRITEV = framing.WRITEV
 _EMPTY = b""  # the prefix of every write of a WRITEV frame after its first (keeps [prefix, payload] pairs)
 WRITEV_MAX_BYTES = 4 << 20  # default payload cap of one WRITEV frame (option writev_max_bytes)
+# post() queues and returns, as ibv_post_send does; it blocks (pumping) only while more than
+# this many bytes are queued and not yet accepted by the kernel (option max_unsent_bytes; 0:
+# block until every byte is in the kernel).
+MAX_UNSENT_BYTES = 16 << 20
 _HS = framing.HEADER_SIZE
 _EAGAIN = (BlockingIOError, InterruptedError)
 _ACK_BUF_BYTES = 65536
@@ -930,6 +934,16 @@ class StreamInitiator(Initiator):
         self._writev = False
         self.writev_max_bytes = int(self.options.get("writev_max_bytes") or WRITEV_MAX_BYTES)
         self.frames_writev = 0
+        raw = self.options.get("max_unsent_bytes", MAX_UNSENT_BYTES)
+        try:
+            self._max_unsent = int(raw)
+        except (TypeError, ValueError):
+            self._max_unsent = -1
+        if self._max_unsent < 0:
+            raise TransportError(
+                f"{self.transport_name}: option max_unsent_bytes must be a byte count >= 0, got {raw!r}"
+            )
+        self._unsent = 0  # bytes queued (headers, tables, payload) and not yet accepted by the kernel
 
     # -- hooks for subclasses -------------------------------------------------------------
     def _configure_socket(self, sock: socket.socket) -> None:
@@ -1031,17 +1045,19 @@ class StreamInitiator(Initiator):
         nconn = len(conns)
         if self._writev and n > 1 and not _overlapping(batch, ds, ns):
             if nconn == 1:
-                self._emit_writev(conns[0], xs, ss, ds, ns, imms)
+                framing_bytes = self._emit_writev(conns[0], xs, ss, ds, ns, imms)
             else:
                 rr = self._rr
+                framing_bytes = 0
                 for k in range(min(nconn, n)):
                     ci = (rr + k) % nconn
-                    self._emit_writev(conns[ci], xs[k::nconn], ss[k::nconn], ds[k::nconn],
-                                      ns[k::nconn], imms[k::nconn])
+                    framing_bytes += self._emit_writev(conns[ci], xs[k::nconn], ss[k::nconn],
+                                                       ds[k::nconn], ns[k::nconn], imms[k::nconn])
                 self._rr = (rr + n) % nconn
             self._posted += n
             self.bytes_posted += total
-            self._pump(time.monotonic() + timeout_s, timeout_s)
+            self._unsent += total + framing_bytes
+            self._push(timeout_s)
             return
         mv = self._mv
         pack = _PACK
@@ -1067,7 +1083,8 @@ class StreamInitiator(Initiator):
             self._rr = rr
         self._posted += n
         self.bytes_posted += total
-        self._pump(time.monotonic() + timeout_s, timeout_s)
+        self._unsent += total + n * _HS
+        self._push(timeout_s)
 
     def _post_one(self, batch: np.ndarray, timeout_s: float) -> None:
         """One write on one connection (the latency case): what post() does without the
@@ -1085,16 +1102,20 @@ class StreamInitiator(Initiator):
         c.xfers.append(x)
         self._posted += 1
         self.bytes_posted += nb
-        if c.want_write or not self._send_some(c):
-            self._pump(time.monotonic() + timeout_s, timeout_s)
+        self._unsent += nb + _HS
+        # (anything queued before goes first: _send_some sends the queue in order)
+        self._set_want_write(c, not self._send_some(c))
+        if self._unsent > self._max_unsent:
+            self._pump(time.monotonic() + timeout_s, timeout_s, self._max_unsent)
 
     def _emit_writev(
         self, c: InitiatorConn, xs: Any, ss: Any, ds: Any, ns: Any, imms: Any
-    ) -> None:
+    ) -> int:
         """Queue one connection's writes as WRITEV frames (<= MAX_WRITEV_ENTRIES entries and
         <= writev_max_bytes payload each; a lone write goes as a WRITE). The iov keeps one
         [prefix, payload] pair per write (prefix = header + table for a frame's first write,
-        b"" for the others), so the sent-write accounting counts pairs as with WRITE frames."""
+        b"" for the others), so the sent-write accounting counts pairs as with WRITE frames.
+        Returns the header and table bytes queued (besides the payload)."""
         mv = self._mv
         iov = c.iov
         append = iov.append
@@ -1102,6 +1123,7 @@ class StreamInitiator(Initiator):
         m = len(xs)
         cap = self.writev_max_bytes
         max_e = framing.MAX_WRITEV_ENTRIES
+        framing_bytes = 0
         i = 0
         while i < m:
             lim = min(m, i + max_e)
@@ -1115,8 +1137,11 @@ class StreamInitiator(Initiator):
                 s, nb = ss[i], ns[i]
                 append(_PACK(_MAGIC, _VERSION, _WRITE, nb, ds[i], seq, imms[i]))
                 append(mv[s : s + nb])
+                framing_bytes += _HS
             else:
-                append(framing.encode_writev(seq + 1, ds[i:j], ns[i:j], imms[i:j]))
+                prefix = framing.encode_writev(seq + 1, ds[i:j], ns[i:j], imms[i:j])
+                framing_bytes += len(prefix)
+                append(prefix)
                 s, nb = ss[i], ns[i]
                 append(mv[s : s + nb])
                 for k in range(i + 1, j):
@@ -1128,6 +1153,7 @@ class StreamInitiator(Initiator):
             i = j
         c.seq = seq
         c.xfers.extend(xs)
+        return framing_bytes
 
     def _send_some(self, c: InitiatorConn) -> bool:
         """sendmsg until the queue is empty or the socket is full; True if all was sent."""
@@ -1153,6 +1179,7 @@ class StreamInitiator(Initiator):
                     f"{self.transport_name}: send to {c.peer} (connection {c.index}) failed: "
                     f"{exc}; {self._posted - self._completed} writes outstanding"
                 ) from None
+            self._unsent -= sent
             # advance over fully sent buffers
             off = c.iov_off + sent
             n_iov = len(iov)
@@ -1194,9 +1221,18 @@ class StreamInitiator(Initiator):
             ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
             self._sel.modify(c.sock, ev, c)
 
-    def _pump(self, deadline: float, timeout_s: float) -> None:
-        """Hand every queued byte to the kernel, reading acks while waiting (no deadlock:
-        the target never blocks on its ack stream either)."""
+    def _push(self, timeout_s: float) -> None:
+        """After queueing: hand the kernel what it takes now (the rest goes out from poll(),
+        woken by EPOLLOUT); block only while more than max_unsent_bytes stay queued."""
+        for c in self._conns:
+            if c.iov_i < len(c.iov):
+                self._set_want_write(c, not self._send_some(c))
+        if self._unsent > self._max_unsent:
+            self._pump(time.monotonic() + timeout_s, timeout_s, self._max_unsent)
+
+    def _pump(self, deadline: float, timeout_s: float, limit: int = 0) -> None:
+        """Hand queued bytes to the kernel until at most `limit` stay queued, reading acks
+        while waiting (no deadlock: the target never blocks on its ack stream either)."""
         while True:
             pending = False
             for c in self._conns:
@@ -1205,7 +1241,7 @@ class StreamInitiator(Initiator):
                     self._set_want_write(c, True)
                 else:
                     self._set_want_write(c, False)
-            if not pending:
+            if not pending or self._unsent <= limit:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -359,6 +359,7 @@ class DevmemInitiator(ZeroCopyInitiator):
                 if self._send_would_wait(c, exc):
                     return False
                 raise TransportError(f"devmem: send to {c.peer} failed: {exc}") from None
+            self._unsent -= sent
             off += sent
             before = c.sent_writes
             if off >= len(buf):
