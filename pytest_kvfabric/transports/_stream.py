@@ -1103,10 +1103,7 @@ class StreamInitiator(Initiator):
         self._posted += 1
         self.bytes_posted += nb
         self._unsent += nb + _HS
-        # (anything queued before goes first: _send_some sends the queue in order)
-        self._set_want_write(c, not self._send_some(c))
-        if self._unsent > self._max_unsent:
-            self._pump(time.monotonic() + timeout_s, timeout_s, self._max_unsent)
+        self._push(timeout_s)  # (anything queued before goes first: the queue is sent in order)
 
     def _emit_writev(
         self, c: InitiatorConn, xs: Any, ss: Any, ds: Any, ns: Any, imms: Any
