@@ -248,12 +248,6 @@ def run_prefill(
                     started += 1
 
     window = SpinWindow()
-    spin_ns = window.ns
-
-    def note_wake(intended: int) -> None:
-        nonlocal spin_ns
-        window.note(now() - intended)
-        spin_ns = window.ns
 
     while completed_rows < target_rows:
         t = now()
@@ -324,6 +318,7 @@ def run_prefill(
         t = now()
         next_ready = heap[0][0] if heap and len(ready) < pull_cap else None
         wait_ns = (next_ready - t) if next_ready is not None else 5_000_000
+        spin_ns = window.ns
         if inflight:
             # Wake for a completion, or in time to spin into the next ready time. epoll waits
             # whole milliseconds, rounded up (poll(300 µs) sleeps ~1.1 ms): ask for the whole
@@ -333,7 +328,7 @@ def run_prefill(
             if len(comp):
                 on_completions(comp)
             elif next_ready is not None and whole_ms:
-                note_wake(t + whole_ms * 1_000_000)
+                window.note(now() - (t + whole_ms * 1_000_000))
             continue
         if next_ready is None:
             if completed_rows >= target_rows:
@@ -344,7 +339,7 @@ def run_prefill(
             )
         if wait_ns > spin_ns:
             time.sleep((wait_ns - spin_ns) / 1e9)
-            note_wake(next_ready - spin_ns)
+            window.note(now() - (next_ready - spin_ns))
         while now() < next_ready:  # the last stretch: busy-wait for a punctual post
             pass
 
