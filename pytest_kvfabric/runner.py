@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import execnet
@@ -68,7 +67,6 @@ class AgentPair:
         if self._group is not None:
             return
         self._group = execnet.Group()
-        root = str(Path(__file__).resolve().parent.parent)
         try:
             for role, host in (("decode", self.pair.decode), ("prefill", self.pair.prefill)):
                 try:
@@ -77,7 +75,7 @@ class AgentPair:
                     raise TransportError(
                         f"{role} agent could not start on {host.name} ({host.gateway_spec}): {exc}"
                     ) from None
-                self._ch[role] = gw.remote_exec(BOOTSTRAP.format(root=root))
+                self._ch[role] = gw.remote_exec(BOOTSTRAP)
         except BaseException:
             self.close()
             raise

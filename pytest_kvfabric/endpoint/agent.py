@@ -22,18 +22,12 @@ from typing import Any
 
 import numpy as np
 
-BOOTSTRAP = """
-import os, sys
-# Before numpy loads: agents do no BLAS work, and OpenBLAS's worker threads spin for ~0.1 s
-# of CPU after start-up, which the other agent on a small host needs.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-try:
-    import pytest_kvfabric  # noqa: F401
-except ImportError:
-    sys.path.insert(0, {root!r})
+from ..fabric.base import remote_source
+
+BOOTSTRAP = remote_source("""
 from pytest_kvfabric.endpoint.agent import serve
 serve(channel)
-"""
+""")
 
 INJECT_KEY = "_inject"  # test-only transport_params key: "corrupt" | "misplace" | "kill" | "stall"
 

@@ -8,7 +8,26 @@ inventory named); `interface` is the data-plane interface, for counters and NIC 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+# What every piece of code sent through gateway.remote_exec runs first. Before numpy loads:
+# agents and probes do no BLAS work, and OpenBLAS's worker threads spin for ~0.1 s of CPU
+# after start-up, which the other agent on a small host needs.
+_REMOTE_PRELUDE = """
+import os, sys
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+try:
+    import pytest_kvfabric  # noqa: F401
+except ImportError:
+    sys.path.insert(0, %r)
+"""
+
+
+def remote_source(body: str) -> str:
+    """Source for gateway.remote_exec: the common prelude (this checkout importable where the
+    package is not installed; OpenBLAS single-threaded), then body."""
+    return _REMOTE_PRELUDE % str(Path(__file__).resolve().parents[2]) + body
 
 
 @dataclass(frozen=True)

@@ -4,27 +4,20 @@ A probe answers for the machine it runs on (its NICs, its kernel, its /dev); on 
 hosts fabrics that is not the machine pytest runs on, so the probe travels to each host."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 from ..transports.base import Capability
-from .base import Host, HostPair
+from .base import Host, HostPair, remote_source
 
-_REMOTE = """
-import os, sys
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the agents (endpoint/agent.py BOOTSTRAP)
-try:
-    import pytest_kvfabric  # noqa: F401
-except ImportError:
-    sys.path.insert(0, {root!r})
+_REMOTE = remote_source("""
 from pytest_kvfabric.transports.registry import probe
 name, params = channel.receive()
 try:
     cap = probe(name, params)
-    channel.send({{"available": cap.available, "reason": cap.reason, "data_path": cap.data_path}})
+    channel.send({"available": cap.available, "reason": cap.reason, "data_path": cap.data_path})
 except Exception as exc:  # a bad parameter is reported, not swallowed
-    channel.send({{"available": False, "reason": "probe failed: %s: %s" % (type(exc).__name__, exc)}})
-"""
+    channel.send({"available": False, "reason": "probe failed: %s: %s" % (type(exc).__name__, exc)})
+""")
 
 
 def host_params(host: Host, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,13 +32,12 @@ def host_params(host: Host, params: Mapping[str, Any]) -> dict[str, Any]:
 def probe_on_host(host: Host, transport: str, params: Mapping[str, Any], timeout_s: float = 30.0) -> Capability:
     from .hosts import HostUnreachable, _open_gateway
 
-    root = str(Path(__file__).resolve().parents[2])
     try:
         group, gw = _open_gateway(host.gateway_spec, timeout_s, host.name)
     except HostUnreachable as exc:
         return Capability.missing(str(exc))
     try:
-        ch = gw.remote_exec(_REMOTE.format(root=root))
+        ch = gw.remote_exec(_REMOTE)
         ch.send((transport, host_params(host, params)))
         answer = ch.receive(timeout=timeout_s)
     except Exception as exc:  # execnet raises its own types for remote errors and timeouts
