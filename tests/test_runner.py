@@ -258,3 +258,60 @@ def test_pacing_loop_asks_epoll_for_whole_milliseconds_only():
     assert m["requests_completed"] == len(plan.requests)
     waits = [t for t in ini.timeouts if t > 0]
     assert ini.timeouts and all(abs(t * 1e3 - round(t * 1e3)) < 1e-9 for t in ini.timeouts), waits[:10]
+
+
+def _record_stamps(monkeypatch) -> dict[int, int]:
+    """Patch the prefill loop's Stamper to record when each row was first stamped."""
+    import time
+
+    from pytest_kvfabric.endpoint import prefill as prefill_mod
+
+    stamped: dict[int, int] = {}
+
+    class _Recording(pattern.Stamper):
+        def __call__(self, row, off, n):
+            stamped.setdefault(row, time.monotonic_ns())
+            super().__call__(row, off, n)
+
+    monkeypatch.setattr(prefill_mod.pattern, "Stamper", _Recording)
+    return stamped
+
+
+def _ready_abs(plan: TransferPlan, m) -> np.ndarray:
+    T = plan.transfers
+    return m["req_start_ns"][T["request"].astype(int)] + T["ready_ns"].astype(np.int64)
+
+
+def test_pacing_stages_a_group_before_its_ready_time_and_posts_it_no_earlier(monkeypatch):
+    # Stamping and building a group's batch happen before its ready time (they are tens of
+    # µs of Python that would otherwise all be post lateness); the post itself never
+    # comes before the ready time.
+    stamped = _record_stamps(monkeypatch)
+    plan = _reuse_plan(requests=2, pages=12, slots=12)
+    keys = pattern.row_keys(5, plan.transfers)
+    src = pattern.base_pattern(5, plan.src_region_bytes).copy()
+    ini = _SlowInitiator(src, keys, plan)  # also asserts every posted row is stamped
+    m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", max_inflight=8, timeout_s=30))
+    assert ini.violations == [] and m["requests_completed"] == len(plan.requests)
+    ready = _ready_abs(plan, m)
+    st = np.array([stamped[i] for i in range(len(plan.transfers))])
+    assert (m["post_ns"] >= ready).all()
+    assert (st <= m["post_ns"]).all()
+    assert (st < ready).any(), "no group was staged ahead of its ready time"
+
+
+def test_a_group_that_cannot_be_staged_waits_for_its_slot_and_is_not_posted_early(monkeypatch):
+    # Rows 4-5 reuse the source slots of rows 0-1, which the initiator completes only 3 ms
+    # after their post: staging them ahead of time must not claim the slot, and once the
+    # slot is free they go out (after their ready time, never before it).
+    stamped = _record_stamps(monkeypatch)
+    plan = _reuse_plan(requests=1, pages=12, slots=4)
+    keys = pattern.row_keys(5, plan.transfers)
+    src = pattern.base_pattern(5, plan.src_region_bytes).copy()
+    ini = _LaggingInitiator(src, keys, plan)
+    m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", max_inflight=8, timeout_s=30))
+    assert ini.violations == [] and sorted(ini.posted) == list(range(12))
+    ready = _ready_abs(plan, m)
+    assert (m["post_ns"] >= ready).all()
+    assert m["post_ns"][4] >= m["done_ns"][0] and m["post_ns"][5] >= m["done_ns"][1]
+    assert stamped[4] >= m["done_ns"][0], "row 4 was stamped while row 0 still read its source slot"
