@@ -295,6 +295,31 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+CI_LEVEL = 0.90  # confidence asked of a verdict (see median_ci)
+
+
+def median_ci(values: Sequence[float], level: float = CI_LEVEL) -> dict[str, Any]:
+    """Distribution-free confidence interval of a median from order statistics.
+
+    [x_(k), x_(n+1-k)] covers the true median with probability 1 - 2 P(Binomial(n, 1/2) < k),
+    whatever the distribution (rounds on a noisy host are neither normal nor equal-variance).
+    Takes the narrowest such interval whose coverage is at least `level`; with too few
+    values for that, [min, max] and the (lower) coverage it actually has."""
+    xs = sorted(float(v) for v in values if v == v)
+    n = len(xs)
+    if not n:
+        return {"lo": float("nan"), "hi": float("nan"), "coverage": 0.0, "n": 0}
+    below = 0.0  # P(Binomial(n, 1/2) < k), k = 1, 2, ...
+    k, coverage = 1, 1.0 - 2.0 * 0.5 ** n
+    while True:
+        below += math.comb(n, k - 1) * 0.5 ** n
+        nxt = 1.0 - 2.0 * (below + math.comb(n, k) * 0.5 ** n)
+        if k + 1 > (n + 1) // 2 or nxt < level:
+            break
+        k, coverage = k + 1, nxt
+    return {"lo": xs[k - 1], "hi": xs[n - k], "coverage": coverage, "n": n}
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank-with-interpolation percentile (q in 0..100)."""
     vals = sorted(values)
@@ -322,10 +347,17 @@ def ratio_row(label: str, ours: Sequence[float], ref: Sequence[float], *, unit: 
     # The verdict uses the median of the per-round ratios (each round runs both sides back to
     # back, so a burst of load from the shared host hits one round, not one side's median).
     verdict = sp["median"] if sp["n"] else ratio
+    ci = median_ci(paired)
     if target is None:  # context row (e.g. CPU cost): no target to meet
         ok = None
+        decided = None
     else:
         ok = (verdict >= target) if higher_is_better else (verdict <= target)
+        # Does the whole confidence interval of that median lie on one side of the target?
+        good_lo = ci["lo"] >= target if higher_is_better else ci["hi"] <= target
+        bad_hi = ci["hi"] < target if higher_is_better else ci["lo"] > target
+        decided = ("met" if good_lo and ci["coverage"] >= CI_LEVEL else
+                   "missed" if bad_hi and ci["coverage"] >= CI_LEVEL else "undecided")
     return {
         "label": label,
         "unit": unit,
@@ -337,6 +369,11 @@ def ratio_row(label: str, ours: Sequence[float], ref: Sequence[float], *, unit: 
         "target": target,
         "target_op": ">=" if higher_is_better else "<=",
         "met": None if ok is None else (bool(ok) if verdict == verdict else False),
+        # The median's confidence interval and what it decides: "met" / "missed" only when the
+        # whole interval is on one side of the target, else "undecided" (host noise or too
+        # few rounds to tell).
+        "paired_ratio_ci": ci,
+        "decided": decided,
     }
 
 
@@ -346,10 +383,19 @@ def _fmt(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}" if abs(x) < 1000 else f"{x:.0f}"
 
 
+def _fmt_decided(r: Mapping[str, Any]) -> str:
+    ci, d = r.get("paired_ratio_ci"), r.get("decided")
+    if not ci or not ci["n"] or d is None:
+        return "-"
+    cov = "" if ci["coverage"] >= CI_LEVEL else f" (only {ci['coverage']:.0%}: too few rounds)"
+    return f"[{_fmt(ci['lo'], 2)}-{_fmt(ci['hi'], 2)}]{cov}: {d}"
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Our figure, the reference figure and the ratio, with spreads (min-max over rounds)."""
     head = ["comparison", "unit", "ours median [min-max]", "reference median [min-max]",
-            "ratio of medians", "per-round ratio median [min-max]", "target", "met"]
+            "ratio of medians", "per-round ratio median [min-max]", "target", "met",
+            f"{CI_LEVEL:.0%} CI of that median: verdict"]
     lines = []
     for r in rows:
         o, f, p = r["ours"], r["ref"], r["paired_ratio"]
@@ -363,6 +409,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{_fmt(p['median'], 2)} [{_fmt(p['min'], 2)}-{_fmt(p['max'], 2)}]",
             f"{r['target_op']} {r['target']}" if r["target"] is not None else "-",
             "-" if r["met"] is None else ("yes" if r["met"] else "NO"),
+            _fmt_decided(r),
         ])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join("{:<%d}" % w for w in widths)

@@ -15,14 +15,22 @@ def _f(x: Any, nd: int = 3) -> str:
     return f"{x:.{nd}f}" if abs(x) < 1000 else f"{x:.0f}"
 
 
+def _decided(r: dict[str, Any]) -> str:
+    ci, d = r.get("paired_ratio_ci"), r.get("decided")
+    if not ci or not ci.get("n") or d is None:  # context rows, and JSON from before the CI
+        return "-"
+    few = "" if ci["coverage"] >= 0.9 else f" (only {ci['coverage']:.0%}: too few rounds)"
+    return f"[{_f(ci['lo'], 2)}-{_f(ci['hi'], 2)}]{few}: " + (f"**{d}**" if d != "met" else d)
+
+
 def render(doc: dict[str, Any]) -> str:
     env = doc["env"]
     git = env.get("git", {})
     head = (f"**{doc['benchmark']}**, {env['date_utc']} UTC, kernel {env['kernel']}, {env['cpu']} x{env['ncpu']}, "
             f"load {env['loadavg'][0]:.2f} -> {env.get('loadavg_end', [float('nan')])[0]:.2f}, "
             f"commit {git.get('commit', '?')}" + (f" + uncommitted {', '.join(git['modified'])}" if git.get("modified") else ""))
-    lines = [head, "", "| comparison | unit | ours median [min-max] | reference median [min-max] | ratio of medians | per-round ratio: median [min-max] (verdict) | target | met |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [head, "", "| comparison | unit | ours median [min-max] | reference median [min-max] | ratio of medians | per-round ratio: median [min-max] (verdict) | target | met | 90% CI of that median: verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         o, f, p = r["ours"], r["ref"], r["paired_ratio"]
         # verdict on the median of per-round ratios (recomputed: older JSON used the ratio of medians)
@@ -36,7 +44,7 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {r['label']} | {r['unit']} | {_f(o['median'])} [{_f(o['min'])}-{_f(o['max'])}] | "
             f"{r.get('ref_label') or ''} {_f(f['median'])} [{_f(f['min'])}-{_f(f['max'])}] | {_f(r['ratio'], 2)} | "
-            f"{_f(p['median'], 2)} [{_f(p['min'], 2)}-{_f(p['max'], 2)}] | {tgt} | {met} |")
+            f"{_f(p['median'], 2)} [{_f(p['min'], 2)}-{_f(p['max'], 2)}] | {tgt} | {met} | {_decided(r)} |")
     for n in doc.get("notes", []):
         lines.append(f"\n_{n}_")
     return "\n".join(lines)

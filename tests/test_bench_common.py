@@ -52,6 +52,32 @@ def test_ratio_row_throughput_and_latency_verdicts() -> None:
     assert ctx["met"] is None
 
 
+def test_median_ci_uses_binomial_order_statistics() -> None:
+    # n=9: [x(2), x(8)] covers the median with 1 - 2*(1+9)/512 = 96.1 %; [x(3), x(7)] only 82 %.
+    ci = C.median_ci([9, 1, 8, 2, 7, 3, 6, 4, 5])
+    assert (ci["lo"], ci["hi"], ci["n"]) == (2.0, 8.0, 9)
+    assert ci["coverage"] == pytest.approx(1 - 2 * 10 / 512)
+    # n=5: only [min, max] reaches 90 % (93.75 %); n=3 cannot (75 %) and says so.
+    assert (C.median_ci([5, 4, 3, 2, 1])["lo"], C.median_ci([5, 4, 3, 2, 1])["hi"]) == (1.0, 5.0)
+    assert C.median_ci([1, 2, 3])["coverage"] == pytest.approx(0.75)
+    assert C.median_ci([float("nan")])["n"] == 0
+
+
+@pytest.mark.parametrize("ours, decided", [
+    ([1.1, 1.2, 1.3, 1.4, 1.5], "met"),         # every round above: the interval is too
+    ([0.5, 0.6, 0.7, 0.8, 0.9], "missed"),
+    ([0.9, 1.05, 1.1, 1.2, 1.3], "undecided"),  # median meets it, the interval straddles it
+    ([1.1, 1.2, 1.3], "undecided"),             # 3 rounds: no 90 % interval at all
+])
+def test_ratio_row_decides_only_when_the_interval_clears_the_target(ours, decided) -> None:
+    r = C.ratio_row("x", ours, [1.0] * len(ours), unit="GB/s", target=1.0)
+    assert r["decided"] == decided
+    lat = C.ratio_row("y", [2.0 - x for x in ours], [1.0] * len(ours), unit="us", target=1.0,
+                      higher_is_better=False)
+    assert lat["decided"] == decided
+    assert C.ratio_row("z", ours, [1.0] * len(ours), unit="CPU s/GB", target=None)["decided"] is None
+
+
 def test_interleave_rotates_order_and_collects_per_contender() -> None:
     order: list[str] = []
     mk = lambda n: (lambda: order.append(n) or {"v": len(order)})  # noqa: E731
@@ -64,6 +90,7 @@ def test_format_table_marks_missed_targets() -> None:
     rows = [C.ratio_row("ours vs ref", [0.5], [1.0], unit="GB/s", target=1.0, ref_label="iperf3")]
     text = C.format_table(rows)
     assert "ours vs ref" in text and "iperf3: 1.000" in text and "NO" in text
+    assert "[0.50-0.50] (only 0%: too few rounds): undecided" in text
 
 
 def test_top_frames_self_time(tmp_path: Path) -> None:
