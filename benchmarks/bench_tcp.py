@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the tcp-alone run over a 2 MiB region (cache-hot, as iperf3 reuses one buffer)")
     ap.add_argument("--no-runner", dest="runner", action="store_false", help="skip the run_scenario path")
     ap.add_argument("--runner-rounds", type=int, default=3, help="rounds that include the runner path")
-    ap.add_argument("--runner-mib", type=int, default=256, help="MiB moved per runner run")
+    # 2 GiB: about what iperf3 moves in its 1 s here, so TCP's ramp-up (slow start, receive
+    # buffer autotuning) weighs the same on both sides (256 MiB runs lasted ~0.1 s).
+    ap.add_argument("--runner-mib", type=int, default=2048, help="MiB moved per runner run")
     ap.add_argument("--pool-mib", type=int, default=64, help="emulated HBM per agent in runner runs")
     ap.add_argument("--no-verify", action="store_true", help="runner runs without page verification")
     ap.add_argument("--json", action="store_true")
