@@ -13,7 +13,7 @@ Ours is measured two ways, in the same rounds as iperf3:
   runner     the product path: run_scenario() with a Synthetic scenario, pacing "none"
              (two execnet agents, pattern-filled pool, every page verified at the decode side).
 
-    python benchmarks/bench_tcp.py                 # loopback, 5 rounds, ~60 s
+    python benchmarks/bench_tcp.py                 # loopback, 5 rounds, ~90 s
     python benchmarks/bench_tcp.py --fabric both   # + a veth pair between two namespaces
     python benchmarks/bench_tcp.py --json          # one JSON document on stdout
 """
