@@ -242,8 +242,9 @@ def run_prefill(
         """Claim, stamp and build rows to post later; all or nothing (no side effect on False)."""
         nonlocal inflight_bytes
         kk = len(rows)
+        # The same windows as the ready path below: a larger single write may still go alone.
         if inflight + kk > opts.max_inflight or (
-            inflight > 0 and inflight_bytes + sum(l_nb[i] for i in rows) > opts.max_inflight_bytes
+            (inflight > 0 or kk > 1) and inflight_bytes + sum(l_nb[i] for i in rows) > opts.max_inflight_bytes
         ):
             return False
         claimed: list[int] = []
@@ -343,7 +344,7 @@ def run_prefill(
             for pos, i in enumerate(ready):
                 nb = l_nb[i]
                 if inflight + len(staged_rows) + k >= opts.max_inflight or (
-                    inflight + k > 0 and inflight_bytes + nb > opts.max_inflight_bytes
+                    inflight + len(staged_rows) + k > 0 and inflight_bytes + nb > opts.max_inflight_bytes
                 ):
                     keep.extend(ready[pos:])
                     break
@@ -386,13 +387,15 @@ def run_prefill(
         if k:
             continue
         t = now()
-        # Next event: a staged group's post, a blocked early group, or the time to stage the next one.
-        if staged_rows:
-            next_ready = staged_at
-        elif early:
-            next_ready = early_at
+        # Next event: a staged group's post, a blocked early group, or the time to stage the
+        # next one; rows of a request admitted since (closed loop) may be ready before either.
+        pending = heap[0][0] if heap and len(ready) < pull_cap else None
+        if staged_rows or early:
+            next_ready = staged_at if staged_rows else early_at
+            if pending is not None and pending < next_ready:
+                next_ready = pending
         else:
-            next_ready = heap[0][0] - (0 if ready else lead) if heap and len(ready) < pull_cap else None
+            next_ready = pending - (0 if ready else lead) if pending is not None else None
         wait_ns = (next_ready - t) if next_ready is not None else 5_000_000
         spin_ns = window.ns
         if inflight:

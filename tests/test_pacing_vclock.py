@@ -1,0 +1,158 @@
+"""The prefill pacing loop on a virtual clock: exact, repeatable timing assertions.
+
+`prefill.time` is replaced by a clock that advances 1 µs per reading and jumps on sleep,
+and the initiator completes each write a fixed hold after its post on that clock. No wall
+clock is involved, so these tests can assert lateness in (virtual) microseconds.
+"""
+from __future__ import annotations
+
+import time as _time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pytest_kvfabric.emulator.plan import REQUEST_DTYPE, TRANSFER_DTYPE, TransferPlan
+from pytest_kvfabric.endpoint import pattern
+from pytest_kvfabric.endpoint import prefill as prefill_mod
+from pytest_kvfabric.endpoint.prefill import PrefillOptions, run_prefill
+from pytest_kvfabric.transports.base import COMPLETION_DTYPE
+
+US = 1_000
+
+
+class VirtualClock:
+    """Stands in for the `time` module inside prefill.py."""
+
+    def __init__(self) -> None:
+        self.t = 10**12
+
+    def monotonic_ns(self) -> int:
+        self.t += US  # every reading costs 1 µs, so busy-waits end
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += int(seconds * 1e9)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+
+class HoldingInitiator:
+    """Completes writes in order, `hold_ns` after their post; records what it saw."""
+
+    def __init__(self, clock: VirtualClock, plan: TransferPlan, src: np.ndarray, keys: np.ndarray,
+                 hold_ns: int) -> None:
+        self.clock, self.plan, self.src, self.keys, self.hold = clock, plan, src, keys, hold_ns
+        self.queue: list[tuple[int, int]] = []  # (due, xfer)
+        self.posted_at: dict[int, int] = {}  # by our clock, not the loop's records
+        self.max_writes = self.max_bytes = 0
+        self.stamped_before_post = True
+
+    def post(self, batch: np.ndarray, timeout_s: float) -> None:
+        nb = self.plan.transfers["nbytes"]
+        for x, s in zip(batch["xfer"].tolist(), batch["src_off"].tolist()):
+            self.queue.append((self.clock.t + self.hold, x))
+            self.posted_at[x] = self.clock.t
+            self.stamped_before_post &= self.src[s:s + 8].tobytes() == self.keys[x][:8].tobytes()
+        self.max_writes = max(self.max_writes, len(self.queue))
+        self.max_bytes = max(self.max_bytes, int(sum(int(nb[x]) for _, x in self.queue)))
+
+    def poll(self, timeout_s: float) -> np.ndarray:
+        if self.queue and self.queue[0][0] <= self.clock.t:
+            _, x = self.queue.pop(0)
+            out = np.zeros(1, COMPLETION_DTYPE)
+            out["xfer"], out["t_ns"] = x, self.clock.t
+            return out
+        # Wait as epoll would: until the next completion or the timeout, whichever is first.
+        step = int(timeout_s * 1e9) if timeout_s > 0 else US
+        self.clock.t = min(self.queue[0][0], self.clock.t + step) if self.queue else self.clock.t + step
+        return np.zeros(0, COMPLETION_DTYPE)
+
+    def outstanding(self) -> int:
+        return len(self.queue)
+
+
+def _plan(requests: list[list[int]], page: int = 256, prefill_ns: int = 1_000) -> TransferPlan:
+    """One row per entry (its ready_ns); every row has its own source and destination page."""
+    n = sum(map(len, requests))
+    t = np.zeros(n, TRANSFER_DTYPE)
+    r = np.zeros(len(requests), REQUEST_DTYPE)
+    i = 0
+    for q, readies in enumerate(requests):
+        r[q]["request"], r[q]["first"], r[q]["count"] = q, i, len(readies)
+        r[q]["nbytes"], r[q]["prefill_ns"] = len(readies) * page, prefill_ns
+        for ready in readies:
+            t[i]["request"], t[i]["block"], t[i]["ready_ns"] = q, i, ready
+            t[i]["src_off"] = t[i]["dst_off"] = i * page
+            t[i]["nbytes"] = page
+            i += 1
+    return TransferPlan(t, r, 1, 1, n * page, n * page, page, page)
+
+
+def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, **opts):
+    clock = VirtualClock()
+    monkeypatch.setattr(prefill_mod, "time", clock)
+    if stamp_log is not None:
+        class _Recording(pattern.Stamper):
+            def __call__(self, row, off, n):
+                stamp_log.setdefault(row, clock.t)
+                super().__call__(row, off, n)
+        monkeypatch.setattr(prefill_mod.pattern, "Stamper", _Recording)
+    plan = _plan(requests)
+    keys = pattern.row_keys(5, plan.transfers)
+    src = pattern.base_pattern(5, plan.src_region_bytes).copy()
+    ini = HoldingInitiator(clock, plan, src, keys, hold_ns)
+    m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", timeout_s=10, **opts))
+    T = plan.transfers
+    ready = m["req_start_ns"][T["request"].astype(int)] + T["ready_ns"].astype(np.int64)
+    posted = np.array([ini.posted_at[i] for i in range(len(T))])
+    return ini, m, ready, posted
+
+
+@pytest.mark.parametrize("stage_ns", [0, prefill_mod.STAGE_NS])
+def test_groups_go_out_at_their_ready_time_and_never_before(monkeypatch, stage_ns):
+    # Groups of 3 rows 5 ms apart, each completed 50 µs after its post: between groups the
+    # loop has nothing in flight and sleeps. Staged, it wakes early enough to build the next
+    # group first, so the post leaves within a few (virtual) µs of the ready time.
+    stamped: dict[int, int] = {}
+    groups = [g * 5_000 * US for g in range(6) for _ in range(3)]
+    ini, m, ready, posted = _run(monkeypatch, [groups], stamp_log=stamped, stage_ns=stage_ns)
+    assert ini.stamped_before_post and (posted >= ready).all()
+    assert (m["post_ns"] == posted).all()  # the loop records the time it handed the batch over
+    st = np.array([stamped[i] for i in range(len(ready))])
+    late = posted - ready
+    if stage_ns:
+        assert (st < ready).all(), "each group is built before its ready time"
+        assert late.max() <= 5 * US, late.tolist()
+    else:
+        assert (st >= ready).all()
+
+
+def test_a_staged_group_respects_the_byte_window(monkeypatch):
+    # 8 rows of 256 B ready together, 512 B allowed in flight: staging may not send the whole
+    # group at once (it is staged only if it fits; otherwise the usual path splits it).
+    ini, _, ready, posted = _run(monkeypatch, [[0] * 8], hold_ns=500 * US, max_inflight=8,
+                                 max_inflight_bytes=512)
+    assert ini.max_bytes <= 512 and (posted >= ready).all()
+
+
+def test_a_row_ready_before_a_staged_group_is_not_held_behind_it(monkeypatch):
+    # Closed loop, 2 at a time; every write completes 150 µs after its post. Request 1's pair
+    # (ready at ~t0+300 µs) is staged at ~t0+100 µs. Request 0 completes at ~t0+150 µs and
+    # admits request 2, whose row is ready 20 µs later: it must go out then, not after the pair.
+    ini, _, ready, posted = _run(monkeypatch, [[0], [300 * US, 300 * US], [20 * US]], hold_ns=150 * US,
+                                 closed_loop=True, concurrency=2, max_inflight=8)
+    late = posted - ready
+    assert (late >= 0).all() and late[3] <= 5 * US, late.tolist()
+    assert posted[3] < posted[1]
+
+
+def test_rows_ready_while_a_group_is_staged_count_against_the_write_window(monkeypatch):
+    # Room for 2 writes: request 1's row is staged while request 0's is in flight; request 0's
+    # completion admits request 2 with two rows ready at once. Only one of them may go out,
+    # because the staged row holds the other place (it goes out at ~t0+300 µs, while request
+    # 2's rows are still in flight).
+    ini, _, ready, posted = _run(monkeypatch, [[0], [300 * US], [20 * US, 20 * US]], hold_ns=150 * US,
+                                 closed_loop=True, concurrency=2, max_inflight=2)
+    assert ini.max_writes <= 2 and (posted >= ready).all()
