@@ -308,16 +308,17 @@ def median_ci(values: Sequence[float], level: float = CI_LEVEL) -> dict[str, Any
     xs = sorted(float(v) for v in values if v == v)
     n = len(xs)
     if not n:
-        return {"lo": float("nan"), "hi": float("nan"), "coverage": 0.0, "n": 0}
-    below = 0.0  # P(Binomial(n, 1/2) < k), k = 1, 2, ...
-    k, coverage = 1, 1.0 - 2.0 * 0.5 ** n
+        return {"lo": float("nan"), "hi": float("nan"), "coverage": 0.0, "n": 0, "level": level}
+    total = 2 ** n  # exact integers: 0.5 ** n would underflow for large n
+    below = 0  # 2^n P(Binomial(n, 1/2) < k), k = 1, 2, ...
+    k, coverage = 1, 1.0 - 2 / total
     while True:
-        below += math.comb(n, k - 1) * 0.5 ** n
-        nxt = 1.0 - 2.0 * (below + math.comb(n, k) * 0.5 ** n)
+        below += math.comb(n, k - 1)
+        nxt = 1.0 - 2 * (below + math.comb(n, k)) / total
         if k + 1 > (n + 1) // 2 or nxt < level:
             break
         k, coverage = k + 1, nxt
-    return {"lo": xs[k - 1], "hi": xs[n - k], "coverage": coverage, "n": n}
+    return {"lo": xs[k - 1], "hi": xs[n - k], "coverage": coverage, "n": n, "level": level}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -387,7 +388,7 @@ def _fmt_decided(r: Mapping[str, Any]) -> str:
     ci, d = r.get("paired_ratio_ci"), r.get("decided")
     if not ci or not ci["n"] or d is None:
         return "-"
-    cov = "" if ci["coverage"] >= CI_LEVEL else f" (only {ci['coverage']:.0%}: too few rounds)"
+    cov = "" if ci["coverage"] >= ci.get("level", CI_LEVEL) else f" (only {ci['coverage']:.0%}: too few rounds)"
     return f"[{_fmt(ci['lo'], 2)}-{_fmt(ci['hi'], 2)}]{cov}: {d}"
 
 

@@ -19,7 +19,7 @@ def _decided(r: dict[str, Any]) -> str:
     ci, d = r.get("paired_ratio_ci"), r.get("decided")
     if not ci or not ci.get("n") or d is None:  # context rows, and JSON from before the CI
         return "-"
-    few = "" if ci["coverage"] >= 0.9 else f" (only {ci['coverage']:.0%}: too few rounds)"
+    few = "" if ci["coverage"] >= ci.get("level", 0.9) else f" (only {ci['coverage']:.0%}: too few rounds)"
     return f"[{_f(ci['lo'], 2)}-{_f(ci['hi'], 2)}]{few}: " + (f"**{d}**" if d != "met" else d)
 
 

@@ -61,6 +61,8 @@ def test_median_ci_uses_binomial_order_statistics() -> None:
     assert (C.median_ci([5, 4, 3, 2, 1])["lo"], C.median_ci([5, 4, 3, 2, 1])["hi"]) == (1.0, 5.0)
     assert C.median_ci([1, 2, 3])["coverage"] == pytest.approx(0.75)
     assert C.median_ci([float("nan")])["n"] == 0
+    big = C.median_ci(list(range(2000)))  # exact integer binomials: no float underflow
+    assert 0.9 <= big["coverage"] < 0.95 and big["lo"] < 1000 < big["hi"]
 
 
 @pytest.mark.parametrize("ours, decided", [
