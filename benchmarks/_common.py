@@ -613,6 +613,7 @@ def runner_figures(scenario: Any, pair: Any = None, timeout_s: float = 60.0) -> 
         "cpu_s_per_gb_receiver": d["cpu_s_per_gb"].get("receiver"),
         "latency_us": d["latency_us"],
         "post_lateness_us": d["post_lateness_us"],
+        "post_call_us": d.get("post_call_us"),
         "pages_checked": d["integrity"].get("pages_checked"),
         "retransmits": d.get("retransmits"),
     }

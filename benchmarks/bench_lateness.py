@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                                 unit="µs", target=None, higher_is_better=False, ref_label="timer-only"))
         rows.append(C.ratio_row(f"{name}: p50 vs the host's bare timer loop p50", p50, C.column(floor, "p50"),
                                 unit="µs", target=None, higher_is_better=False, ref_label="timer-only"))
+        # How long the sender's post() calls (the hand-off, sendmsg included) held the loop:
+        # a call longer than the interval makes the next group late whatever the loop does.
+        calls = [(r.get("post_call_us") or {}).get("p99") for r in runs]
+        if all(c is not None for c in calls):
+            rows.append(C.ratio_row(f"{name}: post() call p99 vs post lateness p99", calls, p99, unit="µs",
+                                    target=None, higher_is_better=False, ref_label="lateness p99"))
         spin = raw[name.replace("load-", "spin-")]
         rows.append(C.ratio_row(f"{name}: the host's pure-spin loop p99 (never sleeps) vs the target",
                                 C.column(spin, "p99"), [TARGET_P99_US] * len(spin), unit="µs", target=None,

@@ -32,6 +32,7 @@ class Result:
     ttft_ms: dict[str, float | None] = field(default_factory=dict)
     tpot_ms: dict[str, float | None] = field(default_factory=dict)
     post_lateness_us: dict[str, float | None] = field(default_factory=dict)
+    post_call_us: dict[str, float | None] = field(default_factory=dict)  # how long each post() held the sender
     cpu_s_per_gb: dict[str, float | None] = field(default_factory=dict)
     retransmits: int | None = None
     connect_ms: float | None = None

@@ -219,7 +219,8 @@ def _reap(pid: int) -> None:
 
 def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup: dict[str, Any],
                   dsetup: dict[str, Any], pre: dict[str, Any], dec: dict[str, Any]) -> Result:
-    m = {k: unpack_array(pre[k]) for k in ("post_ns", "done_ns", "req_arrival_ns", "req_start_ns", "req_done_ns")}
+    m = {k: unpack_array(pre[k]) for k in ("post_ns", "done_ns", "req_arrival_ns", "req_start_ns", "req_done_ns",
+                                           "post_call_ns")}
     budget = scenario.slo.get("ttft_budget_ms") if scenario.slo else None
     s = stats.summarize(plan.transfers, plan.requests, m, scenario.pacing, budget)
     # Integrity: the decode side verified pages; bytes it never received count as missing.

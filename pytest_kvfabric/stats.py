@@ -58,6 +58,7 @@ def summarize(
 
     m: post_ns, done_ns (per plan row, 0 = never), req_arrival_ns, req_start_ns, req_done_ns
     (per request, 0 = not completed); all absolute monotonic ns on the prefill clock.
+    Optional post_call_ns: duration of each post() call (ns).
     """
     post = np.asarray(m["post_ns"], np.int64)
     done = np.asarray(m["done_ns"], np.int64)
@@ -121,5 +122,6 @@ def summarize(
         "ttft_ms": percentiles(ttft_ms, ("p50", "p99")),
         "tpot_ms": percentiles(tpot_ms, ("p50",)),
         "post_lateness_us": percentiles(lateness_us, ("p50", "p99", "max")),
+        "post_call_us": percentiles(np.asarray(m.get("post_call_ns", ()), np.float64) / 1e3, ("p50", "p99", "max")),
         "ttft_met_fraction": ttft_met,
     }

@@ -42,8 +42,9 @@ class HoldingInitiator:
     """Completes writes in order, `hold_ns` after their post; records what it saw."""
 
     def __init__(self, clock: VirtualClock, plan: TransferPlan, src: np.ndarray, keys: np.ndarray,
-                 hold_ns: int) -> None:
+                 hold_ns: int, post_cost_ns: int = 0) -> None:
         self.clock, self.plan, self.src, self.keys, self.hold = clock, plan, src, keys, hold_ns
+        self.post_cost = post_cost_ns  # virtual time each post() call takes (the hand-off)
         self.queue: list[tuple[int, int]] = []  # (due, xfer)
         self.posted_at: dict[int, int] = {}  # by our clock, not the loop's records
         self.max_writes = self.max_bytes = 0
@@ -57,6 +58,7 @@ class HoldingInitiator:
             self.stamped_before_post &= self.src[s:s + 8].tobytes() == self.keys[x][:8].tobytes()
         self.max_writes = max(self.max_writes, len(self.queue))
         self.max_bytes = max(self.max_bytes, int(sum(int(nb[x]) for _, x in self.queue)))
+        self.clock.t += self.post_cost
 
     def poll(self, timeout_s: float) -> np.ndarray:
         if self.queue and self.queue[0][0] <= self.clock.t:
@@ -90,7 +92,7 @@ def _plan(requests: list[list[int]], page: int = 256, prefill_ns: int = 1_000) -
     return TransferPlan(t, r, 1, 1, n * page, n * page, page, page)
 
 
-def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, **opts):
+def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, post_cost_ns=0, **opts):
     clock = VirtualClock()
     monkeypatch.setattr(prefill_mod, "time", clock)
     if stamp_log is not None:
@@ -102,7 +104,7 @@ def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, 
     plan = _plan(requests)
     keys = pattern.row_keys(5, plan.transfers)
     src = pattern.base_pattern(5, plan.src_region_bytes).copy()
-    ini = HoldingInitiator(clock, plan, src, keys, hold_ns)
+    ini = HoldingInitiator(clock, plan, src, keys, hold_ns, post_cost_ns)
     m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", timeout_s=10, **opts))
     T = plan.transfers
     ready = m["req_start_ns"][T["request"].astype(int)] + T["ready_ns"].astype(np.int64)
@@ -156,3 +158,14 @@ def test_rows_ready_while_a_group_is_staged_count_against_the_write_window(monke
     ini, _, ready, posted = _run(monkeypatch, [[0], [300 * US], [20 * US, 20 * US]], hold_ns=150 * US,
                                  closed_loop=True, concurrency=2, max_inflight=2)
     assert ini.max_writes <= 2 and (posted >= ready).all()
+
+
+def test_the_loop_reports_how_long_each_post_call_held_it(monkeypatch):
+    # Each hand-off takes 300 virtual µs (as a sendmsg that runs the receiver's stack would):
+    # post_call_ns shows it, and the next group, 200 µs after the previous one, is late by
+    # the rest of that call, never earlier than its ready time.
+    groups = [g * 200 * US for g in range(5) for _ in range(2)]
+    ini, m, ready, posted = _run(monkeypatch, [groups], hold_ns=20 * US, post_cost_ns=300 * US)
+    calls = m["post_call_ns"]
+    assert len(calls) >= 3 and (calls >= 300 * US).all() and (calls <= 302 * US).all(), calls.tolist()
+    assert (posted >= ready).all() and (posted - ready).max() >= 90 * US

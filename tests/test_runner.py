@@ -48,6 +48,7 @@ def test_emulated_pacing_moves_every_byte_and_reports_all_keys(agents):
     assert set(d["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
     assert d["latency_us"]["p50"] > 0 and d["throughput_gbps"] > 0
     assert d["post_lateness_us"]["p50"] is not None
+    assert d["post_call_us"]["p50"] > 0 and d["post_call_us"]["max"] >= d["post_call_us"]["p99"]
     assert d["data_path"]["sender"]["transport"] == "tcp"
     assert d["data_path"]["receiver"]["bytes_placed"] == res.bytes
     assert d["cpu_s_per_gb"]["sender"] > 0 and d["cpu_s_per_gb"]["receiver"] > 0

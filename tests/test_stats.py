@@ -96,12 +96,21 @@ def test_pacing_none_has_no_lateness():
     t, r, m = _two_requests()
     s = stats.summarize(t, r, m, "none")
     assert s["post_lateness_us"] == {"p50": None, "p99": None, "max": None}
+    assert s["post_call_us"] == {"p50": None, "p99": None, "max": None}  # no call durations given
+
+
+def test_post_call_durations_become_microsecond_percentiles():
+    t, r, m = _two_requests()
+    m = dict(m, post_call_ns=np.array([10_000, 20_000, 30_000, 1_000_000], np.int64))
+    s = stats.summarize(t, r, m, "emulated")
+    assert s["post_call_us"]["p50"] == pytest.approx(25.0)
+    assert s["post_call_us"]["max"] == pytest.approx(1000.0)
 
 
 def test_result_to_dict_has_documented_keys():
     d = Result(scenario="s", transport="tcp", model="m", gpu="g", pair="local").to_dict()
     for key in ("scenario", "transport", "model", "gpu", "pair", "throughput_gbps", "throughput_GBps",
-                "latency_us", "exposed_ms", "transfer_ms", "ttft_ms", "tpot_ms", "post_lateness_us",
+                "latency_us", "exposed_ms", "transfer_ms", "ttft_ms", "tpot_ms", "post_lateness_us", "post_call_us",
                 "cpu_s_per_gb", "retransmits", "connect_ms", "register_ms", "integrity", "data_path",
                 "bytes", "transfers", "requests", "requests_completed", "duration_s", "ttft_met_fraction"):
         assert key in d

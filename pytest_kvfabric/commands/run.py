@@ -59,6 +59,7 @@ def table(d: dict[str, Any]) -> str:
         ("latency us", _fmt(d["latency_us"])), ("exposed ms", _fmt(d["exposed_ms"])),
         ("transfer ms / request", _fmt(d["transfer_ms"])), ("ttft ms", _fmt(d["ttft_ms"])),
         ("tpot ms", _fmt(d["tpot_ms"])), ("post lateness us", _fmt(d["post_lateness_us"])),
+        ("post() call us", _fmt(d["post_call_us"])),
         ("cpu s/GB", _fmt(d["cpu_s_per_gb"])), ("retransmits", _fmt(d["retransmits"])),
         ("connect / register ms", f"{_fmt(d['connect_ms'])} / {_fmt(d['register_ms'])}"),
         ("integrity", f"{d['integrity']['pages_checked']} pages checked, {d['integrity']['errors']} errors"),

@@ -169,6 +169,7 @@ def run_prefill(
     last_row = {int(f + c - 1): r for r, (f, c) in enumerate(zip(l_first, l_count)) if c > 0}
 
     post_ns = np.zeros(n, np.int64)
+    call_ns: list[int] = []  # wall time of each post() call: how long the hand-off held the loop
     done_ns = np.zeros(n, np.int64)
     req_arrival = np.zeros(nreq, np.int64)
     req_start = np.zeros(nreq, np.int64)
@@ -308,6 +309,7 @@ def run_prefill(
             inflight += k
             staged_rows = []
             initiator.post(staged[:k], max((deadline - t) / 1e9, 0.001))
+            call_ns.append(now() - t)
             continue
         if early and t >= early_at:
             ready.extend(early)
@@ -378,6 +380,7 @@ def run_prefill(
             post_ns[bx] = t_post
             inflight += k
             initiator.post(batch[:k], max((deadline - t_post) / 1e9, 0.001))
+            call_ns.append(now() - t_post)
         # Collect completions without blocking, then decide how long we may wait.
         if inflight:
             comp = initiator.poll(0.0)
@@ -425,6 +428,7 @@ def run_prefill(
     return {
         "t0_ns": t0,
         "post_ns": post_ns,
+        "post_call_ns": np.array(call_ns, np.int64),
         "done_ns": done_ns,
         "req_arrival_ns": req_arrival,
         "req_start_ns": req_start,
