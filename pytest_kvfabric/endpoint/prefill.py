@@ -239,6 +239,16 @@ def run_prefill(
     pull_cap = max(4 * opts.max_inflight, 1024)
     target_rows = int(count[:started].sum()) if started else 0
 
+    def fill(buf: np.ndarray, rows: list[int]) -> None:
+        """Write the post batch for `rows` (in order) into the head of `buf`."""
+        idx = np.array(rows, np.int64)
+        b = buf[:len(rows)]
+        b["xfer"] = idx
+        b["src_off"] = src_off[idx]
+        b["dst_off"] = dst_off[idx]
+        b["nbytes"] = nbytes[idx]
+        b["notify"] = [last_row.get(i, -1) for i in rows]
+
     def stage(rows: list[int]) -> bool:
         """Claim, stamp and build rows to post later; all or nothing (no side effect on False)."""
         nonlocal inflight_bytes
@@ -262,12 +272,7 @@ def run_prefill(
         for i in rows:
             stamp(i, l_src[i], l_nb[i])
             inflight_bytes += l_nb[i]
-        st = staged[:kk]
-        st["xfer"] = rows
-        st["src_off"] = [l_src[i] for i in rows]
-        st["dst_off"] = [l_dst[i] for i in rows]
-        st["nbytes"] = [l_nb[i] for i in rows]
-        st["notify"] = [last_row.get(i, -1) for i in rows]
+        fill(staged, rows)
         return True
 
     def on_completions(comp: np.ndarray) -> None:
@@ -368,13 +373,7 @@ def run_prefill(
                 k += 1
             ready = keep
             if k:
-                rows = np.array(bx, np.int64)
-                b_ = batch[:k]
-                b_["xfer"] = rows
-                b_["src_off"] = src_off[rows]
-                b_["dst_off"] = dst_off[rows]
-                b_["nbytes"] = nbytes[rows]
-                b_["notify"] = [last_row.get(i, -1) for i in bx]
+                fill(batch, bx)
         if k:
             t_post = now()
             post_ns[bx] = t_post
