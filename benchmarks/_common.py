@@ -384,12 +384,15 @@ def _fmt(x: float, nd: int = 3) -> str:
     return f"{x:.{nd}f}" if abs(x) < 1000 else f"{x:.0f}"
 
 
-def _fmt_decided(r: Mapping[str, Any]) -> str:
+def decided_text(r: Mapping[str, Any], emphasis: str = "") -> str:
+    """'[lo-hi]: verdict' of a target row ('-' for context rows and JSON from before the CI);
+    a verdict other than met is wrapped in `emphasis` (markdown bold in BENCHMARKS.md)."""
     ci, d = r.get("paired_ratio_ci"), r.get("decided")
-    if not ci or not ci["n"] or d is None:
+    if not ci or not ci.get("n") or d is None:
         return "-"
     cov = "" if ci["coverage"] >= ci.get("level", CI_LEVEL) else f" (only {ci['coverage']:.0%}: too few rounds)"
-    return f"[{_fmt(ci['lo'], 2)}-{_fmt(ci['hi'], 2)}]{cov}: {d}"
+    word = d if d == "met" else f"{emphasis}{d}{emphasis}"
+    return f"[{_fmt(ci['lo'], 2)}-{_fmt(ci['hi'], 2)}]{cov}: {word}"
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -410,7 +413,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{_fmt(p['median'], 2)} [{_fmt(p['min'], 2)}-{_fmt(p['max'], 2)}]",
             f"{r['target_op']} {r['target']}" if r["target"] is not None else "-",
             "-" if r["met"] is None else ("yes" if r["met"] else "NO"),
-            _fmt_decided(r),
+            decided_text(r),
         ])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join("{:<%d}" % w for w in widths)

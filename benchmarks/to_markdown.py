@@ -5,22 +5,18 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
 
 def _f(x: Any, nd: int = 3) -> str:
     if x is None or (isinstance(x, float) and x != x):
         return "n/a"
     return f"{x:.{nd}f}" if abs(x) < 1000 else f"{x:.0f}"
-
-
-def _decided(r: dict[str, Any]) -> str:
-    ci, d = r.get("paired_ratio_ci"), r.get("decided")
-    if not ci or not ci.get("n") or d is None:  # context rows, and JSON from before the CI
-        return "-"
-    few = "" if ci["coverage"] >= ci.get("level", 0.9) else f" (only {ci['coverage']:.0%}: too few rounds)"
-    return f"[{_f(ci['lo'], 2)}-{_f(ci['hi'], 2)}]{few}: " + (f"**{d}**" if d != "met" else d)
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -44,7 +40,7 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {r['label']} | {r['unit']} | {_f(o['median'])} [{_f(o['min'])}-{_f(o['max'])}] | "
             f"{r.get('ref_label') or ''} {_f(f['median'])} [{_f(f['min'])}-{_f(f['max'])}] | {_f(r['ratio'], 2)} | "
-            f"{_f(p['median'], 2)} [{_f(p['min'], 2)}-{_f(p['max'], 2)}] | {tgt} | {met} | {_decided(r)} |")
+            f"{_f(p['median'], 2)} [{_f(p['min'], 2)}-{_f(p['max'], 2)}] | {tgt} | {met} | {C.decided_text(r, '**')} |")
     for n in doc.get("notes", []):
         lines.append(f"\n_{n}_")
     return "\n".join(lines)
