@@ -4,7 +4,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -85,6 +86,24 @@ class ServedTarget:
         self.target.close()
 
 
+@contextmanager
+def connected(transport: type[Transport], served: ServedTarget, src_region: memoryview,
+              options: dict[str, Any] | None = None, descriptor: dict[str, Any] | None = None,
+              stop_wait_s: float = 5.0, close_target: bool = False) -> Iterator[Any]:
+    """An initiator over src_region, connected to `served` (or to `descriptor`). On exit it is
+    closed and the target thread stopped (bounded), so the caller can check what the target
+    saw; close_target also closes the target."""
+    ini = transport.initiator(src_region, {"token": TOKEN, **(options or {})})
+    try:
+        ini.connect(descriptor or served.descriptor, 5.0)
+        yield ini
+    finally:
+        ini.close()
+        served.stop(stop_wait_s)
+        if close_target:
+            served.close()
+
+
 def wait_all(initiator, n: int, timeout_s: float = 30.0) -> np.ndarray:
     """Poll until n completions arrived (bounded)."""
     from pytest_kvfabric.transports.base import COMPLETION_DTYPE
@@ -110,9 +129,7 @@ def round_trip(transport, sizes, src_offs, dst_offs, region_len, connections=1, 
     src_region = transport.allocate(region_len, {})
     src = np.frombuffer(src_region, np.uint8)
     src[:] = pattern(region_len, 1)
-    ini = transport.initiator(src_region, {"token": TOKEN, "connections": connections, **opts})
-    try:
-        ini.connect(served.descriptor, 5.0)
+    with connected(transport, served, src_region, {"connections": connections, **opts}) as ini:
         b = batch(src_offs, dst_offs, sizes, notify)
         step = batch_size or len(b)
         comps = []
@@ -124,9 +141,6 @@ def round_trip(transport, sizes, src_offs, dst_offs, region_len, connections=1, 
         assert ini.outstanding() == 0
         completions = np.concatenate(comps)
         data_path, stats = ini.data_path(), ini.stats()
-    finally:
-        ini.close()
-        served.stop()
     if served.error is not None:
         served.close()
         raise served.error

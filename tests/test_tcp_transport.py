@@ -13,7 +13,7 @@ from pytest_kvfabric.transports._stream import DEFAULT_BUSY_POLL_US, busy_poll_s
 from pytest_kvfabric.transports.tcp import TcpTransport
 
 from stream_harness import (
-    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, progress_until_error, round_trip, wait_all,
+    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, connected, progress_until_error, round_trip, wait_all,
 )
 
 T = TcpTransport
@@ -153,15 +153,9 @@ def test_write_guard_called_before_placing():
     served.start()
     srcr = T.allocate(4096, {})
     np.frombuffer(srcr, np.uint8)[:] = 7
-    ini = T.initiator(srcr, {"token": TOKEN})
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, srcr, close_target=True) as ini:
         ini.post(batch([0, 100], [10, 2000], [5, 300]), 5)
         wait_all(ini, 2, 10)
-    finally:
-        ini.close()
-        served.stop()
-        served.close()
     # the guard saw the old contents: it ran before a byte was placed
     assert calls == [(10, 5, bytes([SENTINEL]) * 5), (2000, 300, bytes([SENTINEL]) * 300)]
 
@@ -349,17 +343,11 @@ def test_peer_closes_without_bye(lone_target):
 
 def test_initiator_learns_target_rejected_it():
     served = ServedTarget(T, 4096, token="right").start()
-    ini = T.initiator(T.allocate(4096, {}), {"token": "wrong"})
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, T.allocate(4096, {}), {"token": "wrong"}, stop_wait_s=0.1, close_target=True) as ini:
         with pytest.raises(TransportError, match="rejected us: HELLO with a wrong or missing auth token"):
             ini.post(batch([0], [0], [4096]), 5)
             for _ in range(100):
                 ini.poll(0.05)
-    finally:
-        ini.close()
-        served.stop(0.1)
-        served.close()
     assert isinstance(served.error, ProtocolError)
 
 
@@ -409,16 +397,10 @@ def test_connect_refused_and_bad_descriptor():
 
 def test_post_outside_local_region_rejected():
     served = ServedTarget(T, 100).start()
-    ini = T.initiator(T.allocate(100, {}), {"token": TOKEN})
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, T.allocate(100, {}), close_target=True) as ini:
         with pytest.raises(TransportError, match=r"write xfer 1 \[90, 110\) outside the local region of 100"):
             ini.post(batch([0, 90], [0, 0], [10, 20]), 5)
         assert ini.outstanding() == 0
-    finally:
-        ini.close()
-        served.stop()
-        served.close()
 
 
 def test_single_writes_between_batches_placed_in_order_with_notifies():
@@ -429,10 +411,8 @@ def test_single_writes_between_batches_placed_in_order_with_notifies():
     src_region = T.allocate(region_len, {})
     src = np.frombuffer(src_region, np.uint8)
     src[:] = np.arange(region_len, dtype=np.uint64).astype(np.uint8) ^ 0x3C
-    ini = T.initiator(src_region, {"token": TOKEN})
     srcs, dsts, lens, notify = [], [], [], []
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, src_region) as ini:
         xfer = 0
         for round_ in range(6):
             k = 1 if round_ % 2 == 0 else 5  # single, batch, single, ...
@@ -444,9 +424,6 @@ def test_single_writes_between_batches_placed_in_order_with_notifies():
             srcs += s_; dsts += d_; lens += n_; notify += nt
             xfer += k
         comps = wait_all(ini, xfer)
-    finally:
-        ini.close()
-        served.stop()
     assert served.error is None
     assert sorted(comps["xfer"].tolist()) == list(range(xfer))
     _check_scatter(served, src, np.array(srcs), np.array(dsts), np.array(lens))
@@ -456,16 +433,10 @@ def test_single_writes_between_batches_placed_in_order_with_notifies():
 
 def test_single_write_outside_local_region_rejected():
     served = ServedTarget(T, 100).start()
-    ini = T.initiator(T.allocate(100, {}), {"token": TOKEN})
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, T.allocate(100, {}), close_target=True) as ini:
         with pytest.raises(TransportError, match=r"write xfer 7 \[95, 105\) outside the local region of 100"):
             ini.post(batch([95], [0], [10], first_xfer=7), 5)
         assert ini.outstanding() == 0
-    finally:
-        ini.close()
-        served.stop()
-        served.close()
 
 
 def test_busy_poll_option_default_and_validation():

@@ -17,7 +17,7 @@ from pytest_kvfabric.transports.tcp import TcpTransport
 from pytest_kvfabric.transports.zerocopy import ZeroCopyTransport
 
 from stream_harness import (
-    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, progress_until_error, round_trip, wait_all,
+    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, connected, progress_until_error, round_trip, wait_all,
 )
 
 T = TcpTransport
@@ -94,16 +94,10 @@ def test_notify_never_overtakes_earlier_writes_in_one_frame():
     served.target.progress = progress
     served.start()
     srcr = T.allocate(region_len, {})
-    ini = T.initiator(srcr, {"token": TOKEN})
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, srcr, close_target=True) as ini:
         ini.post(batch(src, dst, lens, notify), 30)
         wait_all(ini, n, 30)
         assert ini.data_path()["writev_frames"] >= 1
-    finally:
-        ini.close()
-        served.stop()
-        served.close()
     assert served.error is None
     assert len(ok) == 8 and all(ok)
 
@@ -117,20 +111,15 @@ def test_plain_write_frames_when_writev_is_off_or_not_advertised(how):
     srcarr = np.frombuffer(srcr, np.uint8)
     srcarr[:] = np.random.default_rng(5).integers(0, 256, region_len, dtype=np.uint8)
     desc = dict(served.descriptor)
-    opts = {"token": TOKEN}
+    opts = {}
     if how == "option-off":
         opts["writev"] = "false"
     else:
         desc.pop("writev")  # what an iouring or devmem target's descriptor looks like
-    ini = T.initiator(srcr, opts)
-    try:
-        ini.connect(desc, 5)
+    with connected(T, served, srcr, opts, descriptor=desc) as ini:
         ini.post(batch(src, dst, lens), 10)
         wait_all(ini, n, 10)
         dp = ini.data_path()
-    finally:
-        ini.close()
-        served.stop()
     try:
         assert served.error is None
         assert dp["writev"] is False and dp["writev_frames"] == 0
@@ -145,15 +134,10 @@ def test_overlapping_batch_goes_as_write_frames_in_order():
     srcr = T.allocate(4096, {})
     a = np.frombuffer(srcr, np.uint8)
     a[:100], a[100:200] = 1, 2
-    ini = T.initiator(srcr, {"token": TOKEN})
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, srcr) as ini:
         ini.post(batch([0, 100, 0], [1000, 1050, 3000], [100, 100, 10]), 5)
         wait_all(ini, 3, 10)
         dp = ini.data_path()
-    finally:
-        ini.close()
-        served.stop()
     try:
         assert served.error is None and dp["writev_frames"] == 0
         assert (served.arr[1000:1050] == 1).all() and (served.arr[1050:1150] == 2).all()
@@ -170,16 +154,10 @@ def test_write_guard_called_per_entry_before_any_byte_of_the_frame():
     served.start()
     srcr = T.allocate(8192, {})
     np.frombuffer(srcr, np.uint8)[:] = 7
-    ini = T.initiator(srcr, {"token": TOKEN})
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, srcr, close_target=True) as ini:
         ini.post(batch([0, 100, 500], [10, 2000, 5000], [5, 300, 0]), 5)
         wait_all(ini, 3, 10)
         assert ini.data_path()["writev_frames"] == 1
-    finally:
-        ini.close()
-        served.stop()
-        served.close()
     # one call per write, in order, all before the frame's first byte landed
     assert calls == [(10, 5, True), (2000, 300, True), (5000, 0, True)]
 

@@ -146,23 +146,17 @@ def test_batch_of_1024_with_notifies(connections: int):
 
 def test_completion_waits_for_kernel_release():
     """A completion must imply the notification covering its last send call arrived."""
-    from stream_harness import ServedTarget, batch, wait_all
+    from stream_harness import ServedTarget, batch, connected, wait_all
 
     served = ServedTarget(T, 8 * MIB).start()
     region = T.allocate(8 * MIB, {})
-    ini = T.initiator(region, {"token": TOKEN})
-    try:
-        ini.connect(served.descriptor, 5)
+    with connected(T, served, region, close_target=True) as ini:
         for k in range(20):
             ini.post(batch([k * 4096], [k * 4096], [MIB // 2], first_xfer=k), 5)
             wait_all(ini, 1, 10)
             for c in ini._conns:  # white box: released prefix covers every completed write
                 st = ini._state(c)
                 assert st.done >= c.calls[c.done - c.xbase - 1] + 1
-    finally:
-        ini.close()
-        served.stop()
-        served.close()
 
 
 def test_malformed_frame_rejected():
