@@ -104,6 +104,20 @@ def connected(transport: type[Transport], served: ServedTarget, src_region: memo
             served.close()
 
 
+@contextmanager
+def listening_target(transport: type[Transport], region_len: int) -> Iterator[tuple[Any, dict[str, Any], np.ndarray]]:
+    """A target over a SENTINEL-filled region, listening on loopback and never progressed by
+    a thread (the test drives it, e.g. against a RawPeer): (target, descriptor, region array)."""
+    region = transport.allocate(region_len, {})
+    arr = np.frombuffer(region, np.uint8)
+    arr[:] = SENTINEL
+    tgt = transport.target(region, {"token": TOKEN})
+    try:
+        yield tgt, tgt.listen("127.0.0.1", 5), arr
+    finally:
+        tgt.close()
+
+
 def wait_all(initiator, n: int, timeout_s: float = 30.0) -> np.ndarray:
     """Poll until n completions arrived (bounded)."""
     from pytest_kvfabric.transports.base import COMPLETION_DTYPE

@@ -13,7 +13,8 @@ from pytest_kvfabric.transports._stream import DEFAULT_BUSY_POLL_US, busy_poll_s
 from pytest_kvfabric.transports.tcp import TcpTransport
 
 from stream_harness import (
-    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, connected, progress_until_error, round_trip, wait_all,
+    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, connected, listening_target, progress_until_error,
+    round_trip, wait_all,
 )
 
 T = TcpTransport
@@ -214,13 +215,8 @@ def test_parse_tcp_info_offsets():
 
 @pytest.fixture
 def lone_target():
-    region = T.allocate(4096, {})
-    arr = np.frombuffer(region, np.uint8)
-    arr[:] = SENTINEL
-    tgt = T.target(region, {"token": TOKEN})
-    d = tgt.listen("127.0.0.1", 5)
-    yield tgt, d, arr
-    tgt.close()
+    with listening_target(T, 4096) as t:
+        yield t
 
 
 def _legit_then(peer: RawPeer, bad: bytes) -> None:
@@ -343,7 +339,8 @@ def test_peer_closes_without_bye(lone_target):
 
 def test_initiator_learns_target_rejected_it():
     served = ServedTarget(T, 4096, token="right").start()
-    with connected(T, served, T.allocate(4096, {}), {"token": "wrong"}, stop_wait_s=0.1, close_target=True) as ini:
+    with connected(T, served, T.allocate(4096, {}), {"token": "wrong"}, stop_wait_s=0.1,
+                   close_target=True) as ini:
         with pytest.raises(TransportError, match="rejected us: HELLO with a wrong or missing auth token"):
             ini.post(batch([0], [0], [4096]), 5)
             for _ in range(100):

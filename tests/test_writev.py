@@ -17,7 +17,8 @@ from pytest_kvfabric.transports.tcp import TcpTransport
 from pytest_kvfabric.transports.zerocopy import ZeroCopyTransport
 
 from stream_harness import (
-    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, connected, progress_until_error, round_trip, wait_all,
+    SENTINEL, RawPeer, ServedTarget, batch, connected, listening_target, progress_until_error, round_trip,
+    wait_all,
 )
 
 T = TcpTransport
@@ -167,13 +168,8 @@ def test_write_guard_called_per_entry_before_any_byte_of_the_frame():
 
 @pytest.fixture
 def lone_target():
-    region = T.allocate(1 << 20, {})
-    arr = np.frombuffer(region, np.uint8)
-    arr[:] = SENTINEL
-    tgt = T.target(region, {"token": TOKEN})
-    d = tgt.listen("127.0.0.1", 5)
-    yield tgt, d, arr
-    tgt.close()
+    with listening_target(T, 1 << 20) as t:
+        yield t
 
 
 def _drive(tgt, want: int, timeout_s: float = 5.0):

@@ -13,7 +13,7 @@ from pytest_kvfabric.transports.zerocopy import (
     ZeroCopyTransport, _data_path, _ZcState, parse_errqueue, parse_zerocopy_cmsg,
 )
 
-from stream_harness import SENTINEL, TOKEN, RawPeer, progress_until_error, round_trip
+from stream_harness import SENTINEL, RawPeer, listening_target, progress_until_error, round_trip
 
 T = ZeroCopyTransport
 MIB = 1 << 20
@@ -160,16 +160,12 @@ def test_completion_waits_for_kernel_release():
 
 
 def test_malformed_frame_rejected():
-    region = T.allocate(1024, {})
-    arr = np.frombuffer(region, np.uint8)
-    arr[:] = SENTINEL
-    tgt = T.target(region, {"token": TOKEN})
-    peer = RawPeer(tgt.listen("127.0.0.1", 5)).hello()
-    try:
-        peer.send(framing.encode_write(1000, 100, 1) + b"x" * 100)
-        exc, _ = progress_until_error(tgt)
-        assert isinstance(exc, ProtocolError) and "outside registered region of 1024" in str(exc)
-        assert (arr == SENTINEL).all()
-    finally:
-        peer.close()
-        tgt.close()
+    with listening_target(T, 1024) as (tgt, desc, arr):
+        peer = RawPeer(desc).hello()
+        try:
+            peer.send(framing.encode_write(1000, 100, 1) + b"x" * 100)
+            exc, _ = progress_until_error(tgt)
+            assert isinstance(exc, ProtocolError) and "outside registered region of 1024" in str(exc)
+            assert (arr == SENTINEL).all()
+        finally:
+            peer.close()
