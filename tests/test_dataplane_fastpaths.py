@@ -129,7 +129,7 @@ def test_stamper_writes_exactly_what_stamp_at_writes():
 
 
 def test_busy_ranges_detect_every_overlap_and_forget_removed_rows():
-    from pytest_kvfabric.endpoint.prefill import _Busy
+    from pytest_kvfabric.endpoint.slotbook import _Busy
 
     busy = _Busy(100)
     busy.add(1, 50, 150)  # spans slots 0 and 1

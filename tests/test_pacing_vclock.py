@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from pytest_kvfabric.emulator.plan import REQUEST_DTYPE, TRANSFER_DTYPE, TransferPlan
-from pytest_kvfabric.endpoint import pattern
+from pytest_kvfabric.endpoint import pattern, slotbook
 from pytest_kvfabric.endpoint import prefill as prefill_mod
 from pytest_kvfabric.endpoint.prefill import PrefillOptions, run_prefill
 from pytest_kvfabric.transports.base import COMPLETION_DTYPE
+
+from prefill_harness import record_stamps
 
 US = 1_000
 
@@ -92,20 +94,26 @@ def _plan(requests: list[list[int]], page: int = 256, prefill_ns: int = 1_000) -
     return TransferPlan(t, r, 1, 1, n * page, n * page, page, page)
 
 
-def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, post_cost_ns=0, **opts):
+@pytest.fixture(params=["native", "python"])
+def hot_path(request) -> str:
+    """Every test here runs the loop over both slot books (the C one and the Python one)."""
+    if request.param == "native" and slotbook.NativeSlotBook is None:
+        pytest.skip("the C extension pytest_kvfabric.endpoint._fast is not built (no compiler at install)")
+    return request.param
+
+
+def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, post_cost_ns=0,
+         hot_path: str = "python", **opts):
     clock = VirtualClock()
     monkeypatch.setattr(prefill_mod, "time", clock)
     if stamp_log is not None:
-        class _Recording(pattern.Stamper):
-            def __call__(self, row, off, n):
-                stamp_log.setdefault(row, clock.t)
-                super().__call__(row, off, n)
-        monkeypatch.setattr(prefill_mod.pattern, "Stamper", _Recording)
+        record_stamps(monkeypatch, lambda: clock.t, stamp_log)
     plan = _plan(requests)
     keys = pattern.row_keys(5, plan.transfers)
     src = pattern.base_pattern(5, plan.src_region_bytes).copy()
     ini = HoldingInitiator(clock, plan, src, keys, hold_ns, post_cost_ns)
-    m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", timeout_s=10, **opts))
+    m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", timeout_s=10, hot_path=hot_path, **opts))
+    assert m["hot_path"] == hot_path
     T = plan.transfers
     ready = m["req_start_ns"][T["request"].astype(int)] + T["ready_ns"].astype(np.int64)
     posted = np.array([ini.posted_at[i] for i in range(len(T))])
@@ -113,13 +121,13 @@ def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, 
 
 
 @pytest.mark.parametrize("stage_ns", [0, prefill_mod.STAGE_NS])
-def test_groups_go_out_at_their_ready_time_and_never_before(monkeypatch, stage_ns):
+def test_groups_go_out_at_their_ready_time_and_never_before(monkeypatch, hot_path, stage_ns):
     # Groups of 3 rows 5 ms apart, each completed 50 µs after its post: between groups the
     # loop has nothing in flight and sleeps. Staged, it wakes early enough to build the next
     # group first, so the post leaves within a few (virtual) µs of the ready time.
     stamped: dict[int, int] = {}
     groups = [g * 5_000 * US for g in range(6) for _ in range(3)]
-    ini, m, ready, posted = _run(monkeypatch, [groups], stamp_log=stamped, stage_ns=stage_ns)
+    ini, m, ready, posted = _run(monkeypatch, hot_path=hot_path, requests=[groups], stamp_log=stamped, stage_ns=stage_ns)
     assert ini.stamped_before_post and (posted >= ready).all()
     assert (m["post_ns"] == posted).all()  # the loop records the time it handed the batch over
     st = np.array([stamped[i] for i in range(len(ready))])
@@ -131,41 +139,41 @@ def test_groups_go_out_at_their_ready_time_and_never_before(monkeypatch, stage_n
         assert (st >= ready).all()
 
 
-def test_a_staged_group_respects_the_byte_window(monkeypatch):
+def test_a_staged_group_respects_the_byte_window(monkeypatch, hot_path):
     # 8 rows of 256 B ready together, 512 B allowed in flight: staging may not send the whole
     # group at once (it is staged only if it fits; otherwise the usual path splits it).
-    ini, _, ready, posted = _run(monkeypatch, [[0] * 8], hold_ns=500 * US, max_inflight=8,
+    ini, _, ready, posted = _run(monkeypatch, hot_path=hot_path, requests=[[0] * 8], hold_ns=500 * US, max_inflight=8,
                                  max_inflight_bytes=512)
     assert ini.max_bytes <= 512 and (posted >= ready).all()
 
 
-def test_a_row_ready_before_a_staged_group_is_not_held_behind_it(monkeypatch):
+def test_a_row_ready_before_a_staged_group_is_not_held_behind_it(monkeypatch, hot_path):
     # Closed loop, 2 at a time; every write completes 150 µs after its post. Request 1's pair
     # (ready at ~t0+300 µs) is staged at ~t0+100 µs. Request 0 completes at ~t0+150 µs and
     # admits request 2, whose row is ready 20 µs later: it must go out then, not after the pair.
-    ini, _, ready, posted = _run(monkeypatch, [[0], [300 * US, 300 * US], [20 * US]], hold_ns=150 * US,
+    ini, _, ready, posted = _run(monkeypatch, hot_path=hot_path, requests=[[0], [300 * US, 300 * US], [20 * US]], hold_ns=150 * US,
                                  closed_loop=True, concurrency=2, max_inflight=8)
     late = posted - ready
     assert (late >= 0).all() and late[3] <= 5 * US, late.tolist()
     assert posted[3] < posted[1]
 
 
-def test_rows_ready_while_a_group_is_staged_count_against_the_write_window(monkeypatch):
+def test_rows_ready_while_a_group_is_staged_count_against_the_write_window(monkeypatch, hot_path):
     # Room for 2 writes: request 1's row is staged while request 0's is in flight; request 0's
     # completion admits request 2 with two rows ready at once. Only one of them may go out,
     # because the staged row holds the other place (it goes out at ~t0+300 µs, while request
     # 2's rows are still in flight).
-    ini, _, ready, posted = _run(monkeypatch, [[0], [300 * US], [20 * US, 20 * US]], hold_ns=150 * US,
+    ini, _, ready, posted = _run(monkeypatch, hot_path=hot_path, requests=[[0], [300 * US], [20 * US, 20 * US]], hold_ns=150 * US,
                                  closed_loop=True, concurrency=2, max_inflight=2)
     assert ini.max_writes <= 2 and (posted >= ready).all()
 
 
-def test_the_loop_reports_how_long_each_post_call_held_it(monkeypatch):
+def test_the_loop_reports_how_long_each_post_call_held_it(monkeypatch, hot_path):
     # Each hand-off takes 300 virtual µs (as a sendmsg that runs the receiver's stack would):
     # post_call_ns shows it, and the next group, 200 µs after the previous one, is late by
     # the rest of that call, never earlier than its ready time.
     groups = [g * 200 * US for g in range(5) for _ in range(2)]
-    ini, m, ready, posted = _run(monkeypatch, [groups], hold_ns=20 * US, post_cost_ns=300 * US)
+    ini, m, ready, posted = _run(monkeypatch, hot_path=hot_path, requests=[groups], hold_ns=20 * US, post_cost_ns=300 * US)
     calls = m["post_call_ns"]
     assert len(calls) >= 3 and (calls >= 300 * US).all() and (calls <= 302 * US).all(), calls.tolist()
     assert (posted >= ready).all() and (posted - ready).max() >= 90 * US

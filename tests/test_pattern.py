@@ -24,8 +24,19 @@ def _plan(requests: int = 2, layers: int = 2, blocks: int = 2, nbytes: int = PAG
     return t
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def hot_path(request, monkeypatch) -> str:
+    """Every ledger test runs with the C page check and with the ctypes one."""
+    if request.param == "native" and pattern._NativePageCheck is None:
+        pytest.skip("the C extension pytest_kvfabric.endpoint._fast is not built (no compiler at install)")
+    monkeypatch.setattr(_World, "HOT_PATH", request.param)
+    return request.param
+
+
 class _World:
     """A source region, a destination region, and a transport that copies rows faithfully."""
+
+    HOT_PATH = "python"
 
     def __init__(self, t: np.ndarray, seed: int = 7) -> None:
         self.t = t
@@ -38,7 +49,9 @@ class _World:
         self.keys = pattern.row_keys(seed, t)
         req = t["request"].astype(np.int64)
         self.request_bytes = np.bincount(req, weights=t["nbytes"].astype(np.float64)).astype(np.int64)
-        self.ledger = pattern.PageLedger(t, self.keys, self.base, self.dst, PAGE, self.request_bytes)
+        self.ledger = pattern.PageLedger(t, self.keys, self.base, self.dst, PAGE, self.request_bytes,
+                                         hot_path=self.HOT_PATH)
+        assert self.ledger.hot_path == self.HOT_PATH
 
     def send(self, i: int, dst_off: int | None = None, nbytes: int | None = None) -> tuple[int, int]:
         r = self.t[i]
@@ -237,3 +250,28 @@ def test_early_attribution_then_late_reports_in_order():
     assert w.ledger.error_count == 0, w.ledger.errors
     assert w.ledger.pages_checked == 2 and w.ledger.placed.all()
     assert w.ledger.completed == [0]
+
+
+@pytest.mark.parametrize("nbytes", [1, 23, 24, PAGE])
+def test_native_and_ctypes_page_checks_agree_on_every_kind_of_damage(hot_path, nbytes):
+    if hot_path != "native":
+        pytest.skip("compares the native check with the ctypes one")
+    t = _plan(requests=3, nbytes=nbytes)
+    w = _World(t)
+    for i in range(len(t)):
+        w.send(i)
+    rng = np.random.default_rng(nbytes)
+    damaged = {}
+    for i in range(0, len(t), 2):  # every other page: flip one random byte (header, body or trailer)
+        d, n = int(t["dst_off"][i]), int(t["nbytes"][i])
+        k = int(rng.integers(0, n))
+        w.dst[d + k] ^= 0x10
+        damaged[i] = k
+    py_ok = [w.ledger._page_ok(i) for i in range(len(t))]
+    native_ok = [w.ledger._ok(i) for i in range(len(t))]
+    assert native_ok == py_ok == [i not in damaged for i in range(len(t))]
+    # a page that does not fit the destination buffer is not intact (the Python path names why)
+    short = _World(t)
+    short.ledger = pattern.PageLedger(t, w.keys, w.base, w.dst[: int(t["dst_off"][0])], PAGE,
+                                      w.request_bytes, hot_path="native")
+    assert short.ledger._ok(0) is False

@@ -128,6 +128,7 @@ from pytest_kvfabric.emulator.plan import REQUEST_DTYPE, TRANSFER_DTYPE, Transfe
 from pytest_kvfabric.endpoint import pattern  # noqa: E402
 from pytest_kvfabric.endpoint.prefill import PrefillOptions, run_prefill  # noqa: E402
 from pytest_kvfabric.transports.base import COMPLETION_DTYPE  # noqa: E402
+from prefill_harness import record_stamps  # noqa: E402
 
 
 class _SlowInitiator:
@@ -262,20 +263,10 @@ def test_pacing_loop_asks_epoll_for_whole_milliseconds_only():
 
 
 def _record_stamps(monkeypatch) -> dict[int, int]:
-    """Patch the prefill loop's Stamper to record when each row was first stamped."""
+    """Record when the prefill loop first stamped each row (wall clock, as the loop's)."""
     import time
 
-    from pytest_kvfabric.endpoint import prefill as prefill_mod
-
-    stamped: dict[int, int] = {}
-
-    class _Recording(pattern.Stamper):
-        def __call__(self, row, off, n):
-            stamped.setdefault(row, time.monotonic_ns())
-            super().__call__(row, off, n)
-
-    monkeypatch.setattr(prefill_mod.pattern, "Stamper", _Recording)
-    return stamped
+    return record_stamps(monkeypatch, time.monotonic_ns)
 
 
 def _ready_abs(plan: TransferPlan, m) -> np.ndarray:

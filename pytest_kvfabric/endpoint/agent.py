@@ -107,12 +107,12 @@ class _Session:
         plan = self.plan
         ledger = pattern.PageLedger(
             plan.transfers, self.keys, self.base, self.pool.array, plan.dst_slot_bytes,
-            plan.requests["nbytes"], verify=self.scenario.verify,
+            plan.requests["nbytes"], verify=self.scenario.verify, hot_path=self.options.get("hot_path"),
         )
         c0 = cpu_s()
         out = run_decode(plan, self.target, ledger, DecodeOptions(timeout_s=timeout_s, inject=self.inject))
         out["cpu_s"] = cpu_s() - c0
-        out["data_path"] = _plain(self.target.data_path())
+        out["data_path"] = {**_plain(self.target.data_path()), "hot_path": ledger.hot_path}
         out["req_complete_ns"] = pack_array(out["req_complete_ns"])
         out["notify_ns"] = pack_array(out["notify_ns"])
         out["ok"] = True
@@ -135,6 +135,7 @@ class _Session:
             max_inflight_bytes=int(self.options.get("max_inflight_bytes", 64 << 20)),
             duration_s=wl.duration_s,
             timeout_s=timeout_s,
+            hot_path=self.options.get("hot_path"),
         )
         c0 = cpu_s()
         out = run_prefill(self.plan, self.initiator, self.pool.array, self.keys, opts)
@@ -143,7 +144,8 @@ class _Session:
         data_path = self.initiator.data_path()
         self.initiator.close()  # BYE: the decode side learns the run is over
         res = {k: (pack_array(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
-        res.update(ok=True, cpu_s=cpu, connect_ns=connect_ns, data_path=_plain(data_path), stats=_plain(stats))
+        data_path = {**_plain(data_path), "hot_path": res.pop("hot_path")}
+        res.update(ok=True, cpu_s=cpu, connect_ns=connect_ns, data_path=data_path, stats=_plain(stats))
         return res
 
     def close(self) -> None:

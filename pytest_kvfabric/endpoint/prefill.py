@@ -14,6 +14,8 @@ bounded only by the in-flight window and the slot rule (capacity measurement).
 Slot rule: the pool is bounded, so plan rows reuse physical slots. A write is never posted
 while an earlier write overlapping its source range or its destination range is in flight
 (the source is being read by the transport; the destination page is not verified yet).
+The rule, key stamping and completion bookkeeping live in the slot book (slotbook.py:
+native C where built, Python otherwise, same answers); this loop decides only *when*.
 
 Staging (emulated pacing): when nothing is waiting, the next group of rows (those sharing the
 earliest ready time) is checked against the slot rule, stamped and built into its batch up to
@@ -35,7 +37,7 @@ import numpy as np
 from ..emulator.plan import TransferPlan
 from ..errors import TransportError
 from ..transports.base import XFER_DTYPE, Initiator
-from . import pattern
+from .slotbook import make_book
 
 SPIN_NS = 50_000  # busy-wait at least the last 50 µs before a ready time; sleep before that ...
 MAX_SPIN_NS = 2_000_000  # ... and up to 2 ms where wake-ups are seen to overshoot (loaded or virtual host)
@@ -83,63 +85,7 @@ class PrefillOptions:
     duration_s: float | None = None  # stop admitting new requests after this long
     timeout_s: float = 60.0
     stage_ns: int = STAGE_NS  # 0: build each batch only once its rows are ready
-
-
-class _Busy:
-    """In-flight byte ranges, bucketed by slot so overlap checks touch only a few rows.
-
-    Slots are at least one transfer long, so a range spans one or two buckets; the loops
-    below avoid per-call range/tuple building (this runs six times per posted write)."""
-
-    __slots__ = ("slot", "rows")
-
-    def __init__(self, slot_bytes: int) -> None:
-        self.slot = max(int(slot_bytes), 1)
-        self.rows: dict[int, list[tuple[int, int, int]]] = {}  # slot -> [(row, a, b)], b > a
-
-    def conflicts(self, a: int, b: int) -> bool:
-        if b <= a:
-            b = a + 1  # an empty write still claims its first byte
-        rows = self.rows
-        s, e = a // self.slot, (b - 1) // self.slot
-        while s <= e:
-            lst = rows.get(s)
-            if lst:
-                for _row, x, y in lst:
-                    if x < b and a < y:
-                        return True
-            s += 1
-        return False
-
-    def add(self, row: int, a: int, b: int) -> None:
-        if b <= a:
-            b = a + 1
-        rows = self.rows
-        s, e = a // self.slot, (b - 1) // self.slot
-        ent = (row, a, b)
-        while s <= e:
-            lst = rows.get(s)
-            if lst is None:
-                rows[s] = [ent]
-            else:
-                lst.append(ent)
-            s += 1
-
-    def remove(self, row: int, a: int, b: int) -> None:
-        if b <= a:
-            b = a + 1
-        rows = self.rows
-        s, e = a // self.slot, (b - 1) // self.slot
-        while s <= e:
-            lst = rows.get(s)
-            if lst is not None:
-                for k, ent in enumerate(lst):
-                    if ent[0] == row:
-                        del lst[k]
-                        break
-                if not lst:
-                    del rows[s]
-            s += 1
+    hot_path: str | None = None  # "native" | "python" | None: native where built (slotbook.make_book)
 
 
 def run_prefill(
@@ -163,10 +109,12 @@ def run_prefill(
     prefill_ns = R["prefill_ns"].astype(np.int64)
     arrival_rel = R["arrival_ns"].astype(np.int64)
     # Python lists: per-row access in the hot loop is several times faster than numpy scalars.
-    l_src, l_dst, l_nb, l_ready = src_off.tolist(), dst_off.tolist(), nbytes.tolist(), ready_rel.tolist()
-    l_req, l_first, l_count = row_req.tolist(), first.tolist(), count.tolist()
+    l_nb, l_ready = nbytes.tolist(), ready_rel.tolist()
+    l_first, l_count = first.tolist(), count.tolist()
     # Notify the decode side on each request's last row (WRITE_WITH_IMM).
-    last_row = {int(f + c - 1): r for r, (f, c) in enumerate(zip(l_first, l_count)) if c > 0}
+    notify = np.full(n, -1, np.int64)
+    has_rows = count > 0
+    notify[(first + count - 1)[has_rows]] = np.flatnonzero(has_rows)
 
     post_ns = np.zeros(n, np.int64)
     call_ns: list[int] = []  # wall time of each post() call: how long the hand-off held the loop
@@ -174,14 +122,15 @@ def run_prefill(
     req_arrival = np.zeros(nreq, np.int64)
     req_start = np.zeros(nreq, np.int64)
     req_done = np.zeros(nreq, np.int64)
-    req_left = list(l_count)
+    req_left = count.copy()  # rows not yet completed, per request (the book counts down)
     started = 0  # requests admitted so far (in index order)
     gpu_free = 0
     emulated = opts.pacing == "emulated"
 
-    stamp = pattern.Stamper(src, keys)
-    src_busy = _Busy(plan.src_slot_bytes)
-    dst_busy = _Busy(plan.dst_slot_bytes)
+    # Slot rule, key stamping and completion bookkeeping, per write (native where built).
+    book, hot_path = make_book(src_off, dst_off, nbytes, notify, row_req, req_left, src, keys,
+                               plan.src_slot_bytes, plan.dst_slot_bytes, plan.dst_region_bytes,
+                               opts.hot_path)
     heap: list[tuple[int, int, int]] = []  # (absolute ready ns, request, next row)
     ready: list[int] = []  # rows ready to post, in order
     inflight = inflight_bytes = 0
@@ -239,16 +188,6 @@ def run_prefill(
     pull_cap = max(4 * opts.max_inflight, 1024)
     target_rows = int(count[:started].sum()) if started else 0
 
-    def fill(buf: np.ndarray, rows: list[int]) -> None:
-        """Write the post batch for `rows` (in order) into the head of `buf`."""
-        idx = np.array(rows, np.int64)
-        b = buf[:len(rows)]
-        b["xfer"] = idx
-        b["src_off"] = src_off[idx]
-        b["dst_off"] = dst_off[idx]
-        b["nbytes"] = nbytes[idx]
-        b["notify"] = [last_row.get(i, -1) for i in rows]
-
     def stage(rows: list[int]) -> bool:
         """Claim, stamp and build rows to post later; all or nothing (no side effect on False)."""
         nonlocal inflight_bytes
@@ -258,46 +197,33 @@ def run_prefill(
             (inflight > 0 or kk > 1) and inflight_bytes + sum(l_nb[i] for i in rows) > opts.max_inflight_bytes
         ):
             return False
-        claimed: list[int] = []
-        for i in rows:
-            a, c, nb = l_src[i], l_dst[i], l_nb[i]
-            if src_busy.conflicts(a, a + nb) or dst_busy.conflicts(c, c + nb):
-                for j in claimed:
-                    src_busy.remove(j, l_src[j], l_src[j] + l_nb[j])
-                    dst_busy.remove(j, l_dst[j], l_dst[j] + l_nb[j])
+        for pos, i in enumerate(rows):
+            if not book.claim(i):  # (stamping a row whose ranges are free is harmless)
+                for j in rows[:pos]:
+                    book.release(j)
                 return False
-            src_busy.add(i, a, a + nb)
-            dst_busy.add(i, c, c + nb)
-            claimed.append(i)
-        for i in rows:
-            stamp(i, l_src[i], l_nb[i])
-            inflight_bytes += l_nb[i]
-        fill(staged, rows)
+        inflight_bytes += sum(l_nb[i] for i in rows)
+        book.fill(staged, rows)
         return True
 
     def on_completions(comp: np.ndarray) -> None:
         nonlocal inflight, inflight_bytes, completed_rows, requests_done, started, target_rows
-        for x, t in zip(comp["xfer"].tolist(), comp["t_ns"].tolist()):
-            done_ns[x] = t
-            inflight -= 1
-            inflight_bytes -= l_nb[x]
-            completed_rows += 1
-            src_busy.remove(x, l_src[x], l_src[x] + l_nb[x])
-            dst_busy.remove(x, l_dst[x], l_dst[x] + l_nb[x])
-            r = l_req[x]
-            req_left[r] -= 1
-            if req_left[r] == 0:
-                req_done[r] = t
-                requests_done += 1
-                if emulated and opts.closed_loop and started < nreq and (
-                    admit_until is None or t <= admit_until
-                ):
-                    admit(started, t)
-                    target_rows += l_count[started]
-                    if l_count[started] == 0:
-                        req_done[started] = t
-                        requests_done += 1
-                    started += 1
+        rows, nb, finished = book.complete(comp, done_ns)
+        inflight -= rows
+        inflight_bytes -= nb
+        completed_rows += rows
+        for r, t in finished:
+            req_done[r] = t
+            requests_done += 1
+            if emulated and opts.closed_loop and started < nreq and (
+                admit_until is None or t <= admit_until
+            ):
+                admit(started, t)
+                target_rows += l_count[started]
+                if l_count[started] == 0:
+                    req_done[started] = t
+                    requests_done += 1
+                started += 1
 
     window = SpinWindow()
 
@@ -345,38 +271,11 @@ def run_prefill(
         # rows touching the same slots so pages of one slot go in plan order.
         k = 0
         if ready:
-            keep: list[int] = []
-            blocked_src = blocked_dst = None  # created on the first blocked row only
-            bx: list[int] = []
-            for pos, i in enumerate(ready):
-                nb = l_nb[i]
-                if inflight + len(staged_rows) + k >= opts.max_inflight or (
-                    inflight + len(staged_rows) + k > 0 and inflight_bytes + nb > opts.max_inflight_bytes
-                ):
-                    keep.extend(ready[pos:])
-                    break
-                a, c = l_src[i], l_dst[i]
-                b, d = a + nb, c + nb
-                if (src_busy.conflicts(a, b) or dst_busy.conflicts(c, d) or (
-                        blocked_src is not None and (blocked_src.conflicts(a, b) or blocked_dst.conflicts(c, d)))):
-                    keep.append(i)
-                    if blocked_src is None:
-                        blocked_src, blocked_dst = _Busy(plan.src_slot_bytes), _Busy(plan.dst_slot_bytes)
-                    blocked_src.add(i, a, b)
-                    blocked_dst.add(i, c, d)
-                    continue
-                src_busy.add(i, a, b)
-                dst_busy.add(i, c, d)
-                stamp(i, a, nb)
-                bx.append(i)
-                inflight_bytes += nb
-                k += 1
-            ready = keep
-            if k:
-                fill(batch, bx)
+            k, ready, inflight_bytes = book.select(ready, batch, inflight + len(staged_rows),
+                                                   opts.max_inflight, inflight_bytes, opts.max_inflight_bytes)
         if k:
             t_post = now()
-            post_ns[bx] = t_post
+            post_ns[batch["xfer"][:k]] = t_post
             inflight += k
             initiator.post(batch[:k], max((deadline - t_post) / 1e9, 0.001))
             call_ns.append(now() - t_post)
@@ -434,4 +333,5 @@ def run_prefill(
         "req_done_ns": req_done,
         "requests_started": started,
         "requests_completed": requests_done,
+        "hot_path": hot_path,
     }
