@@ -252,10 +252,9 @@ def test_early_attribution_then_late_reports_in_order():
     assert w.ledger.completed == [0]
 
 
+@pytest.mark.parametrize("hot_path", ["native"], indirect=True)  # compares it with the ctypes one
 @pytest.mark.parametrize("nbytes", [1, 23, 24, PAGE])
 def test_native_and_ctypes_page_checks_agree_on_every_kind_of_damage(hot_path, nbytes):
-    if hot_path != "native":
-        pytest.skip("compares the native check with the ctypes one")
     t = _plan(requests=3, nbytes=nbytes)
     w = _World(t)
     for i in range(len(t)):
