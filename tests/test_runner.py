@@ -57,6 +57,26 @@ def test_emulated_pacing_moves_every_byte_and_reports_all_keys(agents):
     assert d["notifications"] == res.requests  # one per request, on its last write
 
 
+def test_default_run_reports_the_native_hot_path_where_it_is_built(agents):
+    from pytest_kvfabric.endpoint import slotbook
+
+    want = "native" if slotbook.NativeSlotBook is not None else "python"
+    res = agents.run(scenario())
+    dp = res.to_dict()["data_path"]
+    assert (dp["sender"]["hot_path"], dp["receiver"]["hot_path"]) == (want, want)
+
+
+@pytest.mark.parametrize("pace", ["emulated", "none"])
+def test_python_hot_path_moves_and_verifies_every_byte_the_same_way(pace):
+    # The Python twin of the native bookkeeping runs end to end in real agents, on a pool
+    # small enough that slots are reused (the slot rule must hold), and is reported as such.
+    sc = scenario(pacing=pace, pool_bytes=2 * MIB, workload={"requests": 3})
+    res = run_scenario(sc, timeout_s=60, options={"hot_path": "python"})
+    _check_complete(res, sc)
+    dp = res.to_dict()["data_path"]
+    assert (dp["sender"]["hot_path"], dp["receiver"]["hot_path"]) == ("python", "python")
+
+
 def test_pacing_none_moves_the_same_bytes(agents):
     sc = scenario(pacing="none")
     res = agents.run(sc)

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ..endpoint.prefill import MAX_INFLIGHT
 from ..errors import IntegrityError, TransportError
 from ._scenario_args import add_scenario_args, positive_int, scenario_from_args
 
@@ -30,7 +31,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--connections", type=positive_int, help="parallel connections (stream transports)")
     p.add_argument("--transport-param", action="append", default=[], metavar="KEY=VALUE",
                    help="transport parameter, repeatable (e.g. mode=send_zc, interface=eth2), as pytest's --kv-transport-param")
-    p.add_argument("--window", type=positive_int, default=64, help="max writes in flight (default 64)")
+    p.add_argument("--window", type=positive_int, default=MAX_INFLIGHT,
+                   help=f"max writes in flight (default {MAX_INFLIGHT})")
     p.add_argument("--timeout", type=float, help="run timeout in seconds (default: derived from the scenario)")
     p.add_argument("--no-verify", action="store_true", help="skip page verification at the decode side")
     p.add_argument("--json", metavar="PATH", help="write the Result as JSON (the README lists the keys)")

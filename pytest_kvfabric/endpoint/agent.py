@@ -119,7 +119,7 @@ class _Session:
         return out
 
     def _run_prefill(self, descriptor: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        from .prefill import PrefillOptions, run_prefill, tighten_timer_slack
+        from .prefill import MAX_INFLIGHT, PrefillOptions, run_prefill, tighten_timer_slack
 
         sc = self.scenario
         wl = sc.workload
@@ -131,7 +131,7 @@ class _Session:
             pacing=sc.pacing,
             closed_loop=wl.arrival.kind == "closed",
             concurrency=int(wl.arrival.concurrency or 1),
-            max_inflight=int(self.options.get("max_inflight", 64)),
+            max_inflight=int(self.options.get("max_inflight", MAX_INFLIGHT)),
             max_inflight_bytes=int(self.options.get("max_inflight_bytes", 64 << 20)),
             duration_s=wl.duration_s,
             timeout_s=timeout_s,

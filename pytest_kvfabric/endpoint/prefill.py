@@ -42,6 +42,11 @@ from .slotbook import make_book
 SPIN_NS = 50_000  # busy-wait at least the last 50 µs before a ready time; sleep before that ...
 MAX_SPIN_NS = 2_000_000  # ... and up to 2 ms where wake-ups are seen to overshoot (loaded or virtual host)
 SPIN_TAIL_DECAY = 0.995  # per wake-up: a 3 ms overshoot still counts ~140 wake-ups later
+# Writes in flight: 256 x 64 KiB = 16 MiB keeps a loopback or veth pipe full once the agents'
+# per-write cost is native; 64 (4 MiB at 64 KiB) left the sender waiting for ACKs 36 % of its
+# time (12 of 12 interleaved rounds faster at 256; BENCHMARKS.md). Larger writes are bounded
+# by max_inflight_bytes first.
+MAX_INFLIGHT = 256
 STAGE_NS = 200_000  # build the next group's batch this long before its ready time (see run_prefill)
 
 
@@ -80,7 +85,7 @@ class PrefillOptions:
     pacing: str = "emulated"  # "emulated" | "none"
     closed_loop: bool = True
     concurrency: int = 1
-    max_inflight: int = 64  # writes in flight
+    max_inflight: int = MAX_INFLIGHT  # writes in flight
     max_inflight_bytes: int = 64 << 20  # bytes in flight (a larger single write still goes alone)
     duration_s: float | None = None  # stop admitting new requests after this long
     timeout_s: float = 60.0
