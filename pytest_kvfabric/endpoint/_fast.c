@@ -471,19 +471,13 @@ static int check_init(PageCheck *c, PyObject *args, PyObject *kw) {
     return 0;
 }
 
-/* ok(row) -> bool: the bytes at the row's dst_off are exactly its page (header key, base
- * body, trailer key; a short row is its key prefix). A page that does not fit the
- * buffers is not ok: the Python path then names the reason. */
-static PyObject *check_ok(PageCheck *c, PyObject *arg) {
-    long long i = PyLong_AsLongLong(arg);
-    if (i == -1 && PyErr_Occurred()) return NULL;
-    if (i < 0 || i >= c->n) {
-        PyErr_Format(PyExc_IndexError, "row %lld outside the plan's %zd rows", i, c->n);
-        return NULL;
-    }
+/* The bytes at the row's dst_off are exactly its page (header key, base body, trailer
+ * key; a short row is its key prefix). A page that does not fit the buffers is not ok:
+ * the Python path then names the reason. The caller range-checks the row. */
+static int page_ok(PageCheck *c, Py_ssize_t i) {
     int64_t d = ((int64_t *)c->dst_off_v.buf)[i], s = ((int64_t *)c->src_off_v.buf)[i];
     int64_t n = ((int64_t *)c->nb_v.buf)[i];
-    if (d < 0 || s < 0 || n < 0 || d + n > c->dst_v.len || s + n > c->base_v.len) Py_RETURN_FALSE;
+    if (d < 0 || s < 0 || n < 0 || d + n > c->dst_v.len || s + n > c->base_v.len) return 0;
     const uint8_t *dp = (const uint8_t *)c->dst_v.buf + d;
     const uint8_t *kp = (const uint8_t *)c->keys_v.buf + (size_t)i * KEY_BYTES;
     int ok;
@@ -494,7 +488,18 @@ static PyObject *check_ok(PageCheck *c, PyObject *arg) {
              memcmp(dp + n - TRAILER_BYTES, kp + HEADER_BYTES, TRAILER_BYTES) == 0 &&
              memcmp(dp + HEADER_BYTES, (const uint8_t *)c->base_v.buf + s + HEADER_BYTES,
                     (size_t)(n - KEY_BYTES)) == 0;
-    return PyBool_FromLong(ok);
+    return ok;
+}
+
+/* ok(row) -> bool: page_ok() for Python. */
+static PyObject *check_ok(PageCheck *c, PyObject *arg) {
+    long long i = PyLong_AsLongLong(arg);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0 || i >= c->n) {
+        PyErr_Format(PyExc_IndexError, "row %lld outside the plan's %zd rows", i, c->n);
+        return NULL;
+    }
+    return PyBool_FromLong(page_ok(c, i));
 }
 
 static PyMethodDef check_methods[] = {
@@ -513,17 +518,324 @@ static PyTypeObject PageCheckType = {
     .tp_methods = check_methods,
 };
 
+/* ---- LedgerFast ---------------------------------------------------------------------- */
+
+/* The common case of pattern.PageLedger.place()/guard()/verify_some(), run in C over the
+ * ledger's own Python containers (the same lists and dicts, so there is one state and the
+ * Python methods stay the reference). Anything off the common case (an early attribution
+ * to absorb, a header that is not the next expected page at its offset, a pending page to
+ * verify before an overwrite, a page that fails verification) is handed to the Python
+ * method before anything is changed, so the reasons and the error messages stay there. */
+
+enum { L_KID, L_PLACED, L_NB, L_NEXT, L_REQ, L_GOT, L_NEED, L_QUEUE, L_DONE, L_VERIFIED, L_DSTOFF, NLISTS };
+enum { D_EXPECT, D_LAST, D_ABSORB, D_PENDING, NDICTS };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *lists[NLISTS];
+    PyObject *dicts[NDICTS];
+    PyObject *check;      /* PageCheck of the same rows */
+    PyObject *place_slow; /* the Python methods that handle everything else */
+    PyObject *guard_slow;
+    Py_buffer dst_v;
+    int have_dst, verify, kid0;
+    int64_t slot;
+    Py_ssize_t n;
+} LedgerFast;
+
+static int ledger_traverse(LedgerFast *L, visitproc visit, void *arg) {
+    for (int k = 0; k < NLISTS; k++) Py_VISIT(L->lists[k]);
+    for (int k = 0; k < NDICTS; k++) Py_VISIT(L->dicts[k]);
+    Py_VISIT(L->check);
+    Py_VISIT(L->place_slow);
+    Py_VISIT(L->guard_slow);
+    return 0;
+}
+
+static int ledger_clear(LedgerFast *L) {
+    for (int k = 0; k < NLISTS; k++) Py_CLEAR(L->lists[k]);
+    for (int k = 0; k < NDICTS; k++) Py_CLEAR(L->dicts[k]);
+    Py_CLEAR(L->check);
+    Py_CLEAR(L->place_slow);
+    Py_CLEAR(L->guard_slow);
+    return 0;
+}
+
+static void ledger_dealloc(LedgerFast *L) {
+    PyObject_GC_UnTrack(L);
+    ledger_clear(L);
+    if (L->have_dst) PyBuffer_Release(&L->dst_v);
+    Py_TYPE(L)->tp_free((PyObject *)L);
+}
+
+static int ledger_init(LedgerFast *L, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"dst", "kid", "placed", "nbytes", "next_same", "request", "req_got",
+                             "req_need", "queue", "completed", "verified", "dst_off", "expect",
+                             "last_at", "absorb", "pending", "check", "place_slow", "guard_slow",
+                             "verify", "kid0", "slot_bytes", NULL};
+    PyObject *dst, *o[NLISTS], *d[NDICTS], *check, *ps, *gs;
+    int verify, kid0;
+    long long slot;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!O!O!O!O!O!O!O!O!O!O!O!OOppL", kwlist, &dst,
+                                     &PyList_Type, &o[L_KID], &PyList_Type, &o[L_PLACED], &PyList_Type, &o[L_NB],
+                                     &PyList_Type, &o[L_NEXT], &PyList_Type, &o[L_REQ], &PyList_Type, &o[L_GOT],
+                                     &PyList_Type, &o[L_NEED], &PyList_Type, &o[L_QUEUE], &PyList_Type, &o[L_DONE],
+                                     &PyList_Type, &o[L_VERIFIED], &PyList_Type, &o[L_DSTOFF],
+                                     &PyDict_Type, &d[D_EXPECT], &PyDict_Type, &d[D_LAST], &PyDict_Type, &d[D_ABSORB],
+                                     &PyDict_Type, &d[D_PENDING], &PageCheckType, &check, &ps, &gs,
+                                     &verify, &kid0, &slot))
+        return -1;
+    if (L->have_dst) { PyBuffer_Release(&L->dst_v); L->have_dst = 0; }
+    if (PyObject_GetBuffer(dst, &L->dst_v, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    L->have_dst = 1;
+    L->n = PyList_GET_SIZE(o[L_KID]);
+    const int per_row[] = {L_KID, L_PLACED, L_NB, L_NEXT, L_REQ, L_VERIFIED, L_DSTOFF};
+    for (size_t k = 0; k < sizeof per_row / sizeof *per_row; k++)
+        if (PyList_GET_SIZE(o[per_row[k]]) != L->n) {
+            PyErr_SetString(PyExc_ValueError, "LedgerFast: per-row lists of different lengths");
+            return -1;
+        }
+    if (PyList_GET_SIZE(o[L_GOT]) != PyList_GET_SIZE(o[L_NEED])) {
+        PyErr_SetString(PyExc_ValueError, "LedgerFast: req_got and req_need differ in length");
+        return -1;
+    }
+    if (((PageCheck *)check)->n != L->n) {
+        PyErr_SetString(PyExc_ValueError, "LedgerFast: the PageCheck covers other rows");
+        return -1;
+    }
+    ledger_clear(L);
+    for (int k = 0; k < NLISTS; k++) { Py_INCREF(o[k]); L->lists[k] = o[k]; }
+    for (int k = 0; k < NDICTS; k++) { Py_INCREF(d[k]); L->dicts[k] = d[k]; }
+    Py_INCREF(check); L->check = check;
+    Py_INCREF(ps); L->place_slow = ps;
+    Py_INCREF(gs); L->guard_slow = gs;
+    L->verify = verify;
+    L->kid0 = kid0;
+    L->slot = slot > 0 ? slot : 1;
+    return 0;
+}
+
+/* An int from a list slot; -2 on a conversion error (none of ours is negative below -1). */
+static inline long long item_ll(PyObject *list, Py_ssize_t i) {
+    return PyLong_AsLongLong(PyList_GET_ITEM(list, i));
+}
+
+static inline int set_item(PyObject *list, Py_ssize_t i, PyObject *v) {
+    Py_INCREF(v);
+    return PyList_SetItem(list, i, v); /* steals v, releases the old item */
+}
+
+static int read_kid(LedgerFast *L, long long off, uint64_t *kid) {
+    if (off < 0 || off + 8 > L->dst_v.len) return 0;
+    memcpy(kid, (const uint8_t *)L->dst_v.buf + off, 8);
+    return 1;
+}
+
+static PyObject *slow(PyObject *fn, long long a, long long b) {
+    return PyObject_CallFunction(fn, "LL", a, b);
+}
+
+/* place(dst_off, nbytes) -> row | None: PageLedger.place(). */
+static PyObject *ledger_place(LedgerFast *L, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "place(dst_off, nbytes)"); return NULL; }
+    long long off = PyLong_AsLongLong(args[0]), nb = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject **ls = L->lists;
+    uint64_t kid;
+    if (PyDict_GET_SIZE(L->dicts[D_ABSORB]) || nb < 8 || !read_kid(L, off, &kid))
+        return slow(L->place_slow, off, nb);
+    PyObject *key = PyLong_FromLongLong(off);
+    if (!key) return NULL;
+    PyObject *rowo = PyDict_GetItemWithError(L->dicts[D_EXPECT], key); /* borrowed */
+    long long row = rowo ? PyLong_AsLongLong(rowo) : -1;
+    if (PyErr_Occurred()) { Py_DECREF(key); return NULL; }
+    if (row < 0 || row >= L->n || PyLong_AsUnsignedLongLong(PyList_GET_ITEM(ls[L_KID], row)) != kid ||
+        PyList_GET_ITEM(ls[L_PLACED], row) != Py_False || item_ll(ls[L_NB], row) != nb) {
+        Py_DECREF(key);
+        if (PyErr_Occurred()) return NULL;
+        return slow(L->place_slow, off, nb); /* not the next expected page: the full lookup */
+    }
+    /* Attribute: the same steps as PageLedger._attribute on its success path. */
+    PyObject *rowobj = PyLong_FromLongLong(row);
+    if (!rowobj) goto fail;
+    if (set_item(ls[L_PLACED], row, Py_True) < 0 || PyDict_SetItem(L->dicts[D_LAST], key, rowobj) < 0) goto fail;
+    long long nxt = item_ll(ls[L_NEXT], row);
+    while (nxt >= 0 && nxt < L->n && PyList_GET_ITEM(ls[L_PLACED], nxt) == Py_True) nxt = item_ll(ls[L_NEXT], nxt);
+    if (PyErr_Occurred()) goto fail;
+    if (nxt >= 0) {
+        PyObject *v = PyLong_FromLongLong(nxt);
+        if (!v || PyDict_SetItem(L->dicts[D_EXPECT], key, v) < 0) { Py_XDECREF(v); goto fail; }
+        Py_DECREF(v);
+    } else if (PyDict_DelItem(L->dicts[D_EXPECT], key) < 0) goto fail;
+    long long req = item_ll(ls[L_REQ], row);
+    if (req < 0 || req >= PyList_GET_SIZE(ls[L_GOT])) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_IndexError, "row %lld: request %lld out of range", row, req);
+        goto fail;
+    }
+    long long got = item_ll(ls[L_GOT], req) + nb;
+    PyObject *g = PyLong_FromLongLong(got);
+    if (!g || PyList_SetItem(ls[L_GOT], req, g) < 0) goto fail;
+    if (got == item_ll(ls[L_NEED], req)) {
+        PyObject *r = PyList_GET_ITEM(ls[L_REQ], row);
+        if (PyList_Append(ls[L_DONE], r) < 0) goto fail;
+    }
+    if (L->verify) {
+        if (PyList_Append(ls[L_QUEUE], rowobj) < 0) goto fail;
+        long long first = off / L->slot, last = (off + (nb ? nb : 1) - 1) / L->slot;
+        for (long long s = first; s <= last; s++) {
+            PyObject *sk = PyLong_FromLongLong(s);
+            if (!sk) goto fail;
+            PyObject *lst = PyDict_GetItemWithError(L->dicts[D_PENDING], sk);
+            int rc;
+            if (lst) rc = PyList_Append(lst, rowobj);
+            else if (PyErr_Occurred()) rc = -1;
+            else {
+                PyObject *nl = PyList_New(1);
+                if (!nl) { Py_DECREF(sk); goto fail; }
+                Py_INCREF(rowobj);
+                PyList_SET_ITEM(nl, 0, rowobj);
+                rc = PyDict_SetItem(L->dicts[D_PENDING], sk, nl);
+                Py_DECREF(nl);
+            }
+            Py_DECREF(sk);
+            if (rc < 0) goto fail;
+        }
+    }
+    Py_DECREF(key);
+    return rowobj;
+fail:
+    Py_DECREF(key);
+    Py_XDECREF(rowobj);
+    return NULL;
+}
+
+/* guard(dst_off, nbytes): PageLedger.guard() when nothing needs attributing early and no
+ * pending page overlaps the range (dropping verified rows from the pending lists as it
+ * does); otherwise the Python guard runs, from the start. */
+static PyObject *ledger_guard(LedgerFast *L, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "guard(dst_off, nbytes)"); return NULL; }
+    long long off = PyLong_AsLongLong(args[0]), nb = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    if (!L->verify) Py_RETURN_NONE;
+    PyObject **ls = L->lists;
+    long long end = off + (nb ? nb : 1);
+    uint64_t kid;
+    if (nb >= 8 && read_kid(L, off, &kid)) {
+        PyObject *key = PyLong_FromLongLong(off);
+        if (!key) return NULL;
+        PyObject *lo = PyDict_GetItemWithError(L->dicts[D_LAST], key);
+        Py_DECREF(key);
+        if (!lo && PyErr_Occurred()) return NULL;
+        long long last = lo ? PyLong_AsLongLong(lo) : -1;
+        int known = last >= 0 && last < L->n && PyLong_AsUnsignedLongLong(PyList_GET_ITEM(ls[L_KID], last)) == kid;
+        if (PyErr_Occurred()) return NULL;
+        if (!known && !(kid == 0 && !L->kid0)) return slow(L->guard_slow, off, nb);
+    }
+    if (off < 0) return slow(L->guard_slow, off, nb);
+    long long first = off / L->slot, lastslot = (end - 1) / L->slot;
+    /* Pass 1: any unverified pending page overlapping the range? Then Python verifies it. */
+    for (long long s = first; s <= lastslot; s++) {
+        PyObject *sk = PyLong_FromLongLong(s);
+        if (!sk) return NULL;
+        PyObject *lst = PyDict_GetItemWithError(L->dicts[D_PENDING], sk);
+        Py_DECREF(sk);
+        if (!lst) { if (PyErr_Occurred()) return NULL; continue; }
+        if (!PyList_Check(lst)) return slow(L->guard_slow, off, nb);
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(lst); k++) {
+            long long row = PyLong_AsLongLong(PyList_GET_ITEM(lst, k));
+            if (row < 0 || row >= L->n) return PyErr_Occurred() ? NULL : slow(L->guard_slow, off, nb);
+            if (PyList_GET_ITEM(ls[L_VERIFIED], row) == Py_True) continue;
+            long long a = item_ll(ls[L_DSTOFF], row), b = a + item_ll(ls[L_NB], row);
+            if (PyErr_Occurred()) return NULL;
+            if (a < end && off < b) return slow(L->guard_slow, off, nb);
+        }
+    }
+    /* Pass 2: keep only the unverified rows, as the Python guard does. */
+    for (long long s = first; s <= lastslot; s++) {
+        PyObject *sk = PyLong_FromLongLong(s);
+        if (!sk) return NULL;
+        PyObject *lst = PyDict_GetItemWithError(L->dicts[D_PENDING], sk);
+        if (!lst) { Py_DECREF(sk); if (PyErr_Occurred()) return NULL; continue; }
+        PyObject *keep = PyList_New(0);
+        int rc = keep ? 0 : -1;
+        for (Py_ssize_t k = 0; rc == 0 && k < PyList_GET_SIZE(lst); k++) {
+            PyObject *r = PyList_GET_ITEM(lst, k);
+            if (PyList_GET_ITEM(ls[L_VERIFIED], PyLong_AsSsize_t(r)) != Py_True) rc = PyList_Append(keep, r);
+        }
+        if (rc == 0) rc = PyList_GET_SIZE(keep) ? PyDict_SetItem(L->dicts[D_PENDING], sk, keep)
+                                                : PyDict_DelItem(L->dicts[D_PENDING], sk);
+        Py_XDECREF(keep);
+        Py_DECREF(sk);
+        if (rc < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* verify_run(qpos, max_pages) -> (qpos, done, failed): PageLedger.verify_some()'s loop:
+ * verify up to max_pages unverified rows of the queue from qpos on, marking them verified;
+ * the rows whose page is not intact are returned for the Python path to name the reason. */
+static PyObject *ledger_verify_run(LedgerFast *L, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "verify_run(qpos, max_pages)"); return NULL; }
+    Py_ssize_t qpos = PyLong_AsSsize_t(args[0]), maxp = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *q = L->lists[L_QUEUE], *ver = L->lists[L_VERIFIED];
+    PyObject *failed = PyList_New(0);
+    if (!failed) return NULL;
+    Py_ssize_t done = 0;
+    while (qpos >= 0 && qpos < PyList_GET_SIZE(q) && done < maxp) {
+        PyObject *r = PyList_GET_ITEM(q, qpos);
+        Py_ssize_t row = PyLong_AsSsize_t(r);
+        qpos++;
+        if (row < 0 || row >= L->n) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_IndexError, "queued row %zd outside the plan", row);
+            Py_DECREF(failed);
+            return NULL;
+        }
+        if (PyList_GET_ITEM(ver, row) == Py_True) continue;
+        if (set_item(ver, row, Py_True) < 0) { Py_DECREF(failed); return NULL; }
+        done++;
+        if (!page_ok((PageCheck *)L->check, row) && PyList_Append(failed, r) < 0) { Py_DECREF(failed); return NULL; }
+    }
+    PyObject *ret = Py_BuildValue("(nnO)", qpos, done, failed);
+    Py_DECREF(failed);
+    return ret;
+}
+
+static PyMethodDef ledger_methods[] = {
+    {"place", (PyCFunction)(void (*)(void))ledger_place, METH_FASTCALL, "place(dst_off, nbytes) -> row | None"},
+    {"guard", (PyCFunction)(void (*)(void))ledger_guard, METH_FASTCALL, "guard(dst_off, nbytes)"},
+    {"verify_run", (PyCFunction)(void (*)(void))ledger_verify_run, METH_FASTCALL,
+     "verify_run(qpos, max_pages) -> (qpos, done, failed_rows)"},
+    {NULL}};
+
+static PyTypeObject LedgerFastType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pytest_kvfabric.endpoint._fast.LedgerFast",
+    .tp_basicsize = sizeof(LedgerFast),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The common case of PageLedger.place/guard/verify_some over the ledger's own containers.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ledger_init,
+    .tp_dealloc = (destructor)ledger_dealloc,
+    .tp_traverse = (traverseproc)ledger_traverse,
+    .tp_clear = (inquiry)ledger_clear,
+    .tp_methods = ledger_methods,
+};
+
 static struct PyModuleDef fastmodule = {
     PyModuleDef_HEAD_INIT, "_fast", "Native per-write bookkeeping for the endpoint agents.", -1, NULL};
 
 PyMODINIT_FUNC PyInit__fast(void) {
-    if (PyType_Ready(&SlotBookType) < 0 || PyType_Ready(&PageCheckType) < 0) return NULL;
+    if (PyType_Ready(&SlotBookType) < 0 || PyType_Ready(&PageCheckType) < 0 || PyType_Ready(&LedgerFastType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&fastmodule);
     if (!m) return NULL;
     Py_INCREF(&SlotBookType);
     Py_INCREF(&PageCheckType);
+    Py_INCREF(&LedgerFastType);
     if (PyModule_AddObject(m, "SlotBook", (PyObject *)&SlotBookType) < 0 ||
-        PyModule_AddObject(m, "PageCheck", (PyObject *)&PageCheckType) < 0) {
+        PyModule_AddObject(m, "PageCheck", (PyObject *)&PageCheckType) < 0 ||
+        PyModule_AddObject(m, "LedgerFast", (PyObject *)&LedgerFastType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

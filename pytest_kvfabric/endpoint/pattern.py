@@ -19,7 +19,9 @@ truncated page a missing trailer, a corrupted page the first byte that differs.
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
+import weakref
 from bisect import bisect_left
 from typing import Any
 
@@ -50,10 +52,11 @@ def _load_memcmp() -> Any:
 
 _memcmp = _load_memcmp()
 
-try:  # the optional C build (setup.py): one call per page instead of three ctypes calls
+try:  # the optional C build (setup.py): the ledger's common case without the interpreter
+    from ._fast import LedgerFast as _NativeLedgerFast
     from ._fast import PageCheck as _NativePageCheck
 except ImportError:  # pragma: no cover - depends on the install
-    _NativePageCheck = None
+    _NativePageCheck = _NativeLedgerFast = None
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -309,11 +312,27 @@ class PageLedger:
         if hot_path == "native" and _NativePageCheck is None:
             raise RuntimeError("hot_path 'native': the C extension pytest_kvfabric.endpoint._fast is not built")
         self.hot_path = "python"
-        self._ok = self._page_ok
+        self._native_ok = None  # PageCheck.ok where native (not a bound method of self: no cycle)
+        self._lf = None
         if self._fast and _NativePageCheck is not None and hot_path != "python":
-            self._ok = _NativePageCheck(
+            check = _NativePageCheck(
                 dst, base, self.keys, *(transfers[f].astype(np.int64) for f in ("dst_off", "src_off", "nbytes"))
-            ).ok
+            )
+            self._native_ok = check.ok
+            # place() and guard() in C over these same containers; what is not the common
+            # case goes to the Python methods (the reference), before anything changes.
+            self._lf = _NativeLedgerFast(
+                dst, self._kid, self._placed, self._nb, self._next_same, self._req, self._req_got,
+                self._req_need, self._queue, self.completed, self._verified, self._dst_off,
+                self._expect, self._last_at, self._absorb, self._pending, check,
+                # (through a weak proxy: no reference cycle, so a run's ledger and the plan
+                # arrays it holds are freed as soon as the run drops it, not at the next GC)
+                functools.partial(PageLedger.place, weakref.proxy(self)),
+                functools.partial(PageLedger.guard, weakref.proxy(self)),
+                self.verify_enabled, self._kid0, self.slot_bytes,
+            )
+            self.place = self._lf.place  # type: ignore[method-assign]
+            self.guard = self._lf.guard  # type: ignore[method-assign]
             self.hot_path = "native"
         if self._fast:
             self._dst_ptr = int(dst.ctypes.data)
@@ -472,8 +491,12 @@ class PageLedger:
             return
         self._verified[row] = True
         self.pages_checked += 1
-        if self._fast and self._ok(row):
+        if self._fast and (self._native_ok(row) if self._native_ok is not None else self._page_ok(row)):
             return
+        self._explain(row)
+
+    def _explain(self, row: int) -> None:
+        """Record why the row's page is not intact (if it is not)."""
         r = self.transfers[row]
         reason = check_page(self.dst, self.base, r, self.keys[row])
         if reason is not None:
@@ -526,15 +549,21 @@ class PageLedger:
 
     def verify_some(self, max_pages: int) -> int:
         """Verify up to max_pages pending pages in placement order; returns how many ran."""
-        done = 0
         q = self._queue
-        verified = self._verified
-        while self._qpos < len(q) and done < max_pages:
-            row = q[self._qpos]
-            self._qpos += 1
-            if not verified[row]:
-                self.verify_row(row)
-                done += 1
+        if self._lf is not None:
+            self._qpos, done, failed = self._lf.verify_run(self._qpos, max_pages)
+            self.pages_checked += done
+            for row in failed:
+                self._explain(row)
+        else:
+            done = 0
+            verified = self._verified
+            while self._qpos < len(q) and done < max_pages:
+                row = q[self._qpos]
+                self._qpos += 1
+                if not verified[row]:
+                    self.verify_row(row)
+                    done += 1
         if self._qpos > 4096 and self._qpos * 2 > len(q):
             del q[: self._qpos]
             self._qpos = 0
