@@ -281,17 +281,23 @@ def _reuse_plan(rng: np.random.Generator, n: int = 120, slots: int = 6) -> np.nd
     t = np.zeros(n, TRANSFER_DTYPE)
     t["request"] = np.sort(rng.integers(0, 5, n))
     t["layer"], t["block"] = np.arange(n) % 3, np.arange(n)
-    t["nbytes"] = rng.choice([PAGE, PAGE, PAGE // 2, 16, 8], n)
+    t["nbytes"] = rng.choice([PAGE, PAGE, PAGE // 2, 16, 8, 4], n)
     t["src_off"] = np.arange(n) * PAGE
     t["dst_off"] = rng.integers(0, slots, n) * PAGE
     return t
 
 
-def _drive(w: _World, ops: list[tuple[str, int]]) -> None:
-    """Apply one fault script to a world: what a faulty or reordering transport would do."""
+def _drive(w: _World, ops: list[tuple[str, int]]):
+    """Apply one fault script to a world, what a faulty or reordering transport would do;
+    yields after every operation (so two worlds can be compared in lockstep)."""
     t, led = w.t, w.ledger
     late: list[tuple[int, int]] = []
     for kind, i in ops:
+        yield
+        if kind == "bogus":  # a report and a guard at the very end of the region
+            led.guard(len(w.dst) - 4, 8)
+            led.place(len(w.dst) - 4, 8)
+            continue
         d, n = int(t["dst_off"][i]), int(t["nbytes"][i])
         led.guard(d, n)
         if kind == "misplace":
@@ -316,7 +322,13 @@ def _drive(w: _World, ops: list[tuple[str, int]]) -> None:
             led.verify_some(3)
     for dn in late:
         led.place(*dn)
+    yield
     led.verify_all()
+
+
+def _state(led: pattern.PageLedger) -> tuple:
+    return (led.errors, led.error_count, led.completed, led.pages_checked, led._placed, led._verified,
+            led._req_got, led._expect, led._last_at, led._absorb, led._pending, led._queue, led._qpos)
 
 
 @pytest.mark.parametrize("hot_path", ["native"], indirect=True)  # compares it with the Python ledger
@@ -324,16 +336,18 @@ def _drive(w: _World, ops: list[tuple[str, int]]) -> None:
 def test_native_and_python_ledgers_agree_on_random_fault_scripts(hot_path, seed):
     rng = np.random.default_rng(seed)
     t = _reuse_plan(rng)
-    kinds = ["ok"] * 10 + ["verify"] * 3 + ["late", "late", "corrupt", "misplace", "truncate", "duplicate"]
+    kinds = ["ok"] * 10 + ["verify"] * 3 + ["late", "late", "corrupt", "misplace", "truncate", "duplicate", "bogus"]
     ops = [(str(rng.choice(kinds)), i) for i in range(len(t))]
     worlds = []
     for kind in ("native", "python"):
         w = _World.__new__(_World)
         w.HOT_PATH = kind
         _World.__init__(w, t, seed=seed)
-        _drive(w, ops)
         worlds.append(w)
     nat, py = (w.ledger for w in worlds)
+    for step, _ in enumerate(zip(_drive(worlds[0], ops), _drive(worlds[1], ops), strict=True)):
+        assert _state(nat) == _state(py), f"step {step}: {ops[step - 1] if step else 'start'}"
+    assert _state(nat) == _state(py)
     assert nat.hot_path == "native" and py.hot_path == "python"
     assert nat.errors == py.errors and nat.error_count == py.error_count
     assert nat.completed == py.completed and nat.pages_checked == py.pages_checked

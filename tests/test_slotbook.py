@@ -19,10 +19,11 @@ native_only = pytest.mark.skipif(
 
 
 def _plan(rng: np.random.Generator, n: int = 300, slot: int = 4096, slots: int = 12, nreq: int = 7):
-    """Rows over few slots, so ranges overlap often; sizes include 0 and < 24 bytes."""
+    """Rows over few slots, so ranges overlap often; sizes include 0 and < 24 bytes; the
+    destination side has slots twice as large (its pages may straddle source-slot sizes)."""
     nb = rng.choice([0, 5, 23, 24, 100, 1000, slot // 2, slot], size=n).astype(np.int64)
     src = (rng.integers(0, slots, n) * slot + rng.integers(0, 64, n)).astype(np.int64)
-    dst = (rng.integers(0, slots, n) * slot + rng.integers(0, 64, n)).astype(np.int64)
+    dst = (rng.integers(0, slots // 2, n) * 2 * slot + rng.integers(0, 3 * slot // 2, n)).astype(np.int64)
     region = (slots + 1) * slot
     req = np.sort(rng.integers(0, nreq, n)).astype(np.int64)
     notify = np.where(np.r_[req[1:] != req[:-1], True], req, -1).astype(np.int64)
@@ -39,7 +40,7 @@ def _books(seed: int):
     for kind in ("native", "python"):
         left = np.bincount(req, minlength=int(req.max()) + 1).astype(np.int64)
         src = np.zeros(region, np.uint8)
-        book, got = slotbook.make_book(src_off, dst_off, nb, notify, req, left, src, keys, slot, slot, region,
+        book, got = slotbook.make_book(src_off, dst_off, nb, notify, req, left, src, keys, slot, 2 * slot, region,
                                        hot_path=kind)
         assert got == kind
         out.append((book, src, left))
@@ -89,6 +90,11 @@ def test_native_and_python_books_agree_on_random_operations(seed):
         elif op == 3:
             i = int(rng.integers(0, n))
             assert nat.busy(i) == py.busy(i)
+            rows = rng.integers(0, n, int(rng.integers(0, 9))).tolist()
+            bn, bp = np.zeros(8, XFER_DTYPE), np.zeros(8, XFER_DTYPE)
+            nat.fill(bn, rows)
+            py.fill(bp, rows)
+            assert (bn == bp).all()  # the staging path's batch
     assert (src_n == src_p).all() and (left_n == left_p).all()
     assert src_n.any()  # keys were stamped
 
@@ -140,6 +146,9 @@ def test_bad_input_is_rejected_before_any_byte_is_written(kind):
                 src=src, keys=keys, src_slot=500, dst_slot=500, dst_region=1000)
     with pytest.raises(ValueError, match=r"row 1: src \[990, \+20\).*outside the regions \(1000 / 1000 bytes\)"):
         slotbook.make_book(np.array([0, 990]), np.array([0, 0]), np.array([10, 20]), hot_path=kind, **args)
+    with pytest.raises(ValueError, match=r"row 1: src \[9223372036854775792, \+20\)"):
+        # an offset whose sum with the size overflows int64 is outside, not negative and inside
+        slotbook.make_book(np.array([0, 2**63 - 16]), np.array([0, 0]), np.array([10, 20]), hot_path=kind, **args)
     with pytest.raises(ValueError, match=r"row 0: .*dst \[995, \+10\)"):
         slotbook.make_book(np.array([0, 10]), np.array([995, 0]), np.array([10, 10]), hot_path=kind, **args)
     book, _ = slotbook.make_book(np.array([0, 10]), np.array([0, 10]), np.array([10, 10]), hot_path=kind, **args)
@@ -151,6 +160,8 @@ def test_bad_input_is_rejected_before_any_byte_is_written(kind):
     comp[0] = (5, 1)
     with pytest.raises(IndexError, match="completion for row 5 outside the plan's 2 rows"):
         book.complete(comp, np.zeros(2, np.int64))
+    with pytest.raises((ValueError, KeyError, IndexError)):
+        book.complete(np.zeros(1, [("xfer", "<u8")]), np.zeros(2, np.int64))  # not COMPLETION_DTYPE
     with pytest.raises(ValueError, match="3 rows do not fit a batch of 2"):
         book.fill(np.zeros(2, XFER_DTYPE), [0, 1, 0])
     assert not src[20:].any()  # nothing written outside the rows' own ranges
@@ -179,6 +190,16 @@ def test_make_book_names_what_it_cannot_do(monkeypatch):
     assert kind == "python"
 
 
+def test_make_book_uses_the_python_book_where_native_slot_arrays_would_be_huge():
+    args = ([np.zeros(0, np.int64)] * 5) + [np.zeros(0, np.int64), np.zeros(1 << 20, np.uint8),
+                                           np.zeros((0, 24), np.uint8), 1, 1, 1 << 40]
+    _, kind = slotbook.make_book(*args)  # 2^40 one-byte destination slots
+    assert kind == "python"
+    if slotbook.NativeSlotBook is not None:
+        with pytest.raises(ValueError, match="slots exceed the native book"):
+            slotbook.make_book(*args, hot_path="native")
+
+
 def test_the_native_extension_is_built_where_a_compiler_exists():
     # setup.py marks the extension optional so installs without a compiler still work; here a
     # compiler exists, so a missing module means the build broke (and the agents would be slow).
@@ -189,3 +210,11 @@ def test_the_native_extension_is_built_where_a_compiler_exists():
     if shutil.which(cc) is None:
         pytest.skip(f"no C compiler ({cc}) on this machine: the Python slot book is used")
     assert slotbook.NativeSlotBook is not None, "pytest_kvfabric.endpoint._fast did not build (see pip's output)"
+    # An in-place build older than its source would run old code: rebuild (pip install -e .).
+    from pathlib import Path
+
+    from pytest_kvfabric.endpoint import _fast
+
+    so, src = Path(_fast.__file__), Path(slotbook.__file__).with_name("_fast.c")
+    if src.exists() and so.parent == src.parent:
+        assert so.stat().st_mtime >= src.stat().st_mtime, f"{so.name} is older than _fast.c: rebuild it"

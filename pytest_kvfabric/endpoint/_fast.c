@@ -15,6 +15,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "XFER/COMPLETION rows are little-endian; this module writes them in host order"
+#endif
+
 #define HEADER_BYTES 16
 #define TRAILER_BYTES 8
 #define KEY_BYTES 24
@@ -59,15 +63,17 @@ static int map_conflicts(const Map *m, int64_t a, int64_t b) {
     return 0;
 }
 
+static void map_remove(Map *m, int64_t row, int64_t a, int64_t b);
+
 static int map_add(Map *m, int64_t row, int64_t a, int64_t b) {
-    int64_t s, e;
+    int64_t s, e, a0 = a, b0 = b;
     span(m, a, &b, &s, &e);
     for (; s <= e; s++) {
         Bucket *bk = &m->b[s];
         if (bk->n == bk->cap) {
             int32_t cap = bk->cap ? bk->cap * 2 : 4;
             Ent *v = PyMem_Realloc(bk->v, (size_t)cap * sizeof(Ent));
-            if (!v) { PyErr_NoMemory(); return -1; }
+            if (!v) { map_remove(m, row, a0, b0); PyErr_NoMemory(); return -1; } /* undo the buckets before */
             bk->v = v;
             bk->cap = cap;
         }
@@ -94,9 +100,22 @@ static void map_clear_rows(Map *m, const int64_t *rows, Py_ssize_t nrows,
 
 /* ---- buffer helpers ------------------------------------------------------------------ */
 
+/* An int argument; -1 with the exception set on a conversion error (checked one by one, so
+ * no conversion runs with an exception pending). */
+static inline int as_ll(PyObject *o, long long *out) {
+    *out = PyLong_AsLongLong(o);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* [off, off + n) lies inside [0, len), written so that no sum can overflow. */
+static inline int inside(int64_t off, int64_t n, int64_t len) {
+    return off >= 0 && n >= 0 && off <= len && n <= len - off;
+}
+
 static int get_i64(PyObject *o, Py_buffer *v, const char *name, Py_ssize_t n) {
     if (PyObject_GetBuffer(o, v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
-    if (v->itemsize != 8 || !v->format || !strchr("ql", v->format[v->format[0] == '<' || v->format[0] == '=' ? 1 : 0])) {
+    const char *f = v->format ? v->format + (v->format[0] == '<' || v->format[0] == '=' || v->format[0] == '@') : "";
+    if (v->itemsize != 8 || !(f[0] == 'q' || f[0] == 'l') || f[1] != '\0') {
         PyErr_Format(PyExc_TypeError, "%s: expected a contiguous int64 array", name);
         PyBuffer_Release(v);
         return -1;
@@ -120,7 +139,8 @@ typedef struct {
     int64_t *left;
     uint8_t *src;
     const uint8_t *keys;
-    Map srcm, dstm, bsrc, bdst; /* in flight; blocked (select() scratch) */
+    Map srcm, dstm, bsrc, bdst; /* in flight; blocked (select() scratch, allocated on first use) */
+    int64_t src_len, dst_len, src_slot, dst_slot;
     int64_t *blocked;           /* rows added to bsrc/bdst during one select() */
     Py_ssize_t blocked_cap;
 } SlotBook;
@@ -148,16 +168,17 @@ static int book_init(SlotBook *s, PyObject *args, PyObject *kw) {
                                      &o[4], &o[5], &o[6], &o[7], &src_slot, &dst_slot, &dst_region))
         return -1;
     book_release(s);
+    s->n = s->nreq = 0; /* no row is usable until every check below has passed */
     if (get_i64(o[0], &s->src_off_v, "src_off", -1) < 0) return -1;
     s->held = 1;
-    s->n = s->src_off_v.len / 8;
-    if (get_i64(o[1], &s->dst_off_v, "dst_off", s->n) < 0) return -1;
+    Py_ssize_t n = s->src_off_v.len / 8;
+    if (get_i64(o[1], &s->dst_off_v, "dst_off", n) < 0) return -1;
     s->held = 2;
-    if (get_i64(o[2], &s->nb_v, "nbytes", s->n) < 0) return -1;
+    if (get_i64(o[2], &s->nb_v, "nbytes", n) < 0) return -1;
     s->held = 3;
-    if (get_i64(o[3], &s->notify_v, "notify", s->n) < 0) return -1;
+    if (get_i64(o[3], &s->notify_v, "notify", n) < 0) return -1;
     s->held = 4;
-    if (get_i64(o[4], &s->req_v, "request", s->n) < 0) return -1;
+    if (get_i64(o[4], &s->req_v, "request", n) < 0) return -1;
     s->held = 5;
     if (get_i64(o[5], &s->left_v, "req_left", -1) < 0) return -1;
     s->held = 6;
@@ -166,33 +187,37 @@ static int book_init(SlotBook *s, PyObject *args, PyObject *kw) {
     s->held = 7;
     if (PyObject_GetBuffer(o[7], &s->keys_v, PyBUF_C_CONTIGUOUS) < 0) return -1;
     s->held = 8;
-    s->nreq = s->left_v.len / 8;
+    Py_ssize_t nreq = s->left_v.len / 8;
     s->src_off = s->src_off_v.buf; s->dst_off = s->dst_off_v.buf; s->nb = s->nb_v.buf;
     s->notify = s->notify_v.buf; s->req = s->req_v.buf; s->left = s->left_v.buf;
     s->src = s->src_v.buf; s->keys = s->keys_v.buf;
-    if (s->keys_v.len < (Py_ssize_t)s->n * KEY_BYTES) {
-        PyErr_Format(PyExc_ValueError, "keys: %zd bytes for %zd rows (24 each)", s->keys_v.len, s->n);
+    if (s->keys_v.len / KEY_BYTES < n) {
+        PyErr_Format(PyExc_ValueError, "keys: %zd bytes for %zd rows (24 each)", s->keys_v.len, n);
         return -1;
     }
     /* Every row must lie inside both regions: the stamp writes only inside the source
      * buffer, and the slot maps index only their own buckets. */
-    for (Py_ssize_t i = 0; i < s->n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         int64_t a = s->src_off[i], c = s->dst_off[i], nb = s->nb[i];
-        if (a < 0 || c < 0 || nb < 0 || a + nb > s->src_v.len || c + nb > dst_region ||
-            s->req[i] < 0 || s->req[i] >= s->nreq) {
+        if (!inside(a, nb, s->src_v.len) || !inside(c, nb, dst_region) || s->req[i] < 0 || s->req[i] >= nreq) {
             PyErr_Format(PyExc_ValueError,
                          "row %zd: src [%lld, +%lld) / dst [%lld, +%lld) outside the regions "
                          "(%zd / %lld bytes) or request %lld out of range",
-                         i, (long long)a, (long long)nb, (long long)c, (long long)nb,
+                         (Py_ssize_t)i, (long long)a, (long long)nb, (long long)c, (long long)nb,
                          s->src_v.len, dst_region, (long long)s->req[i]);
             return -1;
         }
     }
-    if (map_init(&s->srcm, s->src_v.len, src_slot) < 0 || map_init(&s->dstm, dst_region, dst_slot) < 0 ||
-        map_init(&s->bsrc, s->src_v.len, src_slot) < 0 || map_init(&s->bdst, dst_region, dst_slot) < 0) {
+    if (map_init(&s->srcm, s->src_v.len, src_slot) < 0 || map_init(&s->dstm, dst_region, dst_slot) < 0) {
         PyErr_NoMemory();
         return -1;
     }
+    s->src_len = s->src_v.len;
+    s->dst_len = dst_region;
+    s->src_slot = src_slot;
+    s->dst_slot = dst_slot;
+    s->n = n;
+    s->nreq = nreq;
     return 0;
 }
 
@@ -304,9 +329,10 @@ static PyObject *book_select(SlotBook *s, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "select(ready, batch, count, max_count, nbytes, max_nbytes)");
         return NULL;
     }
-    long long count = PyLong_AsLongLong(args[2]), max_count = PyLong_AsLongLong(args[3]);
-    long long nbytes = PyLong_AsLongLong(args[4]), max_nbytes = PyLong_AsLongLong(args[5]);
-    if (PyErr_Occurred()) return NULL;
+    long long count, max_count, nbytes, max_nbytes;
+    if (as_ll(args[2], &count) < 0 || as_ll(args[3], &max_count) < 0 || as_ll(args[4], &nbytes) < 0 ||
+        as_ll(args[5], &max_nbytes) < 0)
+        return NULL;
     if (!PyList_Check(args[0])) { PyErr_SetString(PyExc_TypeError, "select: ready must be a list"); return NULL; }
     Py_buffer bv;
     if (PyObject_GetBuffer(args[1], &bv, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
@@ -339,6 +365,11 @@ static PyObject *book_select(SlotBook *s, PyObject *const *args, Py_ssize_t narg
                 s->blocked = b;
                 s->blocked_cap = nc;
             }
+            if (!s->bsrc.b && (map_init(&s->bsrc, s->src_len, s->src_slot) < 0 ||
+                               map_init(&s->bdst, s->dst_len, s->dst_slot) < 0)) {
+                PyErr_NoMemory();
+                goto out;
+            }
             s->blocked[nblocked++] = i;
             if (map_add(&s->bsrc, i, a, a + nb) < 0 || map_add(&s->bdst, i, c, c + nb) < 0) goto out;
             continue;
@@ -370,7 +401,10 @@ static PyObject *book_complete(SlotBook *s, PyObject *const *args, Py_ssize_t na
     if (get_i64(args[1], &dv, "done_ns", s->n) < 0) { PyBuffer_Release(&cv); return NULL; }
     PyObject *done = NULL, *ret = NULL;
     if (dv.readonly) { PyErr_SetString(PyExc_ValueError, "done_ns: must be writable"); goto out; }
-    if (cv.len % COMPLETION_ITEM) { PyErr_SetString(PyExc_ValueError, "complete: not COMPLETION_DTYPE rows"); goto out; }
+    if (cv.itemsize != COMPLETION_ITEM || cv.len % COMPLETION_ITEM) {
+        PyErr_SetString(PyExc_ValueError, "complete: expected COMPLETION_DTYPE rows (xfer u8, t_ns u8)");
+        goto out;
+    }
     done = PyList_New(0);
     if (!done) goto out;
     Py_ssize_t m = cv.len / COMPLETION_ITEM;
@@ -451,6 +485,7 @@ static int check_init(PageCheck *c, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO", kwlist, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5]))
         return -1;
     check_release(c);
+    c->n = 0;
     if (PyObject_GetBuffer(o[0], &c->dst_v, PyBUF_C_CONTIGUOUS) < 0) return -1;
     c->held = 1;
     if (PyObject_GetBuffer(o[1], &c->base_v, PyBUF_C_CONTIGUOUS) < 0) return -1;
@@ -459,15 +494,16 @@ static int check_init(PageCheck *c, PyObject *args, PyObject *kw) {
     c->held = 3;
     if (get_i64(o[3], &c->dst_off_v, "dst_off", -1) < 0) return -1;
     c->held = 4;
-    c->n = c->dst_off_v.len / 8;
-    if (get_i64(o[4], &c->src_off_v, "src_off", c->n) < 0) return -1;
+    Py_ssize_t n = c->dst_off_v.len / 8;
+    if (get_i64(o[4], &c->src_off_v, "src_off", n) < 0) return -1;
     c->held = 5;
-    if (get_i64(o[5], &c->nb_v, "nbytes", c->n) < 0) return -1;
+    if (get_i64(o[5], &c->nb_v, "nbytes", n) < 0) return -1;
     c->held = 6;
-    if (c->keys_v.len < (Py_ssize_t)c->n * KEY_BYTES) {
-        PyErr_Format(PyExc_ValueError, "keys: %zd bytes for %zd rows (24 each)", c->keys_v.len, c->n);
+    if (c->keys_v.len / KEY_BYTES < n) {
+        PyErr_Format(PyExc_ValueError, "keys: %zd bytes for %zd rows (24 each)", c->keys_v.len, n);
         return -1;
     }
+    c->n = n;
     return 0;
 }
 
@@ -477,7 +513,7 @@ static int check_init(PageCheck *c, PyObject *args, PyObject *kw) {
 static int page_ok(PageCheck *c, Py_ssize_t i) {
     int64_t d = ((int64_t *)c->dst_off_v.buf)[i], s = ((int64_t *)c->src_off_v.buf)[i];
     int64_t n = ((int64_t *)c->nb_v.buf)[i];
-    if (d < 0 || s < 0 || n < 0 || d + n > c->dst_v.len || s + n > c->base_v.len) return 0;
+    if (!inside(d, n, c->dst_v.len) || !inside(s, n, c->base_v.len)) return 0;
     const uint8_t *dp = (const uint8_t *)c->dst_v.buf + d;
     const uint8_t *kp = (const uint8_t *)c->keys_v.buf + (size_t)i * KEY_BYTES;
     int ok;
@@ -585,13 +621,14 @@ static int ledger_init(LedgerFast *L, PyObject *args, PyObject *kw) {
                                      &PyDict_Type, &d[D_PENDING], &PageCheckType, &check, &ps, &gs,
                                      &verify, &kid0, &slot))
         return -1;
+    L->n = 0; /* no row is usable until every check below has passed */
     if (L->have_dst) { PyBuffer_Release(&L->dst_v); L->have_dst = 0; }
     if (PyObject_GetBuffer(dst, &L->dst_v, PyBUF_C_CONTIGUOUS) < 0) return -1;
     L->have_dst = 1;
-    L->n = PyList_GET_SIZE(o[L_KID]);
+    Py_ssize_t n = PyList_GET_SIZE(o[L_KID]);
     const int per_row[] = {L_KID, L_PLACED, L_NB, L_NEXT, L_REQ, L_VERIFIED, L_DSTOFF};
     for (size_t k = 0; k < sizeof per_row / sizeof *per_row; k++)
-        if (PyList_GET_SIZE(o[per_row[k]]) != L->n) {
+        if (PyList_GET_SIZE(o[per_row[k]]) != n) {
             PyErr_SetString(PyExc_ValueError, "LedgerFast: per-row lists of different lengths");
             return -1;
         }
@@ -599,7 +636,7 @@ static int ledger_init(LedgerFast *L, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "LedgerFast: req_got and req_need differ in length");
         return -1;
     }
-    if (((PageCheck *)check)->n != L->n) {
+    if (((PageCheck *)check)->n != n) {
         PyErr_SetString(PyExc_ValueError, "LedgerFast: the PageCheck covers other rows");
         return -1;
     }
@@ -612,10 +649,18 @@ static int ledger_init(LedgerFast *L, PyObject *args, PyObject *kw) {
     L->verify = verify;
     L->kid0 = kid0;
     L->slot = slot > 0 ? slot : 1;
+    L->n = n;
     return 0;
 }
 
-/* An int from a list slot; -2 on a conversion error (none of ours is negative below -1). */
+static int ledger_ready(LedgerFast *L) {
+    if (L->lists[0] && L->check && L->place_slow && L->guard_slow && L->have_dst) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "LedgerFast is not initialised");
+    return 0;
+}
+
+/* An int from a list slot; -1 with an exception set on a conversion error (callers check
+ * PyErr_Occurred() where -1 is also a valid value). */
 static inline long long item_ll(PyObject *list, Py_ssize_t i) {
     return PyLong_AsLongLong(PyList_GET_ITEM(list, i));
 }
@@ -626,7 +671,7 @@ static inline int set_item(PyObject *list, Py_ssize_t i, PyObject *v) {
 }
 
 static int read_kid(LedgerFast *L, long long off, uint64_t *kid) {
-    if (off < 0 || off + 8 > L->dst_v.len) return 0;
+    if (!inside(off, 8, L->dst_v.len)) return 0;
     memcpy(kid, (const uint8_t *)L->dst_v.buf + off, 8);
     return 1;
 }
@@ -638,8 +683,9 @@ static PyObject *slow(PyObject *fn, long long a, long long b) {
 /* place(dst_off, nbytes) -> row | None: PageLedger.place(). */
 static PyObject *ledger_place(LedgerFast *L, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "place(dst_off, nbytes)"); return NULL; }
-    long long off = PyLong_AsLongLong(args[0]), nb = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred()) return NULL;
+    if (!ledger_ready(L)) return NULL;
+    long long off, nb;
+    if (as_ll(args[0], &off) < 0 || as_ll(args[1], &nb) < 0) return NULL;
     PyObject **ls = L->lists;
     uint64_t kid;
     if (PyDict_GET_SIZE(L->dicts[D_ABSORB]) || nb < 8 || !read_kid(L, off, &kid))
@@ -673,9 +719,11 @@ static PyObject *ledger_place(LedgerFast *L, PyObject *const *args, Py_ssize_t n
         goto fail;
     }
     long long got = item_ll(ls[L_GOT], req) + nb;
+    long long need = item_ll(ls[L_NEED], req);
+    if (PyErr_Occurred()) goto fail;
     PyObject *g = PyLong_FromLongLong(got);
     if (!g || PyList_SetItem(ls[L_GOT], req, g) < 0) goto fail;
-    if (got == item_ll(ls[L_NEED], req)) {
+    if (got == need) {
         PyObject *r = PyList_GET_ITEM(ls[L_REQ], row);
         if (PyList_Append(ls[L_DONE], r) < 0) goto fail;
     }
@@ -714,8 +762,9 @@ fail:
  * does); otherwise the Python guard runs, from the start. */
 static PyObject *ledger_guard(LedgerFast *L, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "guard(dst_off, nbytes)"); return NULL; }
-    long long off = PyLong_AsLongLong(args[0]), nb = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred()) return NULL;
+    if (!ledger_ready(L)) return NULL;
+    long long off, nb;
+    if (as_ll(args[0], &off) < 0 || as_ll(args[1], &nb) < 0) return NULL;
     if (!L->verify) Py_RETURN_NONE;
     PyObject **ls = L->lists;
     long long end = off + (nb ? nb : 1);
@@ -760,7 +809,11 @@ static PyObject *ledger_guard(LedgerFast *L, PyObject *const *args, Py_ssize_t n
         int rc = keep ? 0 : -1;
         for (Py_ssize_t k = 0; rc == 0 && k < PyList_GET_SIZE(lst); k++) {
             PyObject *r = PyList_GET_ITEM(lst, k);
-            if (PyList_GET_ITEM(ls[L_VERIFIED], PyLong_AsSsize_t(r)) != Py_True) rc = PyList_Append(keep, r);
+            Py_ssize_t row = PyLong_AsSsize_t(r);
+            if (row < 0 || row >= L->n) { /* pass 1 checked these; the list cannot have changed */
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "pending row out of range");
+                rc = -1;
+            } else if (PyList_GET_ITEM(ls[L_VERIFIED], row) != Py_True) rc = PyList_Append(keep, r);
         }
         if (rc == 0) rc = PyList_GET_SIZE(keep) ? PyDict_SetItem(L->dicts[D_PENDING], sk, keep)
                                                 : PyDict_DelItem(L->dicts[D_PENDING], sk);
@@ -776,8 +829,10 @@ static PyObject *ledger_guard(LedgerFast *L, PyObject *const *args, Py_ssize_t n
  * the rows whose page is not intact are returned for the Python path to name the reason. */
 static PyObject *ledger_verify_run(LedgerFast *L, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "verify_run(qpos, max_pages)"); return NULL; }
-    Py_ssize_t qpos = PyLong_AsSsize_t(args[0]), maxp = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred()) return NULL;
+    if (!ledger_ready(L)) return NULL;
+    long long qpos_ll, maxp_ll;
+    if (as_ll(args[0], &qpos_ll) < 0 || as_ll(args[1], &maxp_ll) < 0) return NULL;
+    Py_ssize_t qpos = (Py_ssize_t)qpos_ll, maxp = (Py_ssize_t)maxp_ll;
     PyObject *q = L->lists[L_QUEUE], *ver = L->lists[L_VERIFIED];
     PyObject *failed = PyList_New(0);
     if (!failed) return NULL;

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - depends on the install
     NativeSlotBook = None
 
 HOT_PATHS = ("native", "python")
+NATIVE_MAX_SLOTS = 1 << 25  # 512 MiB of per-slot heads in the native book; beyond, Python's dicts
 
 
 class _Busy:
@@ -85,9 +86,10 @@ class _Busy:
 def _check_rows(src_off: np.ndarray, dst_off: np.ndarray, nbytes: np.ndarray, request: np.ndarray,
                 nreq: int, src_len: int, dst_region: int) -> None:
     """The native book's constructor check, so both reject the same plans the same way."""
+    # (size > len - off, not off + size > len: the sum can overflow int64)
     bad = (
-        (src_off < 0) | (dst_off < 0) | (nbytes < 0) | (src_off + nbytes > src_len)
-        | (dst_off + nbytes > dst_region) | (request < 0) | (request >= nreq)
+        (src_off < 0) | (dst_off < 0) | (nbytes < 0) | (src_off > src_len) | (nbytes > src_len - src_off)
+        | (dst_off > dst_region) | (nbytes > dst_region - dst_off) | (request < 0) | (request >= nreq)
     )
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -218,6 +220,13 @@ def make_book(src_off: np.ndarray, dst_off: np.ndarray, nbytes: np.ndarray, noti
         np.ascontiguousarray(request, np.int64), req_left, src,
         np.ascontiguousarray(keys, np.uint8), int(src_slot), int(dst_slot), int(dst_region),
     )
-    if NativeSlotBook is not None and hot_path != "python":
+    # The native book indexes dense per-slot arrays (16 B a slot per side): fine for pools of
+    # pages, not for a plan whose slots are a few bytes across gigabytes. The Python book's
+    # sparse dicts handle that; the Result reports which ran.
+    buckets = len(src) // max(int(src_slot), 1) + int(dst_region) // max(int(dst_slot), 1)
+    native_ok = NativeSlotBook is not None and buckets <= NATIVE_MAX_SLOTS
+    if hot_path == "native" and not native_ok and NativeSlotBook is not None:
+        raise ValueError(f"hot_path 'native': {buckets} slots exceed the native book's {NATIVE_MAX_SLOTS}")
+    if native_ok and hot_path != "python":
         return NativeSlotBook(*args), "native"
     return PySlotBook(*args), "python"
