@@ -30,7 +30,8 @@ NATIVE_MAX_SLOTS = 1 << 25  # 512 MiB of per-slot heads in the native book; beyo
 class _Busy:
     """In-flight byte ranges, bucketed by slot so overlap checks touch only a few rows.
 
-    Slots are at least one transfer long, so a range spans one or two buckets."""
+    Slots are at least one transfer long, so a range spans one or two buckets. (The native
+    SlotBook is the fast path; this one is written for clarity.)"""
 
     __slots__ = ("slot", "rows")
 
@@ -38,49 +39,36 @@ class _Busy:
         self.slot = max(int(slot_bytes), 1)
         self.rows: dict[int, list[tuple[int, int, int]]] = {}  # slot -> [(row, a, b)], b > a
 
-    def conflicts(self, a: int, b: int) -> bool:
+    def _span(self, a: int, b: int) -> tuple[int, range]:
+        """The range's end (an empty write still claims its first byte) and its slots."""
         if b <= a:
             b = a + 1
-        rows = self.rows
-        s, e = a // self.slot, (b - 1) // self.slot
-        while s <= e:
-            lst = rows.get(s)
-            if lst:
-                for _row, x, y in lst:
-                    if x < b and a < y:
-                        return True
-            s += 1
+        return b, range(a // self.slot, (b - 1) // self.slot + 1)
+
+    def conflicts(self, a: int, b: int) -> bool:
+        b, slots = self._span(a, b)
+        for s in slots:
+            for _row, x, y in self.rows.get(s, ()):
+                if x < b and a < y:
+                    return True
         return False
 
     def add(self, row: int, a: int, b: int) -> None:
-        if b <= a:
-            b = a + 1
-        rows = self.rows
-        s, e = a // self.slot, (b - 1) // self.slot
-        ent = (row, a, b)
-        while s <= e:
-            lst = rows.get(s)
-            if lst is None:
-                rows[s] = [ent]
-            else:
-                lst.append(ent)
-            s += 1
+        b, slots = self._span(a, b)
+        for s in slots:
+            self.rows.setdefault(s, []).append((row, a, b))
 
     def remove(self, row: int, a: int, b: int) -> None:
-        if b <= a:
-            b = a + 1
-        rows = self.rows
-        s, e = a // self.slot, (b - 1) // self.slot
-        while s <= e:
-            lst = rows.get(s)
+        _, slots = self._span(a, b)
+        for s in slots:
+            lst = self.rows.get(s)
             if lst is not None:
                 for k, ent in enumerate(lst):
                     if ent[0] == row:
                         del lst[k]
                         break
                 if not lst:
-                    del rows[s]
-            s += 1
+                    del self.rows[s]
 
 
 def _check_rows(src_off: np.ndarray, dst_off: np.ndarray, nbytes: np.ndarray, request: np.ndarray,
