@@ -623,11 +623,11 @@ def runner_figures(scenario: Any, pair: Any = None, timeout_s: float = 60.0) -> 
 
 
 @contextmanager
-def bench_netns(index: int = 201, mtu: int = 9000) -> Iterator[Any]:
+def bench_netns(index: int = 201, mtu: int = 9000, cpu_split: bool = False) -> Iterator[Any]:
     """A namespace pair of our own (prefix kvfb-), destroyed in finally. Yields the NetnsPair."""
     from pytest_kvfabric.fabric.netns import NetnsPair
 
-    ns = NetnsPair.create(str(os.getpid()), index, mtu=mtu, prefix="kvfb-")
+    ns = NetnsPair.create(str(os.getpid()), index, mtu=mtu, prefix="kvfb-", cpu_split=cpu_split)
     try:
         yield ns
     finally:

@@ -14,11 +14,18 @@ scheduler (oversubscribed cores) is told apart from one caused by our pacing loo
 process that never sleeps (busy-waits to every deadline): its p99 is what the host itself
 takes away (vCPU steal, interrupts), a floor no pacing loop on this host can beat.
 
-    python benchmarks/bench_lateness.py [--load 0.1,0.2] [--rounds 3] [--json]
+With --netns the agents run in a namespace pair of our own (veth, MTU 9000), and with
+--cpu-split as well each namespace gets half the CPUs, for its agent and for the receive
+processing of its veth end (RPS): on one machine, the closest thing to two hosts, where
+the sender's system call does not run the receiver's TCP stack. The link capacity is then
+measured through run_scenario on that pair (1 MiB, pacing none).
+
+    python benchmarks/bench_lateness.py [--load 0.1,0.2] [--rounds 3] [--netns [--cpu-split]] [--json]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any, Callable
@@ -40,13 +47,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transport", default="tcp")
     ap.add_argument("--no-verify", action="store_true",
                     help="decode side does not verify pages (shows what verification's CPU costs the pacing)")
+    ap.add_argument("--netns", action="store_true", help="run the agents in a namespace pair (root)")
+    ap.add_argument("--cpu-split", action="store_true",
+                    help="with --netns: each namespace on its own half of the CPUs (agent and receive processing)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.cpu_split and not a.netns:
+        ap.error("--cpu-split needs --netns")
+    with contextlib.ExitStack() as stack:
+        pair = None
+        if a.netns:
+            pair = stack.enter_context(C.bench_netns(cpu_split=a.cpu_split)).pair
+        return _run(a, pair)
+
+
+def _run(a: argparse.Namespace, pair: Any) -> int:
 
     env = C.env_info()
+    where = ("loopback" if pair is None else
+             f"netns pair {pair.name}" + (f", cpu split {pair.details['cpu_split']}" if pair.details.get("cpu_split") else ""))
     if a.link_gbps > 0:
         link = a.link_gbps
         link_note = f"link capacity given: {link:.3f} GB/s"
+    elif pair is not None:
+        cap_sc = C.synthetic_scenario(nbytes=1 << 20, transfers=1024, batch=8, pacing="none",
+                                      transport=a.transport, pool_bytes=64 << 20)
+        link = C.runner_figures(cap_sc, pair=pair)["gbps_bytes"]
+        link_note = f"link capacity measured now (run_scenario on the {where}, 1 MiB, pacing none): {link:.3f} GB/s"
     else:
         cap = C.transport_pair(transport=a.transport, nbytes=1 << 20, batch=8, seconds=1.0)
         link = cap["gbps_bytes"]
@@ -64,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                   pool_bytes=64 << 20, verify=not a.no_verify)
         name = f"load-{f:g}"
         plans[name] = {"load": f, "interval_us": interval_us, "needs_gbps": rate / 1e9, "groups": groups}
-        cont[name] = lambda sc=sc: C.runner_figures(sc, timeout_s=a.seconds + 60)
+        cont[name] = lambda sc=sc: C.runner_figures(sc, pair=pair, timeout_s=a.seconds + 60)
         cont[f"timer-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds)
         # never sleeps: what is left is the host taking the CPU away (vCPU steal, interrupts)
         cont[f"spin-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds, spin_us=iv + 1000.0)
@@ -101,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                 unit="µs", target=None, higher_is_better=False, ref_label="pure spin"))
         for r in runs:
             r["plan"] = pl
-    notes = [link_note, f"{a.rounds} rounds per load level; emulated {a.seconds:g} s per run; "
+    notes = [link_note, f"agents on the {where}; {a.rounds} rounds per load level; emulated {a.seconds:g} s per run; "
              f"page verification {'off' if a.no_verify else 'on'}; "
              "ratio = our p99 / 100 µs (<= 1.0 meets the target)"]
     C.emit("bench_lateness", rows, raw, env, a.json, notes)

@@ -59,6 +59,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-netns-mtu", "MTU of the namespace veth pair (default 9000)", "N"),
     Opt("--kv-netns-rate-mbit", "shape the veth to this rate (tbf) to emulate a slower NIC", "MBIT"),
     Opt("--kv-netns-offloads", "veth offload toggles, e.g. gro=off,tso=on", "LIST"),
+    Opt("--kv-netns-cpu-split", "on: each namespace gets half the CPUs, for its agent and its receive "
+        "processing, as two hosts would (default off)", "on|off"),
 )
 
 
@@ -203,6 +205,11 @@ def resolve(get: Callable[[str], Any]) -> Selection:
                 raise ProfileError("--kv-netns-offloads", item, "expected FEATURE=on|off (gro, gso, tso)")
             offloads[k] = v == "on"
         netns["offloads"] = offloads
+    split = get("kv_netns_cpu_split")
+    if split not in (None, ""):
+        if str(split).lower() not in ("on", "off", "true", "false", "1", "0"):
+            raise ProfileError("--kv-netns-cpu-split", split, "expected on or off")
+        netns["cpu_split"] = str(split).lower() in ("on", "true", "1")
 
     return Selection(
         transports=tuple(dict.fromkeys(transports)),

@@ -182,6 +182,41 @@ def test_tbf_shaping_and_offloads_applied():
 
 
 @needs_netns
+def test_cpu_split_pins_each_agent_and_steers_its_receive_processing():
+    # Each side gets its own half of the CPUs: the agent (taskset in its gateway command)
+    # and the receive processing of its veth end (RPS), as two hosts would have.
+    p = NetnsPair.create(TAG, 12, prefix=PREFIX, cpu_split=True)
+    try:
+        pre, dec = p.cpus
+        assert sorted(pre + dec) == sorted(os.sched_getaffinity(0)) and not set(pre) & set(dec)
+        assert p.pair.details["cpu_split"] == {"prefill": pre, "decode": dec}
+        for ns, ifn, cpus, host in ((p.ns_prefill, p.if_prefill, pre, p.pair.prefill),
+                                    (p.ns_decode, p.if_decode, dec, p.pair.decode)):
+            mask = ns_run(ns, "cat", f"/sys/class/net/{ifn}/queues/rx-0/rps_cpus").stdout.strip()
+            assert int(mask.replace(",", ""), 16) == sum(1 << c for c in cpus)
+            cmd = host.gateway_spec.split("python=", 1)[1]
+            got = subprocess.run([*cmd.split(), "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+            assert got == str(cpus)
+    finally:
+        p.destroy()
+    plain = NetnsPair.create(TAG, 13, prefix=PREFIX)
+    try:
+        assert plain.cpus is None and plain.pair.details["cpu_split"] is None
+        assert "taskset" not in plain.pair.decode.gateway_spec
+    finally:
+        plain.destroy()
+
+
+def test_cpu_split_needs_two_cpus_and_masks_span_words():
+    with pytest.raises(NetnsUnavailable, match="cpu_split needs at least 2 CPUs available to this process, found 1"):
+        nsmod.split_cpus([3])
+    assert nsmod.split_cpus([5, 1, 2]) == ([1], [2, 5])
+    assert nsmod.cpu_mask([0]) == "00000001" and nsmod.cpu_mask([1, 3]) == "0000000a"
+    assert nsmod.cpu_mask([0, 33]) == "00000002,00000001"
+
+
+@needs_netns
 def test_destroy_leaves_nothing():
     p = NetnsPair.create(TAG, 9, prefix=PREFIX)
     sleeper = subprocess.Popen(["ip", "netns", "exec", p.ns_decode, "sleep", "60"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import os
+
 import pytest
 
 SHIPPED_SUITES = Path(__file__).resolve().parent.parent / "suites"
@@ -35,6 +37,7 @@ def test_x(kv_model, kv_transport):
         (["--kv-on-copy=ignore"], "valid: fail, skip"),
         (["--kv-transport-param=connections"], "expected KEY=VALUE"),
         (["--kv-netns-offloads=gro=maybe"], "expected FEATURE=on|off"),
+        (["--kv-netns-cpu-split=maybe"], "expected on or off"),
         (["--kv-suite=nosuch"], "unknown suite 'nosuch'; valid:"),
     ],
 )
@@ -182,4 +185,17 @@ def test_non_suite_yaml_is_left_alone(pytester):
     pytester.makefile(".yaml", config="key: value\n")
     pytester.makepyfile("def test_plain(): pass")
     result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the netns fabric needs root")
+def test_netns_cpu_split_reaches_the_pair_the_tests_get(pytester):
+    pytester.makepyfile("""
+        import os
+        def test_pair(kv_pair):
+            split = kv_pair.details["cpu_split"]
+            assert split and not set(split["prefill"]) & set(split["decode"])
+            assert "taskset -c" in kv_pair.decode.gateway_spec
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--kv-fabric=netns", "--kv-netns-cpu-split=on")
     result.assert_outcomes(passed=1)

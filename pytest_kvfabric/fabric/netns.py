@@ -224,13 +224,47 @@ def link_counters(netns: str | None, ifname: str) -> dict[str, int]:
     return {"rx_bytes": int(stats.get("rx_bytes", 0)), "tx_bytes": int(stats.get("tx_bytes", 0))}
 
 
-def netns_gateway_spec(netns: str, python: str | None = None) -> str:
-    """execnet spec that starts the interpreter inside `netns` (popen shlex-splits python=)."""
+def netns_gateway_spec(netns: str, python: str | None = None, cpus: list[int] | None = None) -> str:
+    """execnet spec that starts the interpreter inside `netns` (popen shlex-splits python=),
+    on `cpus` only when given (taskset: the agent and everything it starts)."""
     ip = shutil.which("ip") or "ip"
-    cmd = shlex.join([ip, "netns", "exec", netns, python or sys.executable])
+    pin = [shutil.which("taskset") or "taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+    cmd = shlex.join([ip, "netns", "exec", netns, *pin, python or sys.executable])
     if "//" in cmd:
         raise NetnsUnavailable(f"cannot build an execnet spec: '//' in command {cmd!r}")
     return f"popen//python={cmd}"
+
+
+def split_cpus(cpus: list[int]) -> tuple[list[int], list[int]]:
+    """(prefill, decode): the CPUs this process may use, halved (the decode half gets the odd one)."""
+    cpus = sorted(cpus)
+    if len(cpus) < 2:
+        raise NetnsUnavailable(f"cpu_split needs at least 2 CPUs available to this process, found {len(cpus)}")
+    half = len(cpus) // 2
+    return cpus[:half], cpus[half:]
+
+
+def cpu_mask(cpus: list[int]) -> str:
+    """The sysfs rps_cpus mask (hex, comma-separated 32-bit groups) of a CPU list."""
+    bits = 0
+    for c in cpus:
+        bits |= 1 << c
+    words = []
+    while True:
+        words.append(f"{bits & 0xFFFFFFFF:08x}")
+        bits >>= 32
+        if not bits:
+            break
+    return ",".join(reversed(words))
+
+
+def _set_rps(netns: str, ifname: str, cpus: list[int]) -> None:
+    """Steer the receive processing of ifname's queues (RPS) to cpus, inside netns."""
+    script = (f'for q in /sys/class/net/{ifname}/queues/rx-*/rps_cpus; do printf %s {cpu_mask(cpus)} > "$q" || exit 1; '
+              'done')
+    res = subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise KvFabricError(f"setting rps_cpus of {ifname} in {netns} failed: {res.stderr.strip() or res.returncode}")
 
 
 def parse_offloads(text: str | None) -> dict[str, bool]:
@@ -279,9 +313,12 @@ class NetnsPair:
     """Two namespaces + veth; `create` returns the HostPair, `destroy` removes everything."""
 
     def __init__(self, prefix: str, tag: str, index: int, mtu: int,
-                 offloads: dict[str, bool], rate_mbit: float | None) -> None:
+                 offloads: dict[str, bool], rate_mbit: float | None, cpu_split: bool = False) -> None:
         self.prefix, self.tag, self.index = prefix, tag, index
         self.mtu, self.offloads, self.rate_mbit = mtu, dict(offloads), rate_mbit
+        # cpu_split: each side gets its own CPUs, for its agent and for its receive processing
+        self.cpus: tuple[list[int], list[int]] | None = (
+            split_cpus(list(os.sched_getaffinity(0))) if cpu_split else None)
         self.ns_prefill, self.ns_decode = netns_names(prefix, tag, index)
         self.if_prefill, self.if_decode = veth_names(prefix, index)
         self.addr_prefill, self.addr_decode = pair_addrs(index)
@@ -290,7 +327,7 @@ class NetnsPair:
 
     @classmethod
     def create(cls, tag: str, index: int, mtu: int = 9000, offloads: dict[str, bool] | None = None,
-               rate_mbit: float | None = None, *, prefix: str = PREFIX) -> "NetnsPair":
+               rate_mbit: float | None = None, *, prefix: str = PREFIX, cpu_split: bool = False) -> "NetnsPair":
         """Build the pair (idempotent cleanup on any failure). Raises NetnsUnavailable with the reason."""
         reason = netns_unavailable_reason()
         if reason:
@@ -301,7 +338,9 @@ class NetnsPair:
             raise ValueError(f"MTU {mtu} out of range 68..65535")
         if rate_mbit is not None and not rate_mbit > 0:
             raise ValueError(f"rate_mbit must be > 0, got {rate_mbit}")
-        self = cls(prefix, tag, index, mtu, offloads or {}, rate_mbit)
+        if cpu_split and shutil.which("taskset") is None:
+            raise NetnsUnavailable("cpu_split needs 'taskset' (util-linux) on PATH, not found")
+        self = cls(prefix, tag, index, mtu, offloads or {}, rate_mbit, cpu_split)
         try:
             self._build()
         except BaseException as exc:
@@ -341,6 +380,10 @@ class NetnsPair:
                 if self.rate_mbit is not None:
                     ipr.tc("add", "tbf", index=idx, **_tbf_params(self.rate_mbit, self.mtu))
             _set_offloads(ns, ifname, self.offloads)
+        if self.cpus is not None:
+            for ns, ifname, cpus in ((self.ns_prefill, self.if_prefill, self.cpus[0]),
+                                     (self.ns_decode, self.if_decode, self.cpus[1])):
+                _set_rps(ns, ifname, cpus)
         self.host_pair = self._host_pair()
 
     def _host_pair(self) -> HostPair:
@@ -351,13 +394,15 @@ class NetnsPair:
             "netns": [self.ns_prefill, self.ns_decode],
             "veth": [self.if_prefill, self.if_decode],
             "subnet": f"{ADDR_NET}.{self.index}.0/{PREFIXLEN}",
+            "cpu_split": {"prefill": self.cpus[0], "decode": self.cpus[1]} if self.cpus else None,
         }
+        pcpus, dcpus = self.cpus if self.cpus else (None, None)
         return HostPair(
             name=f"netns:{self.tag}-{self.index}",
             fabric="netns",
-            prefill=Host(f"{self.ns_prefill}", netns_gateway_spec(self.ns_prefill),
+            prefill=Host(f"{self.ns_prefill}", netns_gateway_spec(self.ns_prefill, cpus=pcpus),
                          self.addr_prefill, self.if_prefill, self.ns_prefill),
-            decode=Host(f"{self.ns_decode}", netns_gateway_spec(self.ns_decode),
+            decode=Host(f"{self.ns_decode}", netns_gateway_spec(self.ns_decode, cpus=dcpus),
                         self.addr_decode, self.if_decode, self.ns_decode),
             details=details,
         )

@@ -21,7 +21,7 @@ from .alloc import FabricUnavailable, FabricUsageError
 from .base import HostPair
 
 FABRICS = ("local", "netns", "hosts")
-NETNS_OPTION_KEYS = ("mtu", "offloads", "rate_mbit")
+NETNS_OPTION_KEYS = ("mtu", "offloads", "rate_mbit", "cpu_split")
 _SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
@@ -82,6 +82,8 @@ def _netns_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         kw["offloads"] = {k: bool(v) for k, v in offloads.items()}
     if options.get("rate_mbit") is not None:
         kw["rate_mbit"] = float(options["rate_mbit"])
+    if options.get("cpu_split"):
+        kw["cpu_split"] = True
     return kw
 
 
