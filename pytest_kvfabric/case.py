@@ -194,7 +194,9 @@ def run_case(
     if pair.fabric == "local":
         out.interfaces = [{"name": "lo", "netns": None}]
     elif pair.fabric == "netns":
-        out.interfaces = [{"name": h.interface or "lo", "netns": h.netns} for h in (pair.prefill, pair.decode)]
+        split = pair.details.get("cpu_split") or {}  # --kv-netns-cpu-split: the CPUs each side had
+        out.interfaces = [{"name": h.interface or "lo", "netns": h.netns, "cpus": split.get(role)}
+                          for role, h in (("prefill", pair.prefill), ("decode", pair.decode))]
     # Remote hosts report their own kernel and NIC (collected on the host through its gateway).
     out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
                              (pair.details.get("fingerprint") or {}).items()}

@@ -191,11 +191,22 @@ def test_non_suite_yaml_is_left_alone(pytester):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the netns fabric needs root")
 def test_netns_cpu_split_reaches_the_pair_the_tests_get(pytester):
     pytester.makepyfile("""
-        import os
+        from pytest_kvfabric.scenario import Synthetic
+
         def test_pair(kv_pair):
             split = kv_pair.details["cpu_split"]
             assert split and not set(split["prefill"]) & set(split["decode"])
             assert "taskset -c" in kv_pair.decode.gateway_spec
+
+        def test_run(kv_run, kv_scenario):
+            small = dict(synthetic=Synthetic(nbytes=65536, transfers=32, batch=8), pacing="none", pool_bytes=8 << 20)
+            assert kv_run(kv_scenario.replace(**small)).to_dict()["integrity"]["errors"] == 0
     """)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--kv-fabric=netns", "--kv-netns-cpu-split=on")
-    result.assert_outcomes(passed=1)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--kv-fabric=netns", "--kv-netns-cpu-split=on",
+                                "--kv-json=report.json")
+    result.assert_outcomes(passed=2)
+    import json
+
+    recs = [r for r in json.loads((pytester.path / "report.json").read_text())["results"] if r["interfaces"]]
+    cpus = [i["cpus"] for i in recs[0]["interfaces"]]
+    assert len(cpus) == 2 and all(cpus) and not set(cpus[0]) & set(cpus[1])  # the record says who had which CPUs
