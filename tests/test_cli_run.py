@@ -15,6 +15,7 @@ def test_run_prints_table_and_writes_json(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "throughput Gb/s" in printed and "integrity" in printed
+    assert "agent hot path" in printed and "sender " in printed  # which bookkeeping ran, per side
     d = json.loads(out.read_text())
     assert d["transport"] == "tcp" and d["gpu"] == "h100"  # --gpu defaults for run
     assert d["integrity"]["errors"] == 0 and d["integrity"]["pages_checked"] == d["transfers"] > 0

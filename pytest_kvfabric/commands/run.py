@@ -66,6 +66,8 @@ def table(d: dict[str, Any]) -> str:
         ("connect / register ms", f"{_fmt(d['connect_ms'])} / {_fmt(d['register_ms'])}"),
         ("integrity", f"{d['integrity']['pages_checked']} pages checked, {d['integrity']['errors']} errors"),
         ("data path", (d["data_path"].get("sender") or {}).get("description", "-")),
+        ("agent hot path", " / ".join(f"{side} {(d['data_path'].get(side) or {}).get('hot_path', '-')}"
+                                      for side in ("sender", "receiver"))),
     ]
     return tabulate(rows, tablefmt="simple")
 
