@@ -77,6 +77,13 @@ def test_python_hot_path_moves_and_verifies_every_byte_the_same_way(pace):
     assert (dp["sender"]["hot_path"], dp["receiver"]["hot_path"]) == ("python", "python")
 
 
+def test_an_unknown_hot_path_option_is_a_clear_error():
+    from pytest_kvfabric.errors import TransportError
+
+    with pytest.raises(TransportError, match="hot_path 'fast': expected one of native, python"):
+        run_scenario(scenario(), timeout_s=60, options={"hot_path": "fast"})
+
+
 def test_pacing_none_moves_the_same_bytes(agents):
     sc = scenario(pacing="none")
     res = agents.run(sc)
