@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .hotpath import wants_native
+
 HEADER_BYTES = 16
 TRAILER_BYTES = 8
 KEY_BYTES = HEADER_BYTES + TRAILER_BYTES
@@ -307,14 +309,11 @@ class PageLedger:
         )
         # Page comparison: the C PageCheck where built (hot_path None or "native"), else three
         # ctypes memcmp calls; both only say intact or not, check_page() names the reason.
-        if hot_path not in (None, "native", "python"):
-            raise ValueError(f"hot_path {hot_path!r}: expected one of native, python")
-        if hot_path == "native" and _NativePageCheck is None:
-            raise RuntimeError("hot_path 'native': the C extension pytest_kvfabric.endpoint._fast is not built")
+        native = wants_native(hot_path, _NativePageCheck is not None)
         self.hot_path = "python"
         self._native_ok = None  # PageCheck.ok where native (not a bound method of self: no cycle)
         self._lf = None
-        if self._fast and _NativePageCheck is not None and hot_path != "python":
+        if self._fast and native:
             check = _NativePageCheck(
                 dst, base, self.keys, *(transfers[f].astype(np.int64) for f in ("dst_off", "src_off", "nbytes"))
             )

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from . import pattern
+from .hotpath import wants_native
 
 try:  # the optional C build (setup.py); absent where no compiler was found at install
     from ._fast import SlotBook as NativeSlotBook
 except ImportError:  # pragma: no cover - depends on the install
     NativeSlotBook = None
 
-HOT_PATHS = ("native", "python")
 NATIVE_MAX_SLOTS = 1 << 25  # 512 MiB of per-slot heads in the native book; beyond, Python's dicts
 
 
@@ -198,10 +198,7 @@ def make_book(src_off: np.ndarray, dst_off: np.ndarray, nbytes: np.ndarray, noti
 
     Arrays are int64 (req_left writable: the book counts rows down per request), src the
     writable source region (keys are stamped into it), keys the (n, 24) uint8 row keys."""
-    if hot_path not in (None, *HOT_PATHS):
-        raise ValueError(f"hot_path {hot_path!r}: expected one of {', '.join(HOT_PATHS)}")
-    if hot_path == "native" and NativeSlotBook is None:
-        raise RuntimeError("hot_path 'native': the C extension pytest_kvfabric.endpoint._fast is not built")
+    native = wants_native(hot_path, NativeSlotBook is not None)
     args = (
         np.ascontiguousarray(src_off, np.int64), np.ascontiguousarray(dst_off, np.int64),
         np.ascontiguousarray(nbytes, np.int64), np.ascontiguousarray(notify, np.int64),
@@ -212,9 +209,10 @@ def make_book(src_off: np.ndarray, dst_off: np.ndarray, nbytes: np.ndarray, noti
     # pages, not for a plan whose slots are a few bytes across gigabytes. The Python book's
     # sparse dicts handle that; the Result reports which ran.
     buckets = len(src) // max(int(src_slot), 1) + int(dst_region) // max(int(dst_slot), 1)
-    native_ok = NativeSlotBook is not None and buckets <= NATIVE_MAX_SLOTS
-    if hot_path == "native" and not native_ok and NativeSlotBook is not None:
-        raise ValueError(f"hot_path 'native': {buckets} slots exceed the native book's {NATIVE_MAX_SLOTS}")
-    if native_ok and hot_path != "python":
+    if native and buckets > NATIVE_MAX_SLOTS:
+        if hot_path == "native":
+            raise ValueError(f"hot_path 'native': {buckets} slots exceed the native book's {NATIVE_MAX_SLOTS}")
+        native = False
+    if native:
         return NativeSlotBook(*args), "native"
     return PySlotBook(*args), "python"
