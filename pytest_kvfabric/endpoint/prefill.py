@@ -197,9 +197,10 @@ def run_prefill(
         """Claim, stamp and build rows to post later; all or nothing (no side effect on False)."""
         nonlocal inflight_bytes
         kk = len(rows)
+        nb = sum(l_nb[i] for i in rows)
         # The same windows as the ready path below: a larger single write may still go alone.
         if inflight + kk > opts.max_inflight or (
-            (inflight > 0 or kk > 1) and inflight_bytes + sum(l_nb[i] for i in rows) > opts.max_inflight_bytes
+            (inflight > 0 or kk > 1) and inflight_bytes + nb > opts.max_inflight_bytes
         ):
             return False
         for pos, i in enumerate(rows):
@@ -207,9 +208,17 @@ def run_prefill(
                 for j in rows[:pos]:
                     book.release(j)
                 return False
-        inflight_bytes += sum(l_nb[i] for i in rows)
+        inflight_bytes += nb
         book.fill(staged, rows)
         return True
+
+    def hand_off(buf: np.ndarray, k: int, t: int) -> None:
+        """Post the first k writes of buf at time t; record the post times and the call's length."""
+        nonlocal inflight
+        post_ns[buf["xfer"][:k]] = t
+        inflight += k
+        initiator.post(buf[:k], max((deadline - t) / 1e9, 0.001))
+        call_ns.append(now() - t)
 
     def on_completions(comp: np.ndarray) -> None:
         nonlocal inflight, inflight_bytes, completed_rows, requests_done, started, target_rows
@@ -241,11 +250,8 @@ def run_prefill(
             )
         if staged_rows and t >= staged_at:
             k = len(staged_rows)
-            post_ns[staged_rows] = t
-            inflight += k
             staged_rows = []
-            initiator.post(staged[:k], max((deadline - t) / 1e9, 0.001))
-            call_ns.append(now() - t)
+            hand_off(staged, k, t)
             continue
         if early and t >= early_at:
             ready.extend(early)
@@ -279,11 +285,7 @@ def run_prefill(
             k, ready, inflight_bytes = book.select(ready, batch, inflight + len(staged_rows),
                                                    opts.max_inflight, inflight_bytes, opts.max_inflight_bytes)
         if k:
-            t_post = now()
-            post_ns[batch["xfer"][:k]] = t_post
-            inflight += k
-            initiator.post(batch[:k], max((deadline - t_post) / 1e9, 0.001))
-            call_ns.append(now() - t_post)
+            hand_off(batch, k, now())
         # Collect completions without blocking, then decide how long we may wait.
         if inflight:
             comp = initiator.poll(0.0)
