@@ -107,6 +107,17 @@ static inline int as_ll(PyObject *o, long long *out) {
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* A plan row index from Python: converted and range-checked against the n rows (-1 with
+ * the exception set otherwise). Every method that takes a row goes through here. */
+static int row_arg(PyObject *o, Py_ssize_t n, long long *i) {
+    if (as_ll(o, i) < 0) return -1;
+    if (*i < 0 || *i >= n) {
+        PyErr_Format(PyExc_IndexError, "row %lld outside the plan's %zd rows", *i, n);
+        return -1;
+    }
+    return 0;
+}
+
 /* [off, off + n) lies inside [0, len), written so that no sum can overflow. */
 static inline int inside(int64_t off, int64_t n, int64_t len) {
     return off >= 0 && n >= 0 && off <= len && n <= len - off;
@@ -221,14 +232,6 @@ static int book_init(SlotBook *s, PyObject *args, PyObject *kw) {
     return 0;
 }
 
-static inline int row_ok(SlotBook *s, long long i) {
-    if (i < 0 || i >= s->n) {
-        PyErr_Format(PyExc_IndexError, "row %lld outside the plan's %zd rows", i, s->n);
-        return 0;
-    }
-    return 1;
-}
-
 static inline int busy(SlotBook *s, int64_t i) {
     int64_t a = s->src_off[i], c = s->dst_off[i], nb = s->nb[i];
     return map_conflicts(&s->srcm, a, a + nb) || map_conflicts(&s->dstm, c, c + nb);
@@ -261,26 +264,23 @@ static inline void release_row(SlotBook *s, int64_t i) {
 }
 
 static PyObject *book_claim(SlotBook *s, PyObject *arg) {
-    long long i = PyLong_AsLongLong(arg);
-    if (i == -1 && PyErr_Occurred()) return NULL;
-    if (!row_ok(s, i)) return NULL;
+    long long i;
+    if (row_arg(arg, s->n, &i) < 0) return NULL;
     if (busy(s, i)) Py_RETURN_FALSE;
     if (take(s, i) < 0) return NULL;
     Py_RETURN_TRUE;
 }
 
 static PyObject *book_release_m(SlotBook *s, PyObject *arg) {
-    long long i = PyLong_AsLongLong(arg);
-    if (i == -1 && PyErr_Occurred()) return NULL;
-    if (!row_ok(s, i)) return NULL;
+    long long i;
+    if (row_arg(arg, s->n, &i) < 0) return NULL;
     release_row(s, i);
     Py_RETURN_NONE;
 }
 
 static PyObject *book_busy(SlotBook *s, PyObject *arg) {
-    long long i = PyLong_AsLongLong(arg);
-    if (i == -1 && PyErr_Occurred()) return NULL;
-    if (!row_ok(s, i)) return NULL;
+    long long i;
+    if (row_arg(arg, s->n, &i) < 0) return NULL;
     return PyBool_FromLong(busy(s, i));
 }
 
@@ -305,8 +305,8 @@ static PyObject *book_fill(SlotBook *s, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t k = 0; k < m; k++) {
-        long long i = PyLong_AsLongLong(items[k]);
-        if ((i == -1 && PyErr_Occurred()) || !row_ok(s, i)) goto out;
+        long long i;
+        if (row_arg(items[k], s->n, &i) < 0) goto out;
         put_xfer(s, (uint8_t *)bv.buf + k * XFER_ITEM, i);
     }
     ret = Py_None;
@@ -344,8 +344,8 @@ static PyObject *book_select(SlotBook *s, PyObject *const *args, Py_ssize_t narg
     if (!keep) goto out;
     for (Py_ssize_t pos = 0; pos < m; pos++) {
         PyObject *item = PyList_GET_ITEM(ready, pos);
-        long long i = PyLong_AsLongLong(item);
-        if ((i == -1 && PyErr_Occurred()) || !row_ok(s, i)) goto out;
+        long long i;
+        if (row_arg(item, s->n, &i) < 0) goto out;
         int64_t nb = s->nb[i];
         if (count + k >= max_count || (count + k > 0 && nbytes + nb > max_nbytes) || k >= cap) {
             PyObject *rest = PyList_GetSlice(ready, pos, m);
@@ -529,12 +529,8 @@ static int page_ok(PageCheck *c, Py_ssize_t i) {
 
 /* ok(row) -> bool: page_ok() for Python. */
 static PyObject *check_ok(PageCheck *c, PyObject *arg) {
-    long long i = PyLong_AsLongLong(arg);
-    if (i == -1 && PyErr_Occurred()) return NULL;
-    if (i < 0 || i >= c->n) {
-        PyErr_Format(PyExc_IndexError, "row %lld outside the plan's %zd rows", i, c->n);
-        return NULL;
-    }
+    long long i;
+    if (row_arg(arg, c->n, &i) < 0) return NULL;
     return PyBool_FromLong(page_ok(c, i));
 }
 
