@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from pytest_kvfabric.cli import main
 from pytest_kvfabric.transports.registry import probe
@@ -24,6 +25,16 @@ def test_run_prints_table_and_writes_json(tmp_path, capsys):
         assert key in d
     assert set(d["cpu_s_per_gb"]) == {"sender", "receiver"}
     assert set(d["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
+
+
+def test_run_reports_each_sides_busy_poll_window(tmp_path, capsys):
+    # Spinning agents change what cpu s/GB and post lateness mean: the table and the JSON say so.
+    out = tmp_path / "r.json"
+    rc = main(["run", *SMALL, "--transport", "tcp", "--transport-param", "busy_poll_us=250", "--json", str(out)])
+    assert rc == 0
+    assert re.search(r"^busy poll us +sender 250 / receiver 250$", capsys.readouterr().out, re.M)
+    d = json.loads(out.read_text())
+    assert d["data_path"]["sender"]["busy_poll_us"] == d["data_path"]["receiver"]["busy_poll_us"] == 250
 
 
 def test_run_pace_none_and_scenario_flags(tmp_path):

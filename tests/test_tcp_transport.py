@@ -447,6 +447,21 @@ def test_busy_poll_option_default_and_validation():
         T.target(T.allocate(10, {}), {"busy_poll_us": -5})
 
 
+@pytest.mark.parametrize("opts, expect_us", [({}, DEFAULT_BUSY_POLL_US), ({"busy_poll_us": 0}, 0.0),
+                                             ({"busy_poll_us": "1000000"}, 1e6)])
+def test_data_path_reports_the_busy_poll_window(opts, expect_us):
+    # A spinning side burns a core whatever it moves: the Result must say so, or its CPU
+    # figures and its lateness could not be read (README: post lateness on one host).
+    tgt = T.target(T.allocate(10, {}), {"token": TOKEN, **opts})
+    ini = T.initiator(T.allocate(10, {}), {"token": TOKEN, **opts})
+    try:
+        assert tgt.data_path()["busy_poll_us"] == expect_us
+        assert ini.data_path()["busy_poll_us"] == expect_us
+    finally:
+        tgt.close()
+        ini.close()
+
+
 def test_busy_poll_never_outlasts_the_callers_timeout():
     # A one-second spin window: poll(0)/progress(0) must not spin at all, and a 50 ms wait
     # must end at its timeout, not after the spin window (bounds are 10x generous).

@@ -69,6 +69,9 @@ def table(d: dict[str, Any]) -> str:
         ("agent hot path", " / ".join(f"{side} {(d['data_path'].get(side) or {}).get('hot_path', '-')}"
                                       for side in ("sender", "receiver"))),
     ]
+    polls = [(d["data_path"].get(side) or {}).get("busy_poll_us") for side in ("sender", "receiver")]
+    if any(p is not None for p in polls):  # a spinning side's cpu s/GB measures the spin
+        rows.append(("busy poll us", " / ".join(f"{side} {_fmt(p)}" for side, p in zip(("sender", "receiver"), polls))))
     return tabulate(rows, tablefmt="simple")
 
 
