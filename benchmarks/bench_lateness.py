@@ -20,7 +20,14 @@ processing of its veth end (RPS): on one machine, the closest thing to two hosts
 the sender's system call does not run the receiver's TCP stack. The link capacity is then
 measured through run_scenario on that pair (1 MiB, pacing none).
 
-    python benchmarks/bench_lateness.py [--load 0.1,0.2] [--rounds 3] [--netns [--cpu-split]] [--json]
+Each load runs under every --busy-poll-us value (the stream transports' option, both agents):
+by default 50 (the option's default: a waiting agent sleeps after 50 µs) and 1e6 (agents that
+never sleep during a run). On one host the sleeping decode agent's wake-up lands in the
+sender's sendmsg (an IPI to a halted vCPU on a virtual host); the never-sleeping run shows
+the lateness without that one-host cost, and the CPU rows show what it costs instead.
+
+    python benchmarks/bench_lateness.py [--load 0.1,0.2] [--rounds 3] [--netns [--cpu-split]]
+                                        [--busy-poll-us 50,1000000] [--json]
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 TARGET_P99_US = 100.0
+DEFAULT_BUSY_POLL_US = 50.0  # the stream transports' default (transports/_stream.py)
+SPIN_BUSY_POLL_US = 1e6  # the option's maximum: no wait of a 3 s run ever sleeps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--netns", action="store_true", help="run the agents in a namespace pair (root)")
     ap.add_argument("--cpu-split", action="store_true",
                     help="with --netns: each namespace on its own half of the CPUs (agent and receive processing)")
+    ap.add_argument("--busy-poll-us", default=f"{DEFAULT_BUSY_POLL_US:g},{SPIN_BUSY_POLL_US:g}",
+                    help="comma list of the stream transports' busy_poll_us to run each load under "
+                         f"(default: the option's default and {SPIN_BUSY_POLL_US:g}, agents that never "
+                         "sleep during a run)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.cpu_split and not a.netns:
@@ -80,18 +93,22 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
         link_note = f"link capacity measured now ({a.transport} alone, 1 MiB, pacing none): {link:.3f} GB/s"
     C.log(link_note)
     loads = [float(x) for x in a.load.split(",") if x]
+    polls = [float(x) for x in a.busy_poll_us.split(",") if x]
     cont: dict[str, Callable[[], dict[str, Any]]] = {}
-    plans: dict[str, dict[str, float]] = {}
+    plans: dict[str, dict[str, Any]] = {}
     for f in loads:
         rate = f * link * 1e9  # bytes/s the scenario needs
         interval_us = a.batch * a.nbytes / rate * 1e6
         groups = max(int(a.seconds * 1e6 / interval_us), 4)
-        sc = C.synthetic_scenario(nbytes=a.nbytes, transfers=groups * a.batch, batch=a.batch,
-                                  interval_us=interval_us, pacing="emulated", transport=a.transport,
-                                  pool_bytes=64 << 20, verify=not a.no_verify)
-        name = f"load-{f:g}"
-        plans[name] = {"load": f, "interval_us": interval_us, "needs_gbps": rate / 1e9, "groups": groups}
-        cont[name] = lambda sc=sc: C.runner_figures(sc, pair=pair, timeout_s=a.seconds + 60)
+        for bp in polls:
+            sc = C.synthetic_scenario(nbytes=a.nbytes, transfers=groups * a.batch, batch=a.batch,
+                                      interval_us=interval_us, pacing="emulated", transport=a.transport,
+                                      pool_bytes=64 << 20, verify=not a.no_verify,
+                                      transport_params={"busy_poll_us": bp})
+            name = f"load-{f:g}" + ("" if bp == DEFAULT_BUSY_POLL_US else f"-busy{bp:g}")
+            plans[name] = {"load": f, "interval_us": interval_us, "needs_gbps": rate / 1e9, "groups": groups,
+                           "busy_poll_us": bp, "timer": f"timer-{f:g}", "spin": f"spin-{f:g}"}
+            cont[name] = lambda sc=sc: C.runner_figures(sc, pair=pair, timeout_s=a.seconds + 60)
         cont[f"timer-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds)
         # never sleeps: what is left is the host taking the CPU away (vCPU steal, interrupts)
         cont[f"spin-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds, spin_us=iv + 1000.0)
@@ -102,10 +119,10 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
             continue
         p99 = [r["post_lateness_us"]["p99"] for r in runs if r["post_lateness_us"].get("p99") is not None]
         p50 = [r["post_lateness_us"]["p50"] for r in runs if r["post_lateness_us"].get("p50") is not None]
-        floor = raw[name.replace("load-", "timer-")]
         pl = plans[name]
+        floor, spin = raw[pl["timer"]], raw[pl["spin"]]
         label = (f"{name}: post lateness p99 ({a.batch} x {a.nbytes} B every {pl['interval_us']:.0f} µs, "
-                 f"{pl['needs_gbps']:.3f} GB/s)")
+                 f"{pl['needs_gbps']:.3f} GB/s, busy_poll_us {pl['busy_poll_us']:g})")
         rows.append(C.ratio_row(label, p99, [TARGET_P99_US] * len(p99), unit="µs", target=1.0,
                                 higher_is_better=False, ref_label="target"))
         rows.append(C.ratio_row(f"{name}: post lateness p50", p50, [TARGET_P99_US] * len(p50), unit="µs",
@@ -120,7 +137,14 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
         if all(c is not None for c in calls):
             rows.append(C.ratio_row(f"{name}: post() call p99 vs post lateness p99", calls, p99, unit="µs",
                                     target=None, higher_is_better=False, ref_label="lateness p99"))
-        spin = raw[name.replace("load-", "spin-")]
+        # What agents that never sleep cost: CPU seconds per GB moved, against the default's.
+        base = raw.get(f"load-{pl['load']:g}")
+        if base is not None and base is not runs:
+            for side in ("sender", "receiver"):
+                key = f"cpu_s_per_gb_{side}"
+                rows.append(C.ratio_row(f"{name}: {side} CPU s/GB vs busy_poll_us {DEFAULT_BUSY_POLL_US:g}",
+                                        C.column(runs, key), C.column(base, key), unit="s/GB", target=None,
+                                        higher_is_better=False, ref_label=f"busy {DEFAULT_BUSY_POLL_US:g}"))
         rows.append(C.ratio_row(f"{name}: the host's pure-spin loop p99 (never sleeps) vs the target",
                                 C.column(spin, "p99"), [TARGET_P99_US] * len(spin), unit="µs", target=None,
                                 higher_is_better=False, ref_label="target"))
