@@ -23,6 +23,7 @@ from .emulator.plan import TransferPlan, build_plan
 from .endpoint.agent import BOOTSTRAP, unpack_array
 from .errors import IntegrityError, KvFabricError, ProtocolError, TransportError
 from .fabric.base import HostPair
+from .fabric.mailbox import Closed, Mailbox, Timeout
 from .result import Result
 from .scenario import Scenario
 
@@ -54,6 +55,7 @@ class AgentPair:
         self.options = dict(options or {})
         self._group: execnet.Group | None = None
         self._ch: dict[str, Any] = {}
+        self._box = Mailbox()
         self.pids: dict[str, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -67,6 +69,7 @@ class AgentPair:
         if self._group is not None:
             return
         self._group = execnet.Group()
+        self._box = Mailbox()
         try:
             for role, host in (("decode", self.pair.decode), ("prefill", self.pair.prefill)):
                 try:
@@ -76,6 +79,7 @@ class AgentPair:
                         f"{role} agent could not start on {host.name} ({host.gateway_spec}): {exc}"
                     ) from None
                 self._ch[role] = gw.remote_exec(BOOTSTRAP)
+                self._box.attach(role, self._ch[role])
         except BaseException:
             self.close()
             raise
@@ -108,21 +112,14 @@ class AgentPair:
         return f" (pid {self.pids[role]})" if role in self.pids else ""
 
     def _recv(self, role: str, deadline: float, phase: str) -> dict[str, Any]:
-        ch = self._ch[role]
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TransportError(f"{role} agent{self._pid(role)} did not answer {phase} within its timeout")
-            try:
-                msg = ch.receive(timeout=min(remaining, 0.2))
-            except ch.TimeoutError:
-                continue
-            except EOFError:
-                raise TransportError(f"{role} agent{self._pid(role)} died during {phase}") from None
-            except Exception as exc:  # noqa: BLE001 - RemoteError: the agent crashed
-                line = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-                raise TransportError(f"{role} agent{self._pid(role)} crashed during {phase}: {line}") from None
-            return self._check(role, msg, phase)
+        try:
+            msg = self._box.take(role, deadline)
+        except Timeout:
+            raise TransportError(f"{role} agent{self._pid(role)} did not answer {phase} within its timeout") from None
+        except Closed as exc:
+            detail = f": {exc.detail}" if exc.detail else " without answering" if exc.how == "exited" else ""
+            raise TransportError(f"{role} agent{self._pid(role)} {exc.how} during {phase}{detail}") from None
+        return self._check(role, msg, phase)
 
     def _check(self, role: str, msg: Any, phase: str) -> dict[str, Any]:
         if not isinstance(msg, dict):
@@ -135,19 +132,21 @@ class AgentPair:
         return msg
 
     def _recv_both(self, deadline: float) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Wait for both run answers; whichever agent fails first is named, but when the
-        prefill side reports a broken connection and the decode agent is dead, the dead
-        agent is the cause."""
+        """Wait for both run answers in one blocking wait (no polling: see fabric/mailbox.py);
+        whichever agent fails first is named, but when the prefill side reports a broken
+        connection and the decode agent is dead, the dead agent is the cause."""
         got: dict[str, dict[str, Any]] = {}
         while len(got) < 2:
-            for role in ("decode", "prefill"):
-                if role in got:
+            waiting = tuple(r for r in ("decode", "prefill") if r not in got)
+            if not self._box.wait_any(waiting, deadline):  # deadline passed: this names who is late
+                got[waiting[0]] = self._recv(waiting[0], deadline, "the run")
+                continue
+            for role in waiting:
+                if not self._box.has(role):
                     continue
                 try:
-                    got[role] = self._recv(role, min(deadline, time.monotonic() + 0.05), "the run")
+                    got[role] = self._recv(role, deadline, "the run")
                 except TransportError as exc:
-                    if time.monotonic() < deadline and "did not answer" in str(exc):
-                        continue
                     if role == "prefill" and "decode" not in got:
                         dead = self._dead("decode", 1.0)
                         if dead:
