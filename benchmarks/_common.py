@@ -750,10 +750,13 @@ def mooncake_pair(env: Mapping[str, str], *, nbytes: int = 1 << 20, batch: int =
     return res
 
 
-def timer_floor(interval_us: float, seconds: float, spin_us: float = 50.0) -> dict[str, Any]:
-    """Lateness of a bare sleep-until-deadline loop in its own process (the host's floor)."""
+def timer_floor(interval_us: float, seconds: float, spin_us: float = 50.0,
+                busy_others: bool = False) -> dict[str, Any]:
+    """Lateness of a bare sleep-until-deadline loop in its own process (the host's floor);
+    busy_others: every other CPU runs a busy loop meanwhile (_peer_timer.py)."""
     with peer([PYTHON, str(BENCH_DIR / "_peer_timer.py"), "--interval-us", f"{interval_us:g}",
-               "--seconds", f"{seconds:g}", "--spin-us", f"{spin_us:g}"], name="timer") as p:
+               "--seconds", f"{seconds:g}", "--spin-us", f"{spin_us:g}",
+               *(["--busy-others"] if busy_others else [])], name="timer") as p:
         res = p.read_json(seconds + 20)
     return res
 

@@ -2,15 +2,23 @@
 last --spin-us, timer slack 1 ns as the prefill agent sets it) and records how late it woke.
 No transport, no numpy work in the loop: what this host's scheduler allows a paced loop.
 
-    python benchmarks/_peer_timer.py --interval-us 1473 --seconds 3   -> one JSON line
+With --busy-others every other CPU this process may use runs a busy loop for the same time,
+as during a run where both agents spin: a kernel thread or daemon that wakes then has no idle
+CPU to go to and must preempt someone (the floor for two agents, not for one alone).
+
+    python benchmarks/_peer_timer.py --interval-us 1473 --seconds 3 [--busy-others]  -> one JSON line
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import json
+import os
+import subprocess
 import sys
 import time
+
+_SPINNER = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval-us", type=float, required=True)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--spin-us", type=float, default=50.0)
+    ap.add_argument("--busy-others", action="store_true", help="keep every other CPU busy meanwhile")
     a = ap.parse_args(argv)
+    others: list[subprocess.Popen[bytes]] = []
+    if a.busy_others:
+        n_other = max(len(os.sched_getaffinity(0)) - 1, 0)
+        others = [subprocess.Popen([sys.executable, "-c", _SPINNER.format(s=a.seconds + 1.0)])
+                  for _ in range(n_other)]
+        time.sleep(0.05)  # let them start spinning before the first deadline
+    try:
+        return _floor(a)
+    finally:
+        for p in others:  # they end on their own a second after the loop; never leave one behind
+            p.kill()
+            p.wait(timeout=5)
+
+
+def _floor(a: argparse.Namespace) -> int:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK, as prefill does
     except (OSError, AttributeError):

@@ -12,7 +12,11 @@ capacity (default 15%); read post_lateness_us from the Result. Each load level r
 until the same deadlines (benchmarks/_peer_timer.py), so a miss caused by the host's
 scheduler (oversubscribed cores) is told apart from one caused by our pacing loop, and a
 process that never sleeps (busy-waits to every deadline): its p99 is what the host itself
-takes away (vCPU steal, interrupts), a floor no pacing loop on this host can beat.
+takes away (vCPU steal, interrupts), a floor no pacing loop on this host can beat. A third
+floor runs that spin loop while every other CPU is busy too (as during a run whose agents
+both spin): a kernel thread or daemon that wakes then preempts someone instead of taking an
+idle CPU. Its row carries a verdict of its own: where the host's floor misses 100 µs, no
+agent on that host can meet it, and the target cannot be decided there.
 
 With --netns the agents run in a namespace pair of our own (veth, MTU 9000), and with
 --cpu-split as well each namespace gets half the CPUs, for its agent and for the receive
@@ -107,11 +111,16 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
                                       transport_params={"busy_poll_us": bp})
             name = f"load-{f:g}" + ("" if bp == DEFAULT_BUSY_POLL_US else f"-busy{bp:g}")
             plans[name] = {"load": f, "interval_us": interval_us, "needs_gbps": rate / 1e9, "groups": groups,
-                           "busy_poll_us": bp, "timer": f"timer-{f:g}", "spin": f"spin-{f:g}"}
+                           "busy_poll_us": bp, "timer": f"timer-{f:g}", "spin": f"spin-{f:g}",
+                           "spinbusy": f"spinbusy-{f:g}"}
             cont[name] = lambda sc=sc: C.runner_figures(sc, pair=pair, timeout_s=a.seconds + 60)
         cont[f"timer-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds)
         # never sleeps: what is left is the host taking the CPU away (vCPU steal, interrupts)
         cont[f"spin-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds, spin_us=iv + 1000.0)
+        # ... and with every other CPU busy, as while both agents spin: a waking kernel thread
+        # or daemon then preempts someone instead of taking an idle CPU
+        cont[f"spinbusy-{f:g}"] = lambda iv=interval_us: C.timer_floor(iv, a.seconds, spin_us=iv + 1000.0,
+                                                                       busy_others=True)
     raw = C.interleave(a.rounds, cont, log=C.log)
     rows = []
     for name, runs in raw.items():
@@ -150,6 +159,13 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
                                 higher_is_better=False, ref_label="target"))
         rows.append(C.ratio_row(f"{name}: p99 vs the host's pure-spin loop p99", p99, C.column(spin, "p99"),
                                 unit="µs", target=None, higher_is_better=False, ref_label="pure spin"))
+        busy = raw[pl["spinbusy"]]
+        rows.append(C.ratio_row(f"{name}: the host's pure-spin loop p99, other CPUs busy, vs the target",
+                                C.column(busy, "p99"), [TARGET_P99_US] * len(busy), unit="µs", target=1.0,
+                                higher_is_better=False, ref_label="target"))
+        rows.append(C.ratio_row(f"{name}: p99 vs the host's pure-spin loop p99, other CPUs busy", p99,
+                                C.column(busy, "p99"), unit="µs", target=None, higher_is_better=False,
+                                ref_label="pure spin, busy"))
         for r in runs:
             r["plan"] = pl
     notes = [link_note, f"agents on the {where}; {a.rounds} rounds per load level; emulated {a.seconds:g} s per run; "
