@@ -614,6 +614,8 @@ def runner_figures(scenario: Any, pair: Any = None, timeout_s: float = 60.0) -> 
         "wall_s": time.monotonic() - t0,
         "cpu_s_per_gb_sender": d["cpu_s_per_gb"].get("sender"),
         "cpu_s_per_gb_receiver": d["cpu_s_per_gb"].get("receiver"),
+        "spin_s_per_gb_sender": (d.get("spin_s_per_gb") or {}).get("sender"),
+        "spin_s_per_gb_receiver": (d.get("spin_s_per_gb") or {}).get("receiver"),
         "latency_us": d["latency_us"],
         "post_lateness_us": d["post_lateness_us"],
         "post_call_us": d.get("post_call_us"),

@@ -146,6 +146,11 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
         if all(c is not None for c in calls):
             rows.append(C.ratio_row(f"{name}: post() call p99 vs post lateness p99", calls, p99, unit="µs",
                                     target=None, higher_is_better=False, ref_label="lateness p99"))
+        # How much of each side's CPU was busy-waiting (the Result's spin_s_per_gb).
+        for side in ("sender", "receiver"):
+            spun, cpu = C.column(runs, f"spin_s_per_gb_{side}"), C.column(runs, f"cpu_s_per_gb_{side}")
+            rows.append(C.ratio_row(f"{name}: {side} spin s/GB vs its CPU s/GB", spun, cpu, unit="s/GB",
+                                    target=None, higher_is_better=False, ref_label="all CPU"))
         # What agents that never sleep cost: CPU seconds per GB moved, against the default's.
         base = raw.get(f"load-{pl['load']:g}")
         if base is not None and base is not runs:

@@ -34,6 +34,7 @@ class Result:
     post_lateness_us: dict[str, float | None] = field(default_factory=dict)
     post_call_us: dict[str, float | None] = field(default_factory=dict)  # how long each post() held the sender
     cpu_s_per_gb: dict[str, float | None] = field(default_factory=dict)
+    spin_s_per_gb: dict[str, float | None] = field(default_factory=dict)  # of cpu_s_per_gb: busy-waiting
     retransmits: int | None = None
     connect_ms: float | None = None
     register_ms: float | None = None

@@ -243,6 +243,10 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
             "sender": stats.cpu_s_per_gb(pre.get("cpu_s"), moved),
             "receiver": stats.cpu_s_per_gb(dec.get("cpu_s"), moved),
         },
+        spin_s_per_gb={
+            "sender": stats.cpu_s_per_gb(pre.get("spin_cpu_s"), moved),
+            "receiver": stats.cpu_s_per_gb(dec.get("spin_cpu_s"), moved),
+        },
         integrity={"pages_checked": int(dec["pages_checked"]), "errors": errors, "first_error": first_error},
         data_path={"sender": pre.get("data_path", {}), "receiver": dec.get("data_path", {})},
         notifications=int(dec.get("notifications", 0)),

@@ -24,6 +24,11 @@ def test_run_prints_table_and_writes_json(tmp_path, capsys):
     for key in ("throughput_gbps", "latency_us", "exposed_ms", "cpu_s_per_gb", "data_path", "bytes"):
         assert key in d
     assert set(d["cpu_s_per_gb"]) == {"sender", "receiver"}
+    # emulated pacing busy-waits into every ready time: that CPU is reported apart, within the total
+    assert set(d["spin_s_per_gb"]) == {"sender", "receiver"}
+    assert 0 < d["spin_s_per_gb"]["sender"] <= d["cpu_s_per_gb"]["sender"]
+    assert 0 <= d["spin_s_per_gb"]["receiver"] <= d["cpu_s_per_gb"]["receiver"]
+    assert re.search(r"^of which spin s/GB +sender \S+ +receiver \S+$", printed, re.M)
     assert set(d["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
 
 

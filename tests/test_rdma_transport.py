@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import os
+import time
 import sys
 import types
 from collections import deque
@@ -322,6 +323,12 @@ def test_writes_land_and_both_sides_report(verbs, poll):
         assert "counters_delta" in dp and dp["memory"].startswith(
             ("hugetlb", "transparent huge pages", "4 KiB pages"))
         assert target.data_path()["guard_round_trips"] == 0  # all destination bytes fresh
+        # an idle wait: busy polling counts its CPU as spin (reported apart), a channel sleeps
+        before = target.spin_cpu_ns
+        c0 = time.thread_time_ns()
+        assert not len(target.progress(0.02)[0])
+        spun = target.spin_cpu_ns - before
+        assert (0 < spun <= time.thread_time_ns() - c0) if poll == "busy" else spun == 0
     finally:
         init.close()
         for _ in range(100):

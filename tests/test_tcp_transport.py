@@ -494,6 +494,35 @@ def test_busy_poll_never_outlasts_the_callers_timeout():
         served.close()
 
 
+@pytest.mark.parametrize("busy_poll_us", [0, 1e6])
+def test_busy_polling_with_nothing_to_do_is_counted_as_spin_cpu(busy_poll_us):
+    # spin_cpu_ns is what the Result reports apart from the CPU that moved bytes: it must
+    # grow while a side spins idle, stay 0 when it sleeps, and never exceed the CPU spent.
+    ls = socket.create_server(("127.0.0.1", 0))
+    silent = T.initiator(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": busy_poll_us})
+    quiet = T.target(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": busy_poll_us})
+    try:
+        silent.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
+        conn, _ = ls.accept()  # never answers: the write stays in flight
+        silent.post(batch([0], [0], [100]), 5)
+        quiet.listen("127.0.0.1", 5)
+        for ep, call in ((silent, silent.poll), (quiet, quiet.progress)):
+            call(0.0)
+            assert ep.spin_cpu_ns == 0  # a zero timeout never spins
+            c0 = time.thread_time_ns()
+            call(0.05)
+            used = time.thread_time_ns() - c0
+            if busy_poll_us:
+                assert 0 < ep.spin_cpu_ns <= used
+            else:
+                assert ep.spin_cpu_ns == 0
+        conn.close()
+    finally:
+        silent.close()
+        quiet.close()
+        ls.close()
+
+
 def test_post_queues_and_returns_and_a_later_single_write_goes_out_after_the_queue():
     # post() returns with bytes still queued (as ibv_post_send does); poll() hands them to the
     # kernel as the socket drains. A one-write post behind them must not jump the queue.

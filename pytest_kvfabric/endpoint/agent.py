@@ -112,6 +112,7 @@ class _Session:
         c0 = cpu_s()
         out = run_decode(plan, self.target, ledger, DecodeOptions(timeout_s=timeout_s, inject=self.inject))
         out["cpu_s"] = cpu_s() - c0
+        out["spin_cpu_s"] = getattr(self.target, "spin_cpu_ns", 0) / 1e9
         out["data_path"] = {**_plain(self.target.data_path()), "hot_path": ledger.hot_path}
         out["req_complete_ns"] = pack_array(out["req_complete_ns"])
         out["notify_ns"] = pack_array(out["notify_ns"])
@@ -145,7 +146,8 @@ class _Session:
         self.initiator.close()  # BYE: the decode side learns the run is over
         res = {k: (pack_array(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
         data_path = {**_plain(data_path), "hot_path": res.pop("hot_path")}
-        res.update(ok=True, cpu_s=cpu, connect_ns=connect_ns, data_path=data_path, stats=_plain(stats))
+        res.update(ok=True, cpu_s=cpu, spin_cpu_s=res.pop("spin_cpu_ns") / 1e9, connect_ns=connect_ns,
+                   data_path=data_path, stats=_plain(stats))
         return res
 
     def close(self) -> None:

@@ -77,6 +77,9 @@ _NO_COMPLETIONS = np.empty(0, COMPLETION_DTYPE)
 _DRAIN_BUDGET_BYTES = 8 << 20  # per connection per wakeup: one busy peer cannot starve others, acks flow
 
 
+_thread_ns = time.thread_time_ns  # a system call (~1 µs here): read only while spinning
+
+
 def _now() -> int:
     return time.monotonic_ns()
 
@@ -344,9 +347,15 @@ class StreamTarget(Target):
         deadline = now + max(timeout_s, 0.0)
         spin_until = now + self._busy_poll_s
         select = self._sel.select
+        spin0 = 0  # thread CPU clock when this call began spinning with nothing to do
         while True:
             remaining = deadline - now
-            for key, mask in select(0.0 if now < spin_until else max(remaining, 0.0)):
+            spinning = now < spin_until
+            events = select(0.0 if spinning else max(remaining, 0.0))
+            if spin0 and (events or not spinning or remaining <= 0):
+                self.spin_cpu_ns += _thread_ns() - spin0
+                spin0 = 0
+            for key, mask in events:
                 c = key.data
                 if c is None:
                     self._accept()
@@ -358,6 +367,8 @@ class StreamTarget(Target):
             if self._p_x or self._n_req or remaining <= 0:
                 return self._take()
             now = time.monotonic()
+            if not spin0 and now < spin_until:
+                spin0 = _thread_ns()
 
     def _take(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._p_x)
@@ -1342,11 +1353,17 @@ class StreamInitiator(Initiator):
         deadline = now + max(timeout_s, 0.0)
         spin_until = now + self._busy_poll_s
         select = self._sel.select
+        spin0 = 0  # as in StreamTarget.progress
         # Wait in epoll and read only the connections it reports (acks, or the error queue:
         # EPOLLERR shows up as readable), instead of a speculative recv on every connection.
         while True:
             remaining = deadline - now
-            for key, mask in select(0.0 if now < spin_until else max(remaining, 0.0)):
+            spinning = now < spin_until
+            events = select(0.0 if spinning else max(remaining, 0.0))
+            if spin0 and (events or not spinning or remaining <= 0):
+                self.spin_cpu_ns += _thread_ns() - spin0
+                spin0 = 0
+            for key, mask in events:
                 c = key.data
                 if mask & selectors.EVENT_WRITE and c.iov_i < len(c.iov):
                     self._set_want_write(c, not self._send_some(c))
@@ -1356,6 +1373,8 @@ class StreamInitiator(Initiator):
             if len(out) or remaining <= 0:
                 return out
             now = time.monotonic()
+            if not spin0 and now < spin_until:
+                spin0 = _thread_ns()
 
     def _more_pending(self) -> bool:
         return False

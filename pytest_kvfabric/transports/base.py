@@ -83,6 +83,11 @@ def check_region(region_len: int, dst_off: int, nbytes: int) -> str | None:
 class Target(ABC):
     """Decode side of a transport."""
 
+    # Thread CPU time this endpoint spent busy-polling with nothing to do (a transport that
+    # spins before it sleeps, as RDMA tools poll their queues, adds to it; one that never
+    # spins leaves it 0). The Result reports it apart from the CPU that moved bytes.
+    spin_cpu_ns: int = 0
+
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         self.region = region  # writable, contiguous, format "B"
         self.options = dict(options)
@@ -117,6 +122,8 @@ class Target(ABC):
 
 class Initiator(ABC):
     """Prefill side of a transport."""
+
+    spin_cpu_ns: int = 0  # as Target.spin_cpu_ns
 
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         self.region = region
