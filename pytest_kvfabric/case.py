@@ -131,7 +131,8 @@ class CaseOutcome:
         for key in ("throughput_gbps", "bytes", "transfers"):
             if m.get(key) is not None:
                 props.append((f"kv_{key}", m[key]))
-        for group in ("latency_us", "exposed_ms", "cpu_s_per_gb", "post_lateness_us", "post_call_us"):
+        for group in ("latency_us", "exposed_ms", "cpu_s_per_gb", "spin_s_per_gb", "post_lateness_us",
+                      "post_call_us"):
             for k, v in (m.get(group) or {}).items():
                 if v is not None:
                     props.append((f"kv_{group}_{k}", v))

@@ -42,6 +42,7 @@ def test_same_scenario_passes_or_fails_on_its_threshold_and_junit_carries_metric
     loose, strict = props["test_loose[llama3.1-8b-tcp]"], props["test_strict[llama3.1-8b-tcp]"]
     assert float(loose["kv_throughput_gbps"]) > 0
     assert float(loose["kv_latency_us_p99"]) >= float(loose["kv_latency_us_p50"]) > 0
+    assert 0 <= float(loose["kv_spin_s_per_gb_sender"]) <= float(loose["kv_cpu_s_per_gb_sender"])
     assert loose["kv_slo_min_throughput_gbps"] == "pass"
     assert strict["kv_slo_min_throughput_gbps"] == "fail"
     report = jsonreport.read(pytester.path / "report.json")  # validates against the schema
