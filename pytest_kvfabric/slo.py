@@ -25,6 +25,16 @@ def _max_cpu(m: Mapping[str, Any]) -> float | None:
     return max(values) if values else None
 
 
+def _max_work_cpu(m: Mapping[str, Any]) -> float | None:
+    """Worst side's CPU per GB without its busy-waiting (cpu_s_per_gb - spin_s_per_gb)."""
+    values = []
+    for side in ("sender", "receiver"):
+        cpu, spin = _get(m, f"cpu_s_per_gb.{side}"), _get(m, f"spin_s_per_gb.{side}")
+        if cpu is not None:
+            values.append(cpu - (spin or 0.0))
+    return max(values) if values else None
+
+
 def _zero_copy(m: Mapping[str, Any]) -> bool | None:
     """True only if a side reported a zero-copy data path and no side reported copying."""
     sides = [_get(m, "data_path.sender"), _get(m, "data_path.receiver")]
@@ -71,6 +81,9 @@ SLO_KEYS: dict[str, SloKey] = {
                "p99 of exposed transfer time as a fraction of the request's prefill time"),
         SloKey("max_cpu_s_per_gb", "max", "s/GB", "CPU s/GB (worst side)", _max_cpu,
                "CPU seconds per decimal GB moved, worst of sender and receiver"),
+        SloKey("max_work_cpu_s_per_gb", "max", "s/GB", "CPU s/GB without spin (worst side)", _max_work_cpu,
+               "as max_cpu_s_per_gb, less the CPU each side spent busy-waiting (spin_s_per_gb): "
+               "what moving and checking the bytes cost, steady under emulated pacing at any load"),
         SloKey("min_ttft_met_fraction", "min", "", "TTFT met fraction", _path("ttft_met_fraction"),
                "fraction of requests whose emulated TTFT is within ttft_budget_ms"),
         SloKey("max_post_lateness_us", "max", "µs", "post lateness p99", _path("post_lateness_us.p99"),
