@@ -322,11 +322,12 @@ def run_prefill(
                 continue
             # Under a millisecond to go: spin, polling for completions, until the next event
             # (counted as spin, like the busy-wait below).
-            c0 = thread_ns()
             comp = initiator.poll(0.0)
-            while not len(comp) and now() < next_ready:
-                comp = initiator.poll(0.0)
-            spin_cpu_ns += thread_ns() - c0
+            if not len(comp) and now() < next_ready:
+                c0 = thread_ns()
+                while not len(comp) and now() < next_ready:
+                    comp = initiator.poll(0.0)
+                spin_cpu_ns += thread_ns() - c0
             if len(comp):
                 on_completions(comp)
             continue
