@@ -1188,34 +1188,46 @@ class StreamInitiator(Initiator):
                     f"{self.transport_name}: send to {c.peer} (connection {c.index}) failed: "
                     f"{exc}; {self._posted - self._completed} writes outstanding"
                 ) from None
-            self._unsent -= sent
-            # advance over fully sent buffers
-            off = c.iov_off + sent
-            n_iov = len(iov)
-            while i < n_iov:
-                ln = len(iov[i])
-                if off < ln:
-                    break
-                off -= ln
-                i += 1
-            c.iov_i, c.iov_off = i, off
-            before = c.sent_writes
-            after = c.iov_writes + (i >> 1)
-            c.sent_writes = after
-            self._on_sent(c, before, after)
+            before = self._advance(c, sent)
+            self._on_sent(c, before, c.sent_writes)
+            i = c.iov_i
             if i >= 4096:
                 cut = i & ~1
                 self._retire(c, iov[:cut])
                 del iov[:cut]
                 c.iov_i -= cut
                 c.iov_writes += cut >> 1
+        self._queue_sent(c)
+        return True
+
+    def _advance(self, c: InitiatorConn, sent: int) -> int:
+        """Book `sent` bytes off the head of c's queue: move the cursor over every buffer they
+        finish (and the empty ones right after), count the writes now wholly handed to the
+        kernel (c.sent_writes). Returns the count before, for _on_sent."""
+        self._unsent -= sent
+        iov = c.iov
+        i, off, n_iov = c.iov_i, c.iov_off + sent, len(c.iov)
+        while i < n_iov:
+            ln = len(iov[i])
+            if off < ln:
+                break
+            off -= ln
+            i += 1
+        c.iov_i, c.iov_off = i, off
+        before = c.sent_writes
+        c.sent_writes = c.iov_writes + (i >> 1)
+        return before
+
+    def _queue_sent(self, c: InitiatorConn) -> None:
+        """The whole queue is in the kernel: start a fresh one; the old list goes to _retire
+        (zerocopy keeps it alive until the kernel releases it)."""
+        iov = c.iov
         if iov:
             c.iov_writes += len(iov) >> 1
-            c.iov = []  # a fresh queue; the old list goes to _retire (zerocopy keeps it alive)
+            c.iov = []
             c.iov_i = 0
             c.iov_off = 0
             self._retire(c, iov)
-        return True
 
     def _retire(self, c: InitiatorConn, bufs: list[Any]) -> None:
         """Fully sent buffers leave the queue (zerocopy keeps them alive until released)."""

@@ -335,22 +335,19 @@ class DevmemInitiator(ZeroCopyInitiator):
     def _send_some(self, c: InitiatorConn) -> bool:
         if not self.tx_binding_id:
             return super()._send_some(c)
-        # Devmem TX: headers (bytes) from host memory, payload (pool slices) by dma-buf offset.
+        # Devmem TX: headers (bytes) from host memory, payload (pool slices) by dma-buf offset,
+        # one buffer per call. The cursor and write counts are the base class's (_advance).
         iov = c.iov
         while c.iov_i < len(iov):
-            i, off = c.iov_i, c.iov_off
-            buf = iov[i]
-            if isinstance(buf, memoryview) and not len(buf):
-                # empty write: no payload call; it completes with the latest call id so far
-                c.calls.append(self._state(c).ncalls - 1)
-                c.iov_i, c.iov_off = i + 1, 0
-                c.sent_writes = c.iov_writes + ((i + 1) >> 1)
-                continue
+            buf, off = iov[c.iov_i], c.iov_off
+            payload = isinstance(buf, memoryview)
             try:
-                if isinstance(buf, memoryview):
+                if payload and len(buf):
                     start = sockio.buffer_address(buf) - self._base_addr
                     sent = sockio.devmem_sendmsg(c.fd, start + off, len(buf) - off, self.tx_binding_id)
                     self.devmem_tx_bytes += sent
+                elif payload:
+                    sent = 0  # an empty payload (never the head in practice: _advance steps over them)
                 else:
                     sent = c.sock.send(memoryview(buf)[off:], _MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -359,20 +356,13 @@ class DevmemInitiator(ZeroCopyInitiator):
                 if self._send_would_wait(c, exc):
                     return False
                 raise TransportError(f"devmem: send to {c.peer} failed: {exc}") from None
-            self._unsent -= sent
-            off += sent
-            before = c.sent_writes
-            if off >= len(buf):
-                i, off = i + 1, 0
-            c.iov_i, c.iov_off = i, off
-            c.sent_writes = c.iov_writes + (i >> 1)
-            if isinstance(buf, memoryview):  # one MSG_ZEROCOPY call id per payload sendmsg
+            before = self._advance(c, sent)
+            if payload and sent:  # one MSG_ZEROCOPY call id per payload sendmsg
                 self._on_sent(c, before, c.sent_writes)
-        if iov:
-            c.iov_writes += len(iov) >> 1
-            self._retire(c, iov[:])
-            iov.clear()
-            c.iov_i = c.iov_off = 0
+            elif c.sent_writes > before:
+                # writes finished by no call of their own (empty payloads): the latest call id
+                c.calls += [self._state(c).ncalls - 1] * (c.sent_writes - before)
+        self._queue_sent(c)
         return True
 
     def data_path(self) -> dict[str, Any]:
