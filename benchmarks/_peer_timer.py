@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 
-_SPINNER = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
+_SPINNER = ("import time\nend = time.monotonic() + {s}\nprint('spinning', flush=True)\n"
+            "while time.monotonic() < end:\n    pass\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,15 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     others: list[subprocess.Popen[bytes]] = []
     if a.busy_others:
         n_other = max(len(os.sched_getaffinity(0)) - 1, 0)
-        others = [subprocess.Popen([sys.executable, "-c", _SPINNER.format(s=a.seconds + 1.0)])
-                  for _ in range(n_other)]
-        time.sleep(0.05)  # let them start spinning before the first deadline
+        others = [subprocess.Popen([sys.executable, "-c", _SPINNER.format(s=a.seconds + 1.0)],
+                                   stdout=subprocess.PIPE) for _ in range(n_other)]
     try:
+        for p in others:  # each says so once it spins (EOF if it died): no deadline falls before
+            p.stdout.readline()
         return _floor(a)
     finally:
         for p in others:  # they end on their own a second after the loop; never leave one behind
             p.kill()
-            p.wait(timeout=5)
+        for p in others:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def _floor(a: argparse.Namespace) -> int:

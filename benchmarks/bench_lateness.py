@@ -47,6 +47,7 @@ import _common as C  # noqa: E402
 TARGET_P99_US = 100.0
 DEFAULT_BUSY_POLL_US = 50.0  # the stream transports' default (transports/_stream.py)
 SPIN_BUSY_POLL_US = 1e6  # the option's maximum: no wait of a 3 s run ever sleeps
+STREAM_TRANSPORTS = ("tcp", "zerocopy", "devmem")  # the transports with busy_poll_us
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,14 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--netns", action="store_true", help="run the agents in a namespace pair (root)")
     ap.add_argument("--cpu-split", action="store_true",
                     help="with --netns: each namespace on its own half of the CPUs (agent and receive processing)")
-    ap.add_argument("--busy-poll-us", default=f"{DEFAULT_BUSY_POLL_US:g},{SPIN_BUSY_POLL_US:g}",
+    ap.add_argument("--busy-poll-us", default=None,
                     help="comma list of the stream transports' busy_poll_us to run each load under "
-                         f"(default: the option's default and {SPIN_BUSY_POLL_US:g}, agents that never "
-                         "sleep during a run)")
+                         f"(default for tcp/zerocopy/devmem: {DEFAULT_BUSY_POLL_US:g} (the option's default) and "
+                         f"{SPIN_BUSY_POLL_US:g}, agents that never sleep during a run; other transports "
+                         "have no such option and run once)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.cpu_split and not a.netns:
         ap.error("--cpu-split needs --netns")
+    if a.busy_poll_us is not None and a.transport not in STREAM_TRANSPORTS:
+        ap.error(f"--busy-poll-us: transport {a.transport!r} has no busy_poll_us option "
+                 f"(only {', '.join(STREAM_TRANSPORTS)})")
     with contextlib.ExitStack() as stack:
         pair = None
         if a.netns:
@@ -97,7 +102,10 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
         link_note = f"link capacity measured now ({a.transport} alone, 1 MiB, pacing none): {link:.3f} GB/s"
     C.log(link_note)
     loads = [float(x) for x in a.load.split(",") if x]
-    polls = [float(x) for x in a.busy_poll_us.split(",") if x]
+    if a.busy_poll_us is not None:
+        polls: list[float | None] = [float(x) for x in a.busy_poll_us.split(",") if x]
+    else:
+        polls = [DEFAULT_BUSY_POLL_US, SPIN_BUSY_POLL_US] if a.transport in STREAM_TRANSPORTS else [None]
     cont: dict[str, Callable[[], dict[str, Any]]] = {}
     plans: dict[str, dict[str, Any]] = {}
     for f in loads:
@@ -108,8 +116,8 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
             sc = C.synthetic_scenario(nbytes=a.nbytes, transfers=groups * a.batch, batch=a.batch,
                                       interval_us=interval_us, pacing="emulated", transport=a.transport,
                                       pool_bytes=64 << 20, verify=not a.no_verify,
-                                      transport_params={"busy_poll_us": bp})
-            name = f"load-{f:g}" + ("" if bp == DEFAULT_BUSY_POLL_US else f"-busy{bp:g}")
+                                      transport_params={} if bp is None else {"busy_poll_us": bp})
+            name = f"load-{f:g}" + ("" if bp in (None, DEFAULT_BUSY_POLL_US) else f"-busy{bp:g}")
             plans[name] = {"load": f, "interval_us": interval_us, "needs_gbps": rate / 1e9, "groups": groups,
                            "busy_poll_us": bp, "timer": f"timer-{f:g}", "spin": f"spin-{f:g}",
                            "spinbusy": f"spinbusy-{f:g}"}
@@ -131,7 +139,8 @@ def _run(a: argparse.Namespace, pair: Any) -> int:
         pl = plans[name]
         floor, spin = raw[pl["timer"]], raw[pl["spin"]]
         label = (f"{name}: post lateness p99 ({a.batch} x {a.nbytes} B every {pl['interval_us']:.0f} µs, "
-                 f"{pl['needs_gbps']:.3f} GB/s, busy_poll_us {pl['busy_poll_us']:g})")
+                 f"{pl['needs_gbps']:.3f} GB/s" + ("" if pl["busy_poll_us"] is None else
+                                                   f", busy_poll_us {pl['busy_poll_us']:g}") + ")")
         rows.append(C.ratio_row(label, p99, [TARGET_P99_US] * len(p99), unit="µs", target=1.0,
                                 higher_is_better=False, ref_label="target"))
         rows.append(C.ratio_row(f"{name}: post lateness p50", p50, [TARGET_P99_US] * len(p50), unit="µs",

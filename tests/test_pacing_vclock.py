@@ -112,8 +112,23 @@ def hot_path(request) -> str:
     return request.param
 
 
+class ShortWaitInitiator(HoldingInitiator):
+    """Says it spins out sub-millisecond waits itself (as the stream transports do)."""
+
+    spins_short_waits = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.short_timeouts: list[float] = []
+
+    def poll(self, timeout_s: float) -> np.ndarray:
+        if 0 < timeout_s < 1e-3:
+            self.short_timeouts.append(timeout_s)
+        return super().poll(timeout_s)
+
+
 def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, post_cost_ns=0,
-         hot_path: str = "python", slots: int = 0, **opts):
+         hot_path: str = "python", slots: int = 0, initiator_cls: type = HoldingInitiator, **opts):
     clock = VirtualClock()
     monkeypatch.setattr(prefill_mod, "time", clock)
     if stamp_log is not None:
@@ -121,7 +136,7 @@ def _run(monkeypatch, requests, hold_ns=50 * US, stamp_log: dict | None = None, 
     plan = _plan(requests, slots=slots)
     keys = pattern.row_keys(5, plan.transfers)
     src = pattern.base_pattern(5, plan.src_region_bytes).copy()
-    ini = HoldingInitiator(clock, plan, src, keys, hold_ns, post_cost_ns)
+    ini = initiator_cls(clock, plan, src, keys, hold_ns, post_cost_ns)
     m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", timeout_s=10, hot_path=hot_path, **opts))
     assert m["hot_path"] == hot_path
     T = plan.transfers
@@ -147,6 +162,22 @@ def test_groups_go_out_at_their_ready_time_and_never_before(monkeypatch, hot_pat
         assert late.max() <= 5 * US, late.tolist()
     else:
         assert (st >= ready).all()
+
+
+@pytest.mark.parametrize("initiator_cls", [HoldingInitiator, ShortWaitInitiator])
+def test_a_wait_under_a_millisecond_with_writes_in_flight_ends_at_the_ready_time(monkeypatch, hot_path,
+                                                                                 initiator_cls):
+    # Groups 300 µs apart, each write completing 2 ms after its post: the loop always has
+    # writes in flight and less than a millisecond to wait. Whether it polls in its own spin
+    # loop or hands the wait to a transport that spins short waits out, it must come back at
+    # the ready time (a later end makes every group late) and never post early.
+    groups = [g * 300 * US for g in range(10) for _ in range(2)]
+    ini, m, ready, posted = _run(monkeypatch, hot_path=hot_path, requests=[groups], hold_ns=2_000 * US,
+                                 max_inflight=64, initiator_cls=initiator_cls)
+    late = posted - ready
+    assert (late >= 0).all() and late.max() <= 5 * US, late.tolist()
+    if initiator_cls is ShortWaitInitiator:
+        assert ini.short_timeouts, "the sub-millisecond waits went to the transport"
 
 
 def test_a_staged_group_respects_the_byte_window(monkeypatch, hot_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import numpy as np
@@ -521,6 +522,98 @@ def test_busy_polling_with_nothing_to_do_is_counted_as_spin_cpu(busy_poll_us):
         silent.close()
         quiet.close()
         ls.close()
+
+
+@pytest.mark.parametrize("busy_poll_us", [0, 50])
+def test_a_wait_under_a_millisecond_is_spun_out_not_slept(busy_poll_us, monkeypatch):
+    # epoll sleeps whole milliseconds: poll(0.5 ms) would sleep ~1 ms. With busy polling on,
+    # the initiator spins such a wait out (the pacing loop relies on it: spins_short_waits);
+    # with busy_poll_us=0 it never spins. Longer waits still sleep after the busy window.
+    ls = socket.create_server(("127.0.0.1", 0))
+    ini = T.initiator(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": busy_poll_us})
+    try:
+        ini.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
+        conn, _ = ls.accept()  # never answers: the write stays in flight
+        ini.post(batch([0], [0], [100]), 5)
+        timeouts: list[float] = []
+        real_select = ini._sel.select
+        monkeypatch.setattr(ini._sel, "select", lambda t=None: timeouts.append(t) or real_select(t))
+        assert ini.spins_short_waits is bool(busy_poll_us)
+        ini.poll(0.0005)
+        slept = [t for t in timeouts if t]
+        assert (slept == []) if busy_poll_us else (slept != []), timeouts[:5]
+        timeouts.clear()
+        ini.poll(0.005)
+        assert any(t for t in timeouts)  # a 5 ms wait sleeps in epoll after the spin
+        conn.close()
+    finally:
+        ini.close()
+        ls.close()
+
+
+def _burn_cpu_after(obj, name: str, cpu_ns: int, monkeypatch) -> None:
+    """Make obj.name burn cpu_ns of this thread's CPU after doing its work (CPU time, not a
+    wall-clock wait, so the bound below holds on a loaded host)."""
+    orig = getattr(obj, name)
+
+    def slow(*args):
+        out = orig(*args)
+        end = time.thread_time_ns() + cpu_ns
+        while time.thread_time_ns() < end:
+            pass
+        return out
+
+    monkeypatch.setattr(obj, name, slow)
+
+
+BURN_NS = 20_000_000
+
+
+def test_handling_what_arrives_mid_spin_is_work_not_spin(monkeypatch):
+    # The initiator spins for an ack that comes ~30 ms later; reading it costs 20 ms of CPU.
+    # Only the idle part is spin: spin <= CPU used - 20 ms, and some spin there was.
+    served = ServedTarget(T, 4096)  # started late: the ack comes mid-spin
+    src = T.allocate(4096, {})
+    with connected(T, served, src, {"busy_poll_us": 1e6}, close_target=True) as ini:
+        ini.post(batch([0], [0], [100]), 5)
+        _burn_cpu_after(ini, "_read", BURN_NS, monkeypatch)
+        starter = threading.Timer(0.03, served.start)
+        starter.start()
+        c0 = time.thread_time_ns()
+        done = ini.poll(5.0)
+        used = time.thread_time_ns() - c0
+        starter.join()
+        assert len(done) == 1
+        assert 0 < ini.spin_cpu_ns <= used - BURN_NS, (ini.spin_cpu_ns, used)
+
+
+def test_target_handling_what_arrives_mid_spin_is_work_not_spin(monkeypatch):
+    # As above on the decode side: the peer connects and writes ~30 ms into a spinning wait.
+    tgt = T.target(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": 1e6})
+    desc = tgt.listen("127.0.0.1", 5)
+    try:
+        _burn_cpu_after(tgt, "_on_readable", BURN_NS, monkeypatch)
+        peer: list[RawPeer] = []
+
+        def send_later() -> None:
+            time.sleep(0.03)
+            peer.append(RawPeer(desc).hello())
+            peer[0].write(0, b"x" * 100, seq=1)
+
+        sender = threading.Thread(target=send_later)
+        sender.start()
+        c0 = time.thread_time_ns()
+        placed = np.empty(0)
+        deadline = time.monotonic() + 10
+        while not len(placed) and time.monotonic() < deadline:
+            placed, _ = tgt.progress(5.0)
+        used = time.thread_time_ns() - c0
+        sender.join()
+        peer[0].close()
+        assert len(placed) == 1
+        assert 0 < tgt.spin_cpu_ns <= used - BURN_NS, (tgt.spin_cpu_ns, used)
+    finally:
+        tgt.close()
 
 
 def test_post_queues_and_returns_and_a_later_single_write_goes_out_after_the_queue():

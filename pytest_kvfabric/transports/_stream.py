@@ -78,6 +78,7 @@ _DRAIN_BUDGET_BYTES = 8 << 20  # per connection per wakeup: one busy peer cannot
 
 
 _thread_ns = time.thread_time_ns  # a system call (~1 µs here): read only while spinning
+_EPOLL_GRAIN_S = 0.001  # epoll_wait sleeps whole milliseconds, rounded up
 
 
 def _now() -> int:
@@ -1364,6 +1365,8 @@ class StreamInitiator(Initiator):
         now = time.monotonic()
         deadline = now + max(timeout_s, 0.0)
         spin_until = now + self._busy_poll_s
+        if self._busy_poll_s and timeout_s < _EPOLL_GRAIN_S:
+            spin_until = max(spin_until, deadline)  # spin out a wait epoll would round up to 1 ms
         select = self._sel.select
         spin0 = 0  # as in StreamTarget.progress
         # Wait in epoll and read only the connections it reports (acks, or the error queue:
@@ -1390,6 +1393,10 @@ class StreamInitiator(Initiator):
 
     def _more_pending(self) -> bool:
         return False
+
+    @property
+    def spins_short_waits(self) -> bool:  # type: ignore[override]
+        return self._busy_poll_s > 0  # busy_poll_us=0: never spin, not even a short wait
 
     def outstanding(self) -> int:
         return self._posted - self._completed

@@ -124,6 +124,11 @@ class Initiator(ABC):
     """Prefill side of a transport."""
 
     spin_cpu_ns: int = 0  # as Target.spin_cpu_ns
+    # True if poll() with a timeout under a millisecond busy-polls it out (an epoll sleep
+    # would round it up to a whole one) and adds the idle part to spin_cpu_ns. The pacing
+    # loop then hands such waits to poll(); otherwise it polls with poll(0) itself and
+    # counts that whole stretch as spin, the transport's work in it included.
+    spins_short_waits: bool = False
 
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         self.region = region
