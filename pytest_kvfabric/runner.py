@@ -229,6 +229,10 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
     if missing > 0 and errors == 0 and s["requests_completed"] == s["requests"]:
         errors, first_error = missing, f"{missing} request(s) acknowledged but not complete at the decode side"
     moved = s["bytes"]
+
+    def per_gb(key: str) -> dict[str, float | None]:  # an agent's CPU seconds per GB moved, each side
+        return {"sender": stats.cpu_s_per_gb(pre.get(key), moved), "receiver": stats.cpu_s_per_gb(dec.get(key), moved)}
+
     return Result(
         scenario=scenario.id,
         transport=scenario.transport,
@@ -239,14 +243,8 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
         retransmits=pre.get("stats", {}).get("retransmits"),
         connect_ms=pre["connect_ns"] / 1e6,
         register_ms=max(int(psetup.get("register_ns", 0)), int(dsetup.get("register_ns", 0))) / 1e6,
-        cpu_s_per_gb={
-            "sender": stats.cpu_s_per_gb(pre.get("cpu_s"), moved),
-            "receiver": stats.cpu_s_per_gb(dec.get("cpu_s"), moved),
-        },
-        spin_s_per_gb={
-            "sender": stats.cpu_s_per_gb(pre.get("spin_cpu_s"), moved),
-            "receiver": stats.cpu_s_per_gb(dec.get("spin_cpu_s"), moved),
-        },
+        cpu_s_per_gb=per_gb("cpu_s"),
+        spin_s_per_gb=per_gb("spin_cpu_s"),
         integrity={"pages_checked": int(dec["pages_checked"]), "errors": errors, "first_error": first_error},
         data_path={"sender": pre.get("data_path", {}), "receiver": dec.get("data_path", {})},
         notifications=int(dec.get("notifications", 0)),

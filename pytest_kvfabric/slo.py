@@ -20,19 +20,22 @@ def _get(metrics: Mapping[str, Any], path: str) -> Any:
     return node
 
 
-def _max_cpu(m: Mapping[str, Any]) -> float | None:
-    values = [v for v in (_get(m, "cpu_s_per_gb.sender"), _get(m, "cpu_s_per_gb.receiver")) if v is not None]
+def _worst_cpu(m: Mapping[str, Any], less_spin: bool) -> float | None:
+    """The worst side's CPU per GB, less its busy-waiting (spin_s_per_gb, missing = 0) if asked."""
+    values = []
+    for side in ("sender", "receiver"):
+        cpu = _get(m, f"cpu_s_per_gb.{side}")
+        if cpu is not None:
+            values.append(cpu - ((_get(m, f"spin_s_per_gb.{side}") or 0.0) if less_spin else 0.0))
     return max(values) if values else None
+
+
+def _max_cpu(m: Mapping[str, Any]) -> float | None:
+    return _worst_cpu(m, less_spin=False)
 
 
 def _max_work_cpu(m: Mapping[str, Any]) -> float | None:
-    """Worst side's CPU per GB without its busy-waiting (cpu_s_per_gb - spin_s_per_gb)."""
-    values = []
-    for side in ("sender", "receiver"):
-        cpu, spin = _get(m, f"cpu_s_per_gb.{side}"), _get(m, f"spin_s_per_gb.{side}")
-        if cpu is not None:
-            values.append(cpu - (spin or 0.0))
-    return max(values) if values else None
+    return _worst_cpu(m, less_spin=True)
 
 
 def _zero_copy(m: Mapping[str, Any]) -> bool | None:

@@ -67,13 +67,19 @@ def table(d: dict[str, Any]) -> str:
         ("connect / register ms", f"{_fmt(d['connect_ms'])} / {_fmt(d['register_ms'])}"),
         ("integrity", f"{d['integrity']['pages_checked']} pages checked, {d['integrity']['errors']} errors"),
         ("data path", (d["data_path"].get("sender") or {}).get("description", "-")),
-        ("agent hot path", " / ".join(f"{side} {(d['data_path'].get(side) or {}).get('hot_path', '-')}"
-                                      for side in ("sender", "receiver"))),
+        ("agent hot path", _per_side(d, "hot_path")),
     ]
-    polls = [(d["data_path"].get(side) or {}).get("busy_poll_us") for side in ("sender", "receiver")]
-    if any(p is not None for p in polls):  # a spinning side's cpu s/GB measures the spin
-        rows.append(("busy poll us", " / ".join(f"{side} {_fmt(p)}" for side, p in zip(("sender", "receiver"), polls))))
+    if any((d["data_path"].get(side) or {}).get("busy_poll_us") is not None for side in _SIDES):
+        rows.append(("busy poll us", _per_side(d, "busy_poll_us")))  # a spinning side's cpu s/GB is its spin
     return tabulate(rows, tablefmt="simple")
+
+
+_SIDES = ("sender", "receiver")
+
+
+def _per_side(d: dict[str, Any], key: str) -> str:
+    """'sender X / receiver Y' from each side's data_path report ('-' where a side lacks it)."""
+    return " / ".join(f"{side} {_fmt((d['data_path'].get(side) or {}).get(key))}" for side in _SIDES)
 
 
 def main(args: argparse.Namespace) -> int:

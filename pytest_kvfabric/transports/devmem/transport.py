@@ -346,9 +346,7 @@ class DevmemInitiator(ZeroCopyInitiator):
                     start = sockio.buffer_address(buf) - self._base_addr
                     sent = sockio.devmem_sendmsg(c.fd, start + off, len(buf) - off, self.tx_binding_id)
                     self.devmem_tx_bytes += sent
-                elif payload:
-                    sent = 0  # an empty payload (never the head in practice: _advance steps over them)
-                else:
+                else:  # a header (an empty payload never heads the queue: _advance steps over it)
                     sent = c.sock.send(memoryview(buf)[off:], _MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return False
