@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import argparse
 
+from ..limits import MAX_REGRESSION_PCT
 from ..report import baseline, jsonreport
+from ._scenario_args import float_in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare two JSON reports; exit 1 on a regression")
     p.add_argument("old", help="baseline report (JSON from --kv-json or --kv-save-baseline)")
     p.add_argument("new", help="report of the run under test")
-    p.add_argument("--max-regression", type=float, default=5.0, metavar="PCT",
+    p.add_argument("--max-regression", type=float_in(0, MAX_REGRESSION_PCT), default=5.0, metavar="PCT",
                    help="allowed throughput/latency regression in percent (default 5)")
     p.add_argument("--fail-on-missing", action="store_true",
                    help="also fail when a baseline case is missing from the new report")

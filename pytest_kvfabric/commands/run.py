@@ -9,7 +9,8 @@ from typing import Any
 
 from ..endpoint.prefill import MAX_INFLIGHT
 from ..errors import IntegrityError, TransportError
-from ._scenario_args import add_scenario_args, positive_int, scenario_from_args
+from ..limits import MAX_TIMEOUT_S
+from ._scenario_args import add_scenario_args, float_in, positive_int, scenario_from_args
 
 DEFAULT_GPU = "h100"
 
@@ -33,7 +34,7 @@ def register(subparsers: Any) -> None:
                    help="transport parameter, repeatable (e.g. mode=send_zc, interface=eth2), as pytest's --kv-transport-param")
     p.add_argument("--window", type=positive_int, default=MAX_INFLIGHT,
                    help=f"max writes in flight (default {MAX_INFLIGHT})")
-    p.add_argument("--timeout", type=float, help="run timeout in seconds (default: derived from the scenario)")
+    p.add_argument("--timeout", type=float_in(0, MAX_TIMEOUT_S, exclusive_minimum=True), help="run timeout in seconds (default: derived from the scenario)")
     p.add_argument("--no-verify", action="store_true", help="skip page verification at the decode side")
     p.add_argument("--json", metavar="PATH", help="write the Result as JSON (the README lists the keys)")
     p.set_defaults(func=main)
@@ -90,6 +91,10 @@ def main(args: argparse.Namespace) -> int:
         from ..errors import UnknownIdError
 
         raise UnknownIdError("transport", args.transport, available_names(), "<cli>")  # exit 2
+    if args.json:
+        from ..outpath import check_output_path
+
+        check_output_path(args.json, "--json", "<cli>")
     sc = scenario_from_args(args, scenario_id="run")
     from ..options import transport_params
 
