@@ -14,6 +14,7 @@ from .profiles import GpuProfile, ModelProfile
 FABRICS = ("local", "netns", "hosts")
 PACINGS = ("emulated", "none")
 ON_COPY = ("fail", "skip")
+MAX_REPEAT = 1000
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,9 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-seed", "seed for workloads and page patterns (default: the suite's, else 0)", "N"),
     Opt("--kv-json", "write the session's JSON report here", "PATH"),
     Opt("--kv-baseline", "fail cases that regressed against this earlier JSON report", "PATH"),
-    Opt("--kv-max-regression", "allowed throughput/latency regression vs the baseline, percent (default 5)", "PERCENT"),
+    Opt("--kv-max-regression", "allowed regression vs the baseline in percent: one number for every gated metric "
+        "and/or METRIC=PCT items, e.g. throughput=5,latency_p99=10 (defaults per metric: README, gating an upgrade)",
+        "PCT|METRIC=PCT,..."),
     Opt("--kv-save-baseline", "also write the JSON report here, to serve as a later baseline", "PATH"),
     Opt("--kv-profiles", "extra profile directory, searched before the shipped ones (repeatable)", "DIR", append=True),
     Opt("--kv-pool-mib", "emulated HBM pool per agent in MiB (overrides suites; default 64)", "MIB"),
@@ -61,6 +64,10 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-netns-mtu", "MTU of the namespace veth pair (default 9000)", "N"),
     Opt("--kv-netns-rate-mbit", "shape the veth to this rate (tbf) to emulate a slower NIC", "MBIT"),
     Opt("--kv-netns-offloads", "veth offload toggles, e.g. gro=off,tso=on", "LIST"),
+    Opt("--kv-repeat", "run each case N times on its pair; reports keep every repeat, the gate judges "
+        "all of them (default 1; 5 or more for a gate that can decide)", "N"),
+    Opt("--kv-gate-undecided", "what a baseline verdict of 'undecided' (noise wider than the threshold) does: "
+        "pass (default, reported) or fail", "pass|fail"),
     Opt("--kv-netns-cpu-split", "on: each namespace gets half the CPUs, for its agent and its receive "
         "processing, as two hosts would (default off)", "on|off"),
 )
@@ -87,6 +94,9 @@ class Selection:
     transport_params: Mapping[str, Any] = field(default_factory=dict)
     on_copy: str = "fail"
     netns: Mapping[str, Any] = field(default_factory=dict)
+    repeat: int = 1  # --kv-repeat
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # --kv-max-regression, per gated metric
+    gate_undecided: str = "pass"
 
     def header(self) -> str:
         models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
@@ -175,8 +185,17 @@ def resolve(get: Callable[[str], Any]) -> Selection:
     slo = slo_mod.parse_assignments(list(get("kv_slo") or ()))
     seed = get("kv_seed")
     seed = None if seed in (None, "") else _number("--kv-seed", seed, int, 0, MAX_SEED)
-    max_reg = get("kv_max_regression")
-    max_reg = 5.0 if max_reg in (None, "") else _number("--kv-max-regression", max_reg, float, 0, MAX_REGRESSION_PCT)
+    from .report.gate_metrics import parse_thresholds
+
+    thresholds = parse_thresholds(get("kv_max_regression"), "--kv-max-regression")
+    max_reg = thresholds["throughput"]
+    repeat = get("kv_repeat")
+    repeat = 1 if repeat in (None, "") else _number("--kv-repeat", repeat, int, 1)
+    if repeat > MAX_REPEAT:  # every repeat is a full run: keep a typo from running for days
+        raise ProfileError("--kv-repeat", str(repeat), f"must be <= {MAX_REPEAT}")
+    gate_undecided = get("kv_gate_undecided") or "pass"
+    if gate_undecided not in ("pass", "fail"):
+        raise ProfileError("--kv-gate-undecided", gate_undecided, "valid: pass, fail")
     baseline = get("kv_baseline")
     if baseline and not Path(baseline).is_file():
         raise ProfileError("--kv-baseline", baseline, "no such file")
@@ -243,6 +262,9 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         transport_params=params,
         on_copy=on_copy,
         netns=netns,
+        repeat=repeat,
+        thresholds=thresholds,
+        gate_undecided=gate_undecided,
     )
 
 

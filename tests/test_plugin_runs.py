@@ -68,17 +68,18 @@ def test_under_xdist_the_controller_writes_one_report_and_junit_has_metrics(pyte
 
 def test_baseline_gate_fails_an_injected_regression_and_passes_without(pytester):
     pytester.makepyfile(test_cases=CASES.split("@pytest.mark.kv_slo(min_throughput_gbps=1000000)")[0])
-    first = pytester.runpytest("--kv-save-baseline=base.json")
+    first = pytester.runpytest("--kv-save-baseline=base.json", "--kv-repeat=3")
     first.assert_outcomes(passed=1)
     base = json.loads((pytester.path / "base.json").read_text())
     # Unchanged baseline: the same host and code do not regress by 10x (noise stays far below).
     again = pytester.runpytest("--kv-baseline=base.json", "--kv-max-regression=900")
     again.assert_outcomes(passed=1)
-    # Inject a regression: pretend the baseline was 100x faster.
+    # Inject a regression: pretend the baseline was 100x faster (5 repeats: 5 vs 3 can decide).
     for r in base["results"]:
         r["metrics"]["throughput_gbps"] *= 100
+        r["repeats"] = [{**rep, "throughput_gbps": rep["throughput_gbps"] * 100} for rep in r["repeats"] * 2][:5]
     (pytester.path / "fast-base.json").write_text(json.dumps(base))
-    gated = pytester.runpytest("--kv-baseline=fast-base.json", "--kv-max-regression=5")
+    gated = pytester.runpytest("--kv-baseline=fast-base.json", "--kv-max-regression=5", "--kv-repeat=3")
     gated.assert_outcomes(failed=1)
     gated.stdout.fnmatch_lines(["*regressed against baseline fast-base.json*", "*throughput Gb/s*REGRESSED*"])
 
