@@ -46,6 +46,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-slo", "SLO threshold KEY=VALUE, overrides suites and markers (repeatable)", "KEY=VALUE", append=True),
     Opt("--kv-seed", "seed for workloads and page patterns (default: the suite's, else 0)", "N"),
     Opt("--kv-json", "write the session's JSON report here", "PATH"),
+    Opt("--kv-html", "write a self-contained HTML report (figures embedded) here, beside --kv-json", "PATH"),
     Opt("--kv-baseline", "fail cases that regressed against this earlier JSON report", "PATH"),
     Opt("--kv-max-regression", "allowed regression vs the baseline in percent: one number for every gated metric "
         "and/or METRIC=PCT items, e.g. throughput=5,latency_p99=10 (defaults per metric: README, gating an upgrade)",

@@ -24,6 +24,7 @@ BASELINE = pytest.StashKey[dict]()  # case id -> the baseline's samples (report.
 BASELINE_REPORT = pytest.StashKey[dict]()
 SESSION_REPORT = pytest.StashKey[dict]()  # built once at session end, for the JSON files and the summary
 RESULTS = pytest.StashKey[dict]()
+HTML_ERROR = pytest.StashKey[str]()
 PROP = "kvfabric"  # user_properties key carrying a case's JSON record
 
 
@@ -499,13 +500,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_worker(config):
         return
     sel = _selection(config)
-    if not (sel.json_path or sel.save_baseline):
+    html_path = _getter(config)("kv_html")
+    if not (sel.json_path or sel.save_baseline or html_path):
         return
     from .report import jsonreport
 
     report = _session_report(config, exitstatus)
     for path in filter(None, (sel.json_path, sel.save_baseline)):
         jsonreport.write(path, report)
+    if html_path:
+        _write_html(config, html_path, report, sel.baseline_path)
+
+
+def _write_html(config: pytest.Config, path: str, report: dict[str, Any], baseline_path: str | None) -> None:
+    """The HTML report of this session (and its baseline, when one was given)."""
+    from .report import htmlfile
+
+    try:
+        base = [htmlfile.load(baseline_path)] if baseline_path else []
+        htmlfile.write(path, [htmlfile.from_session(report)], base)
+    except (OSError, KvFabricError) as exc:
+        config.stash[HTML_ERROR] = f"kvfabric: HTML report not written to {path}: {exc}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -533,6 +548,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"kvfabric: {len(only_new)} case(s) not in the baseline: {', '.join(only_new)}")
     for path in filter(None, (sel.json_path, sel.save_baseline)):
         terminalreporter.write_line(f"kvfabric: JSON report written to {path}")
+    html_path = _getter(config)("kv_html")
+    if html_path:
+        terminalreporter.write_line(config.stash.get(HTML_ERROR, None) or f"kvfabric: HTML report written to {html_path}")
 
 
 def _gate_summary(terminalreporter, config: pytest.Config, exitstatus: int, results: list[dict[str, Any]]) -> None:

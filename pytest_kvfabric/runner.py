@@ -30,6 +30,7 @@ from .scenario import Scenario
 SETUP_MARGIN_S = 30.0  # agent start, plan rebuild, pool allocation and fill
 RUN_MARGIN_S = 10.0
 FLOOR_BYTES_PER_S = 100e6  # timeouts assume at least 100 MB/s, so a slow path is not a hang
+SHARED_CLOCK_FABRICS = ("local", "netns")  # both agents read one kernel's CLOCK_MONOTONIC
 _ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
 
 
@@ -220,6 +221,8 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
                   dsetup: dict[str, Any], pre: dict[str, Any], dec: dict[str, Any]) -> Result:
     m = {k: unpack_array(pre[k]) for k in ("post_ns", "done_ns", "req_arrival_ns", "req_start_ns", "req_done_ns",
                                            "post_call_ns")}
+    if pair.fabric in SHARED_CLOCK_FABRICS and "placed_by_layer_ns" in dec:
+        m["placed_by_layer_ns"] = unpack_array(dec["placed_by_layer_ns"])
     budget = scenario.slo.get("ttft_budget_ms") if scenario.slo else None
     s = stats.summarize(plan.transfers, plan.requests, m, scenario.pacing, budget)
     # Integrity: the decode side verified pages; bytes it never received count as missing.

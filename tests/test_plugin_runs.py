@@ -35,8 +35,11 @@ def _properties(xml_path) -> dict[str, dict[str, str]]:
 
 def test_same_scenario_passes_or_fails_on_its_threshold_and_junit_carries_metrics(pytester):
     pytester.makepyfile(test_cases=CASES)
+    pytester.makeini("[pytest]\nkv_html = page.html\n")  # the ini key of --kv-html
     result = pytester.runpytest("--junitxml=out.xml", "--kv-json=report.json")
     result.assert_outcomes(passed=1, failed=1)
+    assert "<img" in (pytester.path / "page.html").read_text()
+    result.stdout.fnmatch_lines(["*HTML report written to page.html*"])
     result.stdout.fnmatch_lines(["*SLO missed:*", "*throughput*>= 1e+06 Gb/s*FAIL*"])
     props = _properties(pytester.path / "out.xml")
     loose, strict = props["test_loose[llama3.1-8b-tcp]"], props["test_strict[llama3.1-8b-tcp]"]
@@ -56,8 +59,10 @@ def test_same_scenario_passes_or_fails_on_its_threshold_and_junit_carries_metric
 
 def test_under_xdist_the_controller_writes_one_report_and_junit_has_metrics(pytester):
     pytester.makepyfile(test_cases=CASES)
-    result = pytester.runpytest("-n", "2", "--junitxml=out.xml", "--kv-json=report.json")
+    result = pytester.runpytest("-n", "2", "--junitxml=out.xml", "--kv-json=report.json", "--kv-html=out/r.html")
     result.assert_outcomes(passed=1, failed=1)
+    page = (pytester.path / "out" / "r.html").read_text()  # written once, by the controller
+    assert page.count("test_loose[llama3.1-8b-tcp]") >= 1 and "test_strict" in page
     props = _properties(pytester.path / "out.xml")
     assert float(props["test_loose[llama3.1-8b-tcp]"]["kv_throughput_gbps"]) > 0
     report = jsonreport.read(pytester.path / "report.json")
