@@ -24,12 +24,14 @@ from .endpoint.agent import BOOTSTRAP, unpack_array
 from .errors import IntegrityError, KvFabricError, ProtocolError, TransportError
 from .fabric.base import HostPair
 from .fabric.mailbox import Closed, Mailbox, Timeout
+from .lab.env import time_scale
 from .result import Result
 from .scenario import Scenario
 
-SETUP_MARGIN_S = 30.0  # agent start, plan rebuild, pool allocation and fill
-RUN_MARGIN_S = 10.0
-FLOOR_BYTES_PER_S = 100e6  # timeouts assume at least 100 MB/s, so a slow path is not a hang
+# Margins grow by the lab's time scale inside an emulated VM (lab/env.py), 1 elsewhere.
+SETUP_MARGIN_S = 30.0 * time_scale()  # agent start, plan rebuild, pool allocation and fill
+RUN_MARGIN_S = 10.0 * time_scale()
+FLOOR_BYTES_PER_S = 100e6 / time_scale()  # timeouts assume at least 100 MB/s, so a slow path is not a hang
 SHARED_CLOCK_FABRICS = ("local", "netns")  # both agents read one kernel's CLOCK_MONOTONIC
 _ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
 
