@@ -9,12 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_kvfabric.errors import ProfileError
+from pytest_kvfabric.limits import MAX_REGRESSION_PCT
 from pytest_kvfabric.report.gate_metrics import BY_KEY, DEFAULT_THRESHOLDS, GATED, parse_thresholds
 from pytest_kvfabric.report.repeats import median_metrics
 from pytest_kvfabric.report.verdict import judge, too_few
 
 KEYS = st.sampled_from(sorted(BY_KEY))
-PCT = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+PCT = st.floats(min_value=0, max_value=MAX_REGRESSION_PCT, allow_nan=False, allow_infinity=False)
 
 
 @given(st.dictionaries(KEYS, PCT, max_size=len(GATED)))
@@ -35,7 +36,7 @@ def test_a_bare_number_sets_every_metric_and_keys_override_it(every, keyed):
 
 @given(KEYS, st.one_of(st.floats(max_value=-1e-9), st.just(math.nan), st.just(math.inf), st.just(-math.inf)))
 def test_nan_negative_and_infinite_thresholds_are_refused_naming_the_key(key, bad):
-    with pytest.raises(ProfileError, match=f"--kv-max-regression: {key}: expected a finite percentage"):
+    with pytest.raises(ProfileError, match=f"--kv-max-regression: {key}: must be a finite number"):
         parse_thresholds(f"{key}={bad!r}")
 
 

@@ -65,7 +65,7 @@ def test_broken_pipe_is_quiet(tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     (["--kv-timeout=inf"], "--kv-timeout: must be a finite number, got inf"),
-    (["--kv-max-regression=nan"], "--kv-max-regression: must be a finite number, got nan"),
+    (["--kv-max-regression=nan"], "--kv-max-regression: (every metric): must be a finite number >= 0, got nan"),
     (["--kv-seed=-1"], "--kv-seed: must be >= 0, got -1"),
     (["--kv-netns-mtu=100000"], "--kv-netns-mtu: must be <= 65,535, got 100,000"),
     (["--kv-rdma-tc=-1"], "--kv-rdma-tc: must be >= 0, got -1"),

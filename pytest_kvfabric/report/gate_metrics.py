@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import ProfileError
+from ..limits import MAX_REGRESSION_PCT
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ def _pct(text: str, source: str, field: str) -> float:
     except ValueError:
         raise ProfileError(source, field, f"expected a percentage (a number >= 0), got {text!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise ProfileError(source, field, f"expected a finite percentage >= 0, got {text!r}")
+        raise ProfileError(source, field, f"must be a finite number >= 0, got {text}")
+    if value > MAX_REGRESSION_PCT:
+        raise ProfileError(source, field, f"must be <= {MAX_REGRESSION_PCT:g} (above it no gate is left), got {text}")
     return value
 
 
