@@ -223,3 +223,16 @@ def test_plan_with_batching_keeps_every_row_ready_by_its_request_prefill():
     assert plan.total_bytes == plain.total_bytes  # batching changes when, not what
     # batching shortens the GPU's busy span, so the bandwidth needed to keep up rises
     assert plan_summary(plan, batched)["required_gbps"] > plan_summary(plain, base)["required_gbps"]
+
+
+@pytest.mark.parametrize("model_id, tp, ep, dp", [("llama3.1-8b", 1, 1, False), ("llama3-70b", 8, 1, False),
+                                                  ("deepseek-v3", 8, 8, True), ("mixtral-8x7b", 2, 2, False)])
+def test_prefill_and_decode_grow_with_length_and_batch(model_id, tp, ep, dp):
+    m, g = load_model(model_id), load_gpu("h100")
+    dep = Deployment(tp=tp, ep=ep, dp_attention=dp)
+    prefill = [timing.prefill_ns(m, g, dep, n) for n in (1, 64, 512, 4096, 32768)]
+    assert all(b > a for a, b in zip(prefill, prefill[1:]))
+    decode = [timing.decode_step_ns(m, g, dep, n) for n in (1, 1024, 65536)]
+    assert all(b > a for a, b in zip(decode, decode[1:]))
+    batch = [timing.decode_step_ns(m, g, dep, 1024, batch=b) for b in (1, 4, 64)]
+    assert all(b > a for a, b in zip(batch, batch[1:]))

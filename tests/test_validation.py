@@ -93,3 +93,20 @@ def test_calibrate_needs_enough_rows(tmp_path, capsys):
     rc = main(["calibrate", "--gpu", "h100", "--measurements", str(path), "-o", str(tmp_path / "o.yaml")])
     assert rc == 2
     assert "1 measurement(s) cannot fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d.update(rows=[]), "rows: must not be empty"),
+    (lambda d: d["sources"]["trtllm-perf-v05"].update(split="sideways"), "sources.trtllm-perf-v05.split: must be one of fit, holdout"),
+    (lambda d: d["rows"][1].update(metric="joules"), "rows[1].metric: must be one of"),
+    (lambda d: d["rows"][2].update(source="nowhere"), "rows[2].source: unknown source 'nowhere'"),
+    (lambda d: d["rows"][0].update(tp=4, ep=3), "rows[0].ep: must divide tp (4), got 3"),
+])
+def test_validate_bad_table_is_one_line_naming_the_file(tmp_path, capsys, change, needle):
+    data = read_yaml(shipped_table_path())
+    change(data)
+    bad = tmp_path / "t.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["validate", "--table", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and needle in err, err
