@@ -236,3 +236,20 @@ def test_prefill_and_decode_grow_with_length_and_batch(model_id, tp, ep, dp):
     assert all(b > a for a, b in zip(decode, decode[1:]))
     batch = [timing.decode_step_ns(m, g, dep, 1024, batch=b) for b in (1, 4, 64)]
     assert all(b > a for a, b in zip(batch, batch[1:]))
+
+
+def test_hbm_fit_names_the_side_and_both_figures():
+    from pytest_kvfabric.emulator.memory import hbm_fit_problem, weight_bytes_per_rank
+    from pytest_kvfabric.scenario import Arrival, Distribution, Scenario, Workload
+
+    m = load_model("deepseek-v3")
+    wl = Workload(isl=Distribution.fixed(4096), osl=Distribution.fixed(1024), requests=1)
+    ok = Scenario(id="s", model=m, gpu=load_gpu("h200"), prefill=Deployment(tp=8), decode=Deployment(tp=8), workload=wl)
+    assert hbm_fit_problem(ok) is None
+    assert weight_bytes_per_rank(m, Deployment(tp=8)) == pytest.approx(weight_bytes_per_rank(m, Deployment()) / 8, rel=0.01)
+    field, reason = hbm_fit_problem(ok.replace(gpu=load_gpu("h100")))
+    assert field == "prefill.tp" and "GB of weights" in reason and "h100's 80 GB of HBM" in reason
+    # the decode side holds concurrency * (ISL + OSL) tokens of KV
+    crowded = ok.replace(workload=dataclasses.replace(wl, isl=Distribution.fixed(131072), arrival=Arrival(kind="closed", concurrency=64)))
+    field, reason = hbm_fit_problem(crowded)
+    assert field == "decode.tp" and "GB of KV" in reason
