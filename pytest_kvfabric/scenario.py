@@ -30,6 +30,8 @@ class Deployment:
     kv_dtype: str | None = None
     dp_attention: bool = False  # data-parallel attention: the MLA latent is not replicated across TP ranks
     chunk_tokens: int = 0  # chunked prefill chunk size in tokens; 0 = whole prompt in one chunk
+    ep: int = 1  # expert parallelism: MoE experts spread over ep of the tp ranks (tp % ep == 0)
+    max_batch_tokens: int = 0  # continuous batching: token budget per prefill step (then chunk_tokens is unused); 0 = one request per step
 
 
 @dataclass(frozen=True)
