@@ -46,8 +46,8 @@ def test_every_schema_number_is_bounded_above():
 def test_plan_size_is_refused_before_allocation_with_the_figure(capsys):
     from pytest_kvfabric import cli
 
-    rc = cli.main(["plan", "--model", "llama3.1-8b", "--gpu", "h100", "--isl", str(limits.MAX_TOKENS),
-                   "--requests", "8"])
+    rc = cli.main(["plan", "--model", "llama3.1-8b", "--gpu", "h100", "--isl", "1048576", "--prefill-tp", "8", "--decode-tp", "8",
+                   "--requests", "16"])  # fits HBM at TP8, but not the plan-size limit
     err = capsys.readouterr().err
     assert rc == 2 and "the plan would hold 268,435,456 transfers (10.5 GiB)" in err and "the limit is 16,777,216" in err
 
