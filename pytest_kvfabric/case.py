@@ -211,20 +211,21 @@ def run_case(
     out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
                              (pair.details.get("fingerprint") or {}).items()}
     from .report.repeats import median_metrics, repeat_figures
-    from .runner import run_scenario
+    from .runner import AgentPair
 
     n = max(1, selection.repeat)
     runs: list[dict[str, Any]] = []
-    for i in range(n):
-        try:
-            result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
-        except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
-            out.error = f"{type(exc).__name__}: {exc}" + (f" (repeat {i + 1} of {n})" if n > 1 else "")
-            partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
-            if partial is not None:
-                out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
-            return out
-        runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))
+    try:  # the repeats share one pair of agents: a repeat measures the transfer, not a process start
+        with AgentPair(pair, selection.timeout_s) as agents:
+            for i in range(n):
+                result = agents.run(scenario)
+                runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))
+    except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
+        out.error = f"{type(exc).__name__}: {exc}" + (f" (repeat {len(runs) + 1} of {n})" if n > 1 else "")
+        partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
+        if partial is not None:
+            out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
+        return out
     out.metrics = median_metrics(runs)
     out.repeats = repeat_figures(runs)
     out.result = result if n == 1 else type(result)(**out.metrics)  # the median run, as a Result
