@@ -94,6 +94,32 @@ def gate(base: dict[str, list[dict[str, float]]], cur: dict[str, list[dict[str, 
     return out
 
 
+def rows_from(raw: dict[str, list[dict[str, Any]]], cuts: list[float], repeat: int) -> list[dict[str, Any]]:
+    """The verdict table from every round's sessions (also for rounds merged from several runs)."""
+    rows = []
+    for fabric, rounds in raw.items():
+        for n in sorted({min(5, repeat), repeat}):
+            fa = [gate(r["base"], r["same"], n) for r in rounds]
+            alarms = [g for g in fa if g["regressed"]]
+            undecided = sum(g["undecided"] for g in fa)
+            total = sum(g["undecided"] + g["decided"] for g in fa)
+            rows.append({"fabric": fabric, "N": n, "test": "identical pairs", "pairs": len(fa),
+                         "gate failed": len(alarms), "target": "0",
+                         "detail": f"undecided {undecided}/{total} metric verdicts; alarms: "
+                                   + ("; ".join(x for g in alarms for x in g["regressed"]) or "none")})
+            for cut in cuts if fabric == "netns" else ():
+                det = [gate(r["base"], r[f"cut{cut:g}"], n) for r in rounds]
+                tput = [r[f"cut{cut:g}"]["burst"][:n] for r in rounds]
+                base = [r["base"]["burst"][:n] for r in rounds]
+                ratio = C.summary([sum(x["throughput_gbps"] for x in c) / sum(x["throughput_gbps"] for x in b)
+                                   for c, b in zip(tput, base)])
+                rows.append({"fabric": fabric, "N": n, "test": f"rate cut {cut:g}%", "pairs": len(det),
+                             "gate failed": sum(bool(g["tput_regressed"]) for g in det),
+                             "target": "10 of 10" if cut >= 40 else "-",
+                             "detail": f"measured throughput ratio median {ratio['median']:.3f}"})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="baseline gate: false alarms and detection")
     ap.add_argument("--pairs", type=int, default=10, help="baseline/current pairs per fabric (rounds)")
@@ -103,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cuts", default="40,15,8", help="injected rate cuts in percent (netns)")
     ap.add_argument("--budget-s", type=float, default=1500.0, help="stop starting rounds after this many seconds")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="no runs: the table from the rounds of earlier --json outputs together")
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, [float(c) for c in a.cuts.split(",") if c.strip()], a.repeat)
     cuts = [float(c) for c in a.cuts.split(",") if c.strip()]
     fabrics = [f.strip() for f in a.fabric.split(",") if f.strip()]
     env = C.env_info()
@@ -134,27 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     rnd[f"cut{cut:g}"] = on_netns(rate, lambda p: session(p, ["burst"], a.repeat))
             raw[fabric].append(rnd)
             C.log(f"round {i + 1}/{a.pairs} {fabric} done ({time.monotonic() - t0:.0f} s)")
-    rows = []
-    for fabric, rounds in raw.items():
-        for n in sorted({min(5, a.repeat), a.repeat}):
-            fa = [gate(r["base"], r["same"], n) for r in rounds]
-            alarms = [g for g in fa if g["regressed"]]
-            undecided = sum(g["undecided"] for g in fa)
-            total = sum(g["undecided"] + g["decided"] for g in fa)
-            rows.append({"fabric": fabric, "N": n, "test": "identical pairs", "pairs": len(fa),
-                         "gate failed": len(alarms), "target": "0",
-                         "detail": f"undecided {undecided}/{total} metric verdicts; alarms: "
-                                   + ("; ".join(x for g in alarms for x in g["regressed"]) or "none")})
-            for cut in cuts if fabric == "netns" else ():
-                det = [gate(r["base"], r[f"cut{cut:g}"], n) for r in rounds]
-                tput = [r[f"cut{cut:g}"]["burst"][:n] for r in rounds]
-                base = [r["base"]["burst"][:n] for r in rounds]
-                ratio = C.summary([sum(x["throughput_gbps"] for x in c) / sum(x["throughput_gbps"] for x in b)
-                                   for c, b in zip(tput, base)])
-                rows.append({"fabric": fabric, "N": n, "test": f"rate cut {cut:g}%", "pairs": len(det),
-                             "gate failed": sum(bool(g["tput_regressed"]) for g in det),
-                             "target": "10 of 10" if cut >= 40 else "-",
-                             "detail": f"measured throughput ratio median {ratio['median']:.3f}"})
+    rows = rows_from(raw, cuts, a.repeat)
     env["loadavg_end"] = list(os.getloadavg())
     env["wall_s"] = round(time.monotonic() - t0)
     if a.json:
@@ -170,6 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate([[r[k] for k in ROW_KEYS] for r in rows], headers=ROW_KEYS, tablefmt="github"))
     for n in notes:
         print(f"note: {n}")
+    return 0
+
+
+def merge(paths: list[str], cuts: list[float], repeat: int) -> int:
+    from tabulate import tabulate
+
+    raw: dict[str, list[dict[str, Any]]] = {}
+    for p in paths:
+        with open(p) as f:
+            doc = json.load(f)
+        print(f"# {p}: {doc['env']['date_utc']} UTC, {doc['env'].get('wall_s')} s, git {doc['env']['git']['commit']}, "
+              f"load {doc['env']['loadavg'][0]:.2f} -> {doc['env']['loadavg_end'][0]:.2f}")
+        for fabric, rounds in doc["raw"].items():
+            raw.setdefault(fabric, []).extend(rounds)
+    rows = rows_from(raw, cuts, repeat)
+    print(tabulate([[r[k] for k in ROW_KEYS] for r in rows], headers=ROW_KEYS, tablefmt="github"))
     return 0
 
 

@@ -87,7 +87,8 @@ def switchable(tmp_path_factory, monkeypatch):
     sys.modules.pop("kvf_switchable_transport", None)
 
 
-def test_a_transport_gone_since_the_baseline_fails_the_gate_naming_it(pytester, tiny_dir, switchable, monkeypatch):
+def test_a_transport_gone_since_the_baseline_fails_the_gate_naming_it(pytester, tiny_dir, switchable, monkeypatch,
+                                                                      capsys):
     args = ["--kv-transport", NAME, "--kv-suite", str(tiny_dir / "tiny.yaml")]
     pytester.runpytest(*args, "--kv-save-baseline=base.json").assert_outcomes(passed=1)
     monkeypatch.setenv("KVF_SWITCHABLE_DOWN", DOWN)
@@ -102,20 +103,15 @@ def test_a_transport_gone_since_the_baseline_fails_the_gate_naming_it(pytester, 
     required = pytester.runpytest(*args, "--kv-require-transport=named")
     required.assert_outcomes(failed=1)
     required.stdout.fnmatch_lines([f"*transport {NAME} is required (--kv-require-transport) but unavailable*{DOWN}*"])
+    pytester.makepyfile(test_fx="def test_fx(kv_run):\n    kv_run()\n")  # a test of one's own: same rule
+    fx = pytester.runpytest("test_fx.py", "--kv-transport", NAME, f"--kv-require-transport={NAME}")
+    fx.assert_outcomes(errors=1)
+    fx.stdout.fnmatch_lines([f"*transport {NAME} is required (--kv-require-transport) but unavailable*{DOWN}*"])
     # kvfabric compare says the same of the report in which it was skipped, and exits 1.
     base, new = str(pytester.path / "base.json"), str(pytester.path / "new.json")
-    assert kvfabric(["compare", base, new]) == 1
-    assert kvfabric(["compare", base, new, "--json"]) == 1
-
-
-def test_compare_names_the_case_and_reason(pytester, tiny_dir, switchable, monkeypatch, capsys):
-    args = ["--kv-transport", NAME, "--kv-suite", str(tiny_dir / "tiny.yaml")]
-    pytester.runpytest(*args, "--kv-json=base.json").assert_outcomes(passed=1)
-    monkeypatch.setenv("KVF_SWITCHABLE_DOWN", DOWN)
-    pytester.runpytest(*args, "--kv-json=new.json").assert_outcomes(skipped=1)
     capsys.readouterr()
-    assert kvfabric(["compare", str(pytester.path / "base.json"), str(pytester.path / "new.json"), "--json"]) == 1
+    assert kvfabric(["compare", base, new, "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["unavailable_since_baseline"] == [{"case": f"tiny/small[synthetic-{NAME}]", "reason": f"{NAME}: {DOWN}"}]
-    assert kvfabric(["compare", str(pytester.path / "base.json"), str(pytester.path / "new.json")]) == 1
+    assert kvfabric(["compare", base, new]) == 1
     assert f"FAILED tiny/small[synthetic-{NAME}]: unavailable since the baseline: {NAME}: {DOWN}" in capsys.readouterr().out
