@@ -90,6 +90,7 @@ class CaseOutcome:
     verdicts: list[slo_mod.Verdict] = field(default_factory=list)
     changes: list[baseline_mod.Change] = field(default_factory=list)
     repeats: list[dict[str, float]] = field(default_factory=list)  # each repeat's gated figures
+    unavailable: bool = False  # skip_reason is the transport probe's: the transport is missing here
     error: str | None = None
     result: Any = None  # the runner's Result object
     interfaces: list[dict[str, Any]] = field(default_factory=list)
@@ -127,6 +128,7 @@ class CaseOutcome:
                 for v in self.verdicts
             ],
             "reason": self.skip_reason or self.error,
+            "unavailable": self.unavailable or None,
             "interfaces": self.interfaces,
             "host_fingerprints": self.host_fingerprints,
         }
@@ -149,6 +151,11 @@ class CaseOutcome:
 
 
 _PROBES: dict[str, str | None] = {}
+
+
+def forget_probes() -> None:
+    """A new session probes again (a transport may have come or gone since the last one)."""
+    _PROBES.clear()
 
 
 def probe_reason(transport: str, params: Mapping[str, Any]) -> str | None:
@@ -185,7 +192,7 @@ def run_case(
     if selection.fabric == "local":  # other fabrics probe on the agents' own hosts, below
         reason = probe_reason(scenario.transport, scenario.transport_params)
         if reason:
-            out.skip_reason = reason
+            out.skip_reason, out.unavailable = reason, True
             return out
     try:
         pair = pairs.get()
@@ -199,7 +206,7 @@ def run_case(
     if pair.fabric != "local":  # the agents' hosts answer for themselves (their NICs, kernels)
         reason = pair_probe_reason(pair, scenario.transport, scenario.transport_params)
         if reason:
-            out.skip_reason = f"{scenario.transport}: {reason}"
+            out.skip_reason, out.unavailable = f"{scenario.transport}: {reason}", True
             return out
     if pair.fabric == "local":
         out.interfaces = [{"name": "lo", "netns": None}]
@@ -211,20 +218,21 @@ def run_case(
     out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
                              (pair.details.get("fingerprint") or {}).items()}
     from .report.repeats import median_metrics, repeat_figures
-    from .runner import run_scenario
+    from .runner import AgentPair
 
     n = max(1, selection.repeat)
     runs: list[dict[str, Any]] = []
-    for i in range(n):
-        try:
-            result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
-        except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
-            out.error = f"{type(exc).__name__}: {exc}" + (f" (repeat {i + 1} of {n})" if n > 1 else "")
-            partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
-            if partial is not None:
-                out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
-            return out
-        runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))
+    try:  # the repeats share one pair of agents: a repeat measures the transfer, not a process start
+        with AgentPair(pair, selection.timeout_s) as agents:
+            for i in range(n):
+                result = agents.run(scenario)
+                runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))
+    except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
+        out.error = f"{type(exc).__name__}: {exc}" + (f" (repeat {len(runs) + 1} of {n})" if n > 1 else "")
+        partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
+        if partial is not None:
+            out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
+        return out
     out.metrics = median_metrics(runs)
     out.repeats = repeat_figures(runs)
     out.result = result if n == 1 else type(result)(**out.metrics)  # the median run, as a Result

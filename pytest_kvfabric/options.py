@@ -69,6 +69,10 @@ OPTIONS: tuple[Opt, ...] = (
         "all of them (default 1; 5 or more for a gate that can decide)", "N"),
     Opt("--kv-gate-undecided", "what a baseline verdict of 'undecided' (noise wider than the threshold) does: "
         "pass (default, reported) or fail", "pass|fail"),
+    Opt("--kv-default-suites", "suites collected when --kv-transport or --kv-model is given and the collection "
+        "holds no KV-transfer case (comma list; default smoke; --kv-suite overrides)", "NAMES"),
+    Opt("--kv-require-transport", "transports that must be available, else their cases fail instead of skipping: "
+        "comma list, or 'named' for every transport named in --kv-transport (default: none)", "NAMES|named"),
     Opt("--kv-netns-cpu-split", "on: each namespace gets half the CPUs, for its agent and its receive "
         "processing, as two hosts would (default off)", "on|off"),
 )
@@ -98,6 +102,10 @@ class Selection:
     repeat: int = 1  # --kv-repeat
     thresholds: Mapping[str, float] = field(default_factory=dict)  # --kv-max-regression, per gated metric
     gate_undecided: str = "pass"
+    default_suites: tuple[str, ...] = ("smoke",)  # --kv-default-suites
+    kv_asked: bool = False  # --kv-transport or --kv-model was given (CLI or ini)
+    named_transports: tuple[str, ...] = ()  # named by the user, not by 'all' or the default
+    require_transports: frozenset[str] = frozenset()  # --kv-require-transport, resolved to names
 
     def header(self) -> str:
         models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
@@ -156,6 +164,7 @@ def resolve(get: Callable[[str], Any]) -> Selection:
 
     known = available_names()
     transports = _split(get("kv_transport")) or ["tcp"]
+    named = [] if transports == ["all"] or not get("kv_transport") else list(transports)
     if transports == ["all"]:
         transports = known
     for t in transports:
@@ -243,6 +252,16 @@ def resolve(get: Callable[[str], Any]) -> Selection:
             raise ProfileError("--kv-netns-cpu-split", split, "expected on or off")
         netns["cpu_split"] = str(split).lower() in ("on", "true", "1")
 
+    default_suites = tuple(_split(get("kv_default_suites"))) or ("smoke",)
+    for name in default_suites:  # a typo is a usage error now, not a collection surprise later
+        find_suite(name, profile_dirs)
+    required = _split(get("kv_require_transport"))
+    if required == ["named"]:
+        required = list(named)
+    for t in required:
+        if t not in known:
+            raise ProfileError("--kv-require-transport", t, f"unknown transport; valid: {', '.join(known)}, named")
+
     return Selection(
         transports=tuple(dict.fromkeys(transports)),
         models=models,
@@ -266,6 +285,10 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         repeat=repeat,
         thresholds=thresholds,
         gate_undecided=gate_undecided,
+        default_suites=default_suites,
+        kv_asked=bool(get("kv_transport") or get("kv_model")),
+        named_transports=tuple(dict.fromkeys(named)),
+        require_transports=frozenset(required),
     )
 
 
