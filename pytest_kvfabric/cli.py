@@ -11,7 +11,7 @@ from typing import Sequence
 from .errors import KvFabricError
 
 # Order = order in --help. A module that is missing (not yet written) is skipped.
-COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare", "report")
+COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare", "report", "sweep")
 
 
 class _Parser(argparse.ArgumentParser):

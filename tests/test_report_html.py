@@ -86,6 +86,18 @@ def test_report_from_recorded_json_has_every_figure_and_fetches_nothing(tmp_path
     assert "6.18" in body or json.loads(SESSION.read_text())["environment"]["kernel"] in body  # fingerprint shown
 
 
+def test_sweep_input_adds_its_figure_and_table(tmp_path):
+    out = tmp_path / "s.html"
+    assert main(["report", str(SWEEP), "--html", str(out)]) == 0
+    text = out.read_text()
+    page = parse(text)
+    assert_self_contained(text, page)
+    assert any(i.startswith("sweep-") for i in page.ids)
+    assert len(page.imgs()) == 1
+    body = " ".join(page.text)
+    assert "64KiB" in body and "64MiB" in body and "zerocopy" in body
+
+
 def test_failed_verdicts_are_shown_with_measured_and_threshold():
     data = json.loads(SESSION.read_text())
     r = data["results"][0]
@@ -170,6 +182,6 @@ def test_figures_render_headless_without_a_display():
     assert int(out.stdout.strip()) >= 6
 
 
-@pytest.mark.parametrize("name", ["smoke-session.json", "run-tcp.json"])
+@pytest.mark.parametrize("name", ["smoke-session.json", "run-tcp.json", "sweep-tcp.json"])
 def test_fixtures_are_small(name):
     assert (DATA / name).stat().st_size < 64_000

@@ -67,7 +67,7 @@ def _capacity_cell(c: Mapping[str, Any]) -> str:
     need, have = _f(cap.get("needed_gbps")), _f(cap.get("carried_gbps"))
     if need is None and have is None:
         return "–"
-    return f"{_num(need)} / {_num(have)}"
+    return f"{_num(need)} / {_num(have)}" + (" short" if cap.get("short") else "")
 
 
 def summary_table(cases: Sequence[Mapping[str, Any]]) -> str:

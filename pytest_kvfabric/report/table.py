@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-HEADERS = ["case", "pair", "GB/s", "p50 µs", "p99 µs", "exposed p99 ms", "CPU s/GB", "data path", "verdict"]
+HEADERS = ["case", "pair", "GB/s", "p50 µs", "p99 µs", "exposed p99 ms", "CPU s/GB", "needs/carried Gb/s", "data path",
+           "verdict"]
 
 
 def _num(v: Any, fmt: str = ".3g") -> str:
@@ -28,6 +29,14 @@ def data_path_label(metrics: Mapping[str, Any]) -> str:
     return f"{name} {'zero-copy' if zc else 'copied'}"
 
 
+def capacity_label(cap: Mapping[str, Any] | None) -> str:
+    """'34.5/20 SHORT' when the pair carried less than the paced scenario needs."""
+    if not cap or cap.get("needed_gbps") is None:
+        return "-"
+    text = f"{_num(cap['needed_gbps'])}/{_num(cap.get('carried_gbps'))}"
+    return text + (" SHORT" if cap.get("short") else "")
+
+
 def row(result: Mapping[str, Any]) -> list[str]:
     m = result.get("metrics") or {}
     gbps = m.get("throughput_gbps")
@@ -41,6 +50,7 @@ def row(result: Mapping[str, Any]) -> list[str]:
         _num((m.get("latency_us") or {}).get("p99")),
         _num((m.get("exposed_ms") or {}).get("p99")),
         _num(worst_cpu),
+        capacity_label(result.get("capacity")),
         data_path_label(m) if m else (result.get("reason") or "")[:40],
         result["outcome"],
     ]
