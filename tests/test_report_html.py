@@ -17,7 +17,7 @@ from pytest_kvfabric.report.runs import normalize
 DATA = Path(__file__).parent / "data" / "report"
 SESSION = DATA / "smoke-session.json"
 RUN = DATA / "run-tcp.json"
-SWEEP = DATA / "sweep-tcp.json"
+SWEEP = DATA / "sweep.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -182,6 +182,43 @@ def test_figures_render_headless_without_a_display():
     assert int(out.stdout.strip()) >= 6
 
 
-@pytest.mark.parametrize("name", ["smoke-session.json", "run-tcp.json", "sweep-tcp.json"])
+@pytest.mark.parametrize("name", ["smoke-session.json", "run-tcp.json", "sweep.json"])
 def test_fixtures_are_small(name):
     assert (DATA / name).stat().st_size < 64_000
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_figures_exist_and_are_small():
+    import re
+
+    text = README.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "docs/figures/sweep.png" in images and "docs/figures/exposed.png" in images
+    for rel in images:
+        p = README.parent / rel
+        assert p.read_bytes().startswith(PNG_MAGIC) and p.stat().st_size < 100_000, rel
+
+
+def test_readme_capacity_table_matches_the_plans():
+    """The 'what the presets need' table is what the plan computes (llama3.1-8b column)."""
+    import re
+
+    from pytest_kvfabric.capacity import needed_gbps
+    from pytest_kvfabric.emulator.plan import build_plan
+    from pytest_kvfabric.profiles import load_gpu, load_model
+    from pytest_kvfabric.suites import DEFAULT_GPU, load_suite
+
+    text = README.read_text().split("### Capacity told up front", 1)[1]
+    rows: dict[tuple[str, str], float] = {}
+    for m in re.finditer(r"^\| ([\w-]+) / ([\w-]+)[^|]*\| ([\d.]+) Gb/s", text, re.M):
+        rows[(m.group(1), m.group(2))] = float(m.group(3))
+    assert ("chat", "chat-steady") in rows and ("deep-research", "research-burst") in rows
+    suites = README.parent / "suites"
+    for (suite, scen), want in rows.items():
+        tpl = next(t for t in load_suite(suites / f"{suite}.yaml").scenarios if t.id == scen)
+        sc = tpl.build(load_model("llama3.1-8b"), load_gpu(tpl.fields.get("gpu") or DEFAULT_GPU), "tcp")
+        plan = build_plan(sc)
+        got = needed_gbps(plan.total_bytes, float(plan.requests["prefill_ns"].sum()))
+        assert round(got, 1) == want, (suite, scen, got)
