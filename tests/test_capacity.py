@@ -54,3 +54,11 @@ def test_an_slo_miss_from_too_little_capacity_says_so(pytester):
     cap = rec["capacity"]
     assert cap["short"] is True and cap["needed_gbps"] > 1000 > cap["carried_gbps"] > 0
     result.stdout.fnmatch_lines(["*SHORT*failed*"])  # the summary table shows both figures
+
+
+def test_kvfabric_run_says_up_front_when_the_link_is_short():
+    from pytest_kvfabric.commands.run import short_link_line
+
+    line = short_link_line(Capacity(36.5, 3.4, "0.3 s unpaced probe of tcp with 4 MiB writes"))
+    assert line.startswith("kvfabric run: scenario needs 36.5 Gb/s; this pair carried 3.4 Gb/s")
+    assert short_link_line(Capacity(1.0, 3.4, "p")) is None and short_link_line(None) is None

@@ -9,7 +9,7 @@ from pytest_kvfabric.commands.run import LONG_RUN_S, predicted_notice, predicted
 from pytest_kvfabric.profiles import load_gpu, load_model
 from pytest_kvfabric.progress import Progress, eta_s, human_bytes, human_seconds
 from pytest_kvfabric.runner import AgentPair
-from pytest_kvfabric.scenario import Distribution, Scenario, Synthetic, Workload
+from pytest_kvfabric.scenario import Deployment, Distribution, Scenario, Synthetic, Workload
 
 
 class Tty(io.StringIO):
@@ -46,7 +46,9 @@ def _scenario(**kw):
 
 
 def test_a_plan_of_minutes_is_announced_and_a_short_one_is_not():
-    long = _scenario(workload=Workload(isl=Distribution.fixed(131072), requests=64))
+    big_pages = Deployment(page_size=1024, access="block")  # few plan rows: a fast plan of a long run
+    long = _scenario(workload=Workload(isl=Distribution.fixed(131072), requests=64), prefill=big_pages,
+                     decode=big_pages)
     secs, nbytes, nreq = predicted_s(long)
     assert secs >= LONG_RUN_S and nreq == 64 and nbytes > 0
     note = predicted_notice(long)
@@ -71,6 +73,6 @@ def test_the_prefill_agent_reports_progress_while_it_runs():
 
 def test_kvfabric_run_piped_prints_no_progress():
     out = subprocess.run([sys.executable, "-m", "pytest_kvfabric.cli", "run", "--model", "llama3.1-8b", "--transport",
-                          "tcp", "--isl", "256"], capture_output=True, text=True, timeout=180)
+                          "tcp", "--isl", "256", "--pace", "none"], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert "\r" not in out.stdout + out.stderr and "requests" in out.stdout

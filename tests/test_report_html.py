@@ -104,7 +104,8 @@ def test_failed_verdicts_are_shown_with_measured_and_threshold():
     r["outcome"] = "failed"
     r["verdicts"] = [{"key": "max_exposed_ms", "metric": "exposed", "measured": 105.2, "threshold": 10,
                       "passed": False, "note": ""}]
-    text, _ = html.build([normalize(data, "s.json", "s.json")])
+    run = normalize(data, "s.json", "s.json")
+    text = html.summary_table([{**c, "label": c["case"]} for c in run.cases])
     assert "max_exposed_ms: 105 vs 10" in text
     assert 'class="failed"' in text
 

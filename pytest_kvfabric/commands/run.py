@@ -102,6 +102,7 @@ def predicted_s(scenario: Any) -> tuple[float, int, int]:
 
 
 PROBE_FROM_BYTES = 1 << 30  # an unpaced run this large gets a capacity probe first (for its time estimate)
+PACED_PROBE_FROM_BYTES = 64 << 20  # a paced one from here (needed against carried Gb/s)
 
 
 def _capacity(scenario: Any) -> Any:
@@ -113,14 +114,14 @@ def _capacity(scenario: Any) -> Any:
 
     plan = build_plan(scenario)
     paced = scenario.pacing == "emulated" and not scenario.synthetic
-    if not paced and plan.total_bytes < PROBE_FROM_BYTES:
-        return None
+    if plan.total_bytes < (PACED_PROBE_FROM_BYTES if paced else PROBE_FROM_BYTES):
+        return None  # over in moments whatever the link: not worth a probe
     need = needed_gbps(plan.total_bytes, float(plan.requests["prefill_ns"].sum())) if paced else None
     carried, how = carried_gbps(local_pair(), scenario.transport, scenario.transport_params)
     return Capacity(need, carried, how)
 
 
-def _short_line(capacity: Any) -> str | None:
+def short_link_line(capacity: Any) -> str | None:
     if capacity is None or not capacity.short:
         return None
     return (f"kvfabric run: {capacity.sentence()}: exposed time grows with every request "
@@ -169,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
                              verify=not args.no_verify)
     result = None
     capacity = _capacity(sc)
-    for line in filter(None, (predicted_notice(sc, capacity), _short_line(capacity))):
+    for line in filter(None, (predicted_notice(sc, capacity), short_link_line(capacity))):
         sys.stderr.write(line + "\n")
     progress = Progress()
     try:
