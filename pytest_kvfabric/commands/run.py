@@ -177,6 +177,8 @@ def main(args: argparse.Namespace) -> int:
         with AgentPair(None, args.timeout, {"max_inflight": args.window}) as agents:
             if progress.enabled:  # on a terminal only: piped output stays the table alone
                 agents.on_progress = lambda p: progress.update(progress_line(p))
+                # Until the first report: the agents rebuild the plan and fill their pools.
+                progress.update("starting the agents: plan, emulated HBM pools, page patterns ...", force=True)
             try:
                 result = agents.run(sc)
             finally:
