@@ -223,3 +223,25 @@ def test_readme_capacity_table_matches_the_plans():
         plan = build_plan(sc)
         got = needed_gbps(plan.total_bytes, float(plan.requests["prefill_ns"].sum()))
         assert round(got, 1) == want, (suite, scen, got)
+
+
+SMALL_CASE = """
+import pytest
+from pytest_kvfabric.scenario import Synthetic
+
+@pytest.mark.kv_slo(min_throughput_gbps=0.001)
+def test_small(kv_run, kv_scenario):
+    kv_run(kv_scenario.replace(synthetic=Synthetic(nbytes=65536, transfers=64, batch=16), pacing="none",
+                               pool_bytes=8 << 20))
+"""
+
+
+def test_kv_html_with_a_baseline_draws_baseline_against_current(pytester):
+    pytester.makepyfile(test_small=SMALL_CASE)
+    pytester.runpytest("--kv-save-baseline=base.json").assert_outcomes(passed=1)
+    result = pytester.runpytest("--kv-baseline=base.json", "--kv-max-regression=900", "--kv-html=page.html")
+    result.assert_outcomes(passed=1)
+    text = (pytester.path / "page.html").read_text()
+    page = parse(text)
+    assert_self_contained(text, page)
+    assert {"summary", "throughput", "baseline"} <= page.ids
