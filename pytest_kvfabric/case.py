@@ -95,6 +95,13 @@ class CaseOutcome:
     result: Any = None  # the runner's Result object
     interfaces: list[dict[str, Any]] = field(default_factory=list)
     host_fingerprints: dict[str, Any] = field(default_factory=dict)
+    capacity: Any = None  # capacity.Capacity of a paced case: needed against carried Gb/s
+
+    def capacity_note(self) -> str | None:
+        """Why a timing SLO miss follows from too little bandwidth, when it does."""
+        from .capacity import explains
+
+        return explains(self.capacity, [v.key for v in self.verdicts if not v.passed])
 
     @property
     def slo_failed(self) -> bool:
@@ -131,6 +138,7 @@ class CaseOutcome:
             "unavailable": self.unavailable or None,
             "interfaces": self.interfaces,
             "host_fingerprints": self.host_fingerprints,
+            "capacity": self.capacity.to_dict() if self.capacity is not None else None,
         }
 
     def junit_properties(self) -> list[tuple[str, Any]]:
@@ -220,6 +228,7 @@ def run_case(
     from .report.repeats import median_metrics, repeat_figures
     from .runner import AgentPair
 
+    out.capacity = up_front_capacity(scenario, pair)
     n = max(1, selection.repeat)
     runs: list[dict[str, Any]] = []
     try:  # the repeats share one pair of agents: a repeat measures the transfer, not a process start
@@ -241,6 +250,27 @@ def run_case(
         out.changes = baseline_mod.compare_samples(case, baseline_samples[case], out.repeats,
                                                    selection.thresholds or None)
     return out
+
+
+def up_front_capacity(scenario: Scenario, pair: HostPair) -> Any:
+    """Before a paced case: the bandwidth its plan needs and, when it has a timing SLO that a slow
+    link could miss, what the pair carries (a short probe, once per pair and transport)."""
+    if scenario.pacing != "emulated" or scenario.synthetic:
+        return None
+    from .capacity import TIMING_KEYS, Capacity, needed_gbps
+    from .emulator.plan import build_plan
+
+    try:
+        plan = build_plan(scenario)
+    except KvFabricError:
+        return None  # the run reports the scenario's error itself
+    need = needed_gbps(plan.total_bytes, float(plan.requests["prefill_ns"].sum()))
+    if not set(scenario.slo or ()) & TIMING_KEYS:
+        return Capacity(need, None, "not probed: no timing SLO")
+    from .capacity_probe import carried_gbps
+
+    carried, how = carried_gbps(pair, scenario.transport, scenario.transport_params)
+    return Capacity(need, carried, how)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Sequence
 from .errors import KvFabricError
 
 # Order = order in --help. A module that is missing (not yet written) is skipped.
-COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare", "validate", "calibrate", "report", "lab")
+COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare", "validate", "calibrate", "report", "sweep", "lab")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -331,7 +331,8 @@ def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str,
         zero_copy_only = all(v.key == "require_zero_copy" for v in outcome.verdicts if not v.passed)
         if zero_copy_only and sel.on_copy == "skip":
             pytest.skip("zero-copy required but " + "; ".join(v.note for v in outcome.verdicts if not v.passed))
-        failures.append("SLO missed:\n" + slo_mod.failure_table(outcome.verdicts))
+        note = outcome.capacity_note()  # "scenario needs 34.5 Gb/s; this pair carried 20 Gb/s ..."
+        failures.append("SLO missed:\n" + slo_mod.failure_table(outcome.verdicts) + (f"\n{note}" if note else ""))
     if outcome.regressed or (sel.gate_undecided == "fail" and outcome.undecided):
         from .report.baseline import render_changes
 

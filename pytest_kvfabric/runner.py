@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import execnet
 
@@ -30,6 +30,7 @@ from .lab.env import time_scale
 from .result import Result
 from .scenario import Scenario
 
+PROGRESS_S = 0.5  # how often a watched run reports progress
 # Margins grow by the lab's time scale inside an emulated VM (lab/env.py), 1 elsewhere.
 SETUP_MARGIN_S = 30.0 * time_scale()  # agent start, plan rebuild, pool allocation and fill
 RUN_MARGIN_S = 10.0 * time_scale()
@@ -66,6 +67,9 @@ class AgentPair:
         self._ch: dict[str, Any] = {}
         self._box = Mailbox()
         self.pids: dict[str, int] = {}
+        # Called with the prefill agent's {"requests_done", "requests", "bytes_done", "bytes_total",
+        # "elapsed_s"} about every PROGRESS_S while a run goes on; None: the agent sends none.
+        self.on_progress: Callable[[dict[str, Any]], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> "AgentPair":
@@ -120,7 +124,8 @@ class AgentPair:
     def _pid(self, role: str) -> str:
         return f" (pid {self.pids[role]})" if role in self.pids else ""
 
-    def _recv(self, role: str, deadline: float, phase: str) -> dict[str, Any]:
+    def _recv(self, role: str, deadline: float, phase: str) -> dict[str, Any] | None:
+        """The agent's answer; None for a progress report (handed to on_progress), which is no answer."""
         try:
             msg = self._box.take(role, deadline)
         except Timeout:
@@ -128,6 +133,10 @@ class AgentPair:
         except Closed as exc:
             detail = f": {exc.detail}" if exc.detail else " without answering" if exc.how == "exited" else ""
             raise TransportError(f"{role} agent{self._pid(role)} {exc.how} during {phase}{detail}") from None
+        if isinstance(msg, dict) and "progress" in msg and "ok" not in msg:
+            if self.on_progress is not None:
+                self.on_progress(msg["progress"])
+            return None
         return self._check(role, msg, phase)
 
     def _check(self, role: str, msg: Any, phase: str) -> dict[str, Any]:
@@ -148,13 +157,18 @@ class AgentPair:
         while len(got) < 2:
             waiting = tuple(r for r in ("decode", "prefill") if r not in got)
             if not self._box.wait_any(waiting, deadline):  # deadline passed: this names who is late
-                got[waiting[0]] = self._recv(waiting[0], deadline, "the run")
+                late = self._recv(waiting[0], deadline, "the run")
+                if late is not None:  # (a progress report is no answer: look again)
+                    got[waiting[0]] = late
                 continue
             for role in waiting:
                 if not self._box.has(role):
                     continue
                 try:
-                    got[role] = self._recv(role, deadline, "the run")
+                    msg = self._recv(role, deadline, "the run")
+                    if msg is None:
+                        continue  # a progress report
+                    got[role] = msg
                 except TransportError as exc:
                     if role == "prefill" and "decode" not in got:
                         dead = self._dead("decode", 1.0)
@@ -194,6 +208,8 @@ class AgentPair:
         token = secrets.token_hex(16)
         spec = scenario.to_spec()
         opts = {"setup_timeout_s": SETUP_MARGIN_S, **self.options}
+        if self.on_progress is not None:
+            opts["progress_s"] = PROGRESS_S
         ok = False
         try:
             self._start()

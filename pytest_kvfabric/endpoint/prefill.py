@@ -92,6 +92,7 @@ class PrefillOptions:
     timeout_s: float = 60.0
     stage_ns: int = STAGE_NS  # 0: build each batch only once its rows are ready
     hot_path: str | None = None  # "native" | "python" | None: native where built (slotbook.make_book)
+    monitor: Any = None  # called once with (done_ns, req_done) so a watcher thread can report progress
 
 
 def run_prefill(
@@ -130,6 +131,8 @@ def run_prefill(
     req_arrival = np.zeros(nreq, np.int64)
     req_start = np.zeros(nreq, np.int64)
     req_done = np.zeros(nreq, np.int64)
+    if opts.monitor is not None:
+        opts.monitor(done_ns, req_done)
     req_left = count.copy()  # rows not yet completed, per request (the book counts down)
     started = 0  # requests admitted so far (in index order)
     gpu_free = 0
