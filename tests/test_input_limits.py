@@ -78,3 +78,12 @@ def test_pytest_refuses_bad_values_before_any_test_runs(pytester, args, expected
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     assert expected in res.stderr.str()
     assert not (pytester.path / "ran").exists()
+
+
+def test_help_describes_the_command_in_whole_sentences(capsys):
+    from pytest_kvfabric import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "compare reports." in out and "Each subcommand lives" not in out
