@@ -203,6 +203,14 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         if get(dest) not in (None, ""):
             params[key] = _number(f"--{dest.replace('_', '-')}", get(dest), kind, lo, hi)
 
+    from .transports.registry import check_params
+
+    why = check_params(transports, params)  # unknown names and bad values, before anything runs
+    if why:
+        flag = "--kv-rdma-*" if any(k in params for k in ("device", "gid_index", "traffic_class")) \
+            and "rdma" not in transports else "--kv-transport-param"
+        raise ProfileError("<options>", flag, why)
+
     netns: dict[str, Any] = {}
     if get("kv_netns_mtu") not in (None, ""):
         # veth takes 68..65535 (ETH_MIN_MTU..ETH_MAX_MTU); the kernel would refuse mid-setup

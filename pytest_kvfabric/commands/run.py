@@ -101,6 +101,13 @@ def main(args: argparse.Namespace) -> int:
     params = transport_params(args.transport_param, "--transport-param")
     if args.connections:
         params["connections"] = args.connections
+    from ..transports.registry import check_params
+
+    why = check_params([args.transport], params)
+    if why:
+        from ..errors import ProfileError
+
+        raise ProfileError("<cli>", "--transport-param", why)  # exit 2, before any agent starts
     cap = probe(args.transport, params)
     if not cap.available:  # both agents run on this host: its probe decides
         sys.stderr.write(f"kvfabric run: transport {args.transport!r} not available: {cap.reason}\n")

@@ -213,6 +213,8 @@ class Transport(ABC):
     description: ClassVar[str] = ""
     initiator_cls: ClassVar[type[Initiator]]
     target_cls: ClassVar[type[Target]]
+    # The user parameters it takes (transports/params.py Param rows); None: not declared, not checked
+    params: ClassVar[tuple[Any, ...] | None] = None
 
     @classmethod
     @abstractmethod
