@@ -228,6 +228,11 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
     missing = s["requests"] - int(dec["requests_completed"])
     if missing > 0 and errors == 0 and s["requests_completed"] == s["requests"]:
         errors, first_error = missing, f"{missing} request(s) acknowledged but not complete at the decode side"
+        named = dec.get("missing_pages") or []
+        if named:  # name the pages that never landed, not only the requests they belong to
+            more = int(dec.get("missing_count", len(named))) - len(named)
+            first_error += f"; never placed: {named[0]}" + (f" and {len(named) - 1 + more} more page(s)"
+                                                            if len(named) + more > 1 else "")
     moved = s["bytes"]
 
     def per_gb(key: str) -> dict[str, float | None]:  # an agent's CPU seconds per GB moved, each side

@@ -73,8 +73,18 @@ def test_corrupted_page_raises_integrity_error_naming_request_layer_page():
 
 def test_misplaced_page_detected():
     with AgentPair(local_pair(), timeout_s=30) as ap:
-        with pytest.raises(IntegrityError, match=r"request \d+ layer \d+ page \d+ .*misplaced page: its place holds request \d+ layer \d+ page \d+"):
+        with pytest.raises(IntegrityError, match=r"misplaced page: request \d+ layer \d+ page \d+ .*landed at "
+                           r"dst_off \d+, the place of request \d+ layer \d+ page \d+ .*which is lost"):
             ap.run(scenario("misplace"))
+
+
+def test_dropped_page_is_named_not_only_its_request():
+    with AgentPair(local_pair(), timeout_s=30) as ap:
+        with pytest.raises(IntegrityError) as info:
+            ap.run(scenario("drop"))
+    msg = str(info.value)
+    assert "1 request(s) acknowledged but not complete" in msg, msg
+    assert "never placed: request " in msg and " layer " in msg and " page " in msg, msg
 
 
 def test_unknown_transport_is_a_clear_error_not_a_hang():
