@@ -54,6 +54,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-timeout", "seconds a single case may take before it fails (default: derived from the scenario)", "SECONDS"),
     Opt("--kv-transport-param", "transport parameter KEY=VALUE, e.g. connections=2 or mode=send_zc (repeatable)",
         "KEY=VALUE", append=True),
+    Opt("--kv-inject", "inject one fault per case to prove the checks catch it: corrupt, misplace, drop "
+        "(integrity), kill, stall (agent death, timeout); every case should then fail", "FAULT"),
     Opt("--kv-on-copy", "when a scenario requires zero-copy and the kernel copied: fail (default) or skip", "fail|skip"),
     Opt("--kv-rdma-device", "RDMA device for the rdma transport (default: first active)", "DEVICE"),
     Opt("--kv-rdma-gid-index", "RoCE GID index (default: the RoCE v2 GID of the data-plane address)", "N"),
@@ -202,6 +204,14 @@ def resolve(get: Callable[[str], Any]) -> Selection:
                                     ("kv_rdma_tc", "traffic_class", int, 0, 255)):
         if get(dest) not in (None, ""):
             params[key] = _number(f"--{dest.replace('_', '-')}", get(dest), kind, lo, hi)
+
+    inject = get("kv_inject")
+    if inject:
+        from .scenario import FAULTS, INJECT_PARAM
+
+        if inject not in FAULTS:
+            raise ProfileError("<options>", "--kv-inject", f"unknown fault {inject!r}; valid: {', '.join(FAULTS)}")
+        params[INJECT_PARAM] = inject  # travels with the scenario; agents strip "_" keys for transports
 
     from .transports.registry import check_params
 

@@ -91,3 +91,22 @@ def test_unknown_transport_is_a_clear_error_not_a_hang():
     with AgentPair(local_pair(), timeout_s=10) as ap:
         with pytest.raises(Exception, match="transport"):
             ap.run(scenario("none").replace(transport="no-such-transport"))
+
+
+def test_kv_inject_proves_the_integrity_check_catches_a_fault(pytester):
+    pytester.makepyfile("def test_kv(kv_run):\n    kv_run()\n")
+    res = pytester.runpytest("--kv-inject=corrupt", "-p", "no:cacheprovider")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*corrupted at byte*"])
+    bad = pytester.runpytest("--kv-inject=bogus")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--kv-inject: unknown fault 'bogus'; valid: corrupt, misplace, drop, kill, stall" in bad.stderr.str()
+
+
+def test_kvfabric_run_inject_drop_exits_1_naming_the_page(capsys):
+    from pytest_kvfabric import cli
+
+    rc = cli.main(["run", "--model", "llama3.1-8b", "--transport", "tcp", "--isl", "32", "--inject", "drop",
+                   "--pool-mib", "8", "--timeout", "30"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "integrity error" in err and "never placed: request 0" in err, err
