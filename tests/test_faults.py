@@ -110,3 +110,57 @@ def test_kvfabric_run_inject_drop_exits_1_naming_the_page(capsys):
                    "--pool-mib", "8", "--timeout", "30"])
     err = capsys.readouterr().err
     assert rc == 1 and "integrity error" in err and "never placed: request 0" in err, err
+
+
+def test_prefill_killed_mid_transfer_is_named_first():
+    """The decode side then sees 'connection reset by peer': an effect, not the cause."""
+    import os
+    import signal
+    import threading
+
+    ap = AgentPair(local_pair(), timeout_s=30.0)
+    sc = scenario("none").replace(workload=Workload(isl=Distribution.fixed(4096), requests=200))
+
+    def killer() -> None:
+        t_end = time.monotonic() + 20
+        while "prefill" not in ap.pids and time.monotonic() < t_end:
+            time.sleep(0.01)
+        time.sleep(0.3)  # into the run
+        if "prefill" in ap.pids:
+            os.kill(ap.pids["prefill"], signal.SIGKILL)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    with pytest.raises(TransportError) as info:
+        ap.run(sc)
+    th.join(timeout=25)
+    assert str(info.value).startswith("prefill agent (pid "), str(info.value)
+    assert "died" in str(info.value).split(";")[0], str(info.value)
+    _assert_no_agents_left(ap.pids)
+    ap.close()
+
+
+def test_the_dead_agent_leads_even_when_the_survivor_reports_first():
+    """Deterministic form of the race above: decode's 'connection reset' is read before the
+    prefill channel's close; the message must still lead with the agent that died."""
+    from pytest_kvfabric.fabric.mailbox import Closed
+
+    class Box:  # both answers already queued, decode's first
+        def wait_any(self, roles, deadline):
+            return True
+
+        def has(self, role):
+            return True
+
+        def take(self, role, deadline):
+            if role == "decode":
+                return {"ok": False, "pid": 11, "error": "recv: [Errno 104] Connection reset by peer"}
+            raise Closed("prefill", "died", "")
+
+    ap = AgentPair(local_pair(), timeout_s=5.0)
+    ap._box, ap.pids = Box(), {"prefill": 10}
+    with pytest.raises(TransportError) as info:
+        ap._recv_both(time.monotonic() + 5)
+    msg = str(info.value)
+    assert msg.startswith("prefill agent (pid 10) died during the run; decode agent reported:"), msg
+    assert "Connection reset by peer" in msg
