@@ -171,6 +171,7 @@ def run_case(
     selection: Selection,
     baseline_metrics: Mapping[str, Mapping[str, Any]] | None,
     case: str,
+    timeout_s: float | None = None,
 ) -> CaseOutcome:
     out = CaseOutcome(case=case, scenario=scenario)
     if selection.fabric == "local":  # other fabrics probe on the agents' own hosts, below
@@ -204,7 +205,8 @@ def run_case(
     from .runner import run_scenario
 
     try:
-        result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
+        timeout = selection.timeout_s if selection.timeout_s is not None else timeout_s  # CLI wins
+        result = run_scenario(scenario, pair, timeout_s=timeout)
     except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
         out.error = f"{type(exc).__name__}: {exc}"
         partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured

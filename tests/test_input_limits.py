@@ -119,3 +119,18 @@ def test_suite_naming_an_unknown_transport_is_an_error(tmp_path):
     p.write_text("suite: s\nscenarios:\n  - id: a\n    transports: [tpc]\n")
     with pytest.raises(ProfileError, match=r"scenarios\[0\].transports\[0\]: unknown transport 'tpc'; valid: tcp"):
         load_suite(p)
+
+
+def test_suite_timeout_s_is_honoured(pytester):
+    """A case given a timeout far below its run time fails; it used to run to the end and pass."""
+    pytester.makefile(".yaml", slow_suite="""
+suite: slow
+defaults: {pool_mib: 32}
+scenarios:
+  - id: long
+    timeout_s: 0.5
+    workload: {isl: 4096, requests: 200}
+""")
+    res = pytester.runpytest("slow_suite.yaml")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*timed out*"])
