@@ -89,6 +89,7 @@ class Selection:
     transport_params: Mapping[str, Any] = field(default_factory=dict)
     on_copy: str = "fail"
     netns: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # options given that do not apply to this run (shown, not fatal)
 
     def header(self) -> str:
         models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
@@ -241,7 +242,13 @@ def resolve(get: Callable[[str], Any]) -> Selection:
             raise ProfileError("--kv-netns-cpu-split", split, "expected on or off")
         netns["cpu_split"] = str(split).lower() in ("on", "true", "1")
 
+    notes = []
+    if netns and fabric != "netns":  # e.g. an ini file shared by netns and local runs: say so
+        given = ", ".join(f"--kv-netns-{k.replace('_', '-')}" for k in netns)
+        notes.append(f"kvfabric: {given} applies only to --kv-fabric=netns; ignored with --kv-fabric={fabric}")
+
     return Selection(
+        warnings=tuple(notes),
         transports=tuple(dict.fromkeys(transports)),
         models=models,
         gpu=gpu,

@@ -80,6 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kv_slo(**thresholds): SLO thresholds for this test's KV-transfer cases "
                             f"(keys: {', '.join(slo_mod.VALID_KEYS)})")
     sel = _selection(config)
+    if not hasattr(config, "workerinput"):
+        for note in sel.warnings:  # options that do not apply to this run: said, not silently dropped
+            config.issue_config_time_warning(pytest.PytestConfigWarning(note), stacklevel=2)
     winput = getattr(config, "workerinput", None)  # xdist worker identity comes from config, not env
     if winput:
         case_mod.set_worker(winput["workerid"], int(winput["workercount"]))

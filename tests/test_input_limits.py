@@ -134,3 +134,11 @@ scenarios:
     res = pytester.runpytest("slow_suite.yaml")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*timed out*"])
+
+
+def test_netns_options_on_another_fabric_are_warned_not_dropped(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    res = pytester.runpytest("--kv-netns-mtu=4000", "--kv-netns-offloads=gro=off")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(["*--kv-netns-mtu, --kv-netns-offloads applies only to --kv-fabric=netns; "
+                              "ignored with --kv-fabric=local*"])
