@@ -193,6 +193,7 @@ def run_case(
     selection: Selection,
     baseline_samples: Mapping[str, list[dict[str, float]]] | None,
     case: str,
+    timeout_s: float | None = None,
 ) -> CaseOutcome:
     """Run the case `selection.repeat` times back to back on this process's pair; judge the
     median figures against its SLOs and every repeat against the baseline's repeats."""
@@ -231,8 +232,9 @@ def run_case(
     out.capacity = up_front_capacity(scenario, pair)
     n = max(1, selection.repeat)
     runs: list[dict[str, Any]] = []
+    timeout = selection.timeout_s if selection.timeout_s is not None else timeout_s  # CLI wins
     try:  # the repeats share one pair of agents: a repeat measures the transfer, not a process start
-        with AgentPair(pair, selection.timeout_s) as agents:
+        with AgentPair(pair, timeout) as agents:
             for i in range(n):
                 result = agents.run(scenario)
                 runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))

@@ -87,6 +87,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kv_slo(**thresholds): SLO thresholds for this test's KV-transfer cases "
                             f"(keys: {', '.join(slo_mod.VALID_KEYS)})")
     sel = _selection(config)
+    if not hasattr(config, "workerinput"):
+        for note in sel.warnings:  # options that do not apply to this run: said, not silently dropped
+            config.issue_config_time_warning(pytest.PytestConfigWarning(note), stacklevel=2)
     winput = getattr(config, "workerinput", None)  # xdist worker identity comes from config, not env
     if winput:
         case_mod.set_worker(winput["workerid"], int(winput["workercount"]))
@@ -311,9 +314,11 @@ def _remember(item: pytest.Item, record: dict[str, Any]) -> None:
     item.user_properties.append((PROP, json.dumps(record, default=str)))
 
 
-def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str, check: bool):
+def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str, check: bool,
+                   timeout_s: float | None = None):
     sel = _selection(config)
-    outcome = case_mod.run_case(scenario, config.stash[PAIRS], sel, config.stash[BASELINE], cid)
+    outcome = case_mod.run_case(scenario, config.stash[PAIRS], sel, config.stash[BASELINE], cid,
+                                timeout_s=timeout_s)
     _remember(item, outcome.record())
     for key, value in outcome.junit_properties():
         item.user_properties.append((key, value))
@@ -426,7 +431,8 @@ class SuiteItem(pytest.Item):
         except KvFabricError as exc:
             pytest.fail(f"kvfabric: {exc}", pytrace=False)
         cid = case_mod.case_id(scenario.id, self.model_id or "synthetic", self.transport)
-        _run_and_judge(self, self.config, scenario, cid, check=True)
+        # the suite's timeout_s (defaults < scenario), unless --kv-timeout overrides it
+        _run_and_judge(self, self.config, scenario, cid, check=True, timeout_s=self.template.fields.get("timeout_s"))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None):
         if isinstance(excinfo.value, KvFabricError):

@@ -132,7 +132,7 @@ class AgentPair:
             raise TransportError(f"{role} agent{self._pid(role)} did not answer {phase} within its timeout") from None
         except Closed as exc:
             detail = f": {exc.detail}" if exc.detail else " without answering" if exc.how == "exited" else ""
-            raise TransportError(f"{role} agent{self._pid(role)} {exc.how} during {phase}{detail}") from None
+            raise AgentGone(f"{role} agent{self._pid(role)} {exc.how} during {phase}{detail}") from None
         if isinstance(msg, dict) and "progress" in msg and "ok" not in msg:
             if self.on_progress is not None:
                 self.on_progress(msg["progress"])
@@ -169,25 +169,41 @@ class AgentPair:
                     if msg is None:
                         continue  # a progress report
                     got[role] = msg
+                except AgentGone:
+                    raise  # this agent died: that is the cause
                 except TransportError as exc:
-                    if role == "prefill" and "decode" not in got:
-                        dead = self._dead("decode", 1.0)
+                    # A broken connection on one side is usually the other side dying: lead with that.
+                    other = "decode" if role == "prefill" else "prefill"
+                    if other not in got:
+                        dead = self._dead(other, 1.0)
                         if dead:
-                            raise TransportError(f"{dead}; prefill agent reported: {exc}") from None
-                        raise TransportError(
-                            f"{exc}; the decode agent{self._pid('decode')} had not finished its receive loop"
-                        ) from None
+                            raise AgentGone(f"{dead}; {role} agent reported: {exc}") from None
+                        if role == "prefill":
+                            raise TransportError(
+                                f"{exc}; the decode agent{self._pid('decode')} had not finished its receive loop"
+                            ) from None
                     raise
         return got["prefill"], got["decode"]
 
+    def _link_cause(self) -> str | None:
+        """On the netns fabric, the veth ends that are down (a run over a dead link only times out)."""
+        if self.pair.fabric != "netns":
+            return None
+        from .fabric.netns import links_down
+
+        down = links_down([(h.netns, h.interface) for h in (self.pair.prefill, self.pair.decode)
+                           if h.interface])
+        return "; ".join(down) or None
+
     def _dead(self, role: str, wait_s: float) -> str | None:
-        """A message if the agent died (its channel closed) within wait_s, else None."""
+        """A message if the agent died (its channel closed) within wait_s, else None. An agent
+        that answers, even with its own error, is alive: that error is an effect, not the cause."""
         try:
             self._recv(role, time.monotonic() + wait_s, "the run")
-        except TransportError as exc:
-            if "did not answer" in str(exc):
-                return None
+        except AgentGone as exc:
             return str(exc)
+        except TransportError:
+            return None
         return None
 
     # -- the run --------------------------------------------------------------------------
@@ -221,7 +237,13 @@ class AgentPair:
             psetup = self._recv("prefill", setup_deadline, "setup")
             self._send("decode", {"cmd": "run", "timeout_s": run_timeout})
             self._send("prefill", {"cmd": "run", "timeout_s": run_timeout, "descriptor": dsetup["descriptor"]})
-            pre, dec = self._recv_both(time.monotonic() + run_timeout + RUN_MARGIN_S)
+            try:
+                pre, dec = self._recv_both(time.monotonic() + run_timeout + RUN_MARGIN_S)
+            except TransportError as exc:
+                cause = self._link_cause()
+                if cause:  # over a dead link a run only times out: lead with the link
+                    raise type(exc)(f"{cause}; {exc}") from None
+                raise
             ok = True
         finally:
             if not ok:
@@ -234,6 +256,10 @@ class AgentPair:
             exc.result = result  # type: ignore[attr-defined]
             raise exc
         return result
+
+
+class AgentGone(TransportError):
+    """An agent process died or closed its channel: the first cause of a failed run."""
 
 
 def _reap(pid: int) -> None:
@@ -258,6 +284,11 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
     missing = s["requests"] - int(dec["requests_completed"])
     if missing > 0 and errors == 0 and s["requests_completed"] == s["requests"]:
         errors, first_error = missing, f"{missing} request(s) acknowledged but not complete at the decode side"
+        named = dec.get("missing_pages") or []
+        if named:  # name the pages that never landed, not only the requests they belong to
+            more = int(dec.get("missing_count", len(named))) - len(named)
+            first_error += f"; never placed: {named[0]}" + (f" and {len(named) - 1 + more} more page(s)"
+                                                            if len(named) + more > 1 else "")
     moved = s["bytes"]
 
     def per_gb(key: str) -> dict[str, float | None]:  # an agent's CPU seconds per GB moved, each side

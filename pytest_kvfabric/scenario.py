@@ -17,6 +17,11 @@ ACCESS_PATTERNS = ("layer", "block")
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
 ARRIVALS = ("poisson", "closed")
 PACINGS = ("emulated", "none")
+# Fault injection (--kv-inject / kvfabric run --inject), applied once per run by the decode agent:
+# corrupt: flip a byte inside a placed page; misplace: overwrite a placed page with another one;
+# drop: lose one write (bytes and report); kill: SIGKILL the decode agent; stall: hang it.
+FAULTS = ("corrupt", "misplace", "drop", "kill", "stall")
+INJECT_PARAM = "_inject"  # the transport_params key carrying it; agents strip "_" keys for transports
 
 
 @dataclass(frozen=True)

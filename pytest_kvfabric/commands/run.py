@@ -11,6 +11,7 @@ from ..endpoint.prefill import MAX_INFLIGHT
 from ..progress import Progress, eta_s, human_bytes, human_seconds
 from ..errors import IntegrityError, TransportError
 from ..limits import MAX_TIMEOUT_S
+from ..scenario import FAULTS
 from ._scenario_args import add_scenario_args, float_in, positive_int, scenario_from_args
 
 DEFAULT_GPU = "h100"
@@ -36,6 +37,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", type=positive_int, default=MAX_INFLIGHT,
                    help=f"max writes in flight (default {MAX_INFLIGHT})")
     p.add_argument("--timeout", type=float_in(0, MAX_TIMEOUT_S, exclusive_minimum=True), help="run timeout in seconds (default: derived from the scenario)")
+    p.add_argument("--inject", choices=FAULTS, help="inject one fault to prove the checks catch it "
+                   "(corrupt, misplace, drop: integrity error; kill, stall: transport error); exit 1 expected")
     p.add_argument("--no-verify", action="store_true", help="skip page verification at the decode side")
     p.add_argument("--json", metavar="PATH", help="write the Result as JSON (the README lists the keys)")
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
@@ -170,6 +173,16 @@ def main(args: argparse.Namespace) -> int:
     params = transport_params(args.transport_param, "--transport-param")
     if args.connections:
         params["connections"] = args.connections
+    from ..scenario import INJECT_PARAM
+    from ..transports.registry import check_params
+
+    if args.inject:
+        params[INJECT_PARAM] = args.inject
+    why = check_params([args.transport], params)
+    if why:
+        from ..errors import ProfileError
+
+        raise ProfileError("<cli>", "--transport-param", why)  # exit 2, before any agent starts
     cap = probe(args.transport, params)
     if not cap.available:  # both agents run on this host: its probe decides
         sys.stderr.write(f"kvfabric run: transport {args.transport!r} not available: {cap.reason}\n")

@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from ..fabric.base import remote_source
+from ..scenario import INJECT_PARAM  # fault injection (scenario.FAULTS), --kv-inject
 
 BOOTSTRAP = remote_source("""
 from pytest_kvfabric.endpoint.agent import serve
 serve(channel)
 """)
-
-INJECT_KEY = "_inject"  # test-only transport_params key: "corrupt" | "misplace" | "kill" | "stall"
 
 
 def pack_array(a: np.ndarray) -> dict[str, Any]:
@@ -73,7 +72,7 @@ class _Session:
 
             raise TransportError(f"transport {self.scenario.transport!r} not available: {cap.reason}")
         self.topts = _transport_options(self.scenario, msg["token"])
-        self.inject = dict(self.scenario.transport_params).get(INJECT_KEY)
+        self.inject = dict(self.scenario.transport_params).get(INJECT_PARAM)
         self.keys = pattern.row_keys(self.seed, self.plan.transfers)
         self.pool = None
         self.target = None

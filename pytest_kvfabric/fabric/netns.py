@@ -226,6 +226,31 @@ def link_counters(netns: str | None, ifname: str) -> dict[str, int]:
     return {"rx_bytes": int(stats.get("rx_bytes", 0)), "tx_bytes": int(stats.get("tx_bytes", 0))}
 
 
+def links_down(hosts: list[tuple[str | None, str]]) -> list[str]:
+    """'IF in netns NS is down (...)' for each (netns, ifname) whose link is not up: the cause a
+    timed-out run should lead with. Best effort: an interface that cannot be read is skipped."""
+    from pyroute2 import IPRoute
+
+    down = []
+    for netns, ifname in hosts:
+        try:
+            kw = {"netns": netns} if netns else {}
+            with IPRoute(**kw) as ipr:
+                idx = ipr.link_lookup(ifname=ifname)
+                if not idx:
+                    down.append(f"{ifname} in netns {netns} is gone")
+                    continue
+                link = ipr.get_links(idx[0])[0]
+        except Exception:  # noqa: BLE001 - namespace gone or no permission: say nothing
+            continue
+        admin_up = bool(link["flags"] & 1)  # IFF_UP
+        oper = link.get_attr("IFLA_OPERSTATE") or "UNKNOWN"
+        if not admin_up or oper not in ("UP", "UNKNOWN"):
+            why = "set down" if not admin_up else f"operstate {oper}, carrier lost"
+            down.append(f"link {ifname} in netns {netns or '<root>'} is down ({why})")
+    return down
+
+
 def netns_gateway_spec(netns: str, python: str | None = None, cpus: list[int] | None = None) -> str:
     """execnet spec that starts the interpreter inside `netns` (popen shlex-splits python=),
     on `cpus` only when given (taskset: the agent and everything it starts)."""
