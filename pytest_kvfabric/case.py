@@ -14,6 +14,7 @@ from . import slo as slo_mod
 from .errors import KvFabricError
 from .fabric.base import HostPair
 from .options import Selection
+from .lab import env as lab_env
 from .report import baseline as baseline_mod
 from .scenario import Scenario
 
@@ -213,7 +214,7 @@ def run_case(
         return out
     out.result = result
     out.metrics = json.loads(json.dumps(result.to_dict(), default=_jsonable))
-    out.verdicts = slo_mod.check(scenario.slo, out.metrics)
+    out.verdicts = slo_mod.check(scenario.slo, out.metrics, virtualized=lab_env.virtualized())
     if baseline_metrics is not None and case in baseline_metrics:
         out.changes = baseline_mod.compare_metrics(case, baseline_metrics[case], out.metrics,
                                                    selection.max_regression_pct)

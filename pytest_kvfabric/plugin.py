@@ -507,6 +507,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         r.setdefault("case", r["nodeid"])
     terminalreporter.write_sep("=", "kvfabric KV-transfer summary")
     terminalreporter.write_line(table.render(results))
+    from .lab.env import virtualized, TCG_NOTE
+
+    if virtualized() == "tcg":
+        terminalreporter.write_line(f"kvfabric: {TCG_NOTE}")
     sel = _selection(config)
     baseline = config.stash.get(BASELINE, {})
     if sel.baseline_path:

@@ -116,6 +116,10 @@ def main(args: argparse.Namespace) -> int:
     if result is not None:
         d = result.to_dict()
         print(table(d))
+        from ..lab.env import TCG_NOTE, virtualized
+
+        if virtualized() == "tcg":
+            print(f"kvfabric run: {TCG_NOTE}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(d, f, indent=2, sort_keys=True)
