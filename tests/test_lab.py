@@ -199,3 +199,14 @@ def test_fingerprint_records_virtualized_only_inside_the_lab(monkeypatch):
     assert "virtualized" not in fingerprint.fingerprint()
     monkeypatch.setenv(env.LAB_ENV, "tcg")
     assert fingerprint.fingerprint()["virtualized"] == "tcg"
+
+
+def test_envdiff_names_the_kernel_change_and_tcg():
+    from pytest_kvfabric.report import envdiff
+
+    old = {"kernel": "6.1.0-50-amd64", "virtualized": "tcg", "cpus": 2}
+    new = {"kernel": "6.12.118+deb12-amd64", "virtualized": "tcg", "cpus": 2}
+    lines = envdiff.changes(old, new)
+    assert lines[0] == "kernel: 6.1.0-50-amd64 -> 6.12.118+deb12-amd64" and "TCG" in lines[-1]
+    assert envdiff.changes({"kernel": "a"}, {"kernel": "a"}) == []
+    assert envdiff.changes(None, {"virtualized": "kvm"}) == ["virtualized: - -> kvm"]

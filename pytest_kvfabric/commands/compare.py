@@ -25,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
     old, new = jsonreport.read(args.old), jsonreport.read(args.new)
     cmp = baseline.compare(old, new, args.max_regression)
     print(baseline.render(cmp, args.max_regression))
+    from ..report import envdiff
+
+    for line in envdiff.changes(old.get("environment"), new.get("environment")):
+        print(f"environment changed: {line}")
     if cmp.regressions or (args.fail_on_missing and cmp.only_old):
         return 1
     return 0
