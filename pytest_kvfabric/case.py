@@ -138,7 +138,7 @@ class CaseOutcome:
                 if v is not None:
                     props.append((f"kv_{group}_{k}", v))
         for v in self.verdicts:
-            props.append((f"kv_slo_{v.key}", "pass" if v.passed else "fail"))
+            props.append((f"kv_slo_{v.key}", ("pass" if v.passed else "fail") if v.judged else "not judged"))
         return props
 
 
