@@ -39,3 +39,31 @@ def test_outside_the_lab_the_same_case_fails(pytester, monkeypatch):
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     assert TCG_NOTE not in result.stdout.str()
+
+
+LOOSE = """
+from pytest_kvfabric.scenario import Synthetic
+
+def test_small(kv_run, kv_scenario):
+    kv_run(kv_scenario.replace(synthetic=Synthetic(nbytes=65536, transfers=16, batch=8), pacing="none",
+                               pool_bytes=8 << 20))
+"""
+
+
+def test_kernel_matrix_comparison_names_the_kernel_change(pytester, monkeypatch):
+    import json
+    import platform
+
+    monkeypatch.delenv(LAB_ENV, raising=False)
+    pytester.makepyfile(test_cases=LOOSE)
+    pytester.runpytest("--kv-save-baseline=base.json").assert_outcomes(passed=1)
+    base = json.loads((pytester.path / "base.json").read_text())
+    base["environment"]["kernel"] = "6.1.0-50-amd64"  # as if saved by `kvfabric lab run --kernel ...6.1...`
+    base["environment"]["virtualized"] = "tcg"
+    (pytester.path / "base.json").write_text(json.dumps(base))
+    result = pytester.runpytest("--kv-baseline=base.json", "--kv-max-regression=1000000")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        f"*environment changed since the baseline: kernel: 6.1.0-50-amd64 -> {platform.release()}*",
+        "*environment changed since the baseline: virtualized: tcg -> -*",
+        "*a side ran under TCG*not meaningful*"])
