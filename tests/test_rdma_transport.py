@@ -88,13 +88,12 @@ def build_modules():
         def __init__(self, ctx):
             self.ctx = ctx
 
-    class CompChannel:
+    class CompChannel:  # like pyverbs 44: no `fd` attribute; an eventfd stands for uverbs' fd
         def __init__(self, ctx):
-            self.r, self.w = os.pipe()
-            self.fd = self.r
+            self.r = self.w = os.eventfd(0)
 
         def get_cq_event(self, cq):
-            os.read(self.r, 1)
+            os.eventfd_read(self.r)
 
     class CQ:
         def __init__(self, ctx, cqe, cq_context=None, channel=None, comp_vector=0):
@@ -107,7 +106,7 @@ def build_modules():
             self.q.append(SimpleNamespace(**{**base, **wc}))
             if self.channel is not None and self.armed:
                 self.armed = False
-                os.write(self.channel.w, b"x")
+                os.eventfd_write(self.channel.w, 1)
 
         def poll(self, n=1):
             out = [self.q.popleft() for _ in range(min(n, len(self.q)))]
@@ -260,6 +259,9 @@ LOOP_GID = "0000:0000:0000:0000:0000:ffff:7f00:0001"  # ::ffff:127.0.0.1
 
 @pytest.fixture
 def verbs(monkeypatch, tmp_path):
+    from pytest_kvfabric.transports.rdma import endpoint
+
+    monkeypatch.setattr(endpoint, "CHANNEL_FD_LINK", "anon_inode:[eventfd]")
     for name, mod in build_modules().items():
         monkeypatch.setitem(sys.modules, name, mod)
     root = str(tmp_path / "ib")
@@ -517,3 +519,18 @@ def test_out_of_region_transfer_is_refused_before_posting(verbs):
     finally:
         init.close()
         target.close()
+
+
+def test_channel_fd_is_found_even_when_its_number_was_just_reused(monkeypatch):
+    from pytest_kvfabric.transports.rdma import endpoint
+
+    monkeypatch.setattr(endpoint, "CHANNEL_FD_LINK", "anon_inode:[eventfd]")
+    before = endpoint.fd_links()  # the listing's own fd number is free again afterwards
+    fd = os.eventfd(0)
+    try:
+        assert endpoint.channel_fd(object(), before) == fd
+        assert endpoint.channel_fd(SimpleNamespace(fd=7), before) == 7  # a pyverbs that exposes it
+        with pytest.raises(TransportError, match="cannot tell the completion channel's fd"):
+            endpoint.channel_fd(object(), endpoint.fd_links())  # nothing new
+    finally:
+        os.close(fd)

@@ -9,6 +9,7 @@ import enum
 import importlib
 import ipaddress
 import mmap
+import os
 import random
 import select
 import time
@@ -46,6 +47,35 @@ def hugepage_nbytes() -> int:
     except OSError:
         pass
     return 2 << 20
+
+
+# What /proc/self/fd/N links to for an ibv_comp_channel (an anonymous inode of uverbs).
+CHANNEL_FD_LINK = "anon_inode:[infinibandevent]"
+
+
+def fd_links() -> dict[int, str]:
+    """What each open fd of this process links to (a listing fd itself may be among them)."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+    return out
+
+
+def channel_fd(channel: Any, before: dict[int, str]) -> int:
+    """The completion channel's file descriptor, to wait on it with a timeout. Debian's
+    pyverbs 44 does not expose it (CompChannel has no `fd`), so take the one uverbs event
+    fd that appeared while the channel was created (fd numbers are reused: compare links)."""
+    fd = getattr(channel, "fd", None)
+    if fd is not None:
+        return int(fd)
+    new = [n for n, link in fd_links().items() if link == CHANNEL_FD_LINK and before.get(n) != link]
+    if len(new) != 1:
+        raise TransportError(f"rdma poll=channel: cannot tell the completion channel's fd ({len(new)} new "
+                             f"{CHANNEL_FD_LINK} fds; this pyverbs has no CompChannel.fd); use poll=busy")
+    return new[0]
 
 
 class Verbs:
@@ -152,7 +182,11 @@ class Endpoint:
             self.max_send_wr = depth
             self.pd = v.pd.PD(self.ctx)
             cqe = min(int(dev_attr.max_cqe), opts.qps * (depth + opts.recv_depth) + 16)
-            self.channel = v.cq.CompChannel(self.ctx) if opts.poll == "channel" else None
+            self.channel, self.channel_fd = None, -1
+            if opts.poll == "channel":
+                fds = fd_links()
+                self.channel = v.cq.CompChannel(self.ctx)
+                self.channel_fd = channel_fd(self.channel, fds)
             self.cq = v.cq.CQ(self.ctx, cqe, None, self.channel, 0)
             access = ["IBV_ACCESS_LOCAL_WRITE"] + (["IBV_ACCESS_REMOTE_WRITE"] if remote_write else [])
             self.mr = v.mr.MR(self.pd, len(region), v.flags(access), address=self.base)
@@ -210,7 +244,7 @@ class Endpoint:
             n, wcs = self.cq.poll(64)  # a completion may have raced the arming
             if n:
                 return wcs
-            ready, _, _ = select.select([self.channel.fd], [], [], left)
+            ready, _, _ = select.select([self.channel_fd], [], [], left)
             if ready:
                 self.channel.get_cq_event(self.cq)
                 self.cq.ack_events(1)
