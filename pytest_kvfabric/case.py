@@ -14,6 +14,7 @@ from . import slo as slo_mod
 from .errors import KvFabricError
 from .fabric.base import HostPair
 from .options import Selection
+from .lab import env as lab_env
 from .report import baseline as baseline_mod
 from .scenario import Scenario
 
@@ -154,7 +155,7 @@ class CaseOutcome:
                 if v is not None:
                     props.append((f"kv_{group}_{k}", v))
         for v in self.verdicts:
-            props.append((f"kv_slo_{v.key}", "pass" if v.passed else "fail"))
+            props.append((f"kv_slo_{v.key}", ("pass" if v.passed else "fail") if v.judged else "not judged"))
         return props
 
 
@@ -247,7 +248,7 @@ def run_case(
     out.metrics = median_metrics(runs)
     out.repeats = repeat_figures(runs)
     out.result = result if n == 1 else type(result)(**out.metrics)  # the median run, as a Result
-    out.verdicts = slo_mod.check(scenario.slo, out.metrics)
+    out.verdicts = slo_mod.check(scenario.slo, out.metrics, virtualized=lab_env.virtualized())
     if baseline_samples is not None and case in baseline_samples:
         out.changes = baseline_mod.compare_samples(case, baseline_samples[case], out.repeats,
                                                    selection.thresholds or None)

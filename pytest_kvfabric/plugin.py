@@ -560,6 +560,18 @@ def _build_session_report(config: pytest.Config, exitstatus: int | None) -> dict
     return jsonreport.build(session, env, results)
 
 
+def _write_environment_changes(terminalreporter: Any, baseline_path: str) -> None:
+    """The kernel matrix: say what changed since the baseline (kernel, virtualized, ...)."""
+    from .report import envdiff, fingerprint, jsonreport
+
+    try:
+        old = jsonreport.read(baseline_path).get("environment")
+    except KvFabricError:
+        return  # already reported as a usage error at configure time
+    for line in envdiff.changes(old, fingerprint.fingerprint()):
+        terminalreporter.write_line(f"kvfabric: environment changed since the baseline: {line}")
+
+
 def _interfaces(results: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     """Data-plane interfaces the cases used (reported by the fabric in each record)."""
     seen: dict[tuple[str, str | None], None] = {}
@@ -617,6 +629,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         r.setdefault("case", r["nodeid"])
     terminalreporter.write_sep("=", "kvfabric KV-transfer summary")
     terminalreporter.write_line(table.render(results))
+    from .lab.env import virtualized, TCG_NOTE
+
+    if virtualized() == "tcg":
+        terminalreporter.write_line(f"kvfabric: {TCG_NOTE}")
     sel = _selection(config)
     baseline = config.stash.get(BASELINE, {})
     if sel.baseline_path:
@@ -628,6 +644,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"kvfabric: {len(only_old)} baseline case(s) not run: {', '.join(only_old)}")
         if only_new:
             terminalreporter.write_line(f"kvfabric: {len(only_new)} case(s) not in the baseline: {', '.join(only_new)}")
+        _write_environment_changes(terminalreporter, sel.baseline_path)
     for path in filter(None, (sel.json_path, sel.save_baseline)):
         terminalreporter.write_line(f"kvfabric: JSON report written to {path}")
     html_path = _getter(config)("kv_html")

@@ -223,6 +223,10 @@ def main(args: argparse.Namespace) -> int:
         print(table(d))
         if len(runs) > 1:
             print(repeat_table(runs))
+        from ..lab.env import TCG_NOTE, virtualized
+
+        if virtualized() == "tcg":
+            print(f"kvfabric run: {TCG_NOTE}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(d, f, indent=2, sort_keys=True)

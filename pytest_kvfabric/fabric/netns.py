@@ -35,6 +35,7 @@ from typing import Any
 
 from ..errors import KvFabricError
 from ..transports import ethtool_ioctl
+from ..lab import env as lab_env
 from .alloc import FabricUnavailable
 from .base import Host, HostPair
 
@@ -326,6 +327,21 @@ def _set_offloads(netns: str, ifname: str, offloads: dict[str, bool]) -> None:
         raise KvFabricError(f"offload toggle in netns {netns} failed: {exc.strerror or exc}") from None
 
 
+def rxe_name(ifname: str) -> str:
+    """The soft-RoCE device the lab puts on a veth end (rdma device names are global)."""
+    return f"rxe_{ifname}"[:31]
+
+
+def _add_rxe(netns: str, ifname: str) -> None:
+    """Inside the lab (lab/env.py), each veth end gets an rdma_rxe device, so RoCEv2 packets
+    cross the veth. It goes away with the veth when the namespace is deleted."""
+    res = subprocess.run(["ip", "netns", "exec", netns, "rdma", "link", "add", rxe_name(ifname), "type", "rxe",
+                          "netdev", ifname], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise NetnsUnavailable(f"rdma link add {rxe_name(ifname)} type rxe netdev {ifname} in {netns}: "
+                               f"{(res.stderr or res.stdout).strip() or 'failed'}")
+
+
 def _tbf_params(rate_mbit: float, mtu: int) -> dict[str, Any]:
     # burst must hold at least one MTU-sized frame and ~1 ms at rate (tbf's usual rule of thumb)
     rate_bps = int(rate_mbit * 1_000_000)
@@ -404,6 +420,8 @@ class NetnsPair:
                 if self.rate_mbit is not None:
                     ipr.tc("add", "tbf", index=idx, **_tbf_params(self.rate_mbit, self.mtu))
             _set_offloads(ns, ifname, self.offloads)
+            if lab_env.virtualized():
+                _add_rxe(ns, ifname)
         if self.cpus is not None:
             for ns, ifname, cpus in ((self.ns_prefill, self.if_prefill, self.cpus[0]),
                                      (self.ns_decode, self.if_decode, self.cpus[1])):
@@ -419,6 +437,7 @@ class NetnsPair:
             "veth": [self.if_prefill, self.if_decode],
             "subnet": f"{ADDR_NET}.{self.index}.0/{PREFIXLEN}",
             "cpu_split": {"prefill": self.cpus[0], "decode": self.cpus[1]} if self.cpus else None,
+            "rxe": [rxe_name(self.if_prefill), rxe_name(self.if_decode)] if lab_env.virtualized() else None,
         }
         pcpus, dcpus = self.cpus if self.cpus else (None, None)
         return HostPair(
