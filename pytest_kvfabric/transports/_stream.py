@@ -343,7 +343,7 @@ class StreamTarget(Target):
             ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             ls.settimeout(timeout_s)
             ls.bind((bind_host, int(self.options.get("port", 0))))  # fixed port: a NIC steering rule may match it
-            ls.listen(64)
+            ls.listen(1024)  # a burst of strangers must not fill the queue the initiator needs
         except OSError as exc:
             ls.close()
             raise TransportError(f"{self.transport_name}: cannot listen on {bind_host}: {exc}") from None

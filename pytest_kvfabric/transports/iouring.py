@@ -496,7 +496,7 @@ class IoUringTarget(Target):
     def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
         if self.options.get("zcrx"):
             self._register_zcrx(bind_host)
-        lsock = socket.create_server((bind_host, int(self.options.get("port", 0))))
+        lsock = socket.create_server((bind_host, int(self.options.get("port", 0))), backlog=1024)
         lsock.setblocking(False)
         self._lsock = lsock
         host, port = lsock.getsockname()[:2]
