@@ -89,6 +89,7 @@ class CaseOutcome:
     metrics: dict[str, Any] | None = None
     verdicts: list[slo_mod.Verdict] = field(default_factory=list)
     changes: list[baseline_mod.Change] = field(default_factory=list)
+    repeats: list[dict[str, float]] = field(default_factory=list)  # each repeat's gated figures
     error: str | None = None
     result: Any = None  # the runner's Result object
     interfaces: list[dict[str, Any]] = field(default_factory=list)
@@ -102,6 +103,10 @@ class CaseOutcome:
     def regressed(self) -> bool:
         return any(c.regressed for c in self.changes)
 
+    @property
+    def undecided(self) -> bool:
+        return any(c.undecided for c in self.changes)
+
     def record(self) -> dict[str, Any]:
         """What the JSON report keeps of this case (the plugin adds nodeid and outcome)."""
         sc = self.scenario
@@ -114,6 +119,8 @@ class CaseOutcome:
             "worker": worker_id(),
             "transport_params": dict(sc.transport_params),
             "metrics": self.metrics,
+            "repeats": self.repeats or None,
+            "gate": [c.to_dict() for c in self.changes] or None,
             "verdicts": [
                 {"key": v.key, "metric": v.metric, "measured": v.measured, "threshold": v.threshold,
                  "passed": v.passed, "note": v.note}
@@ -169,9 +176,11 @@ def run_case(
     scenario: Scenario,
     pairs: PairManager,
     selection: Selection,
-    baseline_metrics: Mapping[str, Mapping[str, Any]] | None,
+    baseline_samples: Mapping[str, list[dict[str, float]]] | None,
     case: str,
 ) -> CaseOutcome:
+    """Run the case `selection.repeat` times back to back on this process's pair; judge the
+    median figures against its SLOs and every repeat against the baseline's repeats."""
     out = CaseOutcome(case=case, scenario=scenario)
     if selection.fabric == "local":  # other fabrics probe on the agents' own hosts, below
         reason = probe_reason(scenario.transport, scenario.transport_params)
@@ -201,22 +210,28 @@ def run_case(
     # Remote hosts report their own kernel and NIC (collected on the host through its gateway).
     out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
                              (pair.details.get("fingerprint") or {}).items()}
+    from .report.repeats import median_metrics, repeat_figures
     from .runner import run_scenario
 
-    try:
-        result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
-    except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
-        out.error = f"{type(exc).__name__}: {exc}"
-        partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
-        if partial is not None:
-            out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
-        return out
-    out.result = result
-    out.metrics = json.loads(json.dumps(result.to_dict(), default=_jsonable))
+    n = max(1, selection.repeat)
+    runs: list[dict[str, Any]] = []
+    for i in range(n):
+        try:
+            result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
+        except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
+            out.error = f"{type(exc).__name__}: {exc}" + (f" (repeat {i + 1} of {n})" if n > 1 else "")
+            partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
+            if partial is not None:
+                out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
+            return out
+        runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))
+    out.metrics = median_metrics(runs)
+    out.repeats = repeat_figures(runs)
+    out.result = result if n == 1 else type(result)(**out.metrics)  # the median run, as a Result
     out.verdicts = slo_mod.check(scenario.slo, out.metrics)
-    if baseline_metrics is not None and case in baseline_metrics:
-        out.changes = baseline_mod.compare_metrics(case, baseline_metrics[case], out.metrics,
-                                                   selection.max_regression_pct)
+    if baseline_samples is not None and case in baseline_samples:
+        out.changes = baseline_mod.compare_samples(case, baseline_samples[case], out.repeats,
+                                                   selection.thresholds or None)
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 from .errors import KvFabricError
 
 # Order = order in --help. A module that is missing (not yet written) is skipped.
-COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare")
+COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare", "report", "lab")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +45,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `kvfabric plan | head -1`: the reader left; leave quietly, as cat does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by the pipe
+
+
+def _silence_stdout() -> None:
+    # Python would flush stdout again at exit and print a second BrokenPipeError: point it at /dev/null.
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

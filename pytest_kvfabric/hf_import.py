@@ -7,7 +7,6 @@ Covers llama/qwen/mistral-style GQA/MHA, deepseek_v3/kimi_k2-style MLA, and MoE 
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,7 +14,8 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ProfileError
-from .profile_schema import json_type_name
+from .limits import MAX_LAYERS, MAX_MODEL_DIM
+from .profile_schema import json_type_name, parse_json_text, read_text
 from .profiles import ModelProfile
 
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
@@ -32,7 +32,8 @@ class _Config:
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
 
-    def int(self, key: str, default: int | None = None, minimum: int = 1) -> int:
+    def int(self, key: str, default: int | None = None, minimum: int = 1,
+            maximum: int = MAX_MODEL_DIM) -> int:
         value = self.data.get(key)
         if value is None:
             if default is None:
@@ -43,6 +44,8 @@ class _Config:
                                f"expected integer, got {json_type_name(value)} {value!r}")
         if value < minimum:
             raise ProfileError(self.source, key, f"must be >= {minimum}, got {value}")
+        if value > maximum:  # bounded before any per-layer list is built from it
+            raise ProfileError(self.source, key, f"must be <= {maximum:,}, got {value:,}")
         return value
 
     def first_int(self, keys: tuple[str, ...], default: int | None = None, minimum: int = 1) -> int:
@@ -89,7 +92,7 @@ def _sliding_window(cfg: _Config, layers: int) -> dict[str, Any] | None:
     if "use_sliding_window" in cfg.data:  # Qwen2/3 style: opt-in, from layer max_window_layers on
         if not cfg.data["use_sliding_window"]:
             return None
-        first = cfg.int("max_window_layers", default=0, minimum=0)
+        first = cfg.int("max_window_layers", default=0, minimum=0, maximum=MAX_LAYERS)
         sliding = list(range(first, layers))
     else:  # Mistral style: a non-null window applies to every layer
         sliding = list(range(layers))
@@ -136,7 +139,7 @@ def profile_from_hf_config(config: Mapping[str, Any], model_id: str | None = Non
         raise ProfileError(source, "", f"expected a JSON object, got {json_type_name(config)}")
     name_or_path = str(config.get("_name_or_path") or "")
     cfg = _Config(_text_config(config), source)
-    layers = cfg.int("num_hidden_layers")
+    layers = cfg.int("num_hidden_layers", maximum=MAX_LAYERS)
     hidden = cfg.int("hidden_size")
     heads = cfg.int("num_attention_heads")
     ffn_size = cfg.int("intermediate_size")
@@ -219,17 +222,7 @@ def _default_id(path: Path, config: Mapping[str, Any]) -> str:
 
 def read_config(path: str | Path) -> dict[str, Any]:
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(source, "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(source, "", f"cannot read file: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProfileError(source, "", f"file is not valid JSON: {exc.msg} at line {exc.lineno}, "
-                           f"column {exc.colno}") from None
+    data = parse_json_text(read_text(path, "JSON"), source)
     if not isinstance(data, dict):
         raise ProfileError(source, "", f"expected a JSON object, got {json_type_name(data)}")
     return data

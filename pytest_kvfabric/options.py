@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import KvFabricError, ProfileError
+from .limits import MAX_POOL_MIB, MAX_REGRESSION_PCT, MAX_SEED, MAX_TIMEOUT_S, check_number
+from .outpath import check_output_path
 from .profiles import GpuProfile, ModelProfile
 
 FABRICS = ("local", "netns", "hosts")
 PACINGS = ("emulated", "none")
 ON_COPY = ("fail", "skip")
+MAX_REPEAT = 1000
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,11 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-slo", "SLO threshold KEY=VALUE, overrides suites and markers (repeatable)", "KEY=VALUE", append=True),
     Opt("--kv-seed", "seed for workloads and page patterns (default: the suite's, else 0)", "N"),
     Opt("--kv-json", "write the session's JSON report here", "PATH"),
+    Opt("--kv-html", "write a self-contained HTML report (figures embedded) here, beside --kv-json", "PATH"),
     Opt("--kv-baseline", "fail cases that regressed against this earlier JSON report", "PATH"),
-    Opt("--kv-max-regression", "allowed throughput/latency regression vs the baseline, percent (default 5)", "PERCENT"),
+    Opt("--kv-max-regression", "allowed regression vs the baseline in percent: one number for every gated metric "
+        "and/or METRIC=PCT items, e.g. throughput=5,latency_p99=10 (defaults per metric: README, gating an upgrade)",
+        "PCT|METRIC=PCT,..."),
     Opt("--kv-save-baseline", "also write the JSON report here, to serve as a later baseline", "PATH"),
     Opt("--kv-profiles", "extra profile directory, searched before the shipped ones (repeatable)", "DIR", append=True),
     Opt("--kv-pool-mib", "emulated HBM pool per agent in MiB (overrides suites; default 64)", "MIB"),
@@ -59,6 +65,10 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-netns-mtu", "MTU of the namespace veth pair (default 9000)", "N"),
     Opt("--kv-netns-rate-mbit", "shape the veth to this rate (tbf) to emulate a slower NIC", "MBIT"),
     Opt("--kv-netns-offloads", "veth offload toggles, e.g. gro=off,tso=on", "LIST"),
+    Opt("--kv-repeat", "run each case N times on its pair; reports keep every repeat, the gate judges "
+        "all of them (default 1; 5 or more for a gate that can decide)", "N"),
+    Opt("--kv-gate-undecided", "what a baseline verdict of 'undecided' (noise wider than the threshold) does: "
+        "pass (default, reported) or fail", "pass|fail"),
     Opt("--kv-netns-cpu-split", "on: each namespace gets half the CPUs, for its agent and its receive "
         "processing, as two hosts would (default off)", "on|off"),
 )
@@ -85,6 +95,9 @@ class Selection:
     transport_params: Mapping[str, Any] = field(default_factory=dict)
     on_copy: str = "fail"
     netns: Mapping[str, Any] = field(default_factory=dict)
+    repeat: int = 1  # --kv-repeat
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # --kv-max-regression, per gated metric
+    gate_undecided: str = "pass"
 
     def header(self) -> str:
         models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
@@ -96,13 +109,16 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def _number(name: str, text: Any, kind: Callable[[Any], Any], minimum: float | None = None) -> Any:
+def _number(name: str, text: Any, kind: Callable[[Any], Any], minimum: float | None = None,
+            maximum: float | None = None) -> Any:
+    """A typed option value; NaN, infinity and out-of-range values are refused naming the flag."""
     try:
         value = kind(text)
-    except (TypeError, ValueError):
-        raise ProfileError("<options>", name, f"expected {kind.__name__}, got {text!r}") from None
-    if minimum is not None and value < minimum:
-        raise ProfileError("<options>", name, f"must be >= {minimum}, got {text!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise ProfileError("<options>", name, f"expected {kind.__name__}, got {str(text)[:40]!r}") from None
+    why = check_number(value, minimum, maximum)
+    if why:
+        raise ProfileError("<options>", name, why)
     return value
 
 
@@ -169,34 +185,50 @@ def resolve(get: Callable[[str], Any]) -> Selection:
 
     slo = slo_mod.parse_assignments(list(get("kv_slo") or ()))
     seed = get("kv_seed")
-    seed = None if seed in (None, "") else _number("--kv-seed", seed, int, 0)
-    max_reg = get("kv_max_regression")
-    max_reg = 5.0 if max_reg in (None, "") else _number("--kv-max-regression", max_reg, float, 0)
+    seed = None if seed in (None, "") else _number("--kv-seed", seed, int, 0, MAX_SEED)
+    from .report.gate_metrics import parse_thresholds
+
+    thresholds = parse_thresholds(get("kv_max_regression"), "--kv-max-regression")
+    max_reg = thresholds["throughput"]
+    repeat = get("kv_repeat")
+    repeat = 1 if repeat in (None, "") else _number("--kv-repeat", repeat, int, 1)
+    if repeat > MAX_REPEAT:  # every repeat is a full run: keep a typo from running for days
+        raise ProfileError("--kv-repeat", str(repeat), f"must be <= {MAX_REPEAT}")
+    gate_undecided = get("kv_gate_undecided") or "pass"
+    if gate_undecided not in ("pass", "fail"):
+        raise ProfileError("--kv-gate-undecided", gate_undecided, "valid: pass, fail")
     baseline = get("kv_baseline")
     if baseline and not Path(baseline).is_file():
         raise ProfileError("--kv-baseline", baseline, "no such file")
     pool = get("kv_pool_mib")
-    pool = None if pool in (None, "") else _number("--kv-pool-mib", pool, float, 1)
+    pool = None if pool in (None, "") else _number("--kv-pool-mib", pool, float, 1, MAX_POOL_MIB)
     pacing = get("kv_pacing") or None
     if pacing and pacing not in PACINGS:
         raise ProfileError("--kv-pacing", pacing, f"valid: {', '.join(PACINGS)}")
     timeout = get("kv_timeout")
-    timeout = None if timeout in (None, "") else _number("--kv-timeout", timeout, float, 0.1)
+    timeout = None if timeout in (None, "") else _number("--kv-timeout", timeout, float, 0.1, MAX_TIMEOUT_S)
     on_copy = get("kv_on_copy") or "fail"
     if on_copy not in ON_COPY:
         raise ProfileError("--kv-on-copy", on_copy, f"valid: {', '.join(ON_COPY)}")
 
+    for dest in ("kv_json", "kv_save_baseline"):  # checked now, not after every test has run
+        if get(dest):
+            check_output_path(str(get(dest)), f"--{dest.replace('_', '-')}")
+
     params = transport_params(list(get("kv_transport_param") or ()), "--kv-transport-param")
-    for dest, key, kind in (("kv_rdma_device", "device", str), ("kv_rdma_gid_index", "gid_index", int),
-                            ("kv_rdma_tc", "traffic_class", int)):
+    # (dest, param, type, min, max): GID table index < 256 per port; traffic class is one byte
+    for dest, key, kind, lo, hi in (("kv_rdma_device", "device", str, None, None),
+                                    ("kv_rdma_gid_index", "gid_index", int, 0, 255),
+                                    ("kv_rdma_tc", "traffic_class", int, 0, 255)):
         if get(dest) not in (None, ""):
-            params[key] = _number(f"--{dest.replace('_', '-')}", get(dest), kind)
+            params[key] = _number(f"--{dest.replace('_', '-')}", get(dest), kind, lo, hi)
 
     netns: dict[str, Any] = {}
     if get("kv_netns_mtu") not in (None, ""):
-        netns["mtu"] = _number("--kv-netns-mtu", get("kv_netns_mtu"), int, 68)
+        # veth takes 68..65535 (ETH_MIN_MTU..ETH_MAX_MTU); the kernel would refuse mid-setup
+        netns["mtu"] = _number("--kv-netns-mtu", get("kv_netns_mtu"), int, 68, 65535)
     if get("kv_netns_rate_mbit") not in (None, ""):
-        netns["rate_mbit"] = _number("--kv-netns-rate-mbit", get("kv_netns_rate_mbit"), float, 0.001)
+        netns["rate_mbit"] = _number("--kv-netns-rate-mbit", get("kv_netns_rate_mbit"), float, 0.001, 1e7)
     if get("kv_netns_offloads"):
         offloads = {}
         for item in _split(get("kv_netns_offloads")):
@@ -231,6 +263,9 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         transport_params=params,
         on_copy=on_copy,
         netns=netns,
+        repeat=repeat,
+        thresholds=thresholds,
+        gate_undecided=gate_undecided,
     )
 
 

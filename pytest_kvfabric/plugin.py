@@ -20,8 +20,11 @@ from .options import OPTIONS, Selection, resolve
 
 SELECTION = pytest.StashKey[Selection]()
 PAIRS = pytest.StashKey[case_mod.PairManager]()
-BASELINE = pytest.StashKey[dict]()
+BASELINE = pytest.StashKey[dict]()  # case id -> the baseline's samples (report.baseline.case_samples)
+BASELINE_REPORT = pytest.StashKey[dict]()
+SESSION_REPORT = pytest.StashKey[dict]()  # built once at session end, for the JSON files and the summary
 RESULTS = pytest.StashKey[dict]()
+HTML_ERROR = pytest.StashKey[str]()
 PROP = "kvfabric"  # user_properties key carrying a case's JSON record
 
 
@@ -101,7 +104,8 @@ def pytest_configure(config: pytest.Config) -> None:
         from .report import baseline, jsonreport
 
         try:
-            config.stash[BASELINE] = baseline.case_metrics(jsonreport.read(sel.baseline_path))
+            config.stash[BASELINE_REPORT] = jsonreport.read(sel.baseline_path)
+            config.stash[BASELINE] = baseline.case_samples(config.stash[BASELINE_REPORT])
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: --kv-baseline: {exc}") from None
 
@@ -298,11 +302,11 @@ def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str,
         if zero_copy_only and sel.on_copy == "skip":
             pytest.skip("zero-copy required but " + "; ".join(v.note for v in outcome.verdicts if not v.passed))
         failures.append("SLO missed:\n" + slo_mod.failure_table(outcome.verdicts))
-    if outcome.regressed:
-        from .report.baseline import Comparison, render
+    if outcome.regressed or (sel.gate_undecided == "fail" and outcome.undecided):
+        from .report.baseline import render_changes
 
-        failures.append(f"regressed against baseline {sel.baseline_path}:\n"
-                        + render(Comparison(tuple(outcome.changes), (), ()), sel.max_regression_pct))
+        what = "regressed" if outcome.regressed else "undecided (--kv-gate-undecided=fail)"
+        failures.append(f"{what} against baseline {sel.baseline_path}:\n" + render_changes(outcome.changes))
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)
     return outcome.result
@@ -442,6 +446,13 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def _session_report(config: pytest.Config, exitstatus: int | None) -> dict[str, Any]:
+    cached = config.stash.get(SESSION_REPORT, None)
+    if cached is None:
+        cached = config.stash[SESSION_REPORT] = _build_session_report(config, exitstatus)
+    return cached
+
+
+def _build_session_report(config: pytest.Config, exitstatus: int | None) -> dict[str, Any]:
     from .report import fingerprint, jsonreport
 
     sel = _selection(config)
@@ -458,8 +469,11 @@ def _session_report(config: pytest.Config, exitstatus: int | None) -> dict[str, 
         "seed": sel.seed,
         "args": [str(a) for a in config.invocation_params.args],
         "exitstatus": None if exitstatus is None else int(exitstatus),
-        "baseline": {"path": sel.baseline_path, "max_regression_pct": sel.max_regression_pct}
+        "baseline": {"path": sel.baseline_path, "max_regression_pct": sel.max_regression_pct,
+                     "thresholds_pct": dict(sel.thresholds), "undecided": sel.gate_undecided}
         if sel.baseline_path else None,
+        "repeat": sel.repeat,
+        "netns": {k: v for k, v in sel.netns.items()} if sel.fabric == "netns" else None,
     }
     return jsonreport.build(session, env, results)
 
@@ -486,13 +500,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_worker(config):
         return
     sel = _selection(config)
-    if not (sel.json_path or sel.save_baseline):
+    html_path = _getter(config)("kv_html")
+    if not (sel.json_path or sel.save_baseline or html_path):
         return
     from .report import jsonreport
 
     report = _session_report(config, exitstatus)
     for path in filter(None, (sel.json_path, sel.save_baseline)):
         jsonreport.write(path, report)
+    if html_path:
+        _write_html(config, html_path, report, sel.baseline_path)
+
+
+def _write_html(config: pytest.Config, path: str, report: dict[str, Any], baseline_path: str | None) -> None:
+    """The HTML report of this session (and its baseline, when one was given)."""
+    from .report import htmlfile
+
+    try:
+        base = [htmlfile.load(baseline_path)] if baseline_path else []
+        htmlfile.write(path, [htmlfile.from_session(report)], base)
+    except (OSError, KvFabricError) as exc:
+        config.stash[HTML_ERROR] = f"kvfabric: HTML report not written to {path}: {exc}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -510,6 +538,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     sel = _selection(config)
     baseline = config.stash.get(BASELINE, {})
     if sel.baseline_path:
+        _gate_summary(terminalreporter, config, exitstatus, results)
         ran = {r["case"] for r in results if r.get("metrics")}
         only_old = sorted(set(baseline) - ran)
         only_new = sorted(ran - set(baseline))
@@ -519,3 +548,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"kvfabric: {len(only_new)} case(s) not in the baseline: {', '.join(only_new)}")
     for path in filter(None, (sel.json_path, sel.save_baseline)):
         terminalreporter.write_line(f"kvfabric: JSON report written to {path}")
+    html_path = _getter(config)("kv_html")
+    if html_path:
+        terminalreporter.write_line(config.stash.get(HTML_ERROR, None) or f"kvfabric: HTML report written to {html_path}")
+
+
+def _gate_summary(terminalreporter, config: pytest.Config, exitstatus: int, results: list[dict[str, Any]]) -> None:
+    """Above the verdicts, what changed in the environment; then every case's metric verdicts."""
+    from .report import baseline, fpdiff
+
+    terminalreporter.write_sep("-", "kvfabric baseline gate")
+    terminalreporter.write_line(fpdiff.render(fpdiff.diff(config.stash[BASELINE_REPORT],
+                                                          _session_report(config, exitstatus))))
+    changes = [baseline.Change.from_dict(c) for r in sorted(results, key=lambda r: r["case"])
+               for c in r.get("gate") or ()]
+    if changes:
+        cmp = baseline.Comparison(tuple(changes), (), ())
+        terminalreporter.write_line(baseline.render_changes(changes))
+        terminalreporter.write_line(f"kvfabric: {baseline.summary_line(cmp)}; undecided "
+                                    + ("fails (--kv-gate-undecided=fail)" if _selection(config).gate_undecided == "fail"
+                                       else "passes (--kv-gate-undecided=pass)"))

@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from .errors import ProfileError
+from .limits import MAX_DEPTH, MAX_INPUT_BYTES, finite_reason
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
@@ -40,13 +41,30 @@ def format_path(parts: Iterable[Any]) -> str:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one),
+    non-scalar keys, and nesting deeper than MAX_DEPTH (the composer recurses per level)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     loader.flatten_mapping(node)
     seen: dict[Any, Any] = {}
     for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value, not a list or mapping", key_node.start_mark)
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -58,9 +76,31 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def check_plain_data(data: Any, source: str) -> None:
+    """Refuse what a schema cannot see: NaN/infinity anywhere and nesting deeper than MAX_DEPTH.
+    Iterative, and each container is visited once (YAML aliases share objects), so it is linear."""
+    stack: list[tuple[Any, list[Any]]] = [(data, [])]
+    seen: set[int] = set()
+    while stack:
+        value, path = stack.pop()
+        why = finite_reason(value)
+        if why:
+            raise ProfileError(source, format_path(path), why)
+        if isinstance(value, (dict, list)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if len(path) >= MAX_DEPTH:
+                raise ProfileError(source, format_path(path), f"nested deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, path + [k]) for k, v in items)
+
+
 def parse_yaml_text(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
+    except RecursionError:  # a parser frame deeper than our compose bound (should not happen)
+        raise ProfileError(source, "", f"file is not valid YAML: nested deeper than {MAX_DEPTH} levels") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -68,22 +108,52 @@ def parse_yaml_text(text: str, source: str) -> Any:
         raise ProfileError(source, "", f"file is not valid YAML: {problem}{where}") from None
     except yaml.YAMLError as exc:
         raise ProfileError(source, "", f"file is not valid YAML: {exc}") from None
+    check_plain_data(data, source)
+    return data
+
+
+def read_text(path: str | Path, what: str = "YAML", max_bytes: int = MAX_INPUT_BYTES) -> str:
+    """A UTF-8 input file of at most max_bytes; every problem is ProfileError(path, '', reason)."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ProfileError(source, "", "file not found") from None
+    except IsADirectoryError:
+        raise ProfileError(source, "", f"is a directory, expected a {what} file") from None
+    except OSError as exc:
+        raise ProfileError(source, "", f"cannot read file: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:
+        raise ProfileError(source, "", f"file is larger than {max_bytes >> 20} MiB; not a {what} input")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(source, "", f"file is not valid {what}: not UTF-8 text ({exc.reason} "
+                                       f"at byte {exc.start})") from None
+
+
+def parse_json_text(text: str, source: str) -> Any:
+    """json.loads that refuses NaN/Infinity literals and deep nesting with one ProfileError."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a finite number")
+
+    try:
+        data = json.loads(text, parse_constant=no_constant)
+    except RecursionError:
+        raise ProfileError(source, "", f"file is not valid JSON: nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise ProfileError(source, "", f"file is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                                       f"column {exc.colno}") from None
+    except ValueError as exc:
+        raise ProfileError(source, "", f"file is not valid JSON: {exc}") from None
+    check_plain_data(data, source)
+    return data
 
 
 def read_yaml(path: str | Path) -> Any:
     """Parse one YAML file; I/O and syntax problems become ProfileError(path, '', reason)."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError(source, "", "file not found") from None
-    except IsADirectoryError:
-        raise ProfileError(source, "", "is a directory, expected a YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise ProfileError(source, "", f"file is not valid YAML: not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise ProfileError(source, "", f"cannot read file: {exc.strerror or exc}") from None
-    return parse_yaml_text(text, source)
+    return parse_yaml_text(read_text(path), str(path))
 
 
 def _is_strict_int(checker: Any, instance: Any) -> bool:
@@ -168,6 +238,7 @@ def validate(data: Any, schema_name: str, source: str) -> None:
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"{json_type_name(data)} {_show(data)}"
         raise ProfileError(source, "", f"expected a mapping of fields at the top level, got {got}")
+    check_plain_data(data, source)  # dicts built in code (markers, HF import) get the same checks
     errors = list(_validator(schema_name).iter_errors(data))
     if not errors:
         return

@@ -43,6 +43,10 @@ class Result:
     ttft_met_fraction: float | None = None
     notifications: int = 0  # per-request notifications the decode side received from its transport
     pacing: str = "emulated"
+    # Compact distributions for plots and the HTML report (README: `kvfabric run` JSON keys).
+    latency_hist_us: dict[str, Any] | None = None  # log-spaced histogram of write latency (histogram.py)
+    exposed_ms_requests: dict[str, Any] = field(default_factory=dict)  # {stride, values}: per completed request
+    timeline: dict[str, Any] | None = None  # one request's layers: ready vs posted/completed/placed
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (keys documented in the README, `kvfabric run` section; stable across releases)."""

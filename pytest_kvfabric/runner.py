@@ -24,12 +24,15 @@ from .endpoint.agent import BOOTSTRAP, unpack_array
 from .errors import IntegrityError, KvFabricError, ProtocolError, TransportError
 from .fabric.base import HostPair
 from .fabric.mailbox import Closed, Mailbox, Timeout
+from .lab.env import time_scale
 from .result import Result
 from .scenario import Scenario
 
-SETUP_MARGIN_S = 30.0  # agent start, plan rebuild, pool allocation and fill
-RUN_MARGIN_S = 10.0
-FLOOR_BYTES_PER_S = 100e6  # timeouts assume at least 100 MB/s, so a slow path is not a hang
+# Margins grow by the lab's time scale inside an emulated VM (lab/env.py), 1 elsewhere.
+SETUP_MARGIN_S = 30.0 * time_scale()  # agent start, plan rebuild, pool allocation and fill
+RUN_MARGIN_S = 10.0 * time_scale()
+FLOOR_BYTES_PER_S = 100e6 / time_scale()  # timeouts assume at least 100 MB/s, so a slow path is not a hang
+SHARED_CLOCK_FABRICS = ("local", "netns")  # both agents read one kernel's CLOCK_MONOTONIC
 _ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
 
 
@@ -220,6 +223,8 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
                   dsetup: dict[str, Any], pre: dict[str, Any], dec: dict[str, Any]) -> Result:
     m = {k: unpack_array(pre[k]) for k in ("post_ns", "done_ns", "req_arrival_ns", "req_start_ns", "req_done_ns",
                                            "post_call_ns")}
+    if pair.fabric in SHARED_CLOCK_FABRICS and "placed_by_layer_ns" in dec:
+        m["placed_by_layer_ns"] = unpack_array(dec["placed_by_layer_ns"])
     budget = scenario.slo.get("ttft_budget_ms") if scenario.slo else None
     s = stats.summarize(plan.transfers, plan.requests, m, scenario.pacing, budget)
     # Integrity: the decode side verified pages; bytes it never received count as missing.

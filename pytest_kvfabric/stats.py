@@ -11,6 +11,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .histogram import log_histogram
+
 QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 
 
@@ -45,6 +47,79 @@ def cpu_s_per_gb(cpu_s: float | None, nbytes: int) -> float | None:
     if cpu_s is None or nbytes <= 0:
         return None
     return cpu_s / (nbytes / 1e9)
+
+
+MAX_REQUEST_SAMPLES = 1000  # per-request exposed times kept in a report (evenly strided beyond)
+
+
+def timeline_request(requests: np.ndarray) -> int | None:
+    """The request whose timeline a report keeps: the last one with writes (it waited behind
+    every earlier one, so it shows queueing when there is any). Both agents pick the same."""
+    idx = np.flatnonzero(requests["count"] > 0)
+    return int(idx[-1]) if len(idx) else None
+
+
+def per_layer(layers: np.ndarray, values: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """(layer ids, min or max of values per layer), ignoring values <= 0 (never happened)."""
+    ids = np.unique(layers)
+    out = np.zeros(len(ids), np.int64)
+    pos = np.searchsorted(ids, layers)
+    ok = values > 0
+    if how == "max":
+        np.maximum.at(out, pos[ok], values[ok])
+    else:
+        big = np.iinfo(np.int64).max
+        out[:] = big
+        np.minimum.at(out, pos[ok], values[ok])
+        out[out == big] = 0
+    return ids, out
+
+
+def timeline(transfers: np.ndarray, requests: np.ndarray, m: Mapping[str, np.ndarray], req: int | None,
+             placed_by_layer_ns: np.ndarray | None = None) -> dict[str, Any] | None:
+    """One request's layers: when each was ready (emulated) against when its writes were posted
+    and completed (ms since the request's prefill started, prefill clock). `placed_ms` (when the
+    decode side placed the layer's last byte) only where both agents read one clock."""
+    if req is None:
+        return None
+    start = int(m["req_start_ns"][req])
+    if start <= 0:
+        return None
+    f, c = int(requests["first"][req]), int(requests["count"][req])
+    rows = transfers[f:f + c]
+    layers = rows["layer"].astype(np.int64)
+    post = np.asarray(m["post_ns"][f:f + c], np.int64)
+    done = np.asarray(m["done_ns"][f:f + c], np.int64)
+
+    def rel(v: np.ndarray) -> list[float | None]:
+        return [None if x <= 0 else round((int(x) - start) / 1e6, 4) for x in v]
+
+    ids, ready = per_layer(layers, rows["ready_ns"].astype(np.int64) + start, "max")
+    _, first_post = per_layer(layers, post, "min")
+    _, last_post = per_layer(layers, post, "max")
+    _, last_done = per_layer(layers, done, "max")
+    nbytes = np.bincount(np.searchsorted(ids, layers), weights=rows["nbytes"].astype(np.float64), minlength=len(ids))
+    out: dict[str, Any] = {
+        "request": req,
+        "arrival_ms": round((int(m["req_arrival_ns"][req]) - start) / 1e6, 4),
+        "prefill_ms": round(int(requests["prefill_ns"][req]) / 1e6, 4),
+        "done_ms": rel(np.asarray([m["req_done_ns"][req]]))[0],
+        "layers": ids.tolist(),
+        "bytes": nbytes.astype(np.int64).tolist(),
+        "ready_ms": rel(ready),
+        "first_post_ms": rel(first_post),
+        "last_post_ms": rel(last_post),
+        "last_done_ms": rel(last_done),
+    }
+    if placed_by_layer_ns is not None and len(placed_by_layer_ns) == len(ids):
+        out["placed_ms"] = rel(np.asarray(placed_by_layer_ns, np.int64))
+    return out
+
+
+def strided(values: np.ndarray, limit: int = MAX_REQUEST_SAMPLES) -> dict[str, Any]:
+    """Every `stride`-th value (stride 1 up to `limit` values), rounded to 1 µs when in ms."""
+    stride = max(1, -(-len(values) // limit))
+    return {"stride": stride, "values": [round(float(v), 3) for v in values[::stride]]}
 
 
 def summarize(
@@ -103,6 +178,7 @@ def summarize(
     else:
         lateness_us = np.zeros(0)  # pacing none has no ready times to be late against
 
+    req = timeline_request(requests)
     ttft_met = None
     if ttft_budget_ms is not None and len(idx):
         ttft_met = float((ttft_ms <= float(ttft_budget_ms)).mean())
@@ -124,4 +200,8 @@ def summarize(
         "post_lateness_us": percentiles(lateness_us, ("p50", "p99", "max")),
         "post_call_us": percentiles(np.asarray(m.get("post_call_ns", ()), np.float64) / 1e3, ("p50", "p99", "max")),
         "ttft_met_fraction": ttft_met,
+        # Compact distributions for plots (README: "JSON ... keys"): exact to a bucket / a request.
+        "latency_hist_us": log_histogram(latency_us),
+        "exposed_ms_requests": strided(exposed_ms),
+        "timeline": timeline(transfers, requests, m, req, m.get("placed_by_layer_ns")),
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from pytest_kvfabric.cli import main
 from pytest_kvfabric.transports.registry import probe
 
@@ -75,3 +77,20 @@ def test_unavailable_transport_exits_1_with_reason(capsys):
     assert rc == 1
     err = capsys.readouterr().err.strip()
     assert "not available" in err and len(err.splitlines()) == 1
+
+
+def test_repeat_writes_medians_and_every_run(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["run", *SMALL, "--transport", "tcp", "--repeat", "3", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert len(d["repeats"]) == 3 and all(r["integrity"]["errors"] == 0 for r in d["repeats"])
+    tps = sorted(r["throughput_gbps"] for r in d["repeats"])
+    assert d["throughput_gbps"] == tps[1]  # the median of three
+    text = capsys.readouterr().out
+    assert "over 3 repeats" in text and "throughput Gb/s" in text and "95% CI" in text
+
+
+def test_repeat_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", *SMALL, "--transport", "tcp", "--repeat", "0"])
+    assert exc.value.code == 2 and "--repeat" in capsys.readouterr().err

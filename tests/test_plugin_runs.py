@@ -35,8 +35,11 @@ def _properties(xml_path) -> dict[str, dict[str, str]]:
 
 def test_same_scenario_passes_or_fails_on_its_threshold_and_junit_carries_metrics(pytester):
     pytester.makepyfile(test_cases=CASES)
+    pytester.makeini("[pytest]\nkv_html = page.html\n")  # the ini key of --kv-html
     result = pytester.runpytest("--junitxml=out.xml", "--kv-json=report.json")
     result.assert_outcomes(passed=1, failed=1)
+    assert "<img" in (pytester.path / "page.html").read_text()
+    result.stdout.fnmatch_lines(["*HTML report written to page.html*"])
     result.stdout.fnmatch_lines(["*SLO missed:*", "*throughput*>= 1e+06 Gb/s*FAIL*"])
     props = _properties(pytester.path / "out.xml")
     loose, strict = props["test_loose[llama3.1-8b-tcp]"], props["test_strict[llama3.1-8b-tcp]"]
@@ -56,8 +59,10 @@ def test_same_scenario_passes_or_fails_on_its_threshold_and_junit_carries_metric
 
 def test_under_xdist_the_controller_writes_one_report_and_junit_has_metrics(pytester):
     pytester.makepyfile(test_cases=CASES)
-    result = pytester.runpytest("-n", "2", "--junitxml=out.xml", "--kv-json=report.json")
+    result = pytester.runpytest("-n", "2", "--junitxml=out.xml", "--kv-json=report.json", "--kv-html=out/r.html")
     result.assert_outcomes(passed=1, failed=1)
+    page = (pytester.path / "out" / "r.html").read_text()  # written once, by the controller
+    assert page.count("test_loose[llama3.1-8b-tcp]") >= 1 and "test_strict" in page
     props = _properties(pytester.path / "out.xml")
     assert float(props["test_loose[llama3.1-8b-tcp]"]["kv_throughput_gbps"]) > 0
     report = jsonreport.read(pytester.path / "report.json")
@@ -68,17 +73,18 @@ def test_under_xdist_the_controller_writes_one_report_and_junit_has_metrics(pyte
 
 def test_baseline_gate_fails_an_injected_regression_and_passes_without(pytester):
     pytester.makepyfile(test_cases=CASES.split("@pytest.mark.kv_slo(min_throughput_gbps=1000000)")[0])
-    first = pytester.runpytest("--kv-save-baseline=base.json")
+    first = pytester.runpytest("--kv-save-baseline=base.json", "--kv-repeat=3")
     first.assert_outcomes(passed=1)
     base = json.loads((pytester.path / "base.json").read_text())
     # Unchanged baseline: the same host and code do not regress by 10x (noise stays far below).
     again = pytester.runpytest("--kv-baseline=base.json", "--kv-max-regression=900")
     again.assert_outcomes(passed=1)
-    # Inject a regression: pretend the baseline was 100x faster.
+    # Inject a regression: pretend the baseline was 100x faster (5 repeats: 5 vs 3 can decide).
     for r in base["results"]:
         r["metrics"]["throughput_gbps"] *= 100
+        r["repeats"] = [{**rep, "throughput_gbps": rep["throughput_gbps"] * 100} for rep in r["repeats"] * 2][:5]
     (pytester.path / "fast-base.json").write_text(json.dumps(base))
-    gated = pytester.runpytest("--kv-baseline=fast-base.json", "--kv-max-regression=5")
+    gated = pytester.runpytest("--kv-baseline=fast-base.json", "--kv-max-regression=5", "--kv-repeat=3")
     gated.assert_outcomes(failed=1)
     gated.stdout.fnmatch_lines(["*regressed against baseline fast-base.json*", "*throughput Gb/s*REGRESSED*"])
 

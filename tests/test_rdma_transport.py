@@ -215,6 +215,12 @@ def build_modules():
 
     class RecvWR:
         def __init__(self, wr_id=0, num_sge=0, sg=None):
+            # what Debian's pyverbs 44 says (and rdma_rxe would refuse anyway): the
+            # transport's first run on a real provider died here
+            if num_sge < 1 or not sg or len(sg) != num_sge:
+                raise ValueError("A WR needs at least one SGE")
+            if any(s.lkey not in FABRIC.mrs for s in sg):
+                raise ValueError("receive SGE with an lkey no MR issued")
             self.wr_id = wr_id
 
     def GID(val):

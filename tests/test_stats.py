@@ -142,3 +142,24 @@ def test_exposed_fraction_is_exposed_over_prefill_per_request():
     assert s["exposed_ms"]["max"] == pytest.approx(5.0)
     assert s["exposed_fraction"]["max"] == pytest.approx(0.25)
     assert s["exposed_fraction"]["p50"] == pytest.approx(0.225)
+
+
+def test_summarize_keeps_compact_distributions_and_a_timeline():
+    t, r, m = _two_requests()
+    m = dict(m, placed_by_layer_ns=np.array([m["req_start_ns"][1] + 3_400_000, m["req_start_ns"][1] + 4_900_000]))
+    s = stats.summarize(t, r, m, "emulated")
+    assert s["latency_hist_us"]["n"] == 4
+    assert s["exposed_ms_requests"] == {"stride": 1, "values": [0.52, 3.0]}
+    tl = s["timeline"]  # the last request (1): started at base + 2 ms
+    assert tl["request"] == 1 and tl["layers"] == [0, 1] and tl["bytes"] == [1_000_000, 1_000_000]
+    assert tl["ready_ms"] == [1.0, 2.0] and tl["prefill_ms"] == 2.0 and tl["arrival_ms"] == -2.0
+    assert tl["first_post_ms"] == [1.0, 2.04] and tl["last_done_ms"] == [1.5, 5.0]
+    assert tl["placed_ms"] == [3.4, 4.9] and tl["done_ms"] == 5.0
+
+
+def test_timeline_request_is_the_last_with_writes():
+    r = np.zeros(3, REQUEST_DTYPE)
+    r["count"] = [2, 1, 0]
+    assert stats.timeline_request(r) == 1
+    r["count"] = 0
+    assert stats.timeline_request(r) is None

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from ..emulator.kvlayout import kv_layout
+from ..limits import MAX_MODEL_DIM, MAX_POOL_MIB, MAX_REQUESTS, MAX_SEED, MAX_TOKENS, check_number
 from ..emulator.workload import PRESETS, preset
 from ..profiles import KV_DTYPE_BITS, load_gpu, load_model
 from ..scenario import ACCESS_PATTERNS, Deployment, Distribution, Scenario, Workload
@@ -15,24 +16,39 @@ DEFAULT_OSL = 128
 MIB = 1 << 20
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def int_in(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum] (argparse names the flag on error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+        why = check_number(value, minimum, maximum)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+    parse.__name__ = "integer"
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def float_in(minimum: float, maximum: float, exclusive_minimum: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in range (NaN and infinity are refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
+        why = check_number(value, minimum, maximum, exclusive_minimum)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_in(1, MAX_MODEL_DIM)
+non_negative_int = int_in(0, MAX_MODEL_DIM)
+token_count = int_in(1, MAX_TOKENS)
 
 
 def add_profile_args(parser: argparse.ArgumentParser) -> None:
@@ -44,22 +60,22 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     """Every flag that shapes a Scenario (plan and run take the same ones)."""
     parser.add_argument("--model", required=True, help="model profile id, alias, or path to a YAML profile")
     parser.add_argument("--gpu", required=True, help="GPU profile id, alias, or path to a YAML profile")
-    parser.add_argument("--isl", type=positive_int, help=f"input tokens per request (default {DEFAULT_ISL}, or the preset's)")
-    parser.add_argument("--osl", type=positive_int, help=f"output tokens per request (default {DEFAULT_OSL}, or the preset's)")
-    parser.add_argument("--requests", type=positive_int, help="number of requests (default 1, or the preset's)")
+    parser.add_argument("--isl", type=token_count, help=f"input tokens per request (default {DEFAULT_ISL}, or the preset's)")
+    parser.add_argument("--osl", type=token_count, help=f"output tokens per request (default {DEFAULT_OSL}, or the preset's)")
+    parser.add_argument("--requests", type=int_in(1, MAX_REQUESTS), help="number of requests (default 1, or the preset's)")
     parser.add_argument("--workload", choices=sorted(PRESETS), help="application preset (ISL/OSL distributions, arrivals)")
     parser.add_argument("--prefill-tp", type=positive_int, default=1)
     parser.add_argument("--decode-tp", type=positive_int, default=1)
     parser.add_argument("--prefill-pp", type=positive_int, default=1)
     parser.add_argument("--decode-pp", type=positive_int, default=1)
-    parser.add_argument("--page-size", type=positive_int, default=16, help="tokens per KV page (block)")
+    parser.add_argument("--page-size", type=token_count, default=16, help="tokens per KV page (block)")
     parser.add_argument("--access", choices=ACCESS_PATTERNS, default="layer",
                         help="layer: one transfer per layer per page; block: one per page with all stage layers")
     parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPE_BITS), help="KV dtype (default: the model's)")
-    parser.add_argument("--chunk", type=non_negative_int, default=0, help="chunked-prefill chunk in tokens (0 = whole prompt)")
+    parser.add_argument("--chunk", type=int_in(0, MAX_TOKENS), default=0, help="chunked-prefill chunk in tokens (0 = whole prompt)")
     parser.add_argument("--dp-attention", action="store_true", help="data-parallel attention (MLA latent not replicated)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pool-mib", type=positive_int, default=256, help="emulated HBM KV pool per side, MiB")
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
+    parser.add_argument("--pool-mib", type=int_in(1, MAX_POOL_MIB), default=256, help="emulated HBM KV pool per side, MiB")
     add_profile_args(parser)
 
 

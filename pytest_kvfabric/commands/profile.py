@@ -25,6 +25,10 @@ def register(subparsers: Any) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        from ..outpath import check_output_path
+
+        check_output_path(args.output, "-o", "<cli>", dir_ok=True)
     path = import_config(args.config, args.output, model_id=args.model_id)
     sys.stdout.write(f"{path}\n")
     return 0

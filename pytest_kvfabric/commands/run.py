@@ -9,7 +9,8 @@ from typing import Any
 
 from ..endpoint.prefill import MAX_INFLIGHT
 from ..errors import IntegrityError, TransportError
-from ._scenario_args import add_scenario_args, positive_int, scenario_from_args
+from ..limits import MAX_TIMEOUT_S
+from ._scenario_args import add_scenario_args, float_in, positive_int, scenario_from_args
 
 DEFAULT_GPU = "h100"
 
@@ -33,9 +34,12 @@ def register(subparsers: Any) -> None:
                    help="transport parameter, repeatable (e.g. mode=send_zc, interface=eth2), as pytest's --kv-transport-param")
     p.add_argument("--window", type=positive_int, default=MAX_INFLIGHT,
                    help=f"max writes in flight (default {MAX_INFLIGHT})")
-    p.add_argument("--timeout", type=float, help="run timeout in seconds (default: derived from the scenario)")
+    p.add_argument("--timeout", type=float_in(0, MAX_TIMEOUT_S, exclusive_minimum=True), help="run timeout in seconds (default: derived from the scenario)")
     p.add_argument("--no-verify", action="store_true", help="skip page verification at the decode side")
     p.add_argument("--json", metavar="PATH", help="write the Result as JSON (the README lists the keys)")
+    p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
+                   help="run the scenario N times back to back on the same agents; print and write the median "
+                        "figures, each gated figure's 95%% interval, and (JSON 'repeats') every run")
     p.set_defaults(func=main)
 
 
@@ -90,6 +94,10 @@ def main(args: argparse.Namespace) -> int:
         from ..errors import UnknownIdError
 
         raise UnknownIdError("transport", args.transport, available_names(), "<cli>")  # exit 2
+    if args.json:
+        from ..outpath import check_output_path
+
+        check_output_path(args.json, "--json", "<cli>")
     sc = scenario_from_args(args, scenario_id="run")
     from ..options import transport_params
 
@@ -103,9 +111,12 @@ def main(args: argparse.Namespace) -> int:
     sc = dataclasses.replace(sc, transport=args.transport, pacing=args.pace, transport_params=params,
                              verify=not args.no_verify)
     result = None
+    runs: list[dict[str, Any]] = []
     try:
         with AgentPair(None, args.timeout, {"max_inflight": args.window}) as agents:
-            result = agents.run(sc)
+            for _ in range(args.repeat):
+                result = agents.run(sc)
+                runs.append(result.to_dict())
     except IntegrityError as exc:
         result = getattr(exc, "result", None)
         err = f"kvfabric run: integrity error: {exc}"
@@ -113,9 +124,13 @@ def main(args: argparse.Namespace) -> int:
         err = f"kvfabric run: transport error: {exc}"
     else:
         err = None
-    if result is not None:
-        d = result.to_dict()
+    if result is not None and not runs:
+        runs.append(result.to_dict())  # the failed run's partial figures
+    if runs:
+        d = _with_repeats(runs)
         print(table(d))
+        if len(runs) > 1:
+            print(repeat_table(runs))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(d, f, indent=2, sort_keys=True)
@@ -124,3 +139,28 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(err.splitlines()[0] + "\n")
         return 1
     return 0
+
+
+def _with_repeats(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run as it was; several: the median figures plus every run under "repeats"."""
+    if len(runs) == 1:
+        return runs[0]
+    from ..report.repeats import median_metrics
+
+    return {**median_metrics(runs), "repeats": runs}
+
+
+def repeat_table(runs: list[dict[str, Any]]) -> str:
+    """Each gated figure over the repeats: median [95% interval], min..max."""
+    from tabulate import tabulate
+
+    from ..report.gate_metrics import GATED, lookup
+    from ..report.repeats import spread
+
+    rows = []
+    for m in GATED:
+        vals = [v for v in (lookup(r, m.path) for r in runs) if v is not None]
+        if vals:
+            med, lo, hi = spread(vals)
+            rows.append((m.label, f"{med:.4g}", f"[{lo:.4g}, {hi:.4g}]", f"{min(vals):.4g} .. {max(vals):.4g}"))
+    return tabulate(rows, headers=[f"over {len(runs)} repeats", "median", "95% CI", "min .. max"])

@@ -24,12 +24,14 @@ rounded up to 64 B; units take slots round robin per rank in row order.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ProfileError
+from ..limits import MAX_PLAN_ROWS
 from . import timing
 from .kvlayout import KvLayout, kv_layout
 from .workload import sample_requests
@@ -212,6 +214,15 @@ def _pool(pool_bytes: int, ranks: int, unit_bytes: int, side: str) -> tuple[int,
     return rank_bytes, slot, slots
 
 
+def check_plan_rows(rows: int, scenario: "Scenario") -> None:
+    """Refuse a plan larger than MAX_PLAN_ROWS before its table is allocated, with the figures."""
+    if rows > MAX_PLAN_ROWS:
+        gib = rows * TRANSFER_DTYPE.itemsize / 2**30
+        raise ProfileError(SOURCE, "workload", f"the plan would hold {rows:,} transfers ({gib:,.1f} GiB); "
+                           f"the limit is {MAX_PLAN_ROWS:,}: use fewer requests, shorter ISL, "
+                           f"larger pages or access=block")
+
+
 def build_plan(scenario: "Scenario") -> TransferPlan:
     """Build the plan for a scenario: vectorized numpy, deterministic for scenario + seed."""
     if scenario.synthetic is not None:  # conformance: fixed sizes, no model layout
@@ -263,8 +274,14 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
     first_sw = np.where((src.window > 0) & (isl > src.window), (isl - src.window) // page, 0)
     n_all_sliding = int(seg.all_sliding.sum())
     groups = len(seg.first) * npages - n_all_sliding * first_sw
-    counts = np.array([groups[r] * len(pieces_for(r)[0]) for r in range(nreq)], dtype=np.int64)
+    if src.dp_attention or dst.dp_attention:  # pieces repeat with period lcm(src.tp, dst.tp)
+        period = min(nreq, math.lcm(src.tp, dst.tp))
+        k_per = np.array([len(pieces_for(r)[0]) for r in range(period)], dtype=np.int64)
+        counts = groups.astype(np.int64) * k_per[np.arange(nreq) % period]
+    else:
+        counts = groups.astype(np.int64) * len(pieces_for(0)[0])
     total = int(counts.sum())
+    check_plan_rows(total, scenario)
     out = np.empty(total, dtype=TRANSFER_DTYPE)
     requests = np.zeros(nreq, dtype=REQUEST_DTYPE)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ProfileError
 from ..scenario import Scenario
-from .plan import REQUEST_DTYPE, TRANSFER_DTYPE, TransferPlan
+from .plan import REQUEST_DTYPE, TRANSFER_DTYPE, TransferPlan, check_plan_rows
 
 _SLOT_ALIGN = 64
 
@@ -26,6 +26,7 @@ def build_synthetic_plan(scenario: Scenario) -> TransferPlan:
         )
     per_req = syn.transfers
     n = per_req * syn.requests
+    check_plan_rows(n, scenario)
     rows = np.zeros(n, dtype=TRANSFER_DTYPE)
     idx = np.arange(n, dtype=np.uint64)
     within = idx % np.uint64(per_req)

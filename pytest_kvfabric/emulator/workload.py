@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ProfileError, UnknownIdError
+from ..limits import MAX_REQUESTS, MAX_TOKENS, check_number
 from ..scenario import Arrival, Distribution, Workload
 
 K = 1024
@@ -66,9 +67,20 @@ def _need(dist: Distribution, attr: str, field: str, source: str) -> float:
     return value
 
 
+def _check_bounds(dist: Distribution, field: str, source: str) -> None:
+    # every parameter is a token count (std: in tokens, or log-space sigma): finite and bounded
+    for attr in ("value", "low", "high", "mean", "std"):
+        value = getattr(dist, attr)
+        if value is not None:
+            why = check_number(value, 0, MAX_TOKENS)
+            if why:
+                raise ProfileError(source, f"{field}.{attr}", why)
+
+
 def sample_tokens(dist: Distribution, n: int, rng: np.random.Generator, field: str = "isl", source: str = "<workload>") -> np.ndarray:
     """n token counts (int64, >= 1) drawn from `dist`."""
     kind = dist.kind
+    _check_bounds(dist, field, source)
     if kind == "fixed":
         value = int(_need(dist, "value", field, source))
         if value < 1:
@@ -97,8 +109,9 @@ def sample_tokens(dist: Distribution, n: int, rng: np.random.Generator, field: s
 def sample_requests(workload: Workload, seed: int, source: str = "<workload>") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(isl, osl, arrival_ns) arrays of workload.requests entries, deterministic for a seed."""
     n = int(workload.requests)
-    if n < 1:
-        raise ProfileError(source, "requests", f"must be >= 1, got {n}")
+    why = check_number(n, 1, MAX_REQUESTS)
+    if why:
+        raise ProfileError(source, "requests", why)
     rng = np.random.default_rng(seed)
     isl = sample_tokens(workload.isl, n, rng, "isl", source)
     osl = sample_tokens(workload.osl, n, rng, "osl", source)
@@ -107,6 +120,9 @@ def sample_requests(workload: Workload, seed: int, source: str = "<workload>") -
         rate = arrival.rate_per_s
         if rate is None or rate <= 0:
             raise ProfileError(source, "arrival.rate_per_s", f"poisson arrivals need a rate > 0, got {rate}")
+        why = check_number(rate, 0, 1e6)
+        if why:
+            raise ProfileError(source, "arrival.rate_per_s", why)
         gaps_ns = rng.exponential(1e9 / rate, size=n)
         arrival_ns = np.concatenate([[0.0], np.cumsum(gaps_ns[:-1])]).astype(np.int64)
     elif arrival.kind == "closed":

@@ -116,6 +116,7 @@ class _Session:
         out["data_path"] = {**_plain(self.target.data_path()), "hot_path": ledger.hot_path}
         out["req_complete_ns"] = pack_array(out["req_complete_ns"])
         out["notify_ns"] = pack_array(out["notify_ns"])
+        out["placed_by_layer_ns"] = pack_array(out["placed_by_layer_ns"])
         out["ok"] = True
         return out
 

@@ -76,6 +76,13 @@ def run_decode(
     completed = ledger.completed  # appended to by place() and guard()
     place = ledger.place
     progress = target.progress
+    # When each write of one request was placed (decode clock): that request's timeline in the report.
+    from ..stats import timeline_request
+
+    treq = timeline_request(plan.requests)
+    t_lo = int(plan.requests["first"][treq]) if treq is not None else 0
+    t_hi = t_lo + (int(plan.requests["count"][treq]) if treq is not None else 0)
+    placed_ns = np.zeros(t_hi - t_lo, np.int64)
     while ncomplete < nreq:
         if now() > deadline:
             timed_out = True
@@ -84,6 +91,8 @@ def run_decode(
         if len(placed):
             for d, nb, t in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist(), placed["t_ns"].tolist()):
                 row = place(d, nb)
+                if row is not None and t_lo <= row < t_hi:
+                    placed_ns[row - t_lo] = t
                 if row is not None and not injected:
                     if opts.inject == "kill":
                         os.kill(os.getpid(), signal.SIGKILL)  # test-only: die mid-transfer
@@ -125,4 +134,12 @@ def run_decode(
         "errors": ledger.error_count,
         "error_list": list(ledger.errors),
         "bytes_placed": int(ledger.bytes_by_request.sum()),
+        "placed_by_layer_ns": _by_layer(plan, t_lo, t_hi, placed_ns),
     }
+
+
+def _by_layer(plan: TransferPlan, lo: int, hi: int, placed_ns: np.ndarray) -> np.ndarray:
+    """Last placement per layer of the timeline request (layers in ascending order)."""
+    from ..stats import per_layer
+
+    return per_layer(plan.transfers["layer"][lo:hi].astype(np.int64), placed_ns, "max")[1]

@@ -2,12 +2,18 @@
 
 Self-contained on purpose: the remote host needs only a Python 3 interpreter, not this
 package. Receives {"interface": NAME}; sends back the host fingerprint as a dict of plain
-types. Also runnable in-process via probe(interface).
+types. Also runnable in-process via probe(interface). Where the package is importable (netns
+pairs, hosts with it installed) the SIOCETHTOOL ioctl stands in for a missing `ethtool` CLI.
 """
 import os
 import platform
 import shutil
 import subprocess
+
+try:
+    from pytest_kvfabric.transports import ethtool_ioctl
+except ImportError:  # a bare remote Python: the ethtool CLI or nothing
+    ethtool_ioctl = None
 
 OFFLOAD_NAMES = {
     "generic-receive-offload": "gro",
@@ -62,6 +68,11 @@ def _nic(ifname):
             k, _, v = line.partition(":")
             if k.strip() in keys and v.strip():
                 info[keys[k.strip()]] = v.strip()
+    ioctl = _ioctl_facts(ifname) if out is None or shutil.which("ethtool") is None else None
+    if info["driver"] is None and ioctl:
+        info["driver"] = ioctl[0].get("driver") or None
+        info["driver_version"] = ioctl[0].get("version") or None
+        info["firmware"] = ioctl[0].get("firmware-version") or None
     if info["driver"] is None:
         drv = base + "/device/driver"
         if os.path.islink(drv):
@@ -73,9 +84,21 @@ def _nic(ifname):
             short = OFFLOAD_NAMES.get(k.strip())
             if short and v.strip():
                 info["offloads"][short] = v.split()[0]
+    elif ioctl:
+        info["offloads"] = dict(ioctl[1])
     else:
         info["offloads_error"] = "ethtool -k unavailable"
     return info
+
+
+def _ioctl_facts(ifname):
+    if ethtool_ioctl is None:
+        return None
+    try:
+        with ethtool_ioctl.socket_in_netns(None) as s:
+            return ethtool_ioctl.drvinfo(s, ifname), ethtool_ioctl.get_offloads(s, ifname)
+    except (OSError, ValueError):
+        return None
 
 
 def probe(interface):

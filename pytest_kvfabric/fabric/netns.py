@@ -15,8 +15,9 @@ Naming (ours alone, so cleanup can never touch anything else):
               namespace only when that process is gone (starttime guards against pid reuse).
 
 Netlink (pyroute2) does namespaces, veth, MTU, addresses, link state and the tbf qdisc.
-We shell out in two places only: `ethtool -K` for offload toggles (pyroute2's Ethtool has no
-namespace argument; its ioctl must run inside the namespace) and `ip netns exec`, which is
+Offload toggles use the SIOCETHTOOL ioctl on a socket made inside the namespace (pyroute2's
+Ethtool has no namespace argument), so no `ethtool` binary is needed. We shell out in one
+place only: `ip netns exec`, which is
 how agents are started inside a namespace (execnet's popen spec shlex-splits ``python=``,
 so ``popen//python=ip netns exec NAME /path/python`` needs no wrapper script).
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KvFabricError
+from ..transports import ethtool_ioctl
 from .alloc import FabricUnavailable
 from .base import Host, HostPair
 
@@ -289,17 +291,14 @@ def parse_offloads(text: str | None) -> dict[str, bool]:
 def _set_offloads(netns: str, ifname: str, offloads: dict[str, bool]) -> None:
     if not offloads:
         return
-    if shutil.which("ethtool") is None:
-        raise NetnsUnavailable("offload toggles need 'ethtool' on PATH, not found")
-    args: list[str] = []
-    for key, on in offloads.items():
+    for key in offloads:
         if key not in OFFLOAD_KEYS:
             raise ValueError(f"unknown offload {key!r}; valid: {', '.join(OFFLOAD_KEYS)}")
-        args += [key, "on" if on else "off"]
-    res = subprocess.run(["ip", "netns", "exec", netns, "ethtool", "-K", ifname, *args],
-                         capture_output=True, text=True, timeout=10)
-    if res.returncode != 0:
-        raise KvFabricError(f"ethtool -K {ifname} {' '.join(args)} in {netns} failed: {res.stderr.strip()}")
+    try:
+        with ethtool_ioctl.socket_in_netns(netns) as s:
+            ethtool_ioctl.set_offloads(s, ifname, offloads)
+    except OSError as exc:
+        raise KvFabricError(f"offload toggle in netns {netns} failed: {exc.strerror or exc}") from None
 
 
 def _tbf_params(rate_mbit: float, mtu: int) -> dict[str, Any]:

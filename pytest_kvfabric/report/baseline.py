@@ -1,34 +1,72 @@
-"""Baseline comparison (pure): did throughput or latency regress more than N% per case?"""
+"""Baseline gate (pure): per case and gated metric, a statistical verdict from every repeat on
+both sides (report/verdict.py), against per-metric thresholds (report/gate_metrics.py).
+
+A report's result keeps its repeats' figures under "repeats" (a list of {metric path: value});
+a report from before repeats existed, or a run with one repeat, counts as one sample.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-# (metric path in a result's metrics, human name, True if higher is better)
-COMPARED = (
-    ("throughput_gbps", "throughput Gb/s", True),
-    ("latency_us.p50", "latency p50 µs", False),
-    ("latency_us.p99", "latency p99 µs", False),
-)
+from .gate_metrics import BY_KEY, GATED, figures, parse_thresholds
+from .verdict import Judgement, judge, seed_for
 
-
-def _get(metrics: Mapping[str, Any], path: str) -> float | None:
-    node: Any = metrics
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or node.get(part) is None:
-            return None
-        node = node[part]
-    return float(node)
+UNDECIDED_POLICIES = ("pass", "fail")
 
 
 @dataclass(frozen=True)
 class Change:
+    """One metric of one case: the verdict and the figures it was drawn from."""
     case: str
-    metric: str
-    old: float
-    new: float
-    change_pct: float  # signed: positive = worse
-    regressed: bool
+    key: str
+    threshold_pct: float
+    judgement: Judgement
+
+    @property
+    def metric(self) -> str:
+        return BY_KEY[self.key].label
+
+    @property
+    def status(self) -> str:
+        return self.judgement.status
+
+    @property
+    def old(self) -> float:
+        return self.judgement.base_median
+
+    @property
+    def new(self) -> float:
+        return self.judgement.cur_median
+
+    @property
+    def change_pct(self) -> float | None:
+        return self.judgement.change_pct
+
+    @property
+    def regressed(self) -> bool:
+        return self.status == "regressed"
+
+    @property
+    def undecided(self) -> bool:
+        return self.status == "undecided"
+
+    def to_dict(self) -> dict[str, Any]:
+        j = self.judgement
+        return {"case": self.case, "metric": self.key, "label": self.metric, "verdict": j.status,
+                "threshold_pct": self.threshold_pct, "change_pct": j.change_pct,
+                "change_ci_pct": list(j.ci_pct) if j.ci_pct else None,
+                "baseline": {"median": j.base_median, "ci": list(j.base_ci), "n": j.n_base},
+                "current": {"median": j.cur_median, "ci": list(j.cur_ci), "n": j.n_cur},
+                "note": j.note}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Change:
+        b, c = d["baseline"], d["current"]
+        ci = d.get("change_ci_pct")
+        j = Judgement(d["verdict"], d.get("change_pct"), tuple(ci) if ci else None, b["median"], tuple(b["ci"]),
+                      c["median"], tuple(c["ci"]), b["n"], c["n"], d.get("note") or "")
+        return cls(d["case"], d["metric"], float(d["threshold_pct"]), j)
 
 
 @dataclass(frozen=True)
@@ -41,50 +79,132 @@ class Comparison:
     def regressions(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.regressed)
 
+    @property
+    def undecided(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.undecided)
+
     def for_case(self, case: str) -> list[Change]:
         return [c for c in self.changes if c.case == case]
 
-
-def case_metrics(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """case id -> metrics for every result of a JSON report that has metrics."""
-    return {r["case"]: r["metrics"] for r in report.get("results", []) if r.get("metrics")}
+    def failed(self, undecided: str = "pass") -> bool:
+        return bool(self.regressions or (undecided == "fail" and self.undecided))
 
 
-def compare_metrics(case: str, old: Mapping[str, Any], new: Mapping[str, Any], max_regression_pct: float) -> list[Change]:
-    out = []
-    for path, name, higher_better in COMPARED:
-        o, n = _get(old, path), _get(new, path)
-        if o is None or n is None or o == 0:
-            continue
-        worse = (o - n) / o * 100 if higher_better else (n - o) / o * 100
-        out.append(Change(case, name, o, n, worse, worse > max_regression_pct))
+def samples(result: Mapping[str, Any]) -> list[dict[str, float]]:
+    """The repeats' figures of one result (one sample when the report predates repeats)."""
+    reps = result.get("repeats")
+    if reps:
+        return [dict(r) for r in reps]
+    return [figures(result.get("metrics"))] if result.get("metrics") else []
+
+
+def case_samples(report: Mapping[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """case id -> its samples, for every result of a JSON report that has metrics."""
+    out = {}
+    for r in report.get("results", []):
+        s = samples(r)
+        if s:
+            out[r["case"]] = s
     return out
 
 
-def compare(old_report: Mapping[str, Any], new_report: Mapping[str, Any], max_regression_pct: float) -> Comparison:
-    old, new = case_metrics(old_report), case_metrics(new_report)
+def case_metrics(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """case id -> metrics (medians over repeats) of every result that has metrics."""
+    return {r["case"]: r["metrics"] for r in report.get("results", []) if r.get("metrics")}
+
+
+def _thresholds(thresholds: Mapping[str, float] | float | str | None) -> dict[str, float]:
+    if isinstance(thresholds, Mapping):
+        return {**parse_thresholds(None), **thresholds}
+    return parse_thresholds(None if thresholds is None else str(thresholds))
+
+
+def compare_samples(case: str, old: Sequence[Mapping[str, float]], new: Sequence[Mapping[str, float]],
+                    thresholds: Mapping[str, float] | float | str | None = None) -> list[Change]:
+    """Verdicts for every gated metric both sides measured."""
+    limits = _thresholds(thresholds)
+    out = []
+    for m in GATED:
+        a = [s[m.path] for s in old if s.get(m.path) is not None]
+        b = [s[m.path] for s in new if s.get(m.path) is not None]
+        if a and b:
+            out.append(Change(case, m.key, limits[m.key], judge(m, a, b, limits[m.key], seed_for(case, m.key))))
+    return out
+
+
+def compare(old_report: Mapping[str, Any], new_report: Mapping[str, Any],
+            thresholds: Mapping[str, float] | float | str | None = None) -> Comparison:
+    old, new = case_samples(old_report), case_samples(new_report)
     changes: list[Change] = []
     for case in sorted(set(old) & set(new)):
-        changes += compare_metrics(case, old[case], new[case], max_regression_pct)
+        changes += compare_samples(case, old[case], new[case], thresholds)
     return Comparison(tuple(changes), tuple(sorted(set(old) - set(new))), tuple(sorted(set(new) - set(old))))
 
 
-def render(cmp: Comparison, max_regression_pct: float) -> str:
+def _fig(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def _with_ci(median: float, ci: Sequence[float], n: int) -> str:
+    if n < 2:
+        return f"{_fig(median)} (n=1)"
+    return f"{_fig(median)} [{_fig(ci[0])}, {_fig(ci[1])}] n={n}"
+
+
+def rows(changes: Iterable[Change]) -> list[tuple[str, ...]]:
+    out = []
+    for c in changes:
+        j = c.judgement
+        change = "-" if j.change_pct is None else f"{j.change_pct:+.1f}%"
+        if j.ci_pct:
+            change += f" [{j.ci_pct[0]:+.1f}, {j.ci_pct[1]:+.1f}]"
+        out.append((c.case, c.metric, _with_ci(j.base_median, j.base_ci, j.n_base),
+                    _with_ci(j.cur_median, j.cur_ci, j.n_cur), change, f"{c.threshold_pct:g}%",
+                    j.status.upper() if j.status in ("regressed", "undecided") else j.status))
+    return out
+
+
+HEADERS = ["case", "metric", "baseline median [95% CI]", "current median [95% CI]",
+           "worse by [95% CI]", "allowed", "verdict"]
+
+
+def render_changes(changes: Sequence[Change]) -> str:
     from tabulate import tabulate
 
-    rows = [
-        (c.case, c.metric, f"{c.old:.4g}", f"{c.new:.4g}", f"{c.change_pct:+.1f}%",
-         "REGRESSED" if c.regressed else "ok")
-        for c in cmp.changes
-    ]
-    lines = [tabulate(rows, headers=["case", "metric", "baseline", "now", "worse by", "verdict"])] if rows else []
+    if not changes:
+        return ""
+    lines = [tabulate(rows(changes), headers=HEADERS)]
+    notes = sorted({c.judgement.note for c in changes if c.judgement.note})
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def summary_line(cmp: Comparison) -> str:
+    counts = {s: sum(1 for c in cmp.changes if c.status == s) for s in ("regressed", "undecided", "improved", "unchanged")}
+    text = ", ".join(f"{n} {s}" for s, n in counts.items())
+    n = len(cmp.regressions)
+    head = f"{n} regression(s) beyond the threshold" if n else "no regression beyond the threshold"
+    return f"{head} ({text}; metric verdicts over {len({c.case for c in cmp.changes})} case(s))"
+
+
+def render(cmp: Comparison, thresholds: Any = None) -> str:
+    lines = [render_changes(cmp.changes)]
     lines.append(_missing("in the baseline but not in this run", cmp.only_old))
     lines.append(_missing("in this run but not in the baseline", cmp.only_new))
-    n = len(cmp.regressions)
-    lines.append(f"{n} regression(s) over {max_regression_pct:g}%" if n else f"no regression over {max_regression_pct:g}%")
+    lines.append(summary_line(cmp))
     return "\n".join(line for line in lines if line)
+
+
+def to_json(cmp: Comparison) -> dict[str, Any]:
+    return {"changes": [c.to_dict() for c in cmp.changes], "only_baseline": list(cmp.only_old),
+            "only_current": list(cmp.only_new),
+            "counts": {s: sum(1 for c in cmp.changes if c.status == s) for s in ("regressed", "undecided", "improved", "unchanged")}}
 
 
 def _missing(what: str, cases: Iterable[str]) -> str:
     cases = list(cases)
     return f"{len(cases)} case(s) {what}: {', '.join(cases)}" if cases else ""
+
+
+__all__ = ["Change", "Comparison", "compare", "compare_samples", "case_samples", "case_metrics", "samples",
+           "render", "render_changes", "summary_line", "to_json", "UNDECIDED_POLICIES"]

@@ -9,9 +9,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..transports import ethtool_ioctl
+
 PACKAGES = ("pytest-kvfabric", "pytest", "pytest-xdist", "execnet", "numpy", "liburing", "pyroute2", "pyverbs")
 OFFLOADS = ("tcp-segmentation-offload", "generic-segmentation-offload", "generic-receive-offload",
             "large-receive-offload", "rx-checksumming", "tx-checksumming")
+# ethtool_ioctl's short names -> the `ethtool -k` names this report uses
+IOCTL_OFFLOADS = {"tso": "tcp-segmentation-offload", "gso": "generic-segmentation-offload",
+                  "gro": "generic-receive-offload", "rx_csum": "rx-checksumming",
+                  "tx_csum": "tx-checksumming"}
 _TIMEOUT_S = 5
 
 
@@ -79,6 +85,17 @@ def interface(ifname: str, netns: str | None = None) -> dict[str, Any]:
         k = _run([*prefix, "ethtool", "-k", ifname])
         if k:
             info["offloads"] = parse_ethtool_k(k)
+    else:  # no ethtool CLI: ask the kernel directly (driver and the offloads it answers about)
+        try:
+            with ethtool_ioctl.socket_in_netns(netns) as s:
+                drv_info = ethtool_ioctl.drvinfo(s, ifname)
+                info["offloads"] = {IOCTL_OFFLOADS[k]: v for k, v in ethtool_ioctl.get_offloads(s, ifname).items()
+                                    if k in IOCTL_OFFLOADS}
+            info["driver"] = drv_info["driver"]
+            info["driver_version"] = drv_info["version"]
+            info["firmware"] = drv_info["firmware-version"]
+        except (OSError, ValueError):
+            pass
     return info
 
 

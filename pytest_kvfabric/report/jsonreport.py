@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ProfileError
+from ..limits import MAX_REPORT_BYTES
+from ..profile_schema import parse_json_text, read_text
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "report.schema.json"
 
@@ -57,12 +59,7 @@ def write(path: str | Path, report: Mapping[str, Any]) -> None:
 
 def read(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except OSError as exc:
-        raise ProfileError(str(p), "", f"cannot read report: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ProfileError(str(p), f"line {exc.lineno}", f"not valid JSON: {exc.msg}") from None
+    data = parse_json_text(read_text(p, "JSON report", MAX_REPORT_BYTES), str(p))
     validate(data, str(p))
     return data
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+# With --kv-repeat N, figures are medians over the repeats with their 95% interval in brackets.
 HEADERS = ["case", "pair", "GB/s", "p50 µs", "p99 µs", "exposed p99 ms", "CPU s/GB", "data path", "verdict"]
 
 
@@ -28,6 +29,17 @@ def data_path_label(metrics: Mapping[str, Any]) -> str:
     return f"{name} {'zero-copy' if zc else 'copied'}"
 
 
+def _with_ci(result: Mapping[str, Any], path: str, median: Any, scale: float = 1.0) -> str:
+    """The median, and with repeats its 95% interval: '1.23 [1.1, 1.3]'."""
+    reps = [r.get(path) for r in result.get("repeats") or () if r.get(path) is not None]
+    if len(reps) < 2 or median is None:
+        return _num(median)  # one run: the figure as it was
+    from .repeats import spread
+
+    _, lo, hi = spread([v / scale for v in reps])
+    return f"{_num(median, '.4g')} [{_num(lo, '.4g')}, {_num(hi, '.4g')}]"
+
+
 def row(result: Mapping[str, Any]) -> list[str]:
     m = result.get("metrics") or {}
     gbps = m.get("throughput_gbps")
@@ -36,10 +48,10 @@ def row(result: Mapping[str, Any]) -> list[str]:
     return [
         result["case"],
         result.get("pair") or "-",
-        _num(None if gbps is None else gbps / 8),
-        _num((m.get("latency_us") or {}).get("p50")),
-        _num((m.get("latency_us") or {}).get("p99")),
-        _num((m.get("exposed_ms") or {}).get("p99")),
+        _with_ci(result, "throughput_gbps", None if gbps is None else gbps / 8, scale=8),
+        _with_ci(result, "latency_us.p50", (m.get("latency_us") or {}).get("p50")),
+        _with_ci(result, "latency_us.p99", (m.get("latency_us") or {}).get("p99")),
+        _with_ci(result, "exposed_ms.p99", (m.get("exposed_ms") or {}).get("p99")),
         _num(worst_cpu),
         data_path_label(m) if m else (result.get("reason") or "")[:40],
         result["outcome"],

@@ -18,7 +18,6 @@ include/uapi/linux/netdev.h (Linux 6.15+, unchanged through 6.18):
 """
 from __future__ import annotations
 
-import ctypes
 import errno as _errno
 import os
 import select
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ...errors import TransportError
+from ..ethtool_ioctl import socket_in_netns
 
 # ---- netlink core (include/uapi/linux/netlink.h, genetlink.h) ----------------------------
 NETLINK_GENERIC = 16
@@ -485,32 +485,9 @@ class GenlSocket:
 
 # ---- network namespaces ------------------------------------------------------------------
 
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 def open_in_netns(netns: str | None, timeout_s: float = 2.0) -> GenlSocket:
     """A GenlSocket whose netlink socket lives in network namespace `netns` (`ip netns` name),
     or in ours if None. The calling thread enters the namespace only to create the socket."""
     if netns is None:
         return GenlSocket(timeout_s)
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-            finally:
-                _setns(own)
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
-    return GenlSocket(timeout_s, sock)
+    return GenlSocket(timeout_s, socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC))

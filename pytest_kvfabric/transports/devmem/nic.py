@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .. import ethtool_ioctl
 from .netlink import GenlSocket, NetlinkError
 
 
@@ -192,9 +193,13 @@ def gather_nic(ifname: str, ifindex: int, nl: GenlSocket, netns: str | None = No
         st.driver, st.firmware = parse_ethtool_i(out)
         st.driver_source = "ethtool -i"
     else:
-        link = f"/sys/class/net/{ifname}/device/driver"
-        st.driver = os.path.basename(os.readlink(link)) if os.path.islink(link) else ""
-        st.driver_source = "sysfs" if st.driver else f"unknown ({out})"
+        try:  # the kernel's own answer (SIOCETHTOOL GDRVINFO) when the ethtool CLI is absent
+            with ethtool_ioctl.socket_in_netns(netns) as s:
+                info = ethtool_ioctl.drvinfo(s, ifname)
+            st.driver, st.firmware = info["driver"], info["firmware-version"]
+            st.driver_source = "SIOCETHTOOL GDRVINFO"
+        except OSError as exc:
+            st.driver_source = f"unknown (`ethtool -i`: {out}; SIOCETHTOOL: {exc.strerror or exc})"
     rc, out = _ethtool(["-k", ifname], netns)
     if rc == 0:
         st.ntuple = parse_ethtool_k_ntuple(out)

@@ -381,10 +381,13 @@ class RdmaTarget(Target):
         }
 
     def _post_recvs(self, qp_index: int, count: int) -> None:
-        # A WRITE_WITH_IMM consumes a receive but writes nothing into it: no SGE needed.
-        q = self.ep.qps[qp_index]
+        # A WRITE_WITH_IMM consumes a receive but writes nothing into it. pyverbs (and
+        # rdma_rxe) refuse a receive WR without SGE ("A WR needs at least one SGE"), so each
+        # carries one zero-length SGE on the registered region: nothing can land through it.
+        q, ep = self.ep.qps[qp_index], self.ep
         for _ in range(count):
-            q.post_recv(self.ep.v.wr.RecvWR(wr_id=qp_index, num_sge=0))
+            sge = ep.v.wr.SGE(ep.base, 0, int(ep.mr.lkey))
+            q.post_recv(ep.v.wr.RecvWR(wr_id=qp_index, num_sge=1, sg=[sge]))
 
     def _side(self) -> None:
         """Accept one initiator, connect the QPs, then collect its records until bye."""

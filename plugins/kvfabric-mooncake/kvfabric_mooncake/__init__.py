@@ -1,0 +1,1 @@
+"""pytest-kvfabric transport `mooncake`: Mooncake's Transfer Engine as a third-party transport."""

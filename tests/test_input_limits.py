@@ -1,0 +1,80 @@
+"""The bounds in limits.py are the ones the schemas enforce, and pytest refuses bad values up front."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_kvfabric import limits
+from pytest_kvfabric.profile_schema import load_schema
+
+pytest_plugins = ["pytester"]
+
+
+def test_schemas_carry_the_declared_bounds():
+    model, gpu, suite = load_schema("model"), load_schema("gpu"), load_schema("suite")
+    assert model["$defs"]["posint"]["maximum"] == limits.MAX_MODEL_DIM
+    assert model["$defs"]["layers"]["maximum"] == limits.MAX_LAYERS
+    assert gpu["$defs"]["posnum"]["maximum"] == limits.MAX_GPU_FIGURE
+    assert gpu["$defs"]["posnum"]["minimum"] == limits.MIN_GPU_FIGURE
+    assert suite["$defs"]["requests"]["maximum"] == limits.MAX_REQUESTS
+    assert suite["$defs"]["tokens"]["maximum"] == limits.MAX_TOKENS
+    fields = suite["$defs"]["scenarioFields"]["properties"]
+    assert fields["pool_mib"]["maximum"] == limits.MAX_POOL_MIB
+    assert fields["seed"]["maximum"] == limits.MAX_SEED
+    assert fields["timeout_s"]["maximum"] == limits.MAX_TIMEOUT_S
+
+
+def test_every_schema_number_is_bounded_above():
+    """A number field without a maximum is how `layers: 1000000000` got in: none is left."""
+    unbounded = []
+    for name in ("model", "gpu", "suite", "hosts"):
+        def walk(node, path):
+            if isinstance(node, dict):
+                t = node.get("type")
+                if t in ("integer", "number") and "maximum" not in node and "slo" not in path:
+                    unbounded.append(f"{name}:{path}")
+                for k, v in node.items():
+                    walk(v, f"{path}/{k}")
+            elif isinstance(node, list):
+                for i, v in enumerate(node):
+                    walk(v, f"{path}[{i}]")
+        walk(load_schema(name), "")
+    assert unbounded == []
+
+
+def test_plan_size_is_refused_before_allocation_with_the_figure(capsys):
+    from pytest_kvfabric import cli
+
+    rc = cli.main(["plan", "--model", "llama3.1-8b", "--gpu", "h100", "--isl", str(limits.MAX_TOKENS),
+                   "--requests", "8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the plan would hold 268,435,456 transfers (10.5 GiB)" in err and "the limit is 16,777,216" in err
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_kvfabric.cli", "plan", "--model", "llama3.1-8b",
+                             "--gpu", "h100"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--kv-timeout=inf"], "--kv-timeout: must be a finite number, got inf"),
+    (["--kv-max-regression=nan"], "--kv-max-regression: (every metric): must be a finite number >= 0, got nan"),
+    (["--kv-seed=-1"], "--kv-seed: must be >= 0, got -1"),
+    (["--kv-netns-mtu=100000"], "--kv-netns-mtu: must be <= 65,535, got 100,000"),
+    (["--kv-rdma-tc=-1"], "--kv-rdma-tc: must be >= 0, got -1"),
+    (["--kv-json=/proc/x/r.json"], "--kv-json: /proc/x/r.json: directory /proc/x does not exist"),
+    (["--kv-save-baseline=."], "--kv-save-baseline: . is a directory, expected a file path"),
+])
+def test_pytest_refuses_bad_values_before_any_test_runs(pytester, args, expected):
+    pytester.makepyfile("def test_ran(): open('ran', 'w').close()")
+    res = pytester.runpytest(*args)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    assert expected in res.stderr.str()
+    assert not (pytester.path / "ran").exists()
