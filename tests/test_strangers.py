@@ -24,7 +24,7 @@ from stream_harness import (
     SENTINEL, TOKEN, RawPeer, ServedTarget, batch, listening_target, pattern, progress_until_error, wait_all,
 )
 
-from pytest_kvfabric.errors import ProtocolError
+from pytest_kvfabric.errors import ProtocolError, TransportError
 from pytest_kvfabric.transports import framing, registry
 
 MIB = 1 << 20
@@ -277,3 +277,77 @@ def test_strangers_on_the_data_network_of_a_netns_pair():
     finally:
         p.destroy()
     _check_run(res, sc, opened)
+
+
+# ---- generated streams from an authenticated peer: a clean refusal or exact placement --------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+REGION = 4096
+_frame = st.one_of(
+    st.tuples(st.just("write"), st.integers(0, REGION + 64), st.integers(0, 300), st.booleans()),
+    st.tuples(st.just("writev"), st.lists(st.tuples(st.integers(0, REGION + 64), st.integers(0, 200)),
+                                          min_size=1, max_size=4), st.booleans()),
+    st.tuples(st.just("raw"), st.binary(min_size=1, max_size=40)),
+    st.tuples(st.just("bye")),
+    st.tuples(st.just("ack")),
+)
+
+
+def _encode(frames) -> tuple[bytes, int]:
+    """Bytes of the generated frames; seq follows the count of writes (or is off by one when
+    the frame asks for it). Returns (stream, payload byte)."""
+    out, seq = b"", 1
+    for f in frames:
+        if f[0] == "write":
+            _, dst, nb, bad_seq = f
+            out += framing.encode_write(dst, nb, seq + bad_seq) + b"\x5a" * nb
+            seq += 1
+        elif f[0] == "writev":
+            _, entries, bad_seq = f
+            ds, ns = [d for d, _ in entries], [n for _, n in entries]
+            out += framing.encode_writev(seq + bad_seq, ds, ns, [0] * len(ds)) + b"\x5a" * sum(ns)
+            seq += len(entries)
+        elif f[0] == "raw":
+            out += f[1]
+        elif f[0] == "bye":
+            out += framing.encode_bye()
+        else:
+            out += framing.encode_ack(1)
+    return out, 0x5A
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(_frame, min_size=1, max_size=6))
+def test_generated_streams_from_an_authenticated_peer_end_cleanly_and_place_in_bounds(frames):
+    T = registry.get_transport("tcp")
+    stream, fill = _encode(frames)
+    with listening_target(T, REGION) as (tgt, d, arr):
+        peer = RawPeer(d).hello()
+        try:
+            peer.send(stream)
+        finally:
+            peer.close()
+        exc, placed = progress_until_error(tgt, 0.5)
+    # anything wrong is refused with a TransportError naming why, never another exception
+    assert exc is None or isinstance(exc, TransportError), repr(exc)
+    for row in placed:
+        assert int(row["dst_off"]) + int(row["nbytes"]) <= REGION  # never outside the region
+    # Every changed byte belongs to a write of the stream's valid prefix: the frames before
+    # the first that must be refused (junk, ACK, out of sequence, out of the region, entries
+    # of one WRITEV overlapping) or BYE (nothing after it is placed). The rows of the
+    # progress() call that raised are not returned, so the region itself is the evidence.
+    allowed = np.zeros(REGION, bool)
+    for f in frames:
+        if f[0] not in ("write", "writev") or f[-1]:
+            break
+        ranges = [(f[1], f[2])] if f[0] == "write" else [(o, n) for o, n in f[1]]
+        spans = sorted((o, o + n) for o, n in ranges if n)
+        if any(o + n > REGION for o, n in ranges) or any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            break
+        for off, end in spans:
+            allowed[off:end] = True
+    changed = arr != SENTINEL
+    assert not np.any(changed & ~allowed) and np.all(arr[changed] == fill)
