@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pytest_kvfabric.transports import framing
+from pytest_kvfabric.transports import framing, handshake
 from pytest_kvfabric.transports.base import XFER_DTYPE, Transport
 
 TOKEN = "test-secret"
@@ -95,7 +95,10 @@ def connected(transport: type[Transport], served: ServedTarget, src_region: memo
     saw; close_target also closes the target."""
     ini = transport.initiator(src_region, {"token": TOKEN, **(options or {})})
     try:
-        ini.connect(descriptor or served.descriptor, 5.0)
+        if served._thread.ident is None and descriptor is None:  # not started: drive the handshake
+            connect_driving(ini, served.target, served.descriptor)
+        else:
+            ini.connect(descriptor or served.descriptor, 5.0)
         yield ini
     finally:
         ini.close()
@@ -162,27 +165,95 @@ def round_trip(transport, sizes, src_offs, dst_offs, region_len, connections=1, 
 
 
 class RawPeer:
-    """A hand-driven initiator on a plain blocking socket (to send what a real one never would)."""
+    """A hand-driven initiator on a plain blocking socket (to send what a real one never would).
+
+    The target sends its CHALLENGE when it accepts, i.e. inside some progress() call that the
+    test may only make later in this thread: hello() answers it from a helper thread, and what
+    the test sends meanwhile is queued behind the HELLO (in order)."""
 
     def __init__(self, descriptor: dict, timeout_s: float = 5.0) -> None:
         self.sock = socket.create_connection((descriptor["host"], descriptor["port"]), timeout=timeout_s)
+        self.nonce: bytes | None = None
+        self._lock = threading.Lock()
+        self._queued: list[bytes] | None = None  # bytes held back until the HELLO is out
+        self._answer: threading.Thread | None = None
+        self._close_after = False  # close() came while the HELLO waited: close once it is out
+        self.hello_error: BaseException | None = None
 
-    def hello(self, token: str | None = TOKEN, index: int = 0, connections: int = 1,
+    def challenge(self) -> bytes:
+        """Read the target's CHALLENGE frame (exactly it); return its nonce."""
+        if self.nonce is None:
+            data = b""
+            want = framing.HEADER_SIZE + framing.NONCE_BYTES
+            while len(data) < want:
+                chunk = self.sock.recv(want - len(data))
+                assert chunk, f"target closed after {len(data)} bytes of its CHALLENGE"
+                data += chunk
+            h = framing.decode_header(data[: framing.HEADER_SIZE])
+            assert h.type == framing.CHALLENGE, h
+            self.nonce = data[framing.HEADER_SIZE :]
+        return self.nonce
+
+    def hello(self, token: str = TOKEN, index: int = 0, connections: int = 1,
               initiator: str = "raw") -> "RawPeer":
-        params: dict[str, Any] = {"index": index, "connections": connections, "initiator": initiator}
-        if token is not None:
-            params["token"] = token
-        self.sock.sendall(framing.encode_hello(params))
+        """Answer the CHALLENGE with a HELLO proving `token` (a wrong token: a wrong proof)."""
+        self._queued = []
+
+        def answer() -> None:
+            try:
+                frame = handshake.encode_hello(token, self.challenge(), initiator, index, connections)
+            except BaseException as exc:  # noqa: BLE001 - reported by wait_hello()
+                self.hello_error = exc
+                frame = b""
+            with self._lock:
+                queued, self._queued = self._queued or [], None
+                try:
+                    self.sock.sendall(frame + b"".join(queued))
+                except OSError as exc:
+                    self.hello_error = self.hello_error or exc
+                if self._close_after:
+                    self._linger_close()
+
+        self._answer = threading.Thread(target=answer, daemon=True)
+        self._answer.start()
         return self
 
+    def _linger_close(self) -> None:
+        """Close as a polite peer does: FIN after the data, then read (and drop) what the
+        target still sends until its EOF, so that unread ACKs do not turn the close into an
+        RST that the target would see instead of the end of the data (bounded: 5 s)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(5)
+            for _ in range(10_000):
+                if not self.sock.recv(65536):
+                    break
+        except OSError:
+            pass
+        self.sock.close()
+
+    def wait_hello(self, timeout_s: float = 10.0) -> None:
+        if self._answer is not None:
+            self._answer.join(timeout_s)
+            assert not self._answer.is_alive(), "no CHALLENGE from the target"
+        if self.hello_error is not None:
+            raise self.hello_error
+
     def send(self, data: bytes) -> None:
+        with self._lock:
+            if self._queued is not None:
+                self._queued.append(data)
+                return
         self.sock.sendall(data)
 
     def write(self, dst_off: int, payload: bytes, seq: int, notify: int | None = None) -> None:
-        self.sock.sendall(framing.encode_write(dst_off, len(payload), seq, notify) + payload)
+        self.send(framing.encode_write(dst_off, len(payload), seq, notify) + payload)
 
     def read_frames(self, timeout_s: float = 5.0) -> list[tuple[framing.Header, bytes]]:
-        """Read until the target closes (or timeout); return the frames it sent."""
+        """Read until the target closes (or timeout); return the frames it sent (after the
+        CHALLENGE)."""
+        if self._answer is not None:
+            self._answer.join(timeout_s)
         self.sock.settimeout(timeout_s)
         reader = framing.ControlReader()
         frames = []
@@ -198,6 +269,10 @@ class RawPeer:
         return frames
 
     def close(self) -> None:
+        with self._lock:
+            if self._queued is not None:  # the HELLO is not out yet: close right after it
+                self._close_after = True
+                return
         self.sock.close()
 
 
@@ -212,3 +287,59 @@ def progress_until_error(target, timeout_s: float = 5.0) -> tuple[BaseException 
             return exc, (np.concatenate(placed) if placed else np.empty(0))
         placed.append(p)
     return None, (np.concatenate(placed) if placed else np.empty(0))
+
+
+class SilentTarget:
+    """A listening socket that answers one connection's handshake with a CHALLENGE (so an
+    initiator's connect() completes) and then never reads nor acknowledges a byte."""
+
+    def __init__(self) -> None:
+        self._ls = socket.create_server(("127.0.0.1", 0))
+        self.port = self._ls.getsockname()[1]
+        self._conn: socket.socket | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._ls.settimeout(10)
+        try:
+            conn, _ = self._ls.accept()
+        except OSError:
+            return
+        conn.sendall(handshake.encode_challenge(b"\0" * framing.NONCE_BYTES))
+        self._conn = conn
+
+    def accepted(self) -> socket.socket:
+        self._thread.join(10)
+        assert self._conn is not None, "no connection to the silent target"
+        return self._conn
+
+    def close(self) -> None:
+        self._ls.close()
+        self._thread.join(10)
+        if self._conn is not None:
+            self._conn.close()
+
+
+def connect_driving(initiator, target, descriptor: dict, timeout_s: float = 5.0) -> None:
+    """initiator.connect() needs the target's CHALLENGE, which the target sends from inside
+    progress(): connect from a helper thread while this thread drives the target (bounded).
+    Whatever the target placed meanwhile is returned by later progress() calls only if the
+    caller posts after this returns (nothing is posted during connect)."""
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            initiator.connect(descriptor, timeout_s)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            err.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout_s + 5
+    while t.is_alive() and time.monotonic() < deadline:
+        target.progress(0.01)
+    t.join(1)
+    assert not t.is_alive(), "connect did not return"
+    if err:
+        raise err[0]

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from pytest_kvfabric.errors import ProtocolError
-from pytest_kvfabric.transports import framing
+from pytest_kvfabric.transports import framing, handshake
 from pytest_kvfabric.transports.devmem import cmsg, rx
 
 
@@ -156,15 +156,23 @@ def test_zerocopy_completion():
 
 # ---- RX reassembly -----------------------------------------------------------------------
 
+NONCE = bytes(range(framing.NONCE_BYTES))
+HELLO = handshake.encode_hello("t", NONCE, "ini", 0, 1)
+
+
+def _asm(region_nbytes: int) -> rx.StreamAssembler:
+    return rx.StreamAssembler(region_nbytes, handshake.TargetHandshake("t", NONCE))
+
+
 def _stream(writes):
-    out = framing.encode_hello({"token": "t", "index": 0, "connections": 1})
+    out = HELLO
     for seq, (dst, payload, notify) in enumerate(writes, 1):
         out += framing.encode_write(dst, len(payload), seq, notify) + payload
     return out + framing.encode_bye()
 
 
 def _feed_fragmented(data: bytes, region_nbytes: int, rng: random.Random):
-    asm = rx.StreamAssembler(region_nbytes)
+    asm = _asm(region_nbytes)
     region = bytearray(region_nbytes)
     events = []
     pos = 0
@@ -189,7 +197,7 @@ def test_assembler_places_every_byte_whatever_the_fragmentation():
         done = [e.header for e in events if isinstance(e, rx.WriteDone)]
         assert [h.seq for h in done] == [1, 2, 3, 4]
         assert [h.notify_request for h in done] == [None, 4, 5, None]
-        assert isinstance(events[0], rx.Hello) and events[0].params["token"] == "t"
+        assert isinstance(events[0], rx.Hello) and events[0].hello.initiator == "ini"
         assert isinstance(events[-1], rx.Bye) and asm.closed and not asm.mid_frame
         firsts = [e for e in events if isinstance(e, rx.Place) and e.first]
         assert [(e.dst_off, e.write_nbytes) for e in firsts] == [(100, 768), (2000, 1000), (50, 40)]
@@ -198,28 +206,34 @@ def test_assembler_places_every_byte_whatever_the_fragmentation():
 @pytest.mark.parametrize(
     "data, match",
     [
-        (framing.encode_write(0, 4, 1) + b"abcd", "WRITE before HELLO"),
-        (framing.encode_hello({}) + framing.encode_write(4090, 10, 1), "outside registered region"),
-        (framing.encode_hello({}) + framing.encode_write(0, 1, 2), "out of sequence"),
-        (framing.encode_hello({}) + framing.encode_ack(1), "unexpected ACK"),
-        (framing.encode_hello({}) + framing.encode_hello({}), "second HELLO"),
-        (framing.encode_hello({}) + framing.encode_bye() + b"x", "after BYE"),
+        (framing.encode_write(0, 4, 1) + b"abcd", "expected HELLO, got WRITE"),
+        (handshake.encode_hello("wrong", NONCE, "ini", 0, 1), "wrong proof"),
+        (HELLO + framing.encode_write(4090, 10, 1), "outside registered region"),
+        (HELLO + framing.encode_write(0, 1, 2), "out of sequence"),
+        (HELLO + framing.encode_ack(1), "unexpected ACK"),
+        (HELLO + handshake.encode_challenge(NONCE), "unexpected CHALLENGE"),
+        (HELLO + framing.encode_writev(1, [0], [4], [0]) + b"abcd", "unexpected WRITEV"),
+        (HELLO + HELLO, "second HELLO"),
+        (HELLO + framing.encode_bye() + b"x", "after BYE"),
         (b"XX" + b"\0" * 30, "bad frame magic"),
     ],
 )
 def test_assembler_rejects_before_placing(data, match):
-    asm = rx.StreamAssembler(4096)
+    asm = _asm(4096)
     with pytest.raises(ProtocolError, match=match):
         for ev in asm.feed(memoryview(data), True):
             assert not isinstance(ev, rx.Place) or match != "outside registered region"
 
 
 def test_assembler_reports_peer_error_and_mid_frame():
-    asm = rx.StreamAssembler(4096)
-    evs = list(asm.feed(memoryview(framing.encode_error("boom")), False))
-    assert evs == [rx.PeerError("boom")]
-    asm = rx.StreamAssembler(4096)
-    list(asm.feed(memoryview(framing.encode_hello({}) + framing.encode_write(0, 10, 1) + b"abc"), True))
+    asm = _asm(4096)
+    evs = list(asm.feed(memoryview(HELLO + framing.encode_error("boom")), False))
+    assert evs[1:] == [rx.PeerError("boom")]
+    asm = _asm(4096)
+    list(asm.feed(memoryview(HELLO[:10]), True))
+    assert asm.mid_frame  # inside the HELLO
+    asm = _asm(4096)
+    list(asm.feed(memoryview(HELLO + framing.encode_write(0, 10, 1) + b"abc"), True))
     assert asm.mid_frame
 
 

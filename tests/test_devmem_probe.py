@@ -229,6 +229,7 @@ def _run_loopback(target_opts, writes, rounds=200):
     DevmemInitiator over loopback: the kernel delivers regular skbs, recvmsg(MSG_SOCK_DEVMEM)
     returns them without devmem cmsgs, so every byte is host memory and must be reported."""
     import numpy as np
+    from stream_harness import connect_driving
 
     from pytest_kvfabric.transports.base import XFER_DTYPE
 
@@ -242,7 +243,7 @@ def _run_loopback(target_opts, writes, rounds=200):
     desc = StreamTarget.listen(t, "127.0.0.1", 2.0)  # the socket half of listen(); no NIC bind here
     i = DevmemInitiator(src, {"token": "s3cret", "tx": False})
     try:
-        i.connect(desc, 2.0)
+        connect_driving(i, t, desc, 2.0)  # the target answers the handshake inside progress()
         i.post(np.array(writes, XFER_DTYPE), 2.0)
         placed, done = [], []
         for _ in range(rounds):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pytest_kvfabric.errors import ProtocolError, TransportError
-from pytest_kvfabric.transports import framing, registry
+from pytest_kvfabric.transports import framing, handshake, registry
 from pytest_kvfabric.transports.base import XFER_DTYPE
 
 T = registry.get_transport("iouring")
@@ -226,9 +226,18 @@ def test_out_of_region_write_rejected_region_untouched(regions, mode):
         tt.stop()
 
 
-def _raw_hello(tt) -> socket.socket:
+def _raw_hello(tt, token: str | None = None) -> socket.socket:
+    """A raw socket that answers the target's CHALLENGE with a HELLO proving `token` (the
+    descriptor's by default)."""
     s = socket.create_connection((tt.descriptor["host"], tt.descriptor["port"]), timeout=5)
-    s.sendall(framing.encode_hello({"token": tt.descriptor["token"]}))
+    want = framing.HEADER_SIZE + framing.NONCE_BYTES
+    challenge = b""
+    while len(challenge) < want:
+        chunk = s.recv(want - len(challenge))
+        assert chunk, "target closed before its CHALLENGE"
+        challenge += chunk
+    nonce = challenge[framing.HEADER_SIZE:]
+    s.sendall(handshake.encode_hello(token or tt.descriptor["token"], nonce, "raw", 0, 1))
     return s
 
 
@@ -265,15 +274,17 @@ def test_out_of_sequence_and_bad_token_rejected(regions):
         s.close()
         tt.stop()
     tt = TargetThread(T, dst_r, {})
-    s = socket.create_connection((tt.descriptor["host"], tt.descriptor["port"]), timeout=5)
+    s = _raw_hello(tt, token="not-the-token")
     try:
-        s.sendall(framing.encode_hello({"token": "not-the-token"}) + framing.encode_write(0, 16, 1) + b"y" * 16)
-        err = tt.wait_error()
-        assert isinstance(err, ProtocolError) and "auth token" in str(err)
+        s.sendall(framing.encode_write(0, 16, 1) + b"y" * 16)
+        reply = s.recv(4096)  # a stranger: told why, dropped, counted; the run goes on
+        assert b"HELLO with a wrong proof of the run token" in reply
+        assert tt.wait_error(0.3) is None
         assert not np.frombuffer(dst_r, np.uint8).any()
     finally:
         s.close()
         tt.stop()
+    assert tt.target.data_path()["strangers"] == {"bad_proof": 1}
 
 
 def _target_child(q, nbytes):

@@ -14,8 +14,9 @@ from pytest_kvfabric.transports._stream import DEFAULT_BUSY_POLL_US, busy_poll_s
 from pytest_kvfabric.transports.tcp import TcpTransport
 
 from stream_harness import (
-    SENTINEL, TOKEN, RawPeer, ServedTarget, batch, connected, listening_target, progress_until_error,
-    round_trip, wait_all,
+    SENTINEL, TOKEN, RawPeer, ServedTarget, SilentTarget, batch, connect_driving, connected,
+    listening_target,
+    progress_until_error, round_trip, wait_all,
 )
 
 T = TcpTransport
@@ -171,7 +172,7 @@ def test_descriptor_and_generated_token():
         assert d["connections"] == 1 and len(d["token"]) >= 32
         # an initiator that knows only the descriptor authenticates with its token
         ini = T.initiator(T.allocate(100, {}), {})
-        ini.connect(d, 5)
+        connect_driving(ini, tgt, d)
         ini.post(batch([0], [0], [100]), 5)
         for _ in range(100):
             p, _n = tgt.progress(0.05)
@@ -264,33 +265,49 @@ def test_malformed_frame_rejected_region_untouched(lone_target, bad, match):
         peer.close()
 
 
-@pytest.mark.parametrize("token", [None, "wrong", ""], ids=["missing", "wrong", "empty"])
+def _expect_stranger(tgt, peer, arr, match: str, kind: str) -> None:
+    """A stranger is dropped and counted; the target goes on; nothing lands in the region."""
+    exc, placed = progress_until_error(tgt, 0.5)
+    assert exc is None and not len(placed)
+    assert tgt.data_path()["strangers"] == {kind: 1}
+    assert tgt.data_path()["strangers_rejected"] == 1
+    if kind != "closed":
+        errors = [p.decode() for h, p in peer.read_frames() if h.type == framing.ERROR]
+        assert errors and match in errors[0]  # the peer was told why
+    assert np.all(arr == SENTINEL)
+    assert not tgt.peers_closed()
+
+
+@pytest.mark.parametrize("token", ["wrong", ""], ids=["wrong", "empty"])
 def test_wrong_token_cannot_write(lone_target, token):
     tgt, d, arr = lone_target
     peer = RawPeer(d).hello(token=token)
     try:
         peer.write(0, b"Z" * 64, seq=1)
-        _expect_rejected(tgt, peer, arr, "wrong or missing auth token", legit=False)
+        _expect_stranger(tgt, peer, arr, "HELLO with a wrong proof of the run token", "bad_proof")
     finally:
         peer.close()
 
 
 @pytest.mark.parametrize(
-    "first, match",
+    "first, match, kind",
     [
-        (framing.encode_write(0, 4, 1) + b"abcd", "expected HELLO, got WRITE"),
-        (framing.HEADER.pack(b"KV", 1, framing.HELLO, 4, 0, 0, 0) + b"{{{{", "HELLO payload is not JSON"),
-        (framing.HEADER.pack(b"KV", 1, framing.HELLO, 70000, 0, 0, 0), "exceeds"),
-        (b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n", "bad frame magic"),
+        (framing.encode_write(0, 4, 1) + b"abcd", "expected HELLO, got WRITE", "bad_frame"),
+        (framing.HEADER.pack(b"KV", 1, framing.HELLO, 4, 0, 0, 0) + b"{{{{", "HELLO payload is not JSON", "bad_hello"),
+        (framing.HEADER.pack(b"KV", 1, framing.HELLO, 70000, 0, 0, 0), "exceeds", "bad_frame"),
+        (framing.HEADER.pack(b"KV", 1, framing.HELLO, 2000, 0, 0, 0), "HELLO payload of 2000 bytes", "bad_hello"),
+        (framing.encode_hello({"token": TOKEN, "index": 0, "connections": 1, "initiator": "x"}),
+         "HELLO without a proof", "bad_hello"),
+        (b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n", "bad frame magic", "bad_frame"),
     ],
-    ids=["write-first", "hello-not-json", "hello-too-big", "http"],
+    ids=["write-first", "hello-not-json", "hello-too-big", "hello-over-1k", "token-in-clear", "http"],
 )
-def test_bad_handshake_rejected(lone_target, first, match):
+def test_bad_handshake_is_a_stranger_dropped_and_counted(lone_target, first, match, kind):
     tgt, d, arr = lone_target
     peer = RawPeer(d)
     try:
         peer.send(first)
-        _expect_rejected(tgt, peer, arr, match, legit=False)
+        _expect_stranger(tgt, peer, arr, match, kind)
     finally:
         peer.close()
 
@@ -342,19 +359,21 @@ def test_initiator_learns_target_rejected_it():
     served = ServedTarget(T, 4096, token="right").start()
     with connected(T, served, T.allocate(4096, {}), {"token": "wrong"}, stop_wait_s=0.1,
                    close_target=True) as ini:
-        with pytest.raises(TransportError, match="rejected us: HELLO with a wrong or missing auth token"):
+        with pytest.raises(TransportError, match="rejected us: HELLO with a wrong proof of the run token"
+                                                 "|lost the connection"):
             ini.post(batch([0], [0], [4096]), 5)
             for _ in range(100):
                 ini.poll(0.05)
-    assert isinstance(served.error, ProtocolError)
+    assert served.error is None  # a wrong token is a stranger: the target goes on
+    assert served.target.data_path()["strangers"] == {"bad_proof": 1}
 
 
 def test_initiator_sees_target_die():
-    ls = socket.create_server(("127.0.0.1", 0))
+    ls = SilentTarget()
     ini = T.initiator(T.allocate(1 << 20, {}), {"token": TOKEN})
     try:
-        ini.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
-        conn, _ = ls.accept()
+        ini.connect({"host": "127.0.0.1", "port": ls.port}, 5)
+        conn = ls.accepted()
         ini.post(batch([0], [0], [1000]), 5)
         conn.close()  # the "target" dies without acknowledging
         with pytest.raises(TransportError, match="with 1 writes unacknowledged"):
@@ -366,11 +385,11 @@ def test_initiator_sees_target_die():
 
 
 def test_post_blocked_by_silent_target_times_out():
-    ls = socket.create_server(("127.0.0.1", 0))
+    ls = SilentTarget()
     ini = T.initiator(T.allocate(64 * MIB, {}), {"token": TOKEN, "sndbuf": 65536})
     try:
-        ini.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
-        conn, _ = ls.accept()  # accepts, never reads
+        ini.connect({"host": "127.0.0.1", "port": ls.port}, 5)
+        conn = ls.accepted()  # accepts, never reads
         t0 = time.monotonic()
         with pytest.raises(TransportError, match="post timed out after 0.3 s"):
             ini.post(batch([0], [0], [64 * MIB]), 0.3)
@@ -468,15 +487,15 @@ def test_busy_poll_never_outlasts_the_callers_timeout():
     # must end at its timeout, not after the spin window (bounds are 10x generous).
     served = ServedTarget(T, 4096, busy_poll_us=1e6).start()
     ini = T.initiator(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": 1e6})
-    ls = socket.create_server(("127.0.0.1", 0))
+    ls = SilentTarget()
     silent = T.initiator(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": 1e6})
     quiet = T.target(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": 1e6})
     try:
         ini.connect(served.descriptor, 5)
         ini.post(batch([0], [0], [100]), 5)
         assert len(wait_all(ini, 1)) == 1
-        silent.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
-        conn, _ = ls.accept()  # never answers: a write to it never completes
+        silent.connect({"host": "127.0.0.1", "port": ls.port}, 5)
+        conn = ls.accepted()  # never answers: a write to it never completes
         silent.post(batch([0], [0], [100]), 5)
         quiet.listen("127.0.0.1", 5)
         for call, timeout, bound in ((silent.poll, 0.0, 0.5), (silent.poll, 0.05, 0.9),
@@ -499,12 +518,12 @@ def test_busy_poll_never_outlasts_the_callers_timeout():
 def test_busy_polling_with_nothing_to_do_is_counted_as_spin_cpu(busy_poll_us):
     # spin_cpu_ns is what the Result reports apart from the CPU that moved bytes: it must
     # grow while a side spins idle, stay 0 when it sleeps, and never exceed the CPU spent.
-    ls = socket.create_server(("127.0.0.1", 0))
+    ls = SilentTarget()
     silent = T.initiator(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": busy_poll_us})
     quiet = T.target(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": busy_poll_us})
     try:
-        silent.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
-        conn, _ = ls.accept()  # never answers: the write stays in flight
+        silent.connect({"host": "127.0.0.1", "port": ls.port}, 5)
+        conn = ls.accepted()  # never answers: the write stays in flight
         silent.post(batch([0], [0], [100]), 5)
         quiet.listen("127.0.0.1", 5)
         for ep, call in ((silent, silent.poll), (quiet, quiet.progress)):
@@ -529,11 +548,11 @@ def test_a_wait_under_a_millisecond_is_spun_out_not_slept(busy_poll_us, monkeypa
     # epoll sleeps whole milliseconds: poll(0.5 ms) would sleep ~1 ms. With busy polling on,
     # the initiator spins such a wait out (the pacing loop relies on it: spins_short_waits);
     # with busy_poll_us=0 it never spins. Longer waits still sleep after the busy window.
-    ls = socket.create_server(("127.0.0.1", 0))
+    ls = SilentTarget()
     ini = T.initiator(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": busy_poll_us})
     try:
-        ini.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
-        conn, _ = ls.accept()  # never answers: the write stays in flight
+        ini.connect({"host": "127.0.0.1", "port": ls.port}, 5)
+        conn = ls.accepted()  # never answers: the write stays in flight
         ini.post(batch([0], [0], [100]), 5)
         timeouts: list[float] = []
         real_select = ini._sel.select
@@ -626,7 +645,7 @@ def test_post_queues_and_returns_and_a_later_single_write_goes_out_after_the_que
     src[:] = np.arange(region_len, dtype=np.uint64).astype(np.uint8) ^ 0x5B
     ini = T.initiator(src_region, {"token": TOKEN, "sndbuf": 65536})
     try:
-        ini.connect(served.descriptor, 5)
+        connect_driving(ini, served.target, served.descriptor)  # the handshake only
         ini.post(batch([0], [0], [6 * MIB]), 0.2)  # far more than the socket takes: queued
         ini.post(batch([6 * MIB], [7 * MIB], [4096], first_xfer=1), 0.0)  # behind it
         assert ini.outstanding() == 2 and not len(ini.poll(0.05))
@@ -648,12 +667,12 @@ def test_post_queues_and_returns_and_a_later_single_write_goes_out_after_the_que
 
 @pytest.mark.parametrize("max_unsent", [0, MIB])
 def test_post_blocks_while_more_than_max_unsent_bytes_are_queued(max_unsent):
-    ls = socket.create_server(("127.0.0.1", 0))
+    ls = SilentTarget()
     ini = T.initiator(T.allocate(8 * MIB, {}), {"token": TOKEN, "sndbuf": 65536,
                                                 "max_unsent_bytes": max_unsent})
     try:
-        ini.connect({"host": "127.0.0.1", "port": ls.getsockname()[1]}, 5)
-        conn, _ = ls.accept()  # accepts, never reads
+        ini.connect({"host": "127.0.0.1", "port": ls.port}, 5)
+        conn = ls.accepted()  # accepts, never reads
         with pytest.raises(TransportError, match="post timed out after 0.2 s"):
             ini.post(batch([0], [0], [6 * MIB]), 0.2)
         conn.close()

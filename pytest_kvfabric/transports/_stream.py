@@ -13,10 +13,14 @@ Wire format: `framing` (32-byte headers). Connection setup:
   then places all payloads with one recvmsg_into over the destination slices (a cursor
   over short reads). Sequence numbers, cumulative ACKs, PLACED rows and notifies stay per
   write. A batch whose writes overlap at the destination goes as WRITE frames.
-- Each initiator connection sends one HELLO: ``{"token", "initiator", "index",
-  "connections"}``. A HELLO with a wrong or missing token gets an ERROR frame, the
-  connection is closed and the Target's progress() raises ProtocolError: an
-  unauthenticated peer never writes a byte into the region.
+- On accept the Target sends a CHALLENGE (a fresh nonce); each initiator connection answers
+  with one HELLO ``{"initiator", "index", "connections", "proof"}`` whose proof is an HMAC of
+  the nonce keyed by the run token (`handshake`: the token never crosses the data network).
+  Until its HELLO is proven a connection is a stranger: one that closes, sends junk, a bad
+  HELLO or a wrong proof, idles past the HELLO deadline or is the oldest of too many pending
+  ones is dropped (with an ERROR frame where the socket takes one) and counted in
+  data_path()["strangers_rejected"]; it never fails the run and never writes a byte into the
+  region. What an authenticated peer does wrong (a bad write, bytes after BYE) still raises.
 
 Transfer ids on the target. The caller's xfer id never crosses the wire (as with RDMA, the
 target of a one-sided write sees only offset, length and immediate). The Target reports
@@ -37,7 +41,6 @@ Hot path: plain ints and preallocated buffers; numpy only at batch boundaries.
 """
 from __future__ import annotations
 
-import hmac
 import os
 import secrets
 import selectors
@@ -49,7 +52,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import framing
+from . import framing, handshake
 from .base import COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, Initiator, Target
 from ..errors import ProtocolError, TransportError
 
@@ -174,6 +177,35 @@ def _peer_name(sock: socket.socket) -> str:
         return "<unknown peer>"
 
 
+def exchange_hello(sock: socket.socket, token: str, initiator: str, index: int, connections: int,
+                   timeout_s: float, what: str) -> None:
+    """Initiator side of the handshake on a blocking socket: read the target's CHALLENGE,
+    send the HELLO that proves the token. Bounded by timeout_s; raises TransportError."""
+    hs = handshake.InitiatorHandshake(token, initiator, index, connections)
+    buf = memoryview(bytearray(framing.HEADER_SIZE + framing.MAX_CONTROL_PAYLOAD))
+    deadline = time.monotonic() + timeout_s
+    try:
+        for _ in range(1000):  # a CHALLENGE is 2 reads; each read waits at most until the deadline
+            want = hs.want()
+            if not want:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"{what}: no CHALLENGE from the target within {timeout_s:.1f} s")
+            sock.settimeout(left)
+            n = sock.recv_into(buf[:want])
+            if not n:
+                raise TransportError(f"{what}: the target closed the connection before its CHALLENGE")
+            hs.feed(buf[:n])
+        if hs.error or hs.hello_bytes is None:
+            raise TransportError(f"{what}: target {hs.error or 'sent no CHALLENGE'}")
+        sock.sendall(hs.hello_bytes)
+    except socket.timeout:
+        raise TransportError(f"{what}: no CHALLENGE from the target within {timeout_s:.1f} s") from None
+    except OSError as exc:
+        raise TransportError(f"{what}: handshake failed: {exc}") from None
+
+
 def _send_error_and_close(sock: socket.socket, reason: str) -> None:
     """Best effort: tell the peer why, then close (never blocks for more than 0.2 s)."""
     try:
@@ -192,8 +224,8 @@ def _send_error_and_close(sock: socket.socket, reason: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 # TargetConn.state. STATE_RUN and STATE_CLOSED are part of the subclass interface (a target
-# that overrides _on_readable checks them); the handshake states are internal.
-_HELLO_HDR, _HELLO_BODY, STATE_RUN, STATE_CLOSED = 0, 1, 2, 3
+# that overrides _on_readable checks them); the others are internal. _AFTER_BYE: only EOF may follow.
+_HELLO, STATE_RUN, STATE_CLOSED, _AFTER_BYE = 0, 2, 3, 4
 
 
 class _Group:
@@ -216,7 +248,7 @@ class TargetConn:
     """One accepted connection of a StreamTarget: what subclass hooks receive as `c`."""
 
     __slots__ = (
-        "sock", "fd", "peer", "state", "hdr", "hdr_mv", "hfill", "body", "index", "nconn",
+        "sock", "fd", "peer", "state", "hdr", "hdr_mv", "hfill", "hs", "index", "nconn",
         "group", "next_seq", "placed_seq", "acked", "out", "pay_view", "pay_pos", "pay_len",
         "pay_dst", "pay_imm", "bye", "writes", "want_write",
         # WRITEV: table being read, then the frame's payload scatter state
@@ -228,11 +260,11 @@ class TargetConn:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = _peer_name(sock)
-        self.state = _HELLO_HDR
+        self.state = _HELLO
         self.hdr = bytearray(_HS)
         self.hdr_mv = memoryview(self.hdr)
         self.hfill = 0
-        self.body = bytearray()
+        self.hs: handshake.TargetHandshake | None = None  # until the HELLO is proven
         self.index = 0
         self.nconn = 1
         self.group: _Group | None = None
@@ -292,6 +324,10 @@ class StreamTarget(Target):
         self.writes_placed = 0
         self._busy_poll_s = busy_poll_s(self.options, self.transport_name)
         self.acks_sent = 0
+        self._gate = handshake.Admission(
+            timeout_s=float(self.options.get("hello_timeout_s") or handshake.HELLO_TIMEOUT_S)
+        )
+        self._hs_buf = memoryview(bytearray(framing.MAX_HELLO_PAYLOAD))  # handshake reads
 
     # -- hooks for subclasses -------------------------------------------------------------
     def _configure_socket(self, sock: socket.socket) -> None:
@@ -307,7 +343,7 @@ class StreamTarget(Target):
             ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             ls.settimeout(timeout_s)
             ls.bind((bind_host, int(self.options.get("port", 0))))  # fixed port: a NIC steering rule may match it
-            ls.listen(64)
+            ls.listen(1024)  # a burst of strangers must not fill the queue the initiator needs
         except OSError as exc:
             ls.close()
             raise TransportError(f"{self.transport_name}: cannot listen on {bind_host}: {exc}") from None
@@ -329,16 +365,45 @@ class StreamTarget(Target):
 
     def _accept(self) -> None:
         assert self._lsock is not None
+        now = time.monotonic()
         for _ in range(256):
             try:
                 sock, _addr = self._lsock.accept()
             except _EAGAIN:
                 return
+            except OSError:  # e.g. ECONNABORTED: a stranger reset before we took it
+                continue
             sock.setblocking(False)
-            self._configure_socket(sock)
             c = TargetConn(sock)
+            c.hs = handshake.TargetHandshake(self._token)
             self._conns[c.fd] = c
             self._sel.register(sock, selectors.EVENT_READ, c)
+            for fd in self._gate.arrive(c.fd, now):
+                self._stranger(self._conns[fd], handshake.EVICTED,
+                               f"too many connections without a proven HELLO (> {self._gate.max_pending})")
+            try:
+                self._configure_socket(sock)
+                sock.send(c.hs.challenge())  # 64 bytes into an empty send buffer: never partial
+            except OSError as exc:
+                self._stranger(c, handshake.CLOSED, str(exc))
+
+    def _stranger(self, c: TargetConn, kind: str, reason: str) -> None:
+        """Drop an unauthenticated connection and count it: it never fails the run."""
+        self._gate.drop(c.fd, kind)
+        if kind != handshake.CLOSED:
+            try:  # best effort and never blocking: a stranger may not read
+                c.sock.send(framing.encode_error(reason), socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        self._drop(c)
+        c.sock.close()
+
+    def _expire(self, now: float) -> None:
+        for fd in self._gate.expired(now):
+            c = self._conns.get(fd)
+            if c is not None:
+                self._stranger(c, handshake.TIMEOUT,
+                               f"no proven HELLO within {self._gate.timeout_s:g} s of connecting")
 
     # -- progress -------------------------------------------------------------------------
     def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -365,6 +430,8 @@ class StreamTarget(Target):
                     self._flush(c)
                 if mask & selectors.EVENT_READ and c.state != STATE_CLOSED:
                     self._on_readable(c)
+            if self._gate.next_deadline <= now:
+                self._expire(now)
             if self._p_x or self._n_req or remaining <= 0:
                 return self._take()
             now = time.monotonic()
@@ -444,7 +511,10 @@ class StreamTarget(Target):
 
     def _on_readable(self, c: TargetConn) -> None:
         if c.state != STATE_RUN:
-            self._read_hello(c)
+            if c.state == _HELLO:
+                self._read_hello(c)
+            elif c.state == _AFTER_BYE:
+                self._after_bye(c)
             if c.state != STATE_RUN:
                 return
         self._drain(c)
@@ -487,78 +557,62 @@ class StreamTarget(Target):
                 pass
 
     def _read_hello(self, c: TargetConn) -> None:
-        sock = c.sock
-        for _ in range(64):
+        """Feed the handshake exactly what it asks for (never a byte past the HELLO)."""
+        hs = c.hs
+        assert hs is not None
+        buf = self._hs_buf
+        for _ in range(8):  # a HELLO is 2 reads; a trickling stranger waits for its next wakeup
             try:
-                if c.state == _HELLO_HDR:
-                    n = sock.recv_into(c.hdr_mv[c.hfill :])
-                else:
-                    want = len(c.body)
-                    n = sock.recv_into(memoryview(c.body)[c.pay_pos : want])
+                n = c.sock.recv_into(buf[: hs.want()])
             except _EAGAIN:
                 return
             except OSError as exc:
-                self._drop(c)
-                sock.close()
-                raise TransportError(f"{self.transport_name}: peer {c.peer}: {exc}") from None
+                hs.closed()
+                self._stranger(c, handshake.CLOSED, f"{hs.reason}: {exc}")
+                return
             if n == 0:
-                self._drop(c)
-                sock.close()
-                raise ProtocolError(
-                    f"{self.transport_name}: peer {c.peer} closed before completing HELLO"
-                )
-            if c.state == _HELLO_HDR:
-                c.hfill += n
-                if c.hfill < _HS:
-                    continue
-                c.hfill = 0
-                try:
-                    h = framing.decode_header(c.hdr)
-                except ProtocolError as exc:
-                    self._fail(c, f"before HELLO: {exc}")
-                if h.type != framing.HELLO:
-                    self._fail(c, f"expected HELLO, got {framing.TYPE_NAMES[h.type]}")
-                c.body = bytearray(h.nbytes)
-                c.pay_pos = 0
-                c.state = _HELLO_BODY
-                if h.nbytes:
-                    continue
+                hs.closed()
             else:
-                c.pay_pos += n
-            if c.pay_pos < len(c.body):
-                continue
-            self._accept_hello(c)
-            return
+                hs.feed(buf[:n])
+            if hs.hello is not None:
+                self._accept_hello(c, hs.hello)
+                return
+            if hs.kind:
+                self._stranger(c, hs.kind, hs.reason)
+                return
 
-    def _accept_hello(self, c: TargetConn) -> None:
-        try:
-            params = framing.decode_hello(bytes(c.body))
-        except ProtocolError as exc:
-            self._fail(c, str(exc))
-        token = params.get("token")
-        if not isinstance(token, str) or not hmac.compare_digest(
-            token.encode(), self._token.encode()
-        ):
-            self._fail(c, "HELLO with a wrong or missing auth token")
-        try:
-            index = int(params.get("index", 0))
-            nconn = int(params.get("connections", 1))
-            ident = str(params.get("initiator", c.peer))
-        except (TypeError, ValueError):
-            self._fail(c, "HELLO fields index/connections are not integers")
-        if not (1 <= nconn <= 4096 and 0 <= index < nconn):
-            self._fail(c, f"HELLO index {index} / connections {nconn} out of range")
+    def _accept_hello(self, c: TargetConn, hello: handshake.Hello) -> None:
+        """A proven HELLO: from here on c is the run's initiator, and its faults are fatal."""
+        self._gate.admitted(c.fd)
+        c.hs = None
+        bad = handshake.check_hello_ranges(hello)
+        if bad:
+            self._fail(c, bad)
+        index, nconn, ident = hello.index, hello.connections, hello.initiator
         g = self._groups.get(ident)
         if g is None:
             g = self._groups[ident] = _Group(nconn)
         elif g.nconn != nconn:
             self._fail(c, f"HELLO connections {nconn} disagrees with {g.nconn} of the same initiator")
         c.index, c.nconn, c.group = index, nconn, g
-        c.body = bytearray()
-        c.pay_pos = 0
         c.hfill = 0
         c.state = STATE_RUN
         self._seen += 1
+
+    def _after_bye(self, c: TargetConn) -> None:
+        """After BYE only EOF may come: a byte more is a fault, and nothing more is placed."""
+        try:
+            n = c.sock.recv_into(c.hdr_mv)
+        except _EAGAIN:
+            return
+        except OSError as exc:
+            self._drop(c)
+            c.sock.close()
+            raise TransportError(f"{self.transport_name}: peer {c.peer}: {exc}") from None
+        if n == 0:
+            self._on_eof(c)
+        else:
+            self._fail(c, f"{n} bytes after BYE (after write seq {c.next_seq - 1}); nothing after BYE is placed")
 
     def _bad_header(self, c: TargetConn) -> None:
         """The fast path refused a header: let framing name exactly why, then reject."""
@@ -653,6 +707,8 @@ class StreamTarget(Target):
                     if magic == _MAGIC and ver == _VERSION and typ == framing.BYE and nb == 0:
                         c.bye = True
                         c.hfill = 0
+                        c.state = _AFTER_BYE  # not a byte more is read into the region
+                        short = True
                         break
                     if magic == _MAGIC and ver == _VERSION and typ == _WRITEV:
                         self._v_header(c)
@@ -843,6 +899,7 @@ class StreamTarget(Target):
             "connections": self._seen,
             "bytes_placed": self.bytes_placed,
             "writes_placed": self.writes_placed,
+            **self._gate.report(),
         }
 
     def close(self) -> None:
@@ -1002,14 +1059,13 @@ class StreamInitiator(Initiator):
                 ) from None
             try:
                 self._configure_socket(sock)
-                sock.sendall(
-                    framing.encode_hello(
-                        {"token": token, "initiator": ident, "index": i, "connections": nconn}
-                    )
-                )
-            except OSError as exc:
+                exchange_hello(sock, token, ident, i, nconn, deadline - time.monotonic(),
+                               f"{self.transport_name}: HELLO to {host}:{port}")
+            except (OSError, TransportError) as exc:
                 sock.close()
                 self.close()
+                if isinstance(exc, TransportError):
+                    raise
                 raise TransportError(
                     f"{self.transport_name}: HELLO to {host}:{port} failed: {exc}"
                 ) from None

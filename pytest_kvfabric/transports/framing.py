@@ -12,7 +12,10 @@ Pure functions over bytes; sockets live in the transports. Every frame starts wi
 - ACK    (target -> initiator): cumulative: every WRITE with seq <= `seq` is placed.
 - NOTIFY (target -> initiator): unused on the wire today; reserved.
 - ERROR  (either way): payload = nbytes of UTF-8 reason; the sender closes after it.
-- BYE    (initiator -> target): clean end of stream.
+- BYE    (initiator -> target): clean end of stream; nothing may follow it.
+- CHALLENGE (target -> initiator): sent on accept, before anything else; payload = a fresh
+  NONCE_BYTES nonce that the initiator's HELLO proves knowledge of the run token against
+  (HMAC, see `handshake`): the token itself never crosses the data network.
 - WRITEV (initiator -> target): several writes in one frame, so the target places them with
   one scatter receive. Header: nbytes = total payload bytes, dst_off = entry count N
   (1..MAX_WRITEV_ENTRIES), seq = sequence number of the first write (the entries carry
@@ -38,11 +41,16 @@ HEADER_SIZE = HEADER.size  # 32
 MAX_CONTROL_PAYLOAD = 64 * 1024  # HELLO / ERROR payload bound: a peer cannot make us buffer more
 MAX_WRITE = 0xFFFFFFFF
 
-HELLO, WRITE, ACK, NOTIFY, ERROR, BYE, WRITEV = 1, 2, 3, 4, 5, 6, 7
+HELLO, WRITE, ACK, NOTIFY, ERROR, BYE, WRITEV, CHALLENGE = 1, 2, 3, 4, 5, 6, 7, 8
 TYPE_NAMES = {
     HELLO: "HELLO", WRITE: "WRITE", ACK: "ACK", NOTIFY: "NOTIFY", ERROR: "ERROR", BYE: "BYE",
-    WRITEV: "WRITEV",
+    WRITEV: "WRITEV", CHALLENGE: "CHALLENGE",
 }
+NONCE_BYTES = 32  # CHALLENGE payload: 256 random bits per connection
+# A HELLO is a flat JSON object of four short fields (~150 bytes): these bounds refuse a
+# stranger's oversized or deeply nested one before json.loads sees it (no RecursionError).
+MAX_HELLO_PAYLOAD = 1024
+MAX_JSON_DEPTH = 4
 WRITEV_ENTRY = struct.Struct("<QIIQ")
 WRITEV_ENTRY_SIZE = WRITEV_ENTRY.size  # 24
 MAX_WRITEV_ENTRIES = 1024  # IOV_MAX: one recvmsg_into takes the whole frame's slices
@@ -112,6 +120,8 @@ def decode_header(buf: bytes | bytearray | memoryview) -> Header:
         )
     if type_ in (ACK, BYE, NOTIFY) and nbytes != 0:
         raise ProtocolError(f"{TYPE_NAMES[type_]} frame with non-empty payload ({nbytes} bytes)")
+    if type_ == CHALLENGE and nbytes != NONCE_BYTES:
+        raise ProtocolError(f"CHALLENGE of {nbytes} bytes (expected {NONCE_BYTES})")
     if type_ == WRITEV:
         if not 1 <= dst_off <= MAX_WRITEV_ENTRIES:
             raise ProtocolError(
@@ -217,10 +227,40 @@ def decode_writev_table(
     return ds, ns, ims
 
 
+def json_depth_exceeds(text: str, limit: int) -> bool:
+    """True if brackets outside strings nest deeper than `limit` (checked before json.loads,
+    whose recursion a few thousand `[` would exhaust)."""
+    depth = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch == "[" or ch == "{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch == "]" or ch == "}":
+            depth -= 1
+    return False
+
+
 def decode_hello(payload: bytes) -> dict[str, Any]:
+    """Parse a HELLO payload, bounded in size and nesting before the JSON parser runs."""
+    if len(payload) > MAX_HELLO_PAYLOAD:
+        raise ProtocolError(f"HELLO payload of {len(payload)} bytes exceeds {MAX_HELLO_PAYLOAD}")
     try:
-        params = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = payload.decode("utf-8")
+        if json_depth_exceeds(text, MAX_JSON_DEPTH):
+            raise ProtocolError(f"HELLO payload nests deeper than {MAX_JSON_DEPTH} levels")
+        params = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"HELLO payload is not JSON: {exc}") from None
     if not isinstance(params, dict):
         raise ProtocolError("HELLO payload is not a JSON object")
@@ -246,7 +286,7 @@ class ControlReader:
                 # bytes, not a memoryview: a view alive in the traceback of a ProtocolError
                 # would make the `del buf[:pos]` below raise BufferError and mask it.
                 h = decode_header(bytes(buf[pos : pos + HEADER_SIZE]))
-                payload_len = h.nbytes if h.type in (HELLO, ERROR) else 0
+                payload_len = h.nbytes if h.type in (HELLO, ERROR, CHALLENGE) else 0
                 if h.type in (WRITE, WRITEV):
                     raise ProtocolError(
                         f"unexpected {TYPE_NAMES[h.type]} frame on a control stream"

@@ -36,8 +36,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ProtocolError, TransportError
-from . import framing
-from ._stream import set_tcp_options, tcp_info
+from . import framing, handshake
+from ._stream import exchange_hello, set_tcp_options, tcp_info
 from .params import IOURING_PARAMS
 from .base import (
     COMPLETION_DTYPE,
@@ -155,11 +155,10 @@ class IoUringInitiator(Initiator):
         try:
             sock = socket.create_connection((host, port), timeout=timeout_s)
             set_tcp_options(sock, self.options)
-            # The HELLO of _stream.py (tcp/zerocopy), so either side interoperates with them.
+            # The handshake of _stream.py (tcp/zerocopy), so either side interoperates with them.
             token = str(self.options.get("token") or descriptor.get("token") or "")
-            hello = {"token": token, "initiator": f"{secrets.token_hex(8)}-{os.getpid()}",
-                     "index": 0, "connections": 1}
-            sock.sendall(framing.encode_hello(hello))
+            exchange_hello(sock, token, f"{secrets.token_hex(8)}-{os.getpid()}", 0, 1, timeout_s,
+                           f"iouring connect to {host}:{port}")
             sock.settimeout(None)  # blocking fd: io_uring arms poll instead of failing EAGAIN
         except OSError as exc:
             raise TransportError(f"iouring connect to {host}:{port} failed: {exc}") from None
@@ -443,7 +442,7 @@ class IoUringInitiator(Initiator):
 
 
 class _Conn:
-    __slots__ = ("cid", "sock", "fd", "peer", "hdr", "hello_buf", "ackbuf", "hdr_addr", "ackbuf_addr",
+    __slots__ = ("cid", "sock", "fd", "peer", "hdr", "hello_buf", "hs", "ackbuf", "hdr_addr", "ackbuf_addr",
                  "ud_base", "iov", "msg", "msg_addr", "pay_pos", "hfill", "expected_seq", "pending",
                  "hello_done", "placed_seq", "acked_sent", "placed_bytes", "acked_bytes", "ack_inflight",
                  "bye", "dead")
@@ -452,6 +451,7 @@ class _Conn:
         self.cid, self.sock, self.fd, self.peer = cid, sock, sock.fileno(), peer
         self.hdr = bytearray(framing.HEADER_SIZE)
         self.hello_buf = bytearray()
+        self.hs: handshake.TargetHandshake | None = None  # until the HELLO is proven
         self.ackbuf = bytearray(framing.HEADER_SIZE)
         self.hdr_addr = addr_of(self.hdr)
         self.ud_base = cid << 48
@@ -490,11 +490,14 @@ class IoUringTarget(Target):
         self._next_cid = 1
         self.counters = {"placed": 0, "bytes": 0, "rejected": 0, "progress_calls": 0, "waits": 0,
                          "short_reads": 0}
+        self._gate = handshake.Admission(
+            timeout_s=float(self.options.get("hello_timeout_s") or handshake.HELLO_TIMEOUT_S))
+        self._doomed: list[socket.socket] = []  # dropped strangers, closed after the next submit
 
     def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
         if self.options.get("zcrx"):
             self._register_zcrx(bind_host)
-        lsock = socket.create_server((bind_host, int(self.options.get("port", 0))))
+        lsock = socket.create_server((bind_host, int(self.options.get("port", 0))), backlog=1024)
         lsock.setblocking(False)
         self._lsock = lsock
         host, port = lsock.getsockname()[:2]
@@ -518,17 +521,89 @@ class IoUringTarget(Target):
 
     # -- connections ----------------------------------------------------------------------
     def _accept(self) -> None:
+        now = time.monotonic()
         for _ in range(64):
             try:
                 sock, peer = self._lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError:  # e.g. ECONNABORTED: a stranger reset before we took it
+                continue
             sock.settimeout(None)
-            set_tcp_options(sock, self.options)
             conn = _Conn(self._next_cid, sock, peer, self._u.buffer_address)
+            conn.hs = handshake.TargetHandshake(self._token)
             self._next_cid += 1
             self._conns[conn.cid] = conn
+            for cid in self._gate.arrive(conn.cid, now):
+                self._stranger(self._conns[cid], handshake.EVICTED,
+                               f"too many connections without a proven HELLO (> {self._gate.max_pending})")
+            try:
+                set_tcp_options(sock, self.options)
+                sock.send(conn.hs.challenge(), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except OSError as exc:
+                self._stranger(conn, handshake.CLOSED, str(exc))
+                continue
+            self._arm_hello(conn)
+
+    def _arm_hello(self, conn: _Conn) -> None:
+        """RECV (MSG_WAITALL) of exactly what the handshake wants next: never past the HELLO."""
+        want = conn.hs.want()
+        conn.hello_buf = bytearray(want)
+        self._ring.prep_recv(conn.fd, self._u.buffer_address(conn.hello_buf), want,
+                             _ud(conn.cid, 0, K_HELLO), socket.MSG_WAITALL)
+
+    def _on_hello(self, conn: _Conn, res: int) -> None:
+        hs = conn.hs
+        if res <= 0:
+            hs.closed()
+            if res < 0:
+                hs.reason += f": {_strerror(res)}"
+        else:
+            hs.feed(memoryview(conn.hello_buf)[:res])
+        if hs.hello is not None:
+            self._gate.admitted(conn.cid)
+            conn.hs = None
+            # proven: from here on this is the run's initiator, and its faults are fatal
+            h = hs.hello
+            if h.connections != 1 or h.index != 0:
+                self._reject(conn, ProtocolError(
+                    "the iouring target takes one connection per initiator (HELLO asked for "
+                    f"index {h.index} of {h.connections})"))
+            conn.hello_done = True
             self._arm_header(conn)
+        elif hs.kind:
+            self._stranger(conn, hs.kind, hs.reason)
+        else:
+            self._arm_hello(conn)
+
+    def _stranger(self, conn: _Conn, kind: str, reason: str) -> None:
+        """Drop an unauthenticated connection and count it: it never fails the run. Its socket
+        is closed only after the next submit (an SQE still queued for its fd must not reach a
+        new connection that reuses the number)."""
+        self._gate.drop(conn.cid, kind)
+        if kind != handshake.CLOSED:
+            try:  # best effort and never blocking: a stranger may not read
+                conn.sock.send(framing.encode_error(reason), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except OSError:
+                pass
+        conn.dead = True
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # its pending recv completes; the CQE is ignored
+        except OSError:
+            pass
+        del self._conns[conn.cid]
+        self._doomed.append(conn.sock)
+
+    def _sweep(self, now: float) -> None:
+        """After a submit: close dropped strangers' sockets, then drop the overdue ones."""
+        doomed, self._doomed = self._doomed, []
+        for sock in doomed:
+            sock.close()
+        for cid in self._gate.expired(now):
+            conn = self._conns.get(cid)
+            if conn is not None:
+                self._stranger(conn, handshake.TIMEOUT,
+                               f"no proven HELLO within {self._gate.timeout_s:g} s of connecting")
 
     def _arm_header(self, conn: _Conn, sqe_flags: int = 0) -> None:
         """RECV (MSG_WAITALL) of the rest of a header (all of it unless a payload RECVMSG
@@ -580,19 +655,15 @@ class IoUringTarget(Target):
                                     "(peer gone)")
         if res < 0:
             self._peer_failed(conn, f"receive failed: {_strerror(res)}")
+        if conn.bye:
+            self._reject(conn, ProtocolError(f"{res} bytes after BYE (after write seq "
+                                             f"{conn.expected_seq - 1}); nothing after BYE is placed"))
         if res < framing.HEADER_SIZE:
             self._reject(conn, ProtocolError(f"truncated frame header: {res} of {framing.HEADER_SIZE} bytes"))
         try:
             h = framing.decode_header(conn.hdr)
         except ProtocolError as exc:
             self._reject(conn, exc)
-        if not conn.hello_done:
-            if h.type != framing.HELLO or h.nbytes == 0:
-                self._reject(conn, ProtocolError(f"expected HELLO, got {framing.TYPE_NAMES[h.type]}"))
-            conn.hello_buf = bytearray(h.nbytes)
-            self._ring.prep_recv(conn.fd, self._u.buffer_address(conn.hello_buf), h.nbytes,
-                                 _ud(conn.cid, 0, K_HELLO), socket.MSG_WAITALL)
-            return
         if h.type == framing.WRITE:
             try:
                 framing.check_write(h, self._len, conn.expected_seq)
@@ -694,27 +765,12 @@ class IoUringTarget(Target):
             elif kind == K_HDR:
                 got = res + conn.hfill if res > 0 else res
                 conn.hfill = 0
-                if got == _HDR_SIZE and conn.hello_done:
+                if got == _HDR_SIZE and not conn.bye:
                     self._header_in(conn, placed, notifies)
                 else:
                     self._on_header(conn, got, placed, notifies)
             elif kind == K_HELLO:
-                if res != len(conn.hello_buf):
-                    self._peer_failed(conn, f"HELLO cut short ({res} of {len(conn.hello_buf)} bytes)")
-                try:
-                    params = framing.decode_hello(bytes(conn.hello_buf))
-                except ProtocolError as exc:
-                    self._reject(conn, exc)
-                token = params.get("token")
-                if not isinstance(token, str) or not secrets.compare_digest(
-                        token.encode(), self._token.encode()):
-                    self._reject(conn, ProtocolError("HELLO with a wrong or missing auth token"))
-                if params.get("connections", 1) != 1 or params.get("index", 0) != 0:
-                    self._reject(conn, ProtocolError(
-                        "the iouring target takes one connection per initiator (HELLO asked for "
-                        f"index {params.get('index')} of {params.get('connections')})"))
-                conn.hello_done = True
-                self._arm_header(conn)
+                self._on_hello(conn, res)
             elif kind == K_ACK_SEND:
                 conn.ack_inflight = False
                 if res < 0 and not conn.bye:
@@ -767,7 +823,10 @@ class IoUringTarget(Target):
                     continue  # more completions already posted: take them in this call
                 self._send_acks()  # about to return or sleep: acknowledge everything placed
                 self._ring.submit()
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                if self._doomed or self._gate.next_deadline <= now:
+                    self._sweep(now)
+                remaining = deadline - now
                 if placed or notifies or remaining <= 0:
                     break
                 self.counters["waits"] += 1
@@ -783,10 +842,11 @@ class IoUringTarget(Target):
         return out, np.array(notifies, dtype=NOTIFY_DTYPE)
 
     def peers_closed(self) -> bool:
-        return bool(self._conns) and all(c.bye for c in self._conns.values())
+        peers = [c for c in self._conns.values() if c.hello_done]  # strangers are no peers
+        return bool(peers) and all(c.bye for c in peers)
 
     def data_path(self) -> dict[str, Any]:
-        return {"transport": "iouring", "zero_copy": False, **self.counters,
+        return {"transport": "iouring", "zero_copy": False, **self.counters, **self._gate.report(),
                 "description": "io_uring RECV (MSG_WAITALL) straight into the destination slice; "
                                "the kernel copies from socket buffers (no ZCRX)",
                 "submits": getattr(self._ring, "submits", 0)}
@@ -801,6 +861,9 @@ class IoUringTarget(Target):
             self._ring.close()
         for conn in self._conns.values():
             conn.sock.close()
+        for sock in self._doomed:
+            sock.close()
+        self._doomed = []
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None

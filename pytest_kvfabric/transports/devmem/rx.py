@@ -7,6 +7,9 @@ framing (framing.py) and says what to do with them; it never copies KV payload i
 `Place` events carry a view of the fragment bytes and the destination offset, and the transport
 copies them into the pool (on a GPU that copy is a device-to-device copy; with udmabuf it is a
 CPU copy between two mappings). Frame headers and HELLO/ERROR payloads (tiny) are buffered.
+Until the HELLO is proven the bytes go to the shared `handshake.TargetHandshake` (the same
+rules as tcp, zerocopy and iouring); a stranger ends in ProtocolError with the handshake's
+`kind` set, which the transport counts instead of failing the run.
 """
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ from typing import Any, Iterator
 
 from ...errors import ProtocolError
 from .. import framing
+from ..handshake import Hello as ProvenHello
+from ..handshake import TargetHandshake
 
 
 @dataclass(frozen=True)
 class Hello:
-    params: dict[str, Any]
+    hello: ProvenHello
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,9 @@ class StreamAssembler:
     placed (framing.check_write); raises ProtocolError on anything malformed.
     """
 
-    def __init__(self, region_nbytes: int) -> None:
+    def __init__(self, region_nbytes: int, handshake: TargetHandshake) -> None:
         self.region_nbytes = region_nbytes
+        self.handshake = handshake
         self.expected_seq = 1
         self.hello_seen = False
         self._hdr = bytearray()
@@ -72,6 +78,14 @@ class StreamAssembler:
     def feed(self, data: memoryview, device: bool) -> Iterator[Event]:
         pos = 0
         n = len(data)
+        while pos < n and not self.hello_seen:
+            hs = self.handshake
+            pos += hs.feed(data[pos:])
+            if hs.kind:
+                raise ProtocolError(hs.reason)
+            if hs.hello is not None:
+                self.hello_seen = True
+                yield Hello(hs.hello)
         while pos < n:
             if self.closed:
                 raise ProtocolError(f"{n - pos} bytes after BYE")
@@ -99,26 +113,20 @@ class StreamAssembler:
 
     def _start(self, h: framing.Header) -> Iterator[Event]:
         if h.type == framing.HELLO:
-            if self.hello_seen:
-                raise ProtocolError("second HELLO on one connection")
-        elif not self.hello_seen and h.type != framing.ERROR:
-            raise ProtocolError(f"{framing.TYPE_NAMES[h.type]} before HELLO")
+            raise ProtocolError("second HELLO on one connection")
         if h.type == framing.WRITE:
             framing.check_write(h, self.region_nbytes, self.expected_seq)
             self.expected_seq += 1
-        elif h.type in (framing.ACK, framing.NOTIFY):
+        elif h.type in (framing.ACK, framing.NOTIFY, framing.CHALLENGE, framing.WRITEV):
             raise ProtocolError(f"unexpected {framing.TYPE_NAMES[h.type]} from an initiator")
-        if h.type in (framing.HELLO, framing.ERROR, framing.WRITE) and h.nbytes:
+        if h.type in (framing.ERROR, framing.WRITE) and h.nbytes:
             self._cur, self._done = h, 0
             return
         yield from self._finish(h)
 
     def _finish(self, h: framing.Header) -> Iterator[Event]:
         self._cur, self._done = None, 0
-        if h.type == framing.HELLO:
-            self.hello_seen = True
-            yield Hello(framing.decode_hello(bytes(self._ctl)))
-        elif h.type == framing.ERROR:
+        if h.type == framing.ERROR:
             yield PeerError(bytes(self._ctl).decode("utf-8", "replace"))
         elif h.type == framing.WRITE:
             yield WriteDone(h)
@@ -129,4 +137,5 @@ class StreamAssembler:
 
     @property
     def mid_frame(self) -> bool:
-        return bool(self._hdr) or self._cur is not None
+        return bool(self._hdr) or self._cur is not None or (
+            not self.hello_seen and self.handshake.want() != framing.HEADER_SIZE)

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from ...errors import ProtocolError, TransportError
 from .. import framing
+from .. import handshake
 from .._stream import STATE_CLOSED, STATE_RUN, InitiatorConn, StreamTarget, TargetConn
 from ..base import Capability, Transport
 from ..zerocopy import ZeroCopyInitiator
@@ -123,7 +124,8 @@ class DevmemTarget(StreamTarget):
         # before it ends, so _pending_tokens never mixes connections.
         asm = self._asm.get(c.fd)
         if asm is None:
-            asm = self._asm[c.fd] = rx.StreamAssembler(self._region_len)
+            assert c.hs is not None  # a connection's first bytes: its handshake is still open
+            asm = self._asm[c.fd] = rx.StreamAssembler(self._region_len, c.hs)
         try:
             self._devmem_drain(c, asm)
         finally:
@@ -145,10 +147,18 @@ class DevmemTarget(StreamTarget):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                if c.hs is not None:  # a stranger: dropped and counted, never fatal
+                    c.hs.closed()
+                    self._stranger(c, handshake.CLOSED, f"{c.hs.reason}: {exc}")
+                    return
                 self._drop(c)
                 sock.close()
                 raise TransportError(f"devmem: peer {c.peer}: recvmsg(MSG_SOCK_DEVMEM): {exc}") from None
             if n == 0:
+                if c.hs is not None:
+                    c.hs.closed()
+                    self._stranger(c, handshake.CLOSED, c.hs.reason)
+                    return
                 if asm.mid_frame:
                     self._drop(c)
                     sock.close()
@@ -162,6 +172,9 @@ class DevmemTarget(StreamTarget):
             except ProtocolError as exc:
                 if c.state == STATE_CLOSED:  # already rejected (and reported) by _fail
                     raise
+                if c.hs is not None:  # a stranger: dropped and counted, never fatal
+                    self._stranger(c, c.hs.kind or handshake.BAD_FRAME, str(exc))
+                    return
                 self._fail(c, str(exc))
             if self.options.get("require_device_placement") and not self.device_placed_all:
                 raise TransportError("devmem: payload landed in host memory and the scenario "
@@ -216,12 +229,15 @@ class DevmemTarget(StreamTarget):
                 if c.group is not None and c.group.held:
                     self._release(c.group)
             elif isinstance(ev, rx.Hello):
-                c.body = bytearray(framing.encode_hello(ev.params)[framing.HEADER_SIZE:])
-                self._accept_hello(c)
+                self._accept_hello(c, ev.hello)
             elif isinstance(ev, rx.Bye):
                 c.bye = True
             elif isinstance(ev, rx.PeerError):
                 raise TransportError(f"devmem: peer {c.peer} reported: {ev.reason}")
+
+    def _drop(self, c: TargetConn) -> None:
+        super()._drop(c)
+        self._asm.pop(c.fd, None)  # the fd number may come back with another connection
 
     def _return_tokens(self, c: TargetConn, force: bool = False) -> None:
         if not self._pending_tokens or (not force and len(self._pending_tokens) < self.batch):
