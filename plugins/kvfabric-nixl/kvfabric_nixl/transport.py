@@ -106,7 +106,11 @@ class _Agent:
         _STATE["n"] = _STATE.get("n", 0) + 1
         self.name = f"kvf-{role}-{os.getpid()}-{_STATE['n']}"
         try:
-            self.agent = self.mod.nixl_agent(self.name, self.mod.nixl_agent_config(backends=[opts.backend]))
+            # No progress thread: NIXL's Python API starts it with a 0 us delay, a busy loop that
+            # takes a whole core on each side; our polls (check_xfer_state, get_new_notifs) drive
+            # UCX's progress instead (progress_thread=1 restores NIXL's default).
+            conf = self.mod.nixl_agent_config(enable_prog_thread=opts.progress_thread, backends=[opts.backend])
+            self.agent = self.mod.nixl_agent(self.name, conf)
         except Exception as exc:
             raise TransportError(f"nixl: creating agent with backend {opts.backend}: {exc}") from exc
         if opts.backend not in self.agent.backends:

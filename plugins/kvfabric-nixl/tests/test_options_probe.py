@@ -19,7 +19,8 @@ def test_entry_point_registers_nixl():
 
 def test_defaults_leave_ucx_its_choice():
     o = NixlOptions.from_options({"token": "x"})
-    assert o == NixlOptions("UCX", "", "", "") and o.ucx_env() == {}
+    assert o == NixlOptions("UCX", "", "", "", False) and o.ucx_env() == {}
+    assert NixlOptions.from_options({"progress_thread": "yes"}).progress_thread is True
     o = NixlOptions.from_options({"ucx_tls": "tcp", "ucx_net_devices": "lo", "require_ucx_transport": "TCP"})
     assert o.ucx_env() == {"UCX_TLS": "tcp", "UCX_NET_DEVICES": "lo"} and o.require_ucx_transport == "tcp"
 
@@ -29,6 +30,7 @@ def test_defaults_leave_ucx_its_choice():
     ({"ucx_tls": "tcp;rm -rf"}, "ucx_tls"),
     ({"require_ucx_transport": "rc/mlx5"}, "require_ucx_transport"),
     ({"backend": "LIBFABRIC", "require_ucx_transport": "rc"}, "require_ucx_transport"),
+    ({"progress_thread": "maybe"}, "progress_thread"),
 ])
 def test_bad_parameters_are_one_clear_error(params, field):
     with pytest.raises(ProfileError) as exc:
