@@ -1,8 +1,8 @@
 """NixlTransport: the plan's writes as NIXL WRITE transfers (UCX backend by default).
 
 - No etcd: the target's agent metadata (base64) and pool address travel in the transport
-  descriptor through the controller; the initiator's metadata goes back in the side link's
-  hello (engine_link), and each agent loads the other's with add_remote_agent.
+  descriptor through the controller; the initiator loads it with add_remote_agent (the
+  target needs only the initiator's name, sent in the side link's hello).
 - Both agents register their pools (DRAM). Each posted batch is one NIXL transfer request
   (initialize_xfer("WRITE", ...)) whose notification carries the batch's records; NIXL
   delivers it to the target after the batch's writes, so the decode side places and verifies
@@ -190,8 +190,10 @@ class NixlTarget(EngineTarget):
     def engine_peer(self, hello: Mapping[str, Any]) -> dict[str, Any]:
         if hello.get("backend") != self.opts.backend:
             raise TransportError(f"initiator uses backend {hello.get('backend')!r}, target {self.opts.backend!r}")
-        name = self.ag.agent.add_remote_agent(base64.b64decode(str(hello["metadata"])))
-        self.peer = name.decode() if isinstance(name, bytes) else str(name)
+        # The target does not load the initiator's metadata: notifications arrive on the
+        # initiator's endpoints, and a second set of endpoints from this side only adds UCX
+        # connections (under load their connection retries ran out: NIXL_ERR_REMOTE_DISCONNECT).
+        self.peer = str(hello.get("agent", "?"))
         return {}
 
     def engine_notifications(self) -> list[bytes]:
@@ -224,7 +226,7 @@ class NixlInitiator(EngineInitiator):
         self._inflight: list[tuple[int, Any]] = []
         self._checked = not self.opts.require_ucx_transport
         self.requests = 0
-        return {"metadata": self.ag.metadata_b64(), "backend": self.opts.backend}
+        return {"agent": self.ag.name, "backend": self.opts.backend}
 
     def engine_submit(self, seq: int, batch: np.ndarray, announcement: bytes, timeout_s: float) -> None:
         n = len(batch)
@@ -252,7 +254,10 @@ class NixlInitiator(EngineInitiator):
         while True:
             done, keep = [], []
             for seq, handle in self._inflight:
-                state = ag.check_xfer_state(handle)
+                try:
+                    state = ag.check_xfer_state(handle)
+                except Exception as exc:  # nixlBind raises e.g. NIXL_ERR_REMOTE_DISCONNECT
+                    raise TransportError(f"nixl: WRITE of batch {seq} to {self.peer}: {exc}") from exc
                 if state == "DONE":
                     done.append((seq, time.monotonic_ns()))
                     ag.release_xfer_handle(handle)

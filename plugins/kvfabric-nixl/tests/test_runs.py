@@ -54,7 +54,7 @@ def test_required_rc_fails_the_case_naming_the_fallback(engine, pytester):
                                 *[f"--kv-transport-param={k}={v}" for k, v in TCP_LO.items()],
                                 "--kv-transport-param=require_ucx_transport=rc")
     result.assert_outcomes(failed=1, deselected=2)
-    result.stdout.fnmatch_lines(["*require_ucx_transport=rc: UCX moved the remote writes over tcp/lo*not rc*"])
+    result.stdout.fnmatch_lines(["*require_ucx_transport=rc: UCX moved the remote writes over tcp/lo*not rc*"], consecutive=False)
 
 
 def test_suite_passes_through_the_plugin_and_reports_the_lanes(engine, pytester):
