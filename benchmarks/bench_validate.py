@@ -4,7 +4,9 @@ Every row of the shipped validation table (validation/published.yaml) is predict
 same profile: with the calibrated terms, and as a pure roofline (every efficiency 1, no size
 curves, no overheads). Prints per row predicted/measured for both, then per split (fit =
 sources the shipped parameters were fitted on; holdout = the others) the median |error|, the
-worst error and the share within +-25%, and whether the issue's targets hold:
+worst error and the share within +-25% ("all" = fit + holdout; a row of kind fleet_average, a
+production fleet's average over hours of varying load, is reported on its own), and whether the
+issue's targets hold over the point measurements:
   held-out: every row within +-25% and median |error| <= 12%; all rows: none worse than +-35%.
 No timing is taken: the figures are arithmetic, identical on any host.
 Usage: python benchmarks/bench_validate.py [--table PATH] [--json]
@@ -17,15 +19,17 @@ import json
 from tabulate import tabulate
 
 from pytest_kvfabric.calibration.report import evaluate, summarize
-from pytest_kvfabric.calibration.table import load_table, shipped_table_path
+from pytest_kvfabric.calibration.table import FLEET_AVERAGE, load_table, shipped_table_path
 
 
 def targets(summary: dict, results: list[dict]) -> dict[str, bool]:
+    """The issue's targets over the point measurements (fleet averages are reported on their own)."""
     held = [r for r in results if r["split"] == "holdout"]
+    points = [r for r in results if r["split"] != FLEET_AVERAGE]
     return {
         "holdout_all_within_25pct": all(abs(r["err"]) <= 0.25 for r in held),
         "holdout_median_le_12pct": summary.get("holdout", {}).get("median_abs_err", 1.0) <= 0.12,
-        "all_within_35pct": all(abs(r["err"]) <= 0.35 for r in results),
+        "all_within_35pct": all(abs(r["err"]) <= 0.35 for r in points),
     }
 
 
@@ -45,7 +49,7 @@ def main() -> int:
                    headers=["row", "split", "metric", "measured", "ours", "ours err", "roofline", "roofline err"]))
     print()
     rows = []
-    for split in ("fit", "holdout", "all"):
+    for split in ("fit", "holdout", "all", FLEET_AVERAGE):
         o, f = ours.get(split), roof.get(split)
         if o is None:
             continue

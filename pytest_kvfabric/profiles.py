@@ -100,6 +100,7 @@ class GpuProfile:
     alltoall_latency_us: float = 0.0  # fixed cost of one expert-parallel all-to-all (dispatch or combine)
     alltoall_efficiency: float = 1.0  # achieved / link bandwidth of an all-to-all
     scaleup_domain: int = 8  # GPUs joined by the scale-up link (NVLink domain); larger groups use the NIC
+    allreduce_in_switch: bool = False  # the scale-up switch reduces (NVLink SHARP): all-reduce moves 1x, not 2(n-1)/n
     aliases: tuple[str, ...] = ()
     source: str = ""
     path: str | None = None
@@ -116,7 +117,8 @@ class GpuProfile:
 
 GPU_TIMING_FIELDS: tuple[str, ...] = (
     "gemm_half_gflop", "attention_efficiency", "attention_half_keys", "step_overhead_us", "layer_overhead_us",
-    "decode_step_overhead_us", "decode_layer_overhead_us", "allreduce_latency_us", "allreduce_efficiency", "alltoall_latency_us", "alltoall_efficiency", "scaleup_domain")
+    "decode_step_overhead_us", "decode_layer_overhead_us", "allreduce_latency_us", "allreduce_efficiency", "alltoall_latency_us", "alltoall_efficiency", "scaleup_domain",
+    "allreduce_in_switch")
 """GPU profile fields the timing terms read beyond the datasheet figures and the two efficiencies."""
 
 
@@ -235,6 +237,9 @@ def _gpu_to_dict(g: GpuProfile) -> dict[str, Any]:
     return out
 
 
+_TIMING_TYPE: dict[str, Any] = {"scaleup_domain": int, "allreduce_in_switch": bool}
+
+
 def _gpu_from_dict(data: Mapping[str, Any], source: str, path: str | None = None) -> GpuProfile:
     data = dict(data) if isinstance(data, Mapping) else data
     validate(data, "gpu", source)
@@ -248,7 +253,7 @@ def _gpu_from_dict(data: Mapping[str, Any], source: str, path: str | None = None
         nic_gbps=float(data["nic_gbps"]),
         compute_efficiency=float(data.get("compute_efficiency", 0.5)),
         memory_efficiency=float(data.get("memory_efficiency", 0.8)),
-        **{k: (int if k == "scaleup_domain" else float)(data[k]) for k in GPU_TIMING_FIELDS if k in data},
+        **{k: _TIMING_TYPE.get(k, float)(data[k]) for k in GPU_TIMING_FIELDS if k in data},
         aliases=tuple(data.get("aliases", ())),
         source=data.get("source", ""),
         path=path,

@@ -114,6 +114,24 @@ def test_allreduce_latency_plus_size_over_bandwidth_twice_per_layer():
     assert timing.allreduce_ns(wide, 1e6, 4) > timing.allreduce_ns(g, 1e6, 4)
 
 
+def test_in_switch_allreduce_sends_each_byte_once_inside_the_domain_only():
+    ring = dataclasses.replace(GPU, allreduce_efficiency=1.0)
+    sharp = dataclasses.replace(ring, allreduce_in_switch=True)
+    # 2 ranks: the ring already sends each byte once; NVLink SHARP changes nothing
+    assert timing.allreduce_ns(sharp, 1e6, 2) == pytest.approx(timing.allreduce_ns(ring, 1e6, 2))
+    # 8 ranks: 1x instead of 2*7/8 = 1.75x of the bytes over the 100 GB/s link
+    assert timing.allreduce_ns(sharp, 1e6, 8) == pytest.approx(1e6 / 100e9 * 1e9)
+    assert timing.allreduce_ns(ring, 1e6, 8) == pytest.approx(1.75 * 1e6 / 100e9 * 1e9)
+    # beyond the switch's domain the NIC carries a ring: no in-network reduction
+    narrow = dataclasses.replace(sharp, scaleup_domain=4)
+    assert timing.allreduce_ns(narrow, 1e6, 8) == pytest.approx(timing.allreduce_ns(dataclasses.replace(ring, scaleup_domain=4), 1e6, 8))
+
+
+def test_in_switch_flag_loads_from_profiles():
+    assert load_gpu("h100").allreduce_in_switch and not load_gpu("a100").allreduce_in_switch
+    assert not load_gpu("mi300x").allreduce_in_switch
+
+
 def test_ep1_reproduces_no_ep_and_dense_models_ignore_ep():
     m = toy_moe()
     assert timing.prefill_ns(m, GPU, Deployment(tp=4, ep=1), 1024) == timing.prefill_ns(m, GPU, Deployment(tp=4), 1024)

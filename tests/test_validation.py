@@ -23,7 +23,7 @@ def test_shipped_table_parses_against_its_schema_and_cites_every_row():
     assert len(table.rows) >= 16
     sources = {m.source for m in table.rows}
     assert len(sources) >= 5
-    assert {table.split_of(m) for m in table.rows} == {"fit", "holdout"}
+    assert {table.split_of(m) for m in table.rows} == {"fit", "holdout", "fleet_average"}
     for m in table.rows:
         assert m.url.startswith("https://"), m.id
         assert len(m.note) >= 20 and m.measured > 0, m.id
@@ -45,7 +45,12 @@ def test_validate_json_reports_every_row_and_both_splits(capsys):
     assert main(["validate", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["rows"]) == len(load_table(shipped_table_path()).rows)
-    assert set(out["summary"]["ours"]) == {"fit", "holdout", "all"}
+    assert set(out["summary"]["ours"]) == {"fit", "holdout", "fleet_average", "all"}
+    # "all" is the point measurements: a fleet average is its own group, never in "all"
+    ours = out["summary"]["ours"]
+    assert ours["all"]["rows"] == ours["fit"]["rows"] + ours["holdout"]["rows"]
+    fleet = [r for r in out["rows"] if r["split"] == "fleet_average"]
+    assert len(fleet) == ours["fleet_average"]["rows"] >= 1
     for r in out["rows"]:
         assert r["ratio"] == pytest.approx(r["predicted"] / r["measured"])
         assert r["roofline"] > 0

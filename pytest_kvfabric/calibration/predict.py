@@ -37,6 +37,7 @@ class Measurement:
     weight_dtype: str | None = None
     kv_dtype: str | None = None
     scaleup_domain: int | None = None  # the system's scale-up domain when it differs from the GPU profile's
+    kind: str = "point"  # "fleet_average": hours of a production fleet at varying load (not one configuration)
     source: str = ""
     url: str = ""
     framework: str = ""

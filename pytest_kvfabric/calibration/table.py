@@ -14,6 +14,8 @@ from ..profile_schema import read_yaml, validate
 from ..profiles import GpuProfile, ModelProfile, load_gpu, load_model
 from .predict import Measurement
 
+FLEET_AVERAGE = "fleet_average"
+
 
 def shipped_table_path() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "validation" / "published.yaml"
@@ -27,7 +29,9 @@ class Table:
     splits: dict[str, str] = field(default_factory=dict)  # source id -> "fit" | "holdout"
 
     def split_of(self, m: Measurement) -> str:
-        return self.splits.get(m.source, "fit")
+        """The row's group: its source's split, except that a fleet average is its own group (never
+        fitted: the per-step model does not represent hours of varying load)."""
+        return FLEET_AVERAGE if m.kind == FLEET_AVERAGE else self.splits.get(m.source, "fit")
 
     def model(self, name: str, search_dirs: Sequence[str] = ()) -> ModelProfile:
         return self.models[name] if name in self.models else load_model(name, search_dirs)

@@ -9,8 +9,10 @@ one token of each of B decoding sequences). Per layer, on one rank:
                  A = 2 * heads_on_rank * (d_qk + d_v) * keys,  k = keys per query,
                  e_attn(k) = attention_efficiency * k / (k + attention_half_keys)
   elementwise  = ACT_PASSES * T * hidden * 2 B / (hbm * e_mem)      (norms, residuals, rotary)
-  all-reduce   = allreduce_latency_us + S * 2 (tp-1)/tp / (link * allreduce_efficiency),
-                 S = T * hidden * 2 B; two per layer under TP (one per MoE layer with EP > 1)
+  all-reduce   = allreduce_latency_us + S * traffic / (link * allreduce_efficiency),
+                 S = T * hidden * 2 B; traffic = 2 (tp-1)/tp for a ring, 1 when the scale-up switch
+                 reduces in the network (allreduce_in_switch: NVLink SHARP); two per layer under TP
+                 (one per MoE layer with EP > 1)
   all-to-all   = dispatch + combine on MoE layers with EP > 1, each alltoall_latency_us
                  + tokens * copies * hidden * bytes / (link * alltoall_efficiency); dispatch in the
                  weights' dtype (fp8 with fp8 weights), combine in bf16; inside one scale-up domain
@@ -111,12 +113,22 @@ def link_gb_per_s(gpu: GpuProfile, ranks: int) -> float:
     return gpu.scaleup_gb_per_s if ranks <= gpu.scaleup_domain else gpu.nic_gbps / 8.0
 
 
+def allreduce_traffic(gpu: GpuProfile, ranks: int) -> float:
+    """Bytes each GPU sends per byte all-reduced: 2(n-1)/n for a ring (reduce-scatter + all-gather);
+    1 when the scale-up switch reduces in the network (NVLink SHARP: each GPU sends its buffer once
+    and the switch multicasts the sum back), capped by the ring's figure (n = 2: both are 1)."""
+    ring = 2.0 * (ranks - 1) / ranks
+    if gpu.allreduce_in_switch and ranks <= gpu.scaleup_domain:
+        return min(1.0, ring)
+    return ring
+
+
 def allreduce_ns(gpu: GpuProfile, nbytes: float, ranks: int) -> float:
-    """Ring all-reduce of `nbytes` over `ranks` GPUs: latency + 2(n-1)/n * size / bus bandwidth."""
+    """All-reduce of `nbytes` over `ranks` GPUs: latency + traffic * size / bus bandwidth."""
     if ranks <= 1:
         return 0.0
     bw = link_gb_per_s(gpu, ranks) * 1e9 * gpu.allreduce_efficiency
-    return gpu.allreduce_latency_us * 1e3 + nbytes * 2 * (ranks - 1) / ranks / bw * 1e9
+    return gpu.allreduce_latency_us * 1e3 + nbytes * allreduce_traffic(gpu, ranks) / bw * 1e9
 
 
 def alltoall_ns(gpu: GpuProfile, token_bytes: float, tokens: float, topk: int, ep: int, ranks: int) -> float:
