@@ -560,18 +560,6 @@ def _build_session_report(config: pytest.Config, exitstatus: int | None) -> dict
     return jsonreport.build(session, env, results)
 
 
-def _write_environment_changes(terminalreporter: Any, baseline_path: str) -> None:
-    """The kernel matrix: say what changed since the baseline (kernel, virtualized, ...)."""
-    from .report import envdiff, fingerprint, jsonreport
-
-    try:
-        old = jsonreport.read(baseline_path).get("environment")
-    except KvFabricError:
-        return  # already reported as a usage error at configure time
-    for line in envdiff.changes(old, fingerprint.fingerprint()):
-        terminalreporter.write_line(f"kvfabric: environment changed since the baseline: {line}")
-
-
 def _interfaces(results: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     """Data-plane interfaces the cases used (reported by the fabric in each record)."""
     seen: dict[tuple[str, str | None], None] = {}
@@ -644,7 +632,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"kvfabric: {len(only_old)} baseline case(s) not run: {', '.join(only_old)}")
         if only_new:
             terminalreporter.write_line(f"kvfabric: {len(only_new)} case(s) not in the baseline: {', '.join(only_new)}")
-        _write_environment_changes(terminalreporter, sel.baseline_path)
     for path in filter(None, (sel.json_path, sel.save_baseline)):
         terminalreporter.write_line(f"kvfabric: JSON report written to {path}")
     html_path = _getter(config)("kv_html")
@@ -657,8 +644,8 @@ def _gate_summary(terminalreporter, config: pytest.Config, exitstatus: int, resu
     from .report import baseline, fpdiff
 
     terminalreporter.write_sep("-", "kvfabric baseline gate")
-    terminalreporter.write_line(fpdiff.render(fpdiff.diff(config.stash[BASELINE_REPORT],
-                                                          _session_report(config, exitstatus))))
+    old, new = config.stash[BASELINE_REPORT], _session_report(config, exitstatus)
+    terminalreporter.write_line(fpdiff.render(fpdiff.diff(old, new), tcg=fpdiff.ran_under_tcg(old, new)))
     changes = [baseline.Change.from_dict(c) for r in sorted(results, key=lambda r: r["case"])
                for c in r.get("gate") or ()]
     if changes:

@@ -38,9 +38,10 @@ import pytest
 
 @pytest.mark.kv_slo(max_exposed_ms=0.001)
 def test_needs_more_than_loopback(kv_run, kv_scenario):
-    # A GPU a thousand times faster than any: its prefill is over in microseconds, so hiding
-    # the KV transfer behind it needs far more than any loopback carries.
-    gpu = dataclasses.replace(kv_scenario.gpu, tflops={"bf16": 1e6}, hbm_tb_per_s=1e4, scaleup_gb_per_s=1e6)
+    # A GPU a thousand times faster than any, with no fixed overheads: its prefill is over in
+    # microseconds, so hiding the KV transfer behind it needs far more than any loopback carries.
+    gpu = dataclasses.replace(kv_scenario.gpu, tflops={"bf16": 1e6}, hbm_tb_per_s=1e4, scaleup_gb_per_s=1e6,
+                              step_overhead_us=0.0, layer_overhead_us=0.0, allreduce_latency_us=0.0)
     kv_run(kv_scenario.replace(gpu=gpu))
 """
 

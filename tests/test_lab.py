@@ -201,12 +201,14 @@ def test_fingerprint_records_virtualized_only_inside_the_lab(monkeypatch):
     assert fingerprint.fingerprint()["virtualized"] == "tcg"
 
 
-def test_envdiff_names_the_kernel_change_and_tcg():
-    from pytest_kvfabric.report import envdiff
+def test_fingerprint_diff_names_the_kernel_change_and_tcg():
+    from pytest_kvfabric.report import fpdiff
 
-    old = {"kernel": "6.1.0-50-amd64", "virtualized": "tcg", "cpus": 2}
-    new = {"kernel": "6.12.118+deb12-amd64", "virtualized": "tcg", "cpus": 2}
-    lines = envdiff.changes(old, new)
-    assert lines[0] == "kernel: 6.1.0-50-amd64 -> 6.12.118+deb12-amd64" and "TCG" in lines[-1]
-    assert envdiff.changes({"kernel": "a"}, {"kernel": "a"}) == []
-    assert envdiff.changes(None, {"virtualized": "kvm"}) == ["virtualized: - -> kvm"]
+    old = {"environment": {"kernel": "6.1.0-50-amd64", "virtualized": "tcg", "cpus": 2}}
+    new = {"environment": {"kernel": "6.12.118+deb12-amd64", "virtualized": "tcg", "cpus": 2}}
+    diffs = fpdiff.diff(old, new)
+    assert [d.line() for d in diffs] == ["kernel: 6.1.0-50-amd64 -> 6.12.118+deb12-amd64"]
+    assert "TCG" in fpdiff.render(diffs, tcg=fpdiff.ran_under_tcg(old, new)).splitlines()[-1]
+    assert fpdiff.diff({"environment": {"kernel": "a"}}, {"environment": {"kernel": "a"}}) == []
+    moved = fpdiff.diff({"environment": {}}, {"environment": {"virtualized": "kvm"}})
+    assert [(d.what, d.warning) for d in moved] == [("virtualized", True)]

@@ -91,16 +91,24 @@ def diff(old_report: Mapping[str, Any], new_report: Mapping[str, Any]) -> list[D
     if po and pn and po != pn:
         out.append(Difference("pairs", po, pn, warning=True))
     eo, en = old_report.get("environment") or {}, new_report.get("environment") or {}
-    for f in ("kernel", "cpu_model", "cpus", "python"):
-        if eo.get(f) != en.get(f):
-            out.append(Difference(f, eo.get(f), en.get(f), warning=f in ("cpu_model", "cpus")))
+    for f in ("kernel", "virtualized", "cpu_model", "cpus", "python"):
+        if eo.get(f) != en.get(f):  # another machine, or emulation (the lab's TCG), moves every timing
+            out.append(Difference(f, eo.get(f), en.get(f), warning=f in ("virtualized", "cpu_model", "cpus")))
     out += _changed("", _flat_ifaces(eo), _flat_ifaces(en))
     out += _changed("", _flat_hosts(eo), _flat_hosts(en))
     out += _changed("package ", eo.get("packages") or {}, en.get("packages") or {})
     return sorted(out, key=lambda d: not d.warning)
 
 
-def render(diffs: list[Difference]) -> str:
+def ran_under_tcg(*reports: Mapping[str, Any]) -> bool:
+    return any((r.get("environment") or {}).get("virtualized") == "tcg" for r in reports)
+
+
+def render(diffs: list[Difference], tcg: bool = False) -> str:
+    """The differences, one per line; `tcg`: a side ran under software emulation (the lab)."""
+    if tcg:
+        note = "  WARNING: a side ran under TCG (software emulation): its timings are not meaningful"
+        return render(diffs) + "\n" + note
     if not diffs:
         return "environment: no difference from the baseline (kernel, NIC, MTU, offloads, packages, pair)"
     lines = ["environment changes since the baseline:"] + [f"  {d.line()}" for d in diffs]
