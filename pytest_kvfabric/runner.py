@@ -12,10 +12,11 @@ kill) and TransportError names the agent and why.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import execnet
 
@@ -31,11 +32,22 @@ from .result import Result
 from .scenario import Scenario
 
 PROGRESS_S = 0.5  # how often a watched run reports progress
+# After one agent fails, how long to wait for the other's answer to tell cause from effect (its final
+# page verification can take seconds on a busy host); only failures wait.
+CAUSE_WAIT_S = 5.0
 # Margins grow by the lab's time scale inside an emulated VM (lab/env.py), 1 elsewhere.
 SETUP_MARGIN_S = 30.0 * time_scale()  # agent start, plan rebuild, pool allocation and fill
 RUN_MARGIN_S = 10.0 * time_scale()
 FLOOR_BYTES_PER_S = 100e6 / time_scale()  # timeouts assume at least 100 MB/s, so a slow path is not a hang
 SHARED_CLOCK_FABRICS = ("local", "netns")  # both agents read one kernel's CLOCK_MONOTONIC
+def _timed_out(role: str, pid: str, msg: Mapping[str, Any]) -> str:
+    done, total = msg.get("complete_requests"), msg.get("requests")
+    return (f"{role} agent{pid} timed out: its run reached the deadline with {done} of {total} request(s) "
+            "complete (raise --kv-timeout / timeout_s, or see the capacity line)")
+
+
+# Errors that are the effect of the peer going away, never a cause of their own.
+_EFFECT = re.compile(r"broken pipe|connection reset|closed before|peer closed|EOF|did not answer", re.I)
 _ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
 
 
@@ -174,8 +186,11 @@ class AgentPair:
                 except TransportError as exc:
                     # A broken connection on one side is usually the other side dying: lead with that.
                     other = "decode" if role == "prefill" else "prefill"
+                    if other in got and got[other].get("timed_out"):
+                        raise TransportError(f"{_timed_out(other, self._pid(other), got[other])}; "
+                                             f"{role} agent reported: {exc}") from None
                     if other not in got:
-                        dead = self._dead(other, 1.0)
+                        dead = self._dead(other, CAUSE_WAIT_S)
                         if dead:
                             raise AgentGone(f"{dead}; {role} agent reported: {exc}") from None
                         if role == "prefill":
@@ -199,11 +214,15 @@ class AgentPair:
         """A message if the agent died (its channel closed) within wait_s, else None. An agent
         that answers, even with its own error, is alive: that error is an effect, not the cause."""
         try:
-            self._recv(role, time.monotonic() + wait_s, "the run")
+            msg = self._recv(role, time.monotonic() + wait_s, "the run")
+            if msg is not None and msg.get("timed_out"):  # it gave up at its deadline and closed
+                return _timed_out(role, self._pid(role), msg)
         except AgentGone as exc:
             return str(exc)
-        except TransportError:
-            return None
+        except TransportError as exc:
+            # Its own error is the cause when it is not itself a broken connection (e.g. the
+            # decode agent's run timed out and closed the socket the prefill agent was writing to).
+            return None if _EFFECT.search(str(exc)) else str(exc)
         return None
 
     # -- the run --------------------------------------------------------------------------

@@ -134,6 +134,9 @@ def run_decode(
     ledger.verify_all()
     never = np.flatnonzero(~ledger.placed) if len(ledger.transfers) else np.zeros(0, np.int64)
     return {
+        "timed_out": timed_out,  # the deadline ended the receive loop: the controller names it as the cause
+        "complete_requests": int(ncomplete - (nreq - expected)),
+        "requests": int(expected),
         "missing_count": int(len(never)),  # plan rows never placed: what a dropped write leaves
         "missing_pages": [pattern.describe(ledger.transfers[int(i)]) for i in never[:MISSING_NAMED]],
         "req_complete_ns": req_complete_ns,
