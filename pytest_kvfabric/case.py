@@ -126,6 +126,7 @@ class CaseOutcome:
                  "passed": v.passed, "note": v.note}
                 for v in self.verdicts
             ],
+            "notes": list(sc.notes) or None,
             "reason": self.skip_reason or self.error,
             "interfaces": self.interfaces,
             "host_fingerprints": self.host_fingerprints,

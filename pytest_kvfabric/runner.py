@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
-import warnings
 from typing import Any
 
 import execnet
 
 from . import stats
-from .emulator.memory import hbm_fit_problem
+from .emulator.memory import check_hbm_fit
 from .emulator.plan import TransferPlan, build_plan
 from .endpoint.agent import BOOTSTRAP, unpack_array
 from .errors import IntegrityError, KvFabricError, ProtocolError, TransportError
@@ -36,10 +35,6 @@ RUN_MARGIN_S = 10.0 * time_scale()
 FLOOR_BYTES_PER_S = 100e6 / time_scale()  # timeouts assume at least 100 MB/s, so a slow path is not a hang
 SHARED_CLOCK_FABRICS = ("local", "netns")  # both agents read one kernel's CLOCK_MONOTONIC
 _ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
-
-
-class HbmFitWarning(UserWarning):
-    """The scenario's weights + KV exceed the emulated GPU's HBM (the traffic still runs)."""
 
 
 def derive_timeout_s(plan: TransferPlan) -> float:
@@ -186,9 +181,7 @@ class AgentPair:
             get_transport(scenario.transport)  # unknown name: UnknownIdError before any agent starts
         except ImportError as exc:
             raise TransportError(f"transport {scenario.transport!r} could not be imported: {exc}") from None
-        misfit = hbm_fit_problem(scenario)
-        if misfit is not None:  # an emulated deployment no GPU could hold: say so, run the traffic anyway
-            warnings.warn(HbmFitWarning(f"{scenario.id}: {misfit[0]}: {misfit[1]}"), stacklevel=2)
+        check_hbm_fit(scenario, scenario.id)  # a deployment no GPU could hold is a usage error, not a run
         plan = build_plan(scenario)
         run_timeout = self.timeout_s if self.timeout_s is not None else derive_timeout_s(plan)
         token = secrets.token_hex(16)
