@@ -1,7 +1,7 @@
 """Refit the timing terms the shipped GPU profiles share, on the validation table's "fit" sources.
 
 This is how the values in profiles/gpus/*.yaml were obtained (one parameter set for every GPU:
-the fit sources cover H100 and A100 only, too few rows to fit each GPU on its own). Terms with
+the fit rows cover H100, A100 and L40S, too few to fit each GPU on its own). Terms with
 a cited value (attention_efficiency, all-reduce/all-to-all efficiencies, scale-up domain) are
 not fitted; decode_layer_overhead_us is held at 0 because the fit rows' decode points (one
 model, one TP) cannot tell a per-step from a per-layer decode cost. Prints the fitted values

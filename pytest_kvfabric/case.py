@@ -135,6 +135,7 @@ class CaseOutcome:
                  "passed": v.passed, "note": v.note}
                 for v in self.verdicts
             ],
+            "notes": list(sc.notes) or None,
             "reason": self.skip_reason or self.error,
             "unavailable": self.unavailable or None,
             "interfaces": self.interfaces,

@@ -255,11 +255,12 @@ def _unavailable_failure(config: pytest.Config, transport: str, reason: str) -> 
 def kv_scenario(request: pytest.FixtureRequest, kv_model, kv_gpu, kv_transport: str, kv_selection: Selection):
     """A small default scenario for this case (chat-sized request, emulated pacing); tests
     derive their own with `kv_scenario.replace(...)`. SLOs: marker, then --kv-slo."""
+    from .emulator.memory import fit_to_hbm
     from .scenario import Distribution, Scenario, Workload
 
     sel = kv_selection
     slo = {**_marker_slo(request.node), **sel.slo}
-    return Scenario(
+    sc = Scenario(
         id=f"{Path(str(request.node.path)).stem}::{request.node.originalname}",
         model=kv_model,
         gpu=kv_gpu,
@@ -271,6 +272,9 @@ def kv_scenario(request: pytest.FixtureRequest, kv_model, kv_gpu, kv_transport: 
         transport_params=dict(sel.transport_params),
         slo=slo,
     )
+    # the fixture's deployments are defaults nobody chose: raise TP until the model fits (noted)
+    sc, notes = fit_to_hbm(sc, ("prefill", "decode"), sc.id)
+    return sc.replace(notes=tuple(notes)) if notes else sc
 
 
 @pytest.fixture
@@ -404,6 +408,7 @@ class SuiteItem(pytest.Item):
         self.transport = transport
 
     def _scenario(self):
+        from .emulator.memory import check_hbm_fit, fit_to_hbm
         from .profiles import load_gpu, load_model
         from .suites import DEFAULT_GPU
 
@@ -418,6 +423,15 @@ class SuiteItem(pytest.Item):
         gpu = sel.gpu or load_gpu(tpl.gpu or DEFAULT_GPU, sel.profile_dirs)
         sc = tpl.build(model, gpu, self.transport, seed=sel.seed, slo_overrides=sel.slo,
                        transport_params=sel.transport_params)
+        # HBM fit: TP the suite gives is binding for the models and GPU the suite names; where the
+        # suite leaves it out, or --kv-model/--kv-gpu swapped what it was written for, it is a
+        # floor raised to the smallest TP that fits (noted in the report). Still no fit: an error.
+        overridden = bool(sel.models) or sel.gpu is not None
+        free = [side for side in ("prefill", "decode") if overridden or "tp" not in tpl.fields.get(side, {})]
+        sc, notes = fit_to_hbm(sc, free, f"{tpl.source}: {tpl.where}")
+        if notes:
+            sc = sc.replace(notes=tuple(notes))
+        check_hbm_fit(sc, f"{tpl.source}: {tpl.where}")
         changes: dict[str, Any] = {}
         if sel.pool_mib:
             changes["pool_bytes"] = int(sel.pool_mib * 1024 * 1024)

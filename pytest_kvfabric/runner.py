@@ -15,13 +15,12 @@ import os
 import re
 import secrets
 import time
-import warnings
 from typing import Any, Callable, Mapping
 
 import execnet
 
 from . import stats
-from .emulator.memory import hbm_fit_problem
+from .emulator.memory import check_hbm_fit
 from .emulator.plan import TransferPlan, build_plan
 from .endpoint.agent import BOOTSTRAP, unpack_array
 from .errors import IntegrityError, KvFabricError, ProtocolError, TransportError
@@ -49,10 +48,6 @@ def _timed_out(role: str, pid: str, msg: Mapping[str, Any]) -> str:
 # Errors that are the effect of the peer going away, never a cause of their own.
 _EFFECT = re.compile(r"broken pipe|connection reset|closed before|peer closed|EOF|did not answer", re.I)
 _ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
-
-
-class HbmFitWarning(UserWarning):
-    """The scenario's weights + KV exceed the emulated GPU's HBM (the traffic still runs)."""
 
 
 def derive_timeout_s(plan: TransferPlan) -> float:
@@ -235,9 +230,7 @@ class AgentPair:
             get_transport(scenario.transport)  # unknown name: UnknownIdError before any agent starts
         except ImportError as exc:
             raise TransportError(f"transport {scenario.transport!r} could not be imported: {exc}") from None
-        misfit = hbm_fit_problem(scenario)
-        if misfit is not None:  # an emulated deployment no GPU could hold: say so, run the traffic anyway
-            warnings.warn(HbmFitWarning(f"{scenario.id}: {misfit[0]}: {misfit[1]}"), stacklevel=2)
+        check_hbm_fit(scenario, scenario.id)  # a deployment no GPU could hold is a usage error, not a run
         plan = build_plan(scenario)
         run_timeout = self.timeout_s if self.timeout_s is not None else derive_timeout_s(plan)
         token = secrets.token_hex(16)

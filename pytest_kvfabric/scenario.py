@@ -105,6 +105,7 @@ class Scenario:
     slo: Mapping[str, Any] = field(default_factory=dict)  # SLO key -> threshold (see slo.py)
     verify: bool = True  # verify every page at the decode side (outside the timed path)
     synthetic: Synthetic | None = None  # conformance: fixed-size transfers instead of the model's layout
+    notes: tuple[str, ...] = ()  # what the harness changed and why (e.g. TP raised to fit HBM); reported, not sent
 
     def kv_dtype(self, side: str = "prefill") -> str:
         dep = self.prefill if side == "prefill" else self.decode

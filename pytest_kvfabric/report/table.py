@@ -71,5 +71,7 @@ def row(result: Mapping[str, Any]) -> list[str]:
 def render(results: Sequence[Mapping[str, Any]]) -> str:
     from tabulate import tabulate
 
-    rows = [row(r) for r in sorted(results, key=lambda r: r["case"])]
-    return tabulate(rows, headers=HEADERS, tablefmt="simple")
+    ordered = sorted(results, key=lambda r: r["case"])
+    out = tabulate([row(r) for r in ordered], headers=HEADERS, tablefmt="simple")
+    notes = [f"note: {r['case']}: {n}" for r in ordered for n in r.get("notes") or ()]
+    return "\n".join([out, *notes])
