@@ -142,3 +142,15 @@ def test_netns_options_on_another_fabric_are_warned_not_dropped(pytester):
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines(["*--kv-netns-mtu, --kv-netns-offloads applies only to --kv-fabric=netns; "
                               "ignored with --kv-fabric=local*"])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("p99_latency_us=inf", "must be a finite number"), ("min_throughput_gbps=nan", "must be a finite number"),
+    ("p99_latency_us=-1", "must be >= 0"), ("p99_latency_us=" + "9" * 400, "must be a finite number"),
+])
+def test_slo_thresholds_are_finite(text, expected):
+    from pytest_kvfabric.errors import ProfileError
+    from pytest_kvfabric.slo import parse_assignments
+
+    with pytest.raises(ProfileError, match=expected):
+        parse_assignments([text])
