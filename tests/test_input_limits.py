@@ -154,3 +154,12 @@ def test_slo_thresholds_are_finite(text, expected):
 
     with pytest.raises(ProfileError, match=expected):
         parse_assignments([text])
+
+
+def test_rdma_options_without_the_rdma_transport_are_warned_not_passed_on(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    res = pytester.runpytest("--kv-rdma-tc=5")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(["*--kv-rdma-tc applies only to the rdma transport; ignored with --kv-transport=tcp*"])
+    bad = pytester.runpytest("--kv-rdma-tc=-1")  # a bad value is refused whatever the transport
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR and "--kv-rdma-tc: must be >= 0, got -1" in bad.stderr.str()
