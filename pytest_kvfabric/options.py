@@ -229,11 +229,20 @@ def resolve(get: Callable[[str], Any]) -> Selection:
 
     params = transport_params(list(get("kv_transport_param") or ()), "--kv-transport-param")
     # (dest, param, type, min, max): GID table index < 256 per port; traffic class is one byte
+    notes: list[str] = []
+    rdma_given = []
     for dest, key, kind, lo, hi in (("kv_rdma_device", "device", str, None, None),
                                     ("kv_rdma_gid_index", "gid_index", int, 0, 255),
                                     ("kv_rdma_tc", "traffic_class", int, 0, 255)):
         if get(dest) not in (None, ""):
-            params[key] = _number(f"--{dest.replace('_', '-')}", get(dest), kind, lo, hi)
+            value = _number(f"--{dest.replace('_', '-')}", get(dest), kind, lo, hi)  # checked either way
+            if "rdma" in transports:
+                params[key] = value
+            else:
+                rdma_given.append(f"--{dest.replace('_', '-')}")
+    if rdma_given:  # e.g. an ini file shared by rdma and tcp runs: say so, do not pass them on
+        notes.append(f"kvfabric: {', '.join(rdma_given)} applies only to the rdma transport; ignored "
+                     f"with --kv-transport={','.join(transports)}")
 
     inject = get("kv_inject")
     if inject:
@@ -247,9 +256,7 @@ def resolve(get: Callable[[str], Any]) -> Selection:
 
     why = check_params(transports, params)  # unknown names and bad values, before anything runs
     if why:
-        flag = "--kv-rdma-*" if any(k in params for k in ("device", "gid_index", "traffic_class")) \
-            and "rdma" not in transports else "--kv-transport-param"
-        raise ProfileError("<options>", flag, why)
+        raise ProfileError("<options>", "--kv-transport-param", why)
 
     netns: dict[str, Any] = {}
     if get("kv_netns_mtu") not in (None, ""):
@@ -280,7 +287,6 @@ def resolve(get: Callable[[str], Any]) -> Selection:
     for t in required:
         if t not in known:
             raise ProfileError("--kv-require-transport", t, f"unknown transport; valid: {', '.join(known)}, named")
-    notes = []
     if netns and fabric != "netns":  # e.g. an ini file shared by netns and local runs: say so
         given = ", ".join(f"--kv-netns-{k.replace('_', '-')}" for k in netns)
         notes.append(f"kvfabric: {given} applies only to --kv-fabric=netns; ignored with --kv-fabric={fabric}")

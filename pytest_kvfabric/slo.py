@@ -5,6 +5,8 @@ user-facing SLO keys accepted in suites, `--kv-slo KEY=VALUE` and `@pytest.mark.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -160,9 +162,11 @@ def coerce(key: str, value: Any, source: str = "<slo>") -> Any:
         raise ProfileError(source, key, f"expected a number, got {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise ProfileError(source, key, f"expected a number, got {value!r}") from None
-    if number < 0 or number != number:
+    except (TypeError, ValueError, OverflowError):
+        raise ProfileError(source, key, f"expected a number, got {str(value)[:40]!r}") from None
+    if not math.isfinite(number):  # inf would gate nothing (max) or fail everything (min)
+        raise ProfileError(source, key, f"must be a finite number, got {value!r}")
+    if number < 0:
         raise ProfileError(source, key, f"must be >= 0, got {value!r}")
     return number
 

@@ -280,3 +280,53 @@ def test_cli_timeouts_and_regressions(capsys, command, value):
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
+
+
+# ---- transport parameters (declared in transports/params.py) -----------------------------
+
+from pytest_kvfabric.transports.params import FRAMEWORK_KEYS, IOURING_PARAMS, STREAM_PARAMS, check  # noqa: E402
+
+ALL_PARAMS = STREAM_PARAMS + IOURING_PARAMS
+DECLARED = {p.name for p in ALL_PARAMS}
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(name=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=16).filter(
+    lambda n: n not in DECLARED and n not in FRAMEWORK_KEYS and not n.startswith("_")), value=st.integers())
+def test_unknown_transport_parameters_are_refused_listing_the_valid_ones(name, value):
+    why = check({"tcp": STREAM_PARAMS}, {name: value})
+    assert why is not None and f"unknown parameter {name!r} for transport tcp; valid: busy_poll_us" in why
+
+
+def _bad_param_value(p, data):
+    if p.kind is bool:
+        return data.draw(st.one_of(st.integers(), st.text(max_size=5), st.floats()))
+    if p.kind is str:
+        wrong_type = st.one_of(st.integers(), st.floats(), st.lists(st.text(), max_size=2))
+        if p.choices:
+            return data.draw(st.one_of(wrong_type, st.text(max_size=8).filter(lambda t: t not in p.choices)))
+        return data.draw(wrong_type)
+    if p.kind is int:
+        return data.draw(bad_int(int(p.minimum), int(p.maximum)).filter(lambda v: not isinstance(v, dict)))
+    return data.draw(bad_float(p.minimum, p.maximum).filter(lambda v: not isinstance(v, dict)))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_bad_values_of_declared_transport_parameters_are_refused(data):
+    p = data.draw(st.sampled_from(ALL_PARAMS))
+    value = _bad_param_value(p, data)
+    if p.kind is float and isinstance(value, int) and not isinstance(value, bool) and p.minimum <= value <= p.maximum:
+        return  # an integer in range is a fine float
+    why = check({"x": (p,)}, {p.name: value})
+    assert why is not None and why.startswith(f"transport x parameter {p.name}: "), (p, value, why)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_good_values_of_declared_transport_parameters_pass(data):
+    p = data.draw(st.sampled_from([q for q in ALL_PARAMS if q.kind in (int, float)]))
+    lo, hi = p.minimum, p.maximum
+    value = (data.draw(st.integers(int(lo), int(hi))) if p.kind is int
+             else data.draw(st.floats(lo, hi, allow_nan=False)))
+    assert check({"x": (p,)}, {p.name: value}) is None

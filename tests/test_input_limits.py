@@ -142,3 +142,24 @@ def test_netns_options_on_another_fabric_are_warned_not_dropped(pytester):
     res.assert_outcomes(passed=1)
     res.stdout.fnmatch_lines(["*--kv-netns-mtu, --kv-netns-offloads applies only to --kv-fabric=netns; "
                               "ignored with --kv-fabric=local*"])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("p99_latency_us=inf", "must be a finite number"), ("min_throughput_gbps=nan", "must be a finite number"),
+    ("p99_latency_us=-1", "must be >= 0"), ("p99_latency_us=" + "9" * 400, "must be a finite number"),
+])
+def test_slo_thresholds_are_finite(text, expected):
+    from pytest_kvfabric.errors import ProfileError
+    from pytest_kvfabric.slo import parse_assignments
+
+    with pytest.raises(ProfileError, match=expected):
+        parse_assignments([text])
+
+
+def test_rdma_options_without_the_rdma_transport_are_warned_not_passed_on(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    res = pytester.runpytest("--kv-rdma-tc=5")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(["*--kv-rdma-tc applies only to the rdma transport; ignored with --kv-transport=tcp*"])
+    bad = pytester.runpytest("--kv-rdma-tc=-1")  # a bad value is refused whatever the transport
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR and "--kv-rdma-tc: must be >= 0, got -1" in bad.stderr.str()

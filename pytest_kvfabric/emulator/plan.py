@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ProfileError
-from ..limits import MAX_PLAN_ROWS
+from ..limits import MAX_PLAN_ROWS, MAX_POOL_MIB, MAX_SEED, check_number
 from . import timing
 from .batching import prefill_schedule
 from .kvlayout import KvLayout, kv_layout
@@ -227,6 +227,12 @@ def check_plan_rows(rows: int, scenario: "Scenario") -> None:
 
 def build_plan(scenario: "Scenario") -> TransferPlan:
     """Build the plan for a scenario: vectorized numpy, deterministic for scenario + seed."""
+    # Scenarios built in code (a test's own kv_run(...) changes) skip the schemas: same bounds here.
+    for field, value, lo, hi in (("pool_bytes", scenario.pool_bytes, 1, MAX_POOL_MIB << 20),
+                                 ("seed", scenario.seed, 0, MAX_SEED)):
+        why = check_number(value, lo, hi)
+        if why:
+            raise ProfileError(SOURCE, field, why)
     if scenario.synthetic is not None:  # conformance: fixed sizes, no model layout
         from .synthetic import build_synthetic_plan
 
