@@ -245,3 +245,23 @@ def test_kv_html_with_a_baseline_draws_baseline_against_current(pytester):
     page = parse(text)
     assert_self_contained(text, page)
     assert {"summary", "throughput", "baseline"} <= page.ids
+
+
+def test_inputs_with_one_file_name_are_told_apart(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "run.json").write_text(RUN.read_text())
+    assert htmlfile.labels([tmp_path / "a" / "run.json", tmp_path / "b" / "run.json", SESSION]) == [
+        str(tmp_path / "a" / "run.json"), str(tmp_path / "b" / "run.json"), "smoke-session.json"]
+
+
+def test_the_schema_rejects_a_malformed_histogram():
+    from pytest_kvfabric.errors import ProfileError
+    from pytest_kvfabric.report import jsonreport
+
+    data = json.loads(SESSION.read_text())
+    jsonreport.validate(data)
+    data["results"][0]["metrics"]["latency_hist_us"]["counts"] = [1, -2]
+    with pytest.raises(ProfileError, match="latency_hist_us"):
+        jsonreport.validate(data)

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..report import htmlfile
 
-    runs = [htmlfile.load(p) for p in args.inputs]
+    runs = [htmlfile.load(p, lab) for p, lab in zip(args.inputs, htmlfile.labels(args.inputs))]
     base = [htmlfile.load(args.baseline)] if args.baseline else []
     figures = htmlfile.write(args.html, runs, base, args.png, args.title)
     sys.stdout.write(f"kvfabric: report written to {args.html} ({len(figures)} figure(s))\n")

@@ -181,7 +181,8 @@ def timeline(cases: Sequence[Mapping[str, Any]]) -> list[Any]:
         ax.set_xlabel("layer", fontsize=8)
         ax.set_ylabel("ms since the request's prefill started", fontsize=8)
         exposed_ms = max(0.0, float(tl["done_ms"] or 0) - float(tl["prefill_ms"])) if tl.get("done_ms") else None
-        tail = f", exposed {exposed_ms:.3g} ms" if exposed_ms is not None else ""
+        tail = "" if exposed_ms is None else f", exposed {exposed_ms:,.0f} ms" if exposed_ms >= 100 else \
+            f", exposed {exposed_ms:.3g} ms"
         ax.set_title(P.short(f"{c['label']} · request {tl['request']}{tail}", 80), fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="upper left")

@@ -13,8 +13,9 @@ from . import html, jsonreport
 from .runs import Run, normalize
 
 
-def load(path: str | Path) -> Run:
-    """One recorded JSON file as a Run; a one-line ProfileError naming the file otherwise."""
+def load(path: str | Path, label: str | None = None) -> Run:
+    """One recorded JSON file as a Run (labelled by its file name unless told); a one-line
+    ProfileError naming the file otherwise."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -22,10 +23,16 @@ def load(path: str | Path) -> Run:
         raise ProfileError(str(p), "", f"cannot read report: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ProfileError(str(p), f"line {exc.lineno}", f"not valid JSON: {exc.msg}") from None
-    run = normalize(data, p.name, str(p))
+    run = normalize(data, label or p.name, str(p))
     if run.kind == "session":
         jsonreport.validate(data, str(p))
     return run
+
+
+def labels(paths: Sequence[str | Path]) -> list[str]:
+    """File names, or the paths as given where two inputs share a file name."""
+    names = [Path(p).name for p in paths]
+    return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
 
 
 def write(out: str | Path, runs: Sequence[Run], baseline: Sequence[Run] = (), png_dir: str | Path | None = None,
