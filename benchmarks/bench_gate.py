@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 from pytest_kvfabric.report.baseline import compare_samples  # noqa: E402
-from pytest_kvfabric.report.gate_metrics import figures  # noqa: E402
+from pytest_kvfabric.report.gate_metrics import figures, parse_thresholds  # noqa: E402
 
 NETNS_PREFIX = "kvfg-"  # our own namespaces (the creator's pid tags them; cleaned in finally)
 NETNS_INDEX = 211
@@ -48,8 +48,8 @@ NETNS_INDEX = 211
 
 def cases() -> dict[str, Any]:
     return {
-        "burst": C.synthetic_scenario(nbytes=1 << 20, transfers=32, batch=8),
-        "paced": C.synthetic_scenario(nbytes=256 << 10, transfers=80, batch=2, interval_us=5000, pacing="emulated"),
+        "burst": C.synthetic_scenario(nbytes=1 << 20, transfers=16, batch=8),
+        "paced": C.synthetic_scenario(nbytes=128 << 10, transfers=60, batch=1, interval_us=5000, pacing="emulated"),
     }
 
 
@@ -81,11 +81,13 @@ def on_netns(rate_mbit: float, fn: Callable[[Any], Any]) -> Any:
         ns.destroy()
 
 
-def gate(base: dict[str, list[dict[str, float]]], cur: dict[str, list[dict[str, float]]], n: int) -> dict[str, Any]:
-    """Verdicts of the default gate on the first n repeats of every case both sessions ran."""
+def gate(base: dict[str, list[dict[str, float]]], cur: dict[str, list[dict[str, float]]], n: int,
+         thresholds: str | None = None) -> dict[str, Any]:
+    """Verdicts of the gate (default thresholds, or --kv-max-regression text) on the first n
+    repeats of every case both sessions ran."""
     out: dict[str, Any] = {"regressed": [], "undecided": 0, "decided": 0, "tput_regressed": False}
     for case in sorted(set(base) & set(cur)):
-        for c in compare_samples(case, base[case][:n], cur[case][:n]):
+        for c in compare_samples(case, base[case][:n], cur[case][:n], parse_thresholds(thresholds)):
             if c.regressed:
                 out["regressed"].append(f"{case}:{c.key} {c.change_pct:+.0f}%")
                 out["tput_regressed"] |= c.key == "throughput"
@@ -94,26 +96,28 @@ def gate(base: dict[str, list[dict[str, float]]], cur: dict[str, list[dict[str, 
     return out
 
 
-def rows_from(raw: dict[str, list[dict[str, Any]]], cuts: list[float], repeat: int) -> list[dict[str, Any]]:
-    """The verdict table from every round's sessions (also for rounds merged from several runs)."""
+def rows_from(raw: dict[str, list[dict[str, Any]]], cuts: list[float], repeat: int,
+              threshold_sets: list[str | None] = [None]) -> list[dict[str, Any]]:  # noqa: B006 - read only
+    """The verdict table from every round's sessions (also for rounds merged from several runs),
+    for each threshold set (None: the defaults)."""
     rows = []
     for fabric, rounds in raw.items():
-        for n in sorted({min(5, repeat), repeat}):
-            fa = [gate(r["base"], r["same"], n) for r in rounds]
+        for n, th in [(n, th) for n in sorted({min(5, repeat), repeat}) for th in threshold_sets]:
+            fa = [gate(r["base"], r["same"], n, th) for r in rounds]
             alarms = [g for g in fa if g["regressed"]]
             undecided = sum(g["undecided"] for g in fa)
             total = sum(g["undecided"] + g["decided"] for g in fa)
-            rows.append({"fabric": fabric, "N": n, "test": "identical pairs", "pairs": len(fa),
+            rows.append({"fabric": fabric, "N": n, "thresholds": th or "defaults", "test": "identical pairs", "pairs": len(fa),
                          "gate failed": len(alarms), "target": "0",
                          "detail": f"undecided {undecided}/{total} metric verdicts; alarms: "
                                    + ("; ".join(x for g in alarms for x in g["regressed"]) or "none")})
             for cut in cuts if fabric == "netns" else ():
-                det = [gate(r["base"], r[f"cut{cut:g}"], n) for r in rounds]
+                det = [gate(r["base"], r[f"cut{cut:g}"], n, th) for r in rounds]
                 tput = [r[f"cut{cut:g}"]["burst"][:n] for r in rounds]
                 base = [r["base"]["burst"][:n] for r in rounds]
                 ratio = C.summary([sum(x["throughput_gbps"] for x in c) / sum(x["throughput_gbps"] for x in b)
                                    for c, b in zip(tput, base)])
-                rows.append({"fabric": fabric, "N": n, "test": f"rate cut {cut:g}%", "pairs": len(det),
+                rows.append({"fabric": fabric, "N": n, "thresholds": th or "defaults", "test": f"rate cut {cut:g}%", "pairs": len(det),
                              "gate failed": sum(bool(g["tput_regressed"]) for g in det),
                              "target": "10 of 10" if cut >= 40 else "-",
                              "detail": f"measured throughput ratio median {ratio['median']:.3f}"})
@@ -125,15 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=10, help="baseline/current pairs per fabric (rounds)")
     ap.add_argument("--repeat", type=int, default=10, help="repeats per session (N=5 uses the first 5)")
     ap.add_argument("--fabric", default="loopback,netns")
-    ap.add_argument("--rate-mbit", type=float, default=2000.0, help="netns link rate of the baseline (tbf)")
-    ap.add_argument("--cuts", default="40,15,8", help="injected rate cuts in percent (netns)")
+    ap.add_argument("--rate-mbit", type=float, default=400.0, help="netns link rate of the baseline (tbf)")
+    ap.add_argument("--cuts", default="40,15", help="injected rate cuts in percent (netns)")
+    ap.add_argument("--thresholds", default="defaults",
+                    help="';'-separated threshold sets to judge the same data with (--kv-max-regression syntax; "
+                         "'defaults' for the defaults)")
     ap.add_argument("--budget-s", type=float, default=1500.0, help="stop starting rounds after this many seconds")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="no runs: the table from the rounds of earlier --json outputs together")
     a = ap.parse_args(argv)
     if a.merge:
-        return merge(a.merge, [float(c) for c in a.cuts.split(",") if c.strip()], a.repeat)
+        return merge(a.merge, [float(c) for c in a.cuts.split(",") if c.strip()], a.repeat, _sets(a.thresholds))
     cuts = [float(c) for c in a.cuts.split(",") if c.strip()]
     fabrics = [f.strip() for f in a.fabric.split(",") if f.strip()]
     env = C.env_info()
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     rnd[f"cut{cut:g}"] = on_netns(rate, lambda p: session(p, ["burst"], a.repeat))
             raw[fabric].append(rnd)
             C.log(f"round {i + 1}/{a.pairs} {fabric} done ({time.monotonic() - t0:.0f} s)")
-    rows = rows_from(raw, cuts, a.repeat)
+    rows = rows_from(raw, cuts, a.repeat, _sets(a.thresholds))
     env["loadavg_end"] = list(os.getloadavg())
     env["wall_s"] = round(time.monotonic() - t0)
     if a.json:
@@ -183,7 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def merge(paths: list[str], cuts: list[float], repeat: int) -> int:
+def _sets(text: str) -> list[str | None]:
+    sets = [t.strip() for t in text.split(";") if t.strip()]
+    for t in sets:
+        if t != "defaults":
+            parse_thresholds(t)  # a typo fails now, not after half an hour of runs
+    return [None if t == "defaults" else t for t in sets] or [None]
+
+
+def merge(paths: list[str], cuts: list[float], repeat: int, threshold_sets: list[str | None]) -> int:
     from tabulate import tabulate
 
     raw: dict[str, list[dict[str, Any]]] = {}
@@ -194,12 +209,12 @@ def merge(paths: list[str], cuts: list[float], repeat: int) -> int:
               f"load {doc['env']['loadavg'][0]:.2f} -> {doc['env']['loadavg_end'][0]:.2f}")
         for fabric, rounds in doc["raw"].items():
             raw.setdefault(fabric, []).extend(rounds)
-    rows = rows_from(raw, cuts, repeat)
+    rows = rows_from(raw, cuts, repeat, threshold_sets)
     print(tabulate([[r[k] for k in ROW_KEYS] for r in rows], headers=ROW_KEYS, tablefmt="github"))
     return 0
 
 
-ROW_KEYS = ("fabric", "N", "test", "pairs", "gate failed", "target", "detail")
+ROW_KEYS = ("fabric", "N", "thresholds", "test", "pairs", "gate failed", "target", "detail")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ CONFIDENCE interval [lo, hi]. With threshold t (percent):
 - regressed:  lo > t   (even the most favourable reading is a regression beyond t)
 - improved:   hi < -t
 - unchanged:  hi <= t  (whatever it is, it is not a regression beyond t)
-- undecided:  otherwise (the interval straddles t), or fewer than MIN_SAMPLES on both sides.
+- undecided:  otherwise (the interval straddles t), or too few samples to reach CONFIDENCE at all
+              (too_few: 1 vs 1, 3 vs 3...). A single-sample side borrows the other side's spread.
 
 Why this and not a rank test (Mann-Whitney, as Google Benchmark's compare.py): a rank test
 answers "do the distributions differ?", not "by how much?", so it flags a significant 0.5%
@@ -20,7 +21,9 @@ False alarms: with no true change, "regressed" needs the lower end of a 95% inte
 t, which the one-sided 2.5% bound caps even at a true change of exactly t; at 0 it is far
 rarer. At n=5 per side the bootstrap interval of a median is about the sample range, so a
 false alarm needs the two sides fully separated AND t apart (chance 1/252 before the margin).
-benchmarks/bench_gate.py measures the rate on real runs.
+benchmarks/bench_gate.py measures the rate on real runs: there, identical sessions a minute apart
+on a busy shared host differ by far more than the repeats inside one session (the repeats share
+their session's conditions), so false alarms come from the environment moving, not from this test.
 """
 from __future__ import annotations
 
