@@ -131,6 +131,10 @@ def test_refused_bind_tx_means_devmem_rx_only_never_plain_tcp():
          "refused by the kernel: EOPNOTSUPP (Operation not supported) [kernel flagged attribute ifindex]"),
         ({"bind_rx": BindResult(False, "memfd (no dma-buf available)", errno=errno.EBADF, errname="EBADF")},
          "rejected the fd because it is not a dma-buf"),
+        # what Linux 6.12 answers in the lab for lo/veth with a real udmabuf
+        ({"bind_rx": BindResult(False, "udmabuf", errno=errno.EINVAL, errname="EINVAL",
+                                message="Failed to bind dmabuf to device")},
+         "the dma-buf could not be attached to eth1's parent device"),
         ({"nic": _ready_nic(header_split="off")}, "run `ethtool -G eth1 tcp-data-split on`"),
         ({"nic": _ready_nic(rules=[])}, "run `ethtool -N eth1 flow-type tcp4 dst-port 5201 action 15`"),
         ({"nic": _ready_nic(rules=[nic.SteeringRule(1, "TCP over IPv4", 80, 15)])}, "no flow steering rule"),
