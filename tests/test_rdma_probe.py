@@ -199,3 +199,39 @@ def test_options_reach_the_decision(tmp_path):
     write_port(str(tmp_path), "mlx5_0", 2, gids=[(1, V4, "RoCE v2", "eth1")])
     cap = probe.decide(gather(tmp_path, device="mlx5_0", port="2", data_addr="10.0.0.1"))
     assert cap.available and (cap.details["port"], cap.details["gid_index"]) == (2, 1)
+
+
+def _soft(tmp_path, udp):
+    import dataclasses
+
+    root = tmp_path / "ib"
+    write_port(str(root), "rxe_v0", gids=[(1, V4, "RoCE v2", "v0")])
+    inputs = gather(root, data_addr="10.0.0.1")
+    return dataclasses.replace(inputs, soft_devices=frozenset({"rxe_v0"}), roce_udp_socket=udp)
+
+
+def test_soft_roce_in_a_namespace_without_its_udp_socket_is_refused(tmp_path):
+    cap = probe.decide(_soft(tmp_path, udp=False))
+    assert not cap.available
+    assert cap.reason.startswith("soft-RoCE device rxe_v0 cannot receive in this network namespace: "
+                                 "no UDP socket on port 4791 here")
+    assert "10.0.0.1" in cap.reason
+
+
+@pytest.mark.parametrize("udp", [True, None])
+def test_soft_roce_with_its_socket_or_unknown_is_fine(tmp_path, udp):
+    assert probe.decide(_soft(tmp_path, udp=udp)).available
+
+
+def test_udp_port_bound_reads_proc_net_udp_tables(tmp_path):
+    head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    v4 = tmp_path / "udp"
+    v4.write_text(head + "   1: 00000000:12B7 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 0 2\n")
+    v6 = tmp_path / "udp6"
+    v6.write_text(head + "   2: 00000000000000000000000000000000:0035 00000000000000000000000000000000:0000 07 0 0 0 0 0\n")
+    assert probe.udp_port_bound(4791, (str(v4), str(v6))) is True
+    assert probe.udp_port_bound(4791, (str(v6),)) is False
+    assert probe.udp_port_bound(4791, (str(tmp_path / "none"),)) is None
+    empty = tmp_path / "empty"
+    empty.write_text(head)
+    assert probe.udp_port_bound(4791, (str(empty),)) is False  # a new namespace: no UDP socket at all

@@ -74,6 +74,13 @@ def _bind_rx_reason(ifn: str, queues: list[int], r: BindResult, driver: str) -> 
                  f"(needs a NIC whose driver supports devmem TCP, e.g. bnxt, gve, mlx5, fbnic)")
     elif r.errno in (_errno.EBADF, _errno.EINVAL) and r.fd_kind != "udmabuf":
         base += "; the kernel rejected the fd because it is not a dma-buf"
+    elif r.errno == _errno.EINVAL and r.fd_kind == "udmabuf" and "bind dmabuf to device" in r.message:
+        # seen in the lab (Linux 6.12, real /dev/udmabuf): dma_buf_attach() to the netdev's
+        # parent device fails; lo and veth have none (no bus device, no DMA)
+        base += (f"; the dma-buf could not be attached to {ifn}'s parent device: driver "
+                 f"{driver or '?'} is a virtual netdev without a DMA-capable bus device, so it cannot "
+                 f"receive into device memory (needs a NIC whose driver supports devmem TCP, "
+                 f"e.g. bnxt, gve, mlx5, fbnic)")
     return base
 
 

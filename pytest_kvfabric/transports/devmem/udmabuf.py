@@ -103,9 +103,11 @@ def create(nbytes: int, name: str = "kvfabric-hbm") -> Udmabuf:
         os.ftruncate(memfd, size)
         fcntl.fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK)
         dev = os.open(UDMABUF_PATH, os.O_RDWR | os.O_CLOEXEC)
-        arg = UDMABUF_CREATE_ARG.pack(memfd, UDMABUF_FLAGS_CLOEXEC, 0, size)
+        # a mutable buffer: only then does fcntl.ioctl return the syscall's result (the new
+        # dma-buf fd); with bytes it returns the (unchanged) argument bytes instead
+        arg = bytearray(UDMABUF_CREATE_ARG.pack(memfd, UDMABUF_FLAGS_CLOEXEC, 0, size))
         try:
-            dmabuf_fd = fcntl.ioctl(dev, UDMABUF_CREATE, arg)
+            dmabuf_fd = fcntl.ioctl(dev, UDMABUF_CREATE, arg, True)
         except OSError as exc:
             raise UdmabufUnavailable(f"ioctl UDMABUF_CREATE({size} bytes) failed: {exc}") from None
         try:

@@ -38,6 +38,10 @@ class ProbeInputs:
     port: int | None = None
     gid_index: int | None = None
     data_addr: str | None = None
+    # Soft-RoCE (rdma_rxe) receives through a kernel UDP socket on port 4791 that lives in one
+    # network namespace (the initial one in Linux 6.12): elsewhere its packets are dropped.
+    soft_devices: frozenset[str] = frozenset()  # devices with no parent bus (/sys/devices/virtual)
+    roce_udp_socket: bool | None = None  # a UDP socket on 4791 in this netns (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -136,12 +140,19 @@ def _gid_on(inputs: ProbeInputs, p: PortInfo) -> Selection:
 
 def select(inputs: ProbeInputs) -> Selection:
     """The device/port/GID to use; raises NotAvailable with the probe's reason."""
-    return _select(inputs)
+    s = _select(inputs)
+    if s.device in inputs.soft_devices and s.link_layer == "Ethernet" and inputs.roce_udp_socket is False:
+        raise NotAvailable(
+            f"soft-RoCE device {s.device} cannot receive in this network namespace: no UDP socket on "
+            f"port {ROCE_V2_PORT} here (rdma_rxe opens it in one namespace only, the initial one in "
+            f"Linux 6.12), so RoCE v2 packets to {inputs.data_addr or 'this address'} would be dropped; "
+            f"run rdma on the local fabric, or on a kernel whose rdma_rxe is namespace-aware")
+    return s
 
 
 def decide(inputs: ProbeInputs) -> Capability:
     try:
-        s = _select(inputs)
+        s = select(inputs)
     except NotAvailable as exc:
         return Capability.missing(str(exc))
     mtu = f", active MTU {s.active_mtu}" if s.active_mtu else ""
@@ -151,6 +162,33 @@ def decide(inputs: ProbeInputs) -> Capability:
         f"{s.gid_type}, {s.rate or 'rate unknown'}{mtu}, fw {s.fw_ver or '?'})",
         **{k: getattr(s, k) for k in Selection.__dataclass_fields__},
     )
+
+
+ROCE_V2_PORT = 4791
+
+
+def udp_port_bound(port: int, tables: tuple[str, ...] = ("/proc/net/udp", "/proc/net/udp6")) -> bool | None:
+    """Whether this network namespace has a UDP socket bound to port (kernel sockets too)."""
+    want = f":{port:04X}"
+    readable = False
+    for path in tables:
+        try:
+            with open(path) as fh:
+                readable = True
+                next(fh, None)  # header
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) > 1 and fields[1].upper().endswith(want):
+                        return True
+        except OSError:
+            continue
+    return False if readable else None
+
+
+def soft_devices(root: str, names: set[str]) -> frozenset[str]:
+    import os
+
+    return frozenset(n for n in names if "/devices/virtual/" in os.path.realpath(os.path.join(root, n)))
 
 
 def try_import_pyverbs() -> str | None:
@@ -186,6 +224,8 @@ def gather(
         port=opts.port,
         gid_index=opts.gid_index,
         data_addr=opts.data_addr,
+        soft_devices=soft_devices(root, {p.device for p in ports}),
+        roce_udp_socket=udp_port_bound(ROCE_V2_PORT),
     )
 
 
