@@ -14,6 +14,7 @@ from . import slo as slo_mod
 from .errors import KvFabricError
 from .fabric.base import HostPair
 from .options import Selection
+from .lab import env as lab_env
 from .report import baseline as baseline_mod
 from .scenario import Scenario
 
@@ -90,10 +91,18 @@ class CaseOutcome:
     verdicts: list[slo_mod.Verdict] = field(default_factory=list)
     changes: list[baseline_mod.Change] = field(default_factory=list)
     repeats: list[dict[str, float]] = field(default_factory=list)  # each repeat's gated figures
+    unavailable: bool = False  # skip_reason is the transport probe's: the transport is missing here
     error: str | None = None
     result: Any = None  # the runner's Result object
     interfaces: list[dict[str, Any]] = field(default_factory=list)
     host_fingerprints: dict[str, Any] = field(default_factory=dict)
+    capacity: Any = None  # capacity.Capacity of a paced case: needed against carried Gb/s
+
+    def capacity_note(self) -> str | None:
+        """Why a timing SLO miss follows from too little bandwidth, when it does."""
+        from .capacity import explains
+
+        return explains(self.capacity, [v.key for v in self.verdicts if not v.passed])
 
     @property
     def slo_failed(self) -> bool:
@@ -127,8 +136,10 @@ class CaseOutcome:
                 for v in self.verdicts
             ],
             "reason": self.skip_reason or self.error,
+            "unavailable": self.unavailable or None,
             "interfaces": self.interfaces,
             "host_fingerprints": self.host_fingerprints,
+            "capacity": self.capacity.to_dict() if self.capacity is not None else None,
         }
 
     def junit_properties(self) -> list[tuple[str, Any]]:
@@ -144,11 +155,16 @@ class CaseOutcome:
                 if v is not None:
                     props.append((f"kv_{group}_{k}", v))
         for v in self.verdicts:
-            props.append((f"kv_slo_{v.key}", "pass" if v.passed else "fail"))
+            props.append((f"kv_slo_{v.key}", ("pass" if v.passed else "fail") if v.judged else "not judged"))
         return props
 
 
 _PROBES: dict[str, str | None] = {}
+
+
+def forget_probes() -> None:
+    """A new session probes again (a transport may have come or gone since the last one)."""
+    _PROBES.clear()
 
 
 def probe_reason(transport: str, params: Mapping[str, Any]) -> str | None:
@@ -178,6 +194,7 @@ def run_case(
     selection: Selection,
     baseline_samples: Mapping[str, list[dict[str, float]]] | None,
     case: str,
+    timeout_s: float | None = None,
 ) -> CaseOutcome:
     """Run the case `selection.repeat` times back to back on this process's pair; judge the
     median figures against its SLOs and every repeat against the baseline's repeats."""
@@ -185,7 +202,7 @@ def run_case(
     if selection.fabric == "local":  # other fabrics probe on the agents' own hosts, below
         reason = probe_reason(scenario.transport, scenario.transport_params)
         if reason:
-            out.skip_reason = reason
+            out.skip_reason, out.unavailable = reason, True
             return out
     try:
         pair = pairs.get()
@@ -199,7 +216,7 @@ def run_case(
     if pair.fabric != "local":  # the agents' hosts answer for themselves (their NICs, kernels)
         reason = pair_probe_reason(pair, scenario.transport, scenario.transport_params)
         if reason:
-            out.skip_reason = f"{scenario.transport}: {reason}"
+            out.skip_reason, out.unavailable = f"{scenario.transport}: {reason}", True
             return out
     if pair.fabric == "local":
         out.interfaces = [{"name": "lo", "netns": None}]
@@ -211,28 +228,52 @@ def run_case(
     out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
                              (pair.details.get("fingerprint") or {}).items()}
     from .report.repeats import median_metrics, repeat_figures
-    from .runner import run_scenario
+    from .runner import AgentPair
 
+    out.capacity = up_front_capacity(scenario, pair)
     n = max(1, selection.repeat)
     runs: list[dict[str, Any]] = []
-    for i in range(n):
-        try:
-            result = run_scenario(scenario, pair, timeout_s=selection.timeout_s)
-        except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
-            out.error = f"{type(exc).__name__}: {exc}" + (f" (repeat {i + 1} of {n})" if n > 1 else "")
-            partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
-            if partial is not None:
-                out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
-            return out
-        runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))
+    timeout = selection.timeout_s if selection.timeout_s is not None else timeout_s  # CLI wins
+    try:  # the repeats share one pair of agents: a repeat measures the transfer, not a process start
+        with AgentPair(pair, timeout) as agents:
+            for i in range(n):
+                result = agents.run(scenario)
+                runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))
+    except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
+        out.error = f"{type(exc).__name__}: {exc}" + (f" (repeat {len(runs) + 1} of {n})" if n > 1 else "")
+        partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
+        if partial is not None:
+            out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
+        return out
     out.metrics = median_metrics(runs)
     out.repeats = repeat_figures(runs)
     out.result = result if n == 1 else type(result)(**out.metrics)  # the median run, as a Result
-    out.verdicts = slo_mod.check(scenario.slo, out.metrics)
+    out.verdicts = slo_mod.check(scenario.slo, out.metrics, virtualized=lab_env.virtualized())
     if baseline_samples is not None and case in baseline_samples:
         out.changes = baseline_mod.compare_samples(case, baseline_samples[case], out.repeats,
                                                    selection.thresholds or None)
     return out
+
+
+def up_front_capacity(scenario: Scenario, pair: HostPair) -> Any:
+    """Before a paced case: the bandwidth its plan needs and, when it has a timing SLO that a slow
+    link could miss, what the pair carries (a short probe, once per pair and transport)."""
+    if scenario.pacing != "emulated" or scenario.synthetic:
+        return None
+    from .capacity import TIMING_KEYS, Capacity, needed_gbps
+    from .emulator.plan import build_plan
+
+    try:
+        plan = build_plan(scenario)
+    except KvFabricError:
+        return None  # the run reports the scenario's error itself
+    need = needed_gbps(plan.total_bytes, float(plan.requests["prefill_ns"].sum()))
+    if not set(scenario.slo or ()) & TIMING_KEYS:
+        return Capacity(need, None, "not probed: no timing SLO")
+    from .capacity_probe import carried_gbps
+
+    carried, how = carried_gbps(pair, scenario.transport, scenario.transport_params)
+    return Capacity(need, carried, how)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -10,8 +10,11 @@ from typing import Sequence
 
 from .errors import KvFabricError
 
+DESCRIPTION = ("Emulate prefill/decode GPUs and move their KV cache over real transports: list "
+               "profiles, plan a scenario's transfers, run it between two local agents, compare reports.")
+
 # Order = order in --help. A module that is missing (not yet written) is skipped.
-COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare", "report", "lab")
+COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare", "validate", "calibrate", "report", "sweep", "lab")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kvfabric", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="kvfabric", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:

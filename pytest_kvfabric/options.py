@@ -58,6 +58,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-timeout", "seconds a single case may take before it fails (default: derived from the scenario)", "SECONDS"),
     Opt("--kv-transport-param", "transport parameter KEY=VALUE, e.g. connections=2 or mode=send_zc (repeatable)",
         "KEY=VALUE", append=True),
+    Opt("--kv-inject", "inject one fault per case to prove the checks catch it: corrupt, misplace, drop "
+        "(integrity), kill, stall (agent death, timeout); every case should then fail", "FAULT"),
     Opt("--kv-on-copy", "when a scenario requires zero-copy and the kernel copied: fail (default) or skip", "fail|skip"),
     Opt("--kv-rdma-device", "RDMA device for the rdma transport (default: first active)", "DEVICE"),
     Opt("--kv-rdma-gid-index", "RoCE GID index (default: the RoCE v2 GID of the data-plane address)", "N"),
@@ -69,6 +71,10 @@ OPTIONS: tuple[Opt, ...] = (
         "all of them (default 1; 5 or more for a gate that can decide)", "N"),
     Opt("--kv-gate-undecided", "what a baseline verdict of 'undecided' (noise wider than the threshold) does: "
         "pass (default, reported) or fail", "pass|fail"),
+    Opt("--kv-default-suites", "suites collected when --kv-transport or --kv-model is given and the collection "
+        "holds no KV-transfer case (comma list; default smoke; --kv-suite overrides)", "NAMES"),
+    Opt("--kv-require-transport", "transports that must be available, else their cases fail instead of skipping: "
+        "comma list, or 'named' for every transport named in --kv-transport (default: none)", "NAMES|named"),
     Opt("--kv-netns-cpu-split", "on: each namespace gets half the CPUs, for its agent and its receive "
         "processing, as two hosts would (default off)", "on|off"),
 )
@@ -98,6 +104,11 @@ class Selection:
     repeat: int = 1  # --kv-repeat
     thresholds: Mapping[str, float] = field(default_factory=dict)  # --kv-max-regression, per gated metric
     gate_undecided: str = "pass"
+    default_suites: tuple[str, ...] = ("smoke",)  # --kv-default-suites
+    kv_asked: bool = False  # --kv-transport or --kv-model was given (CLI or ini)
+    named_transports: tuple[str, ...] = ()  # named by the user, not by 'all' or the default
+    require_transports: frozenset[str] = frozenset()  # --kv-require-transport, resolved to names
+    warnings: tuple[str, ...] = ()  # options given that do not apply to this run (shown, not fatal)
 
     def header(self) -> str:
         models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
@@ -156,6 +167,7 @@ def resolve(get: Callable[[str], Any]) -> Selection:
 
     known = available_names()
     transports = _split(get("kv_transport")) or ["tcp"]
+    named = [] if transports == ["all"] or not get("kv_transport") else list(transports)
     if transports == ["all"]:
         transports = known
     for t in transports:
@@ -223,6 +235,22 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         if get(dest) not in (None, ""):
             params[key] = _number(f"--{dest.replace('_', '-')}", get(dest), kind, lo, hi)
 
+    inject = get("kv_inject")
+    if inject:
+        from .scenario import FAULTS, INJECT_PARAM
+
+        if inject not in FAULTS:
+            raise ProfileError("<options>", "--kv-inject", f"unknown fault {inject!r}; valid: {', '.join(FAULTS)}")
+        params[INJECT_PARAM] = inject  # travels with the scenario; agents strip "_" keys for transports
+
+    from .transports.registry import check_params
+
+    why = check_params(transports, params)  # unknown names and bad values, before anything runs
+    if why:
+        flag = "--kv-rdma-*" if any(k in params for k in ("device", "gid_index", "traffic_class")) \
+            and "rdma" not in transports else "--kv-transport-param"
+        raise ProfileError("<options>", flag, why)
+
     netns: dict[str, Any] = {}
     if get("kv_netns_mtu") not in (None, ""):
         # veth takes 68..65535 (ETH_MIN_MTU..ETH_MAX_MTU); the kernel would refuse mid-setup
@@ -243,7 +271,22 @@ def resolve(get: Callable[[str], Any]) -> Selection:
             raise ProfileError("--kv-netns-cpu-split", split, "expected on or off")
         netns["cpu_split"] = str(split).lower() in ("on", "true", "1")
 
+    default_suites = tuple(_split(get("kv_default_suites"))) or ("smoke",)
+    for name in default_suites:  # a typo is a usage error now, not a collection surprise later
+        find_suite(name, profile_dirs)
+    required = _split(get("kv_require_transport"))
+    if required == ["named"]:
+        required = list(named)
+    for t in required:
+        if t not in known:
+            raise ProfileError("--kv-require-transport", t, f"unknown transport; valid: {', '.join(known)}, named")
+    notes = []
+    if netns and fabric != "netns":  # e.g. an ini file shared by netns and local runs: say so
+        given = ", ".join(f"--kv-netns-{k.replace('_', '-')}" for k in netns)
+        notes.append(f"kvfabric: {given} applies only to --kv-fabric=netns; ignored with --kv-fabric={fabric}")
+
     return Selection(
+        warnings=tuple(notes),
         transports=tuple(dict.fromkeys(transports)),
         models=models,
         gpu=gpu,
@@ -266,6 +309,10 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         repeat=repeat,
         thresholds=thresholds,
         gate_undecided=gate_undecided,
+        default_suites=default_suites,
+        kv_asked=bool(get("kv_transport") or get("kv_model")),
+        named_transports=tuple(dict.fromkeys(named)),
+        require_transports=frozenset(required),
     )
 
 

@@ -22,7 +22,9 @@ SELECTION = pytest.StashKey[Selection]()
 PAIRS = pytest.StashKey[case_mod.PairManager]()
 BASELINE = pytest.StashKey[dict]()  # case id -> the baseline's samples (report.baseline.case_samples)
 BASELINE_REPORT = pytest.StashKey[dict]()
-SESSION_REPORT = pytest.StashKey[dict]()  # built once at session end, for the JSON files and the summary
+SESSION_REPORT = pytest.StashKey[dict]()
+BASELINE_TRANSPORTS = pytest.StashKey[frozenset]()  # transports the baseline measured
+DEFAULT_SUITES_NOTE = pytest.StashKey[str]()  # built once at session end, for the JSON files and the summary
 RESULTS = pytest.StashKey[dict]()
 HTML_ERROR = pytest.StashKey[str]()
 PROP = "kvfabric"  # user_properties key carrying a case's JSON record
@@ -75,7 +77,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
             path = str(find_suite(name, dirs))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: {exc}") from None
-        if path not in args:
+        # `--kv-suite PATH` leaves PATH in args as the option's value, not as a path to collect
+        positional = [a for i, a in enumerate(args) if not (i and args[i - 1] == "--kv-suite")]
+        if path not in positional:
             args.append(path)
 
 
@@ -83,11 +87,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kv_slo(**thresholds): SLO thresholds for this test's KV-transfer cases "
                             f"(keys: {', '.join(slo_mod.VALID_KEYS)})")
     sel = _selection(config)
+    if not hasattr(config, "workerinput"):
+        for note in sel.warnings:  # options that do not apply to this run: said, not silently dropped
+            config.issue_config_time_warning(pytest.PytestConfigWarning(note), stacklevel=2)
     winput = getattr(config, "workerinput", None)  # xdist worker identity comes from config, not env
     if winput:
         case_mod.set_worker(winput["workerid"], int(winput["workercount"]))
     else:
         case_mod.set_worker("main", 1)
+    case_mod.forget_probes()
     if not hasattr(config, "workerinput") and not config.option.collectonly:
         for name in sel.transports:  # bad transport parameters are usage errors, not skips
             try:
@@ -100,12 +108,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS] = {}
     config.stash[BASELINE] = {}
     config.pluginmanager.register(ResultCollector(config), "kvfabric-results")
+    config.pluginmanager.register(DefaultSuites(), "kvfabric-default-suites")
     if sel.baseline_path:
         from .report import baseline, jsonreport
 
         try:
             config.stash[BASELINE_REPORT] = jsonreport.read(sel.baseline_path)
             config.stash[BASELINE] = baseline.case_samples(config.stash[BASELINE_REPORT])
+            config.stash[BASELINE_TRANSPORTS] = frozenset(
+                r.get("transport") for r in config.stash[BASELINE_REPORT]["results"] if r.get("metrics"))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: --kv-baseline: {exc}") from None
 
@@ -216,9 +227,28 @@ def kv_transport(request: pytest.FixtureRequest, kv_selection: Selection) -> str
         return name  # probed on the pair's hosts when the case runs (kv_run)
     reason = case_mod.probe_reason(name, kv_selection.transport_params)
     if reason:
-        _remember(request.node, {"case": request.node.nodeid, "transport": name, "reason": reason})
+        callspec = getattr(request.node, "callspec", None)  # the id kv_run would give it (the baseline key)
+        cid = f"{Path(str(request.node.path)).stem}::{request.node.originalname}" + (
+            f"[{callspec.id}]" if callspec is not None else "")
+        _remember(request.node, {"case": cid, "transport": name, "reason": reason, "unavailable": True})
+        failure = _unavailable_failure(request.config, name, reason)
+        if failure:
+            pytest.fail(failure, pytrace=False)
         pytest.skip(reason)
     return name
+
+
+def _unavailable_failure(config: pytest.Config, transport: str, reason: str) -> str | None:
+    """Why a missing transport fails this case instead of skipping it, or None (skip).
+
+    A gate must not turn green because the upgrade broke the data path it was to judge."""
+    sel = _selection(config)
+    if sel.baseline_path and transport in sel.named_transports and transport in config.stash.get(
+            BASELINE_TRANSPORTS, frozenset()):
+        return f"transport {transport} unavailable since the baseline ({sel.baseline_path} ran it): {reason}"
+    if transport in sel.require_transports:
+        return f"transport {transport} is required (--kv-require-transport) but unavailable: {reason}"
+    return None
 
 
 @pytest.fixture
@@ -284,13 +314,18 @@ def _remember(item: pytest.Item, record: dict[str, Any]) -> None:
     item.user_properties.append((PROP, json.dumps(record, default=str)))
 
 
-def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str, check: bool):
+def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str, check: bool,
+                   timeout_s: float | None = None):
     sel = _selection(config)
-    outcome = case_mod.run_case(scenario, config.stash[PAIRS], sel, config.stash[BASELINE], cid)
+    outcome = case_mod.run_case(scenario, config.stash[PAIRS], sel, config.stash[BASELINE], cid,
+                                timeout_s=timeout_s)
     _remember(item, outcome.record())
     for key, value in outcome.junit_properties():
         item.user_properties.append((key, value))
     if outcome.skip_reason:
+        failure = _unavailable_failure(config, scenario.transport, outcome.skip_reason) if outcome.unavailable else None
+        if failure:
+            pytest.fail(failure, pytrace=False)
         pytest.skip(outcome.skip_reason)
     if outcome.error:
         pytest.fail(outcome.error, pytrace=False)
@@ -301,7 +336,8 @@ def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str,
         zero_copy_only = all(v.key == "require_zero_copy" for v in outcome.verdicts if not v.passed)
         if zero_copy_only and sel.on_copy == "skip":
             pytest.skip("zero-copy required but " + "; ".join(v.note for v in outcome.verdicts if not v.passed))
-        failures.append("SLO missed:\n" + slo_mod.failure_table(outcome.verdicts))
+        note = outcome.capacity_note()  # "scenario needs 34.5 Gb/s; this pair carried 20 Gb/s ..."
+        failures.append("SLO missed:\n" + slo_mod.failure_table(outcome.verdicts) + (f"\n{note}" if note else ""))
     if outcome.regressed or (sel.gate_undecided == "fail" and outcome.undecided):
         from .report.baseline import render_changes
 
@@ -395,7 +431,8 @@ class SuiteItem(pytest.Item):
         except KvFabricError as exc:
             pytest.fail(f"kvfabric: {exc}", pytrace=False)
         cid = case_mod.case_id(scenario.id, self.model_id or "synthetic", self.transport)
-        _run_and_judge(self, self.config, scenario, cid, check=True)
+        # the suite's timeout_s (defaults < scenario), unless --kv-timeout overrides it
+        _run_and_judge(self, self.config, scenario, cid, check=True, timeout_s=self.template.fields.get("timeout_s"))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None):
         if isinstance(excinfo.value, KvFabricError):
@@ -404,6 +441,51 @@ class SuiteItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, None, f"{self.template.suite}::{self.name}"
+
+
+# ---------------------------------------------------------------- default suites
+
+KV_FIXTURES = frozenset({"kv_run", "kv_scenario", "kv_pair", "kv_transport", "kv_model"})
+
+
+def is_kv_case(item: pytest.Item) -> bool:
+    """A KV-transfer case: a suite scenario, or a test that asks for one of our fixtures."""
+    return isinstance(item, SuiteItem) or bool(KV_FIXTURES & set(getattr(item, "fixturenames", ()) or ()))
+
+
+class DefaultSuites:
+    """`pytest --kv-transport=tcp --kv-model=deepseek-v3` where nothing KV-related was collected
+    (an empty directory, a CI repository, this project's own unit tests): add the default suites
+    (--kv-default-suites / ini kv_default_suites, default smoke) to what runs, never removing
+    the user's own tests. --kv-suite names suites explicitly and turns this off."""
+
+    @pytest.hookimpl(tryfirst=True)  # before -k/-m deselection, which then applies to these too
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        sel = _selection(config)
+        if not sel.kv_asked or sel.suites or any(is_kv_case(i) for i in items):
+            return
+        from .suites import find_suite
+
+        for name in sel.default_suites:
+            path = find_suite(name, sel.profile_dirs).resolve()
+            try:  # a node id like any collected file's; the absolute path for the shipped copy
+                nodeid = path.relative_to(config.rootpath).as_posix()
+            except ValueError:
+                nodeid = path.as_posix()
+            node = SuiteFile.from_parent(session, path=path, nodeid=nodeid)
+            found = list(node.collect())
+            # Tell the reporters, so "collected N items" and the summary count these too.
+            config.hook.pytest_collectreport(report=pytest.CollectReport(node.nodeid, "passed", None, found))
+            items.extend(found)
+        flags = " and ".join(f for f, given in (("--kv-transport", config.getoption("kv_transport")),
+                                                ("--kv-model", config.getoption("kv_model"))) if given)
+        config.stash[DEFAULT_SUITES_NOTE] = (
+            f"kvfabric: running the default suites {', '.join(sel.default_suites)}: {flags or 'kv_transport/kv_model (ini)'} "
+            "given and no KV-transfer case collected (choose with --kv-suite NAMES or ini kv_default_suites)")
+
+    def pytest_report_collectionfinish(self, config: pytest.Config) -> str | None:
+        return config.stash.get(DEFAULT_SUITES_NOTE, None)
 
 
 # ---------------------------------------------------------------- results, summary, JSON
@@ -478,6 +560,18 @@ def _build_session_report(config: pytest.Config, exitstatus: int | None) -> dict
     return jsonreport.build(session, env, results)
 
 
+def _write_environment_changes(terminalreporter: Any, baseline_path: str) -> None:
+    """The kernel matrix: say what changed since the baseline (kernel, virtualized, ...)."""
+    from .report import envdiff, fingerprint, jsonreport
+
+    try:
+        old = jsonreport.read(baseline_path).get("environment")
+    except KvFabricError:
+        return  # already reported as a usage error at configure time
+    for line in envdiff.changes(old, fingerprint.fingerprint()):
+        terminalreporter.write_line(f"kvfabric: environment changed since the baseline: {line}")
+
+
 def _interfaces(results: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     """Data-plane interfaces the cases used (reported by the fabric in each record)."""
     seen: dict[tuple[str, str | None], None] = {}
@@ -535,6 +629,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         r.setdefault("case", r["nodeid"])
     terminalreporter.write_sep("=", "kvfabric KV-transfer summary")
     terminalreporter.write_line(table.render(results))
+    from .lab.env import virtualized, TCG_NOTE
+
+    if virtualized() == "tcg":
+        terminalreporter.write_line(f"kvfabric: {TCG_NOTE}")
     sel = _selection(config)
     baseline = config.stash.get(BASELINE, {})
     if sel.baseline_path:
@@ -546,6 +644,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"kvfabric: {len(only_old)} baseline case(s) not run: {', '.join(only_old)}")
         if only_new:
             terminalreporter.write_line(f"kvfabric: {len(only_new)} case(s) not in the baseline: {', '.join(only_new)}")
+        _write_environment_changes(terminalreporter, sel.baseline_path)
     for path in filter(None, (sel.json_path, sel.save_baseline)):
         terminalreporter.write_line(f"kvfabric: JSON report written to {path}")
     html_path = _getter(config)("kv_html")

@@ -85,8 +85,22 @@ class GpuProfile:
     hbm_tb_per_s: float  # decimal TB/s
     scaleup_gb_per_s: float  # per direction, decimal GB/s
     nic_gbps: float  # decimal Gb/s per GPU
-    compute_efficiency: float = 0.5  # achieved/peak FLOPS for prefill
+    # Timing terms (emulator/timing.py has the formulas; README "Timing" the sources).
+    compute_efficiency: float = 0.5  # achieved/peak FLOPS of a large GEMM (the GEMM curve's limit)
     memory_efficiency: float = 0.8  # achieved/peak HBM bandwidth
+    gemm_half_gflop: float = 0.0  # per-GEMM GFLOP (per rank) at which GEMM efficiency is half its peak
+    attention_efficiency: float = 0.5  # achieved/peak FLOPS of the attention kernel at long sequences
+    attention_half_keys: float = 0.0  # keys per query at which attention efficiency is half its peak
+    step_overhead_us: float = 0.0  # per forward step: scheduling, input preparation, sampling
+    layer_overhead_us: float = 0.0  # per layer and step: kernel launches and small kernels
+    decode_step_overhead_us: float = 0.0  # per decode step (engines replay decode as CUDA graphs)
+    decode_layer_overhead_us: float = 0.0  # per layer and decode step
+    allreduce_latency_us: float = 0.0  # fixed cost of one all-reduce
+    allreduce_efficiency: float = 1.0  # achieved bus bandwidth / link bandwidth of an all-reduce
+    alltoall_latency_us: float = 0.0  # fixed cost of one expert-parallel all-to-all (dispatch or combine)
+    alltoall_efficiency: float = 1.0  # achieved / link bandwidth of an all-to-all
+    scaleup_domain: int = 8  # GPUs joined by the scale-up link (NVLink domain); larger groups use the NIC
+    allreduce_in_switch: bool = False  # the scale-up switch reduces (NVLink SHARP): all-reduce moves 1x, not 2(n-1)/n
     aliases: tuple[str, ...] = ()
     source: str = ""
     path: str | None = None
@@ -99,6 +113,13 @@ class GpuProfile:
     def from_dict(cls, data: Mapping[str, Any], source: str = "<spec>") -> "GpuProfile":
         """Validate (schema + semantic checks) and build; errors name `source`."""
         return _gpu_from_dict(data, source)
+
+
+GPU_TIMING_FIELDS: tuple[str, ...] = (
+    "gemm_half_gflop", "attention_efficiency", "attention_half_keys", "step_overhead_us", "layer_overhead_us",
+    "decode_step_overhead_us", "decode_layer_overhead_us", "allreduce_latency_us", "allreduce_efficiency", "alltoall_latency_us", "alltoall_efficiency", "scaleup_domain",
+    "allreduce_in_switch")
+"""GPU profile fields the timing terms read beyond the datasheet figures and the two efficiencies."""
 
 
 def shipped_profile_dir() -> Path:
@@ -206,7 +227,7 @@ def _model_from_dict(data: Mapping[str, Any], source: str, path: str | None = No
 
 
 _GPU_ORDER = ("id", "name", "aliases", "tflops", "hbm_capacity_gb", "hbm_tb_per_s",
-              "scaleup_gb_per_s", "nic_gbps", "compute_efficiency", "memory_efficiency", "source")
+              "scaleup_gb_per_s", "nic_gbps", "compute_efficiency", "memory_efficiency") + GPU_TIMING_FIELDS + ("source",)
 
 
 def _gpu_to_dict(g: GpuProfile) -> dict[str, Any]:
@@ -214,6 +235,9 @@ def _gpu_to_dict(g: GpuProfile) -> dict[str, Any]:
     out["aliases"] = list(g.aliases)
     out["tflops"] = dict(g.tflops)
     return out
+
+
+_TIMING_TYPE: dict[str, Any] = {"scaleup_domain": int, "allreduce_in_switch": bool}
 
 
 def _gpu_from_dict(data: Mapping[str, Any], source: str, path: str | None = None) -> GpuProfile:
@@ -229,6 +253,7 @@ def _gpu_from_dict(data: Mapping[str, Any], source: str, path: str | None = None
         nic_gbps=float(data["nic_gbps"]),
         compute_efficiency=float(data.get("compute_efficiency", 0.5)),
         memory_efficiency=float(data.get("memory_efficiency", 0.8)),
+        **{k: _TIMING_TYPE.get(k, float)(data[k]) for k in GPU_TIMING_FIELDS if k in data},
         aliases=tuple(data.get("aliases", ())),
         source=data.get("source", ""),
         path=path,

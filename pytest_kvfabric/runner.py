@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import execnet
 
 from . import stats
+from .emulator.memory import hbm_fit_problem
 from .emulator.plan import TransferPlan, build_plan
 from .endpoint.agent import BOOTSTRAP, unpack_array
 from .errors import IntegrityError, KvFabricError, ProtocolError, TransportError
@@ -28,12 +30,17 @@ from .lab.env import time_scale
 from .result import Result
 from .scenario import Scenario
 
+PROGRESS_S = 0.5  # how often a watched run reports progress
 # Margins grow by the lab's time scale inside an emulated VM (lab/env.py), 1 elsewhere.
 SETUP_MARGIN_S = 30.0 * time_scale()  # agent start, plan rebuild, pool allocation and fill
 RUN_MARGIN_S = 10.0 * time_scale()
 FLOOR_BYTES_PER_S = 100e6 / time_scale()  # timeouts assume at least 100 MB/s, so a slow path is not a hang
 SHARED_CLOCK_FABRICS = ("local", "netns")  # both agents read one kernel's CLOCK_MONOTONIC
 _ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
+
+
+class HbmFitWarning(UserWarning):
+    """The scenario's weights + KV exceed the emulated GPU's HBM (the traffic still runs)."""
 
 
 def derive_timeout_s(plan: TransferPlan) -> float:
@@ -60,6 +67,9 @@ class AgentPair:
         self._ch: dict[str, Any] = {}
         self._box = Mailbox()
         self.pids: dict[str, int] = {}
+        # Called with the prefill agent's {"requests_done", "requests", "bytes_done", "bytes_total",
+        # "elapsed_s"} about every PROGRESS_S while a run goes on; None: the agent sends none.
+        self.on_progress: Callable[[dict[str, Any]], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> "AgentPair":
@@ -114,14 +124,19 @@ class AgentPair:
     def _pid(self, role: str) -> str:
         return f" (pid {self.pids[role]})" if role in self.pids else ""
 
-    def _recv(self, role: str, deadline: float, phase: str) -> dict[str, Any]:
+    def _recv(self, role: str, deadline: float, phase: str) -> dict[str, Any] | None:
+        """The agent's answer; None for a progress report (handed to on_progress), which is no answer."""
         try:
             msg = self._box.take(role, deadline)
         except Timeout:
             raise TransportError(f"{role} agent{self._pid(role)} did not answer {phase} within its timeout") from None
         except Closed as exc:
             detail = f": {exc.detail}" if exc.detail else " without answering" if exc.how == "exited" else ""
-            raise TransportError(f"{role} agent{self._pid(role)} {exc.how} during {phase}{detail}") from None
+            raise AgentGone(f"{role} agent{self._pid(role)} {exc.how} during {phase}{detail}") from None
+        if isinstance(msg, dict) and "progress" in msg and "ok" not in msg:
+            if self.on_progress is not None:
+                self.on_progress(msg["progress"])
+            return None
         return self._check(role, msg, phase)
 
     def _check(self, role: str, msg: Any, phase: str) -> dict[str, Any]:
@@ -142,32 +157,53 @@ class AgentPair:
         while len(got) < 2:
             waiting = tuple(r for r in ("decode", "prefill") if r not in got)
             if not self._box.wait_any(waiting, deadline):  # deadline passed: this names who is late
-                got[waiting[0]] = self._recv(waiting[0], deadline, "the run")
+                late = self._recv(waiting[0], deadline, "the run")
+                if late is not None:  # (a progress report is no answer: look again)
+                    got[waiting[0]] = late
                 continue
             for role in waiting:
                 if not self._box.has(role):
                     continue
                 try:
-                    got[role] = self._recv(role, deadline, "the run")
+                    msg = self._recv(role, deadline, "the run")
+                    if msg is None:
+                        continue  # a progress report
+                    got[role] = msg
+                except AgentGone:
+                    raise  # this agent died: that is the cause
                 except TransportError as exc:
-                    if role == "prefill" and "decode" not in got:
-                        dead = self._dead("decode", 1.0)
+                    # A broken connection on one side is usually the other side dying: lead with that.
+                    other = "decode" if role == "prefill" else "prefill"
+                    if other not in got:
+                        dead = self._dead(other, 1.0)
                         if dead:
-                            raise TransportError(f"{dead}; prefill agent reported: {exc}") from None
-                        raise TransportError(
-                            f"{exc}; the decode agent{self._pid('decode')} had not finished its receive loop"
-                        ) from None
+                            raise AgentGone(f"{dead}; {role} agent reported: {exc}") from None
+                        if role == "prefill":
+                            raise TransportError(
+                                f"{exc}; the decode agent{self._pid('decode')} had not finished its receive loop"
+                            ) from None
                     raise
         return got["prefill"], got["decode"]
 
+    def _link_cause(self) -> str | None:
+        """On the netns fabric, the veth ends that are down (a run over a dead link only times out)."""
+        if self.pair.fabric != "netns":
+            return None
+        from .fabric.netns import links_down
+
+        down = links_down([(h.netns, h.interface) for h in (self.pair.prefill, self.pair.decode)
+                           if h.interface])
+        return "; ".join(down) or None
+
     def _dead(self, role: str, wait_s: float) -> str | None:
-        """A message if the agent died (its channel closed) within wait_s, else None."""
+        """A message if the agent died (its channel closed) within wait_s, else None. An agent
+        that answers, even with its own error, is alive: that error is an effect, not the cause."""
         try:
             self._recv(role, time.monotonic() + wait_s, "the run")
-        except TransportError as exc:
-            if "did not answer" in str(exc):
-                return None
+        except AgentGone as exc:
             return str(exc)
+        except TransportError:
+            return None
         return None
 
     # -- the run --------------------------------------------------------------------------
@@ -180,11 +216,16 @@ class AgentPair:
             get_transport(scenario.transport)  # unknown name: UnknownIdError before any agent starts
         except ImportError as exc:
             raise TransportError(f"transport {scenario.transport!r} could not be imported: {exc}") from None
+        misfit = hbm_fit_problem(scenario)
+        if misfit is not None:  # an emulated deployment no GPU could hold: say so, run the traffic anyway
+            warnings.warn(HbmFitWarning(f"{scenario.id}: {misfit[0]}: {misfit[1]}"), stacklevel=2)
         plan = build_plan(scenario)
         run_timeout = self.timeout_s if self.timeout_s is not None else derive_timeout_s(plan)
         token = secrets.token_hex(16)
         spec = scenario.to_spec()
         opts = {"setup_timeout_s": SETUP_MARGIN_S, **self.options}
+        if self.on_progress is not None:
+            opts["progress_s"] = PROGRESS_S
         ok = False
         try:
             self._start()
@@ -196,7 +237,13 @@ class AgentPair:
             psetup = self._recv("prefill", setup_deadline, "setup")
             self._send("decode", {"cmd": "run", "timeout_s": run_timeout})
             self._send("prefill", {"cmd": "run", "timeout_s": run_timeout, "descriptor": dsetup["descriptor"]})
-            pre, dec = self._recv_both(time.monotonic() + run_timeout + RUN_MARGIN_S)
+            try:
+                pre, dec = self._recv_both(time.monotonic() + run_timeout + RUN_MARGIN_S)
+            except TransportError as exc:
+                cause = self._link_cause()
+                if cause:  # over a dead link a run only times out: lead with the link
+                    raise type(exc)(f"{cause}; {exc}") from None
+                raise
             ok = True
         finally:
             if not ok:
@@ -209,6 +256,10 @@ class AgentPair:
             exc.result = result  # type: ignore[attr-defined]
             raise exc
         return result
+
+
+class AgentGone(TransportError):
+    """An agent process died or closed its channel: the first cause of a failed run."""
 
 
 def _reap(pid: int) -> None:
@@ -233,6 +284,11 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
     missing = s["requests"] - int(dec["requests_completed"])
     if missing > 0 and errors == 0 and s["requests_completed"] == s["requests"]:
         errors, first_error = missing, f"{missing} request(s) acknowledged but not complete at the decode side"
+        named = dec.get("missing_pages") or []
+        if named:  # name the pages that never landed, not only the requests they belong to
+            more = int(dec.get("missing_count", len(named))) - len(named)
+            first_error += f"; never placed: {named[0]}" + (f" and {len(named) - 1 + more} more page(s)"
+                                                            if len(named) + more > 1 else "")
     moved = s["bytes"]
 
     def per_gb(key: str) -> dict[str, float | None]:  # an agent's CPU seconds per GB moved, each side

@@ -17,6 +17,11 @@ ACCESS_PATTERNS = ("layer", "block")
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
 ARRIVALS = ("poisson", "closed")
 PACINGS = ("emulated", "none")
+# Fault injection (--kv-inject / kvfabric run --inject), applied once per run by the decode agent:
+# corrupt: flip a byte inside a placed page; misplace: overwrite a placed page with another one;
+# drop: lose one write (bytes and report); kill: SIGKILL the decode agent; stall: hang it.
+FAULTS = ("corrupt", "misplace", "drop", "kill", "stall")
+INJECT_PARAM = "_inject"  # the transport_params key carrying it; agents strip "_" keys for transports
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class Deployment:
     kv_dtype: str | None = None
     dp_attention: bool = False  # data-parallel attention: the MLA latent is not replicated across TP ranks
     chunk_tokens: int = 0  # chunked prefill chunk size in tokens; 0 = whole prompt in one chunk
+    ep: int = 1  # expert parallelism: MoE experts spread over ep of the tp ranks (tp % ep == 0)
+    max_batch_tokens: int = 0  # continuous batching: token budget per prefill step (then chunk_tokens is unused); 0 = one request per step
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,22 @@ def _check_distributions(fields: Mapping[str, Any], source: str, where: str) -> 
             raise ProfileError(source, f"{where}.workload.{key}", f"low {d['low']} > high {d['high']}")
 
 
+def _check_transports(fields: Mapping[str, Any], source: str, where: str) -> None:
+    """A misspelt transport would collect nothing (exit 5, no error): refuse it, and check the
+    scenario's transport parameters against the transports it names."""
+    from .transports.registry import available_names, check_params
+
+    names = list(fields.get("transports") or ())
+    known = available_names()
+    for j, name in enumerate(names):
+        if name not in known:
+            raise ProfileError(source, f"{where}.transports[{j}]", f"unknown transport {name!r}; valid: {', '.join(known)}")
+    if names and fields.get("transport_params"):
+        why = check_params(names, fields["transport_params"])
+        if why:
+            raise ProfileError(source, f"{where}.transport_params", why)
+
+
 def parse_suite(text: str, source: str) -> Suite:
     data = parse_yaml_text(text, source)
     validate(data, "suite", source)
@@ -165,6 +181,7 @@ def _suite(data: Mapping[str, Any], source: str) -> Suite:
         if "synthetic" in merged and "workload" in sc:
             raise ProfileError(source, f"scenarios[{i}]", "a scenario has either synthetic or workload, not both")
         _check_distributions(merged, source, f"scenarios[{i}]")
+        _check_transports(merged, source, f"scenarios[{i}]")
         templates.append(ScenarioTemplate(data["suite"], sc["id"], source, i, merged))
     return Suite(data["suite"], data.get("description", ""), source, tuple(templates))
 

@@ -61,7 +61,7 @@ def test_plan_table_block_and_preset(capsys):
         (["plan", "--model", "nope", "--gpu", "h100"], "unknown model 'nope'; valid:"),
         (["plan", "--model", "llama3-70b", "--gpu", "h100", "--isl", "0"], "--isl: must be >= 1"),
         (["plan", "--model", "llama3-70b", "--gpu", "h100", "--access", "row"], "--access"),
-        (["plan", "--model", "llama3-70b", "--gpu", "h100", "--access", "block", "--pool-mib", "1"],
+        (["plan", "--model", "llama3.1-8b", "--gpu", "h100", "--access", "block", "--pool-mib", "1"],
          "pool_bytes"),
         (["kvcache", "--model", "llama3-70b", "--tp", "5"], "tp: tp=5"),
         (["kvcache", "--model", "llama3-70b", "--workload", "chat"], "unrecognized arguments"),
@@ -79,10 +79,16 @@ def test_console_script_exit_status():
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 
+def test_hbm_fit_is_checked_naming_both_figures(capsys):
+    rc, out, err = run(capsys, "plan", "--model", "llama3.1-405b", "--gpu", "a100")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "GB of weights" in err and "a100's 80 GB of HBM" in err, err
+
+
 def test_scenario_args_shared_helper():
     parser = argparse.ArgumentParser()
     add_scenario_args(parser)
-    args = parser.parse_args(["--model", "deepseek-v3", "--gpu", "h800", "--prefill-tp", "8", "--decode-tp", "4",
+    args = parser.parse_args(["--model", "deepseek-v3", "--gpu", "gb200", "--prefill-tp", "8", "--decode-tp", "4",
                               "--prefill-pp", "2", "--chunk", "4096", "--workload", "coding", "--isl", "9000",
                               "--kv-dtype", "fp8", "--pool-mib", "64", "--seed", "9", "--dp-attention"])
     sc = scenario_from_args(args)
@@ -91,4 +97,4 @@ def test_scenario_args_shared_helper():
     assert sc.kv_dtype("decode") == "fp8" and sc.prefill.dp_attention
     assert sc.workload.preset == "coding" and sc.workload.isl.value == 9000
     assert sc.pool_bytes == 64 << 20 and sc.seed == 9
-    assert sc.gpu.id == "h800" and sc.model.id == "deepseek-v3"
+    assert sc.gpu.id == "gb200" and sc.model.id == "deepseek-v3"

@@ -141,14 +141,14 @@ def test_refused_bind_tx_means_devmem_rx_only_never_plain_tcp():
         ({"nic": _ready_nic(ntuple="off")}, "run `ethtool -K eth1 ntuple on`"),
         ({"queues": [16]}, "queues [16] do not exist"),
         ({"nic": _ready_nic(rx_queues=1), "queues": [0]}, "all 1 RX queues of eth1 would be bound"),
-        ({"interface_source": "default route"}, "interface not set; probed the default route interface eth1"),
     ],
 )
 def test_each_missing_piece_has_its_own_reason(change, expected):
     cap = decide(_ready(**change))
     assert not cap.available
-    assert expected in cap.reason
-    assert cap.details["reasons"] and all(r in cap.reason for r in cap.details["reasons"])
+    assert expected in cap.details["detail"]
+    assert cap.details["reasons"] and all(r in cap.details["detail"] for r in cap.details["reasons"])
+    assert len(cap.reason) <= 230  # the skip reason stays short; the detail has every reason in full
 
 
 def test_several_missing_pieces_are_all_reported():
@@ -273,3 +273,27 @@ def test_target_rx_loop_reports_host_placed_bytes_on_loopback():
 def test_scenario_requiring_device_placement_fails_on_host_bytes():
     with pytest.raises(TransportError, match="landed in host memory and the scenario requires device placement"):
         _run_loopback({"require_device_placement": True}, [(0, 0, 0, 4096, -1)])
+
+
+def test_without_a_named_interface_no_nic_is_touched(monkeypatch):
+    """The default-route NIC carries the user's SSH: a bind-rx there would restart its queue."""
+    from pytest_kvfabric.transports.devmem import probe as probe_mod
+
+    def forbidden(*a, **k):
+        raise AssertionError("the probe touched a NIC nobody named")
+
+    monkeypatch.setattr(probe_mod.nl, "open_in_netns", forbidden)
+    monkeypatch.setattr(probe_mod, "_try_bind", forbidden)
+    inp = gather({})
+    assert inp.interface is None and inp.bind_rx is None and inp.nic is None
+    cap = decide(inp)
+    assert not cap.available and "no devmem interface named" in cap.reason and len(cap.reason) <= 230
+
+
+def test_short_reason_keeps_the_start_of_each_and_counts_the_rest():
+    from pytest_kvfabric.transports.base import short_reason
+
+    reasons = [f"reason {i}: " + "x" * 300 for i in range(6)]
+    short = short_reason(reasons)
+    assert len(short) <= 230 and short.startswith("reason 0: ") and short.endswith("more")
+    assert short_reason(["only one"]) == "only one"

@@ -212,3 +212,15 @@ def test_bad_token_is_refused():
     finally:
         i.close()
         t.close()
+
+
+def test_initiator_closing_with_unfinished_writes_fails_the_target_at_once(pair):
+    t, i, src, dst = pair
+    i.engine_submit = lambda seq, batch, ann, timeout_s: None  # an engine that never finishes
+    i.post(batch_of([(0, 0, 0, 64, 0)]), 1.0)
+    assert i.outstanding() == 1
+    i.close()
+    end = time.monotonic() + 5
+    with pytest.raises(TransportError, match="failed .no reason given.; it closed with writes unfinished"):
+        while time.monotonic() < end:
+            t.progress(0.05)

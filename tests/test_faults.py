@@ -73,11 +73,94 @@ def test_corrupted_page_raises_integrity_error_naming_request_layer_page():
 
 def test_misplaced_page_detected():
     with AgentPair(local_pair(), timeout_s=30) as ap:
-        with pytest.raises(IntegrityError, match=r"request \d+ layer \d+ page \d+ .*misplaced page: its place holds request \d+ layer \d+ page \d+"):
+        with pytest.raises(IntegrityError, match=r"misplaced page: request \d+ layer \d+ page \d+ .*landed at "
+                           r"dst_off \d+, the place of request \d+ layer \d+ page \d+ .*which is lost"):
             ap.run(scenario("misplace"))
+
+
+def test_dropped_page_is_named_not_only_its_request():
+    with AgentPair(local_pair(), timeout_s=30) as ap:
+        with pytest.raises(IntegrityError) as info:
+            ap.run(scenario("drop"))
+    msg = str(info.value)
+    assert "1 request(s) acknowledged but not complete" in msg, msg
+    assert "never placed: request " in msg and " layer " in msg and " page " in msg, msg
 
 
 def test_unknown_transport_is_a_clear_error_not_a_hang():
     with AgentPair(local_pair(), timeout_s=10) as ap:
         with pytest.raises(Exception, match="transport"):
             ap.run(scenario("none").replace(transport="no-such-transport"))
+
+
+def test_kv_inject_proves_the_integrity_check_catches_a_fault(pytester):
+    pytester.makepyfile("def test_kv(kv_run):\n    kv_run()\n")
+    res = pytester.runpytest("--kv-inject=corrupt", "-p", "no:cacheprovider")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*corrupted at byte*"])
+    bad = pytester.runpytest("--kv-inject=bogus")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--kv-inject: unknown fault 'bogus'; valid: corrupt, misplace, drop, kill, stall" in bad.stderr.str()
+
+
+def test_kvfabric_run_inject_drop_exits_1_naming_the_page(capsys):
+    from pytest_kvfabric import cli
+
+    rc = cli.main(["run", "--model", "llama3.1-8b", "--transport", "tcp", "--isl", "32", "--inject", "drop",
+                   "--pool-mib", "8", "--timeout", "30"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "integrity error" in err and "never placed: request 0" in err, err
+
+
+def test_prefill_killed_mid_transfer_is_named_first():
+    """The decode side then sees 'connection reset by peer': an effect, not the cause."""
+    import os
+    import signal
+    import threading
+
+    ap = AgentPair(local_pair(), timeout_s=30.0)
+    sc = scenario("none").replace(workload=Workload(isl=Distribution.fixed(4096), requests=200))
+
+    def killer() -> None:
+        t_end = time.monotonic() + 20
+        while "prefill" not in ap.pids and time.monotonic() < t_end:
+            time.sleep(0.01)
+        time.sleep(0.3)  # into the run
+        if "prefill" in ap.pids:
+            os.kill(ap.pids["prefill"], signal.SIGKILL)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    with pytest.raises(TransportError) as info:
+        ap.run(sc)
+    th.join(timeout=25)
+    assert str(info.value).startswith("prefill agent (pid "), str(info.value)
+    assert "died" in str(info.value).split(";")[0], str(info.value)
+    _assert_no_agents_left(ap.pids)
+    ap.close()
+
+
+def test_the_dead_agent_leads_even_when_the_survivor_reports_first():
+    """Deterministic form of the race above: decode's 'connection reset' is read before the
+    prefill channel's close; the message must still lead with the agent that died."""
+    from pytest_kvfabric.fabric.mailbox import Closed
+
+    class Box:  # both answers already queued, decode's first
+        def wait_any(self, roles, deadline):
+            return True
+
+        def has(self, role):
+            return True
+
+        def take(self, role, deadline):
+            if role == "decode":
+                return {"ok": False, "pid": 11, "error": "recv: [Errno 104] Connection reset by peer"}
+            raise Closed("prefill", "died", "")
+
+    ap = AgentPair(local_pair(), timeout_s=5.0)
+    ap._box, ap.pids = Box(), {"prefill": 10}
+    with pytest.raises(TransportError) as info:
+        ap._recv_both(time.monotonic() + 5)
+    msg = str(info.value)
+    assert msg.startswith("prefill agent (pid 10) died during the run; decode agent reported:"), msg
+    assert "Connection reset by peer" in msg

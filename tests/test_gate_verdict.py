@@ -114,3 +114,15 @@ def test_median_metrics_takes_medians_of_figures_and_keeps_descriptions():
     assert m["throughput_gbps"] == 2.0 and m["bytes"] == 100 and isinstance(m["bytes"], int)
     assert m["latency_us"] == {"p99": 20.0, "p50": None}
     assert m["data_path"] == {"sender": {"transport": "t2"}}  # the last repeat's, as it was
+
+
+def test_readme_table_lists_every_gated_metric_with_its_direction_and_default():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text().split("**Gated metrics**", 1)[1]
+    rows = {}
+    for line in text.split("\n\n", 2)[1].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for key in cells[0].replace("`", "").split(","):
+            rows[key.strip()] = (cells[2], float(cells[3].rstrip("%")))
+    assert rows == {m.key: ("higher" if m.higher_is_better else "lower", m.default_pct) for m in GATED}

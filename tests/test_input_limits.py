@@ -46,8 +46,8 @@ def test_every_schema_number_is_bounded_above():
 def test_plan_size_is_refused_before_allocation_with_the_figure(capsys):
     from pytest_kvfabric import cli
 
-    rc = cli.main(["plan", "--model", "llama3.1-8b", "--gpu", "h100", "--isl", str(limits.MAX_TOKENS),
-                   "--requests", "8"])
+    rc = cli.main(["plan", "--model", "llama3.1-8b", "--gpu", "h100", "--isl", "1048576", "--prefill-tp", "8", "--decode-tp", "8",
+                   "--requests", "16"])  # fits HBM at TP8, but not the plan-size limit
     err = capsys.readouterr().err
     assert rc == 2 and "the plan would hold 268,435,456 transfers (10.5 GiB)" in err and "the limit is 16,777,216" in err
 
@@ -78,3 +78,67 @@ def test_pytest_refuses_bad_values_before_any_test_runs(pytester, args, expected
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     assert expected in res.stderr.str()
     assert not (pytester.path / "ran").exists()
+
+
+def test_help_describes_the_command_in_whole_sentences(capsys):
+    from pytest_kvfabric import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "compare reports." in out and "Each subcommand lives" not in out
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"conections": 4}, "unknown parameter 'conections' for transport tcp; valid: busy_poll_us"),
+    ({"bogus": 1}, "unknown parameter 'bogus'"),
+    ({"mode": "send_zc"}, "unknown parameter 'mode' for transport tcp"),
+    ({"connections": 0}, "transport tcp parameter connections: must be >= 1, got 0"),
+    ({"connections": float("nan")}, "expected an integer"),
+    ({"nodelay": "maybe"}, "expected true or false"),
+])
+def test_transport_parameters_are_declared_and_checked(params, expected):
+    from pytest_kvfabric.transports.registry import check_params
+
+    assert expected in (check_params(["tcp"], params) or "")
+
+
+def test_a_parameter_applies_to_the_transports_declaring_it():
+    from pytest_kvfabric.transports.registry import check_params
+
+    assert check_params(["tcp", "iouring"], {"mode": "send_zc", "connections": 2}) is None
+    assert "must be one of send, send_zc" in check_params(["tcp", "iouring"], {"mode": "zc"})
+    assert check_params(["tcp"], {"token": "x", "_inject": "corrupt"}) is None  # framework keys
+
+
+def test_suite_naming_an_unknown_transport_is_an_error(tmp_path):
+    from pytest_kvfabric.errors import ProfileError
+    from pytest_kvfabric.suites import load_suite
+
+    p = tmp_path / "s.yaml"
+    p.write_text("suite: s\nscenarios:\n  - id: a\n    transports: [tpc]\n")
+    with pytest.raises(ProfileError, match=r"scenarios\[0\].transports\[0\]: unknown transport 'tpc'; valid: tcp"):
+        load_suite(p)
+
+
+def test_suite_timeout_s_is_honoured(pytester):
+    """A case given a timeout far below its run time fails; it used to run to the end and pass."""
+    pytester.makefile(".yaml", slow_suite="""
+suite: slow
+defaults: {pool_mib: 32}
+scenarios:
+  - id: long
+    timeout_s: 0.5
+    workload: {isl: 4096, requests: 200}
+""")
+    res = pytester.runpytest("slow_suite.yaml")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*timed out*"])
+
+
+def test_netns_options_on_another_fabric_are_warned_not_dropped(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    res = pytester.runpytest("--kv-netns-mtu=4000", "--kv-netns-offloads=gro=off")
+    res.assert_outcomes(passed=1)
+    res.stdout.fnmatch_lines(["*--kv-netns-mtu, --kv-netns-offloads applies only to --kv-fabric=netns; "
+                              "ignored with --kv-fabric=local*"])

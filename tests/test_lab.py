@@ -174,3 +174,39 @@ def test_cli_bad_input_is_one_line_exit_2(argv, msg, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_under_tcg_timing_slos_are_shown_but_not_judged_integrity_still_is():
+    from pytest_kvfabric import slo
+
+    metrics = {"latency_us": {"p99": 5e6}, "retransmits": 3,
+               "data_path": {"sender": {"zero_copy": False, "description": "copied"}}}
+    spec = {"p99_latency_us": 1000, "max_retransmits": 0, "require_zero_copy": True}
+    host = {v.key: v for v in slo.check(spec, metrics)}
+    tcg = {v.key: v for v in slo.check(spec, metrics, virtualized="tcg")}
+    assert not host["p99_latency_us"].passed and host["p99_latency_us"].row[-1] == "FAIL"
+    assert tcg["p99_latency_us"].passed and not tcg["p99_latency_us"].judged
+    assert tcg["p99_latency_us"].row == ("latency p99", "5e+06", "<= 1000 µs", "not judged")
+    assert not tcg["max_retransmits"].passed and not tcg["require_zero_copy"].passed
+    assert {v.key: v.passed for v in slo.check(spec, metrics, virtualized="kvm")} == {
+        k: v.passed for k, v in host.items()}
+
+
+def test_fingerprint_records_virtualized_only_inside_the_lab(monkeypatch):
+    from pytest_kvfabric.report import fingerprint
+
+    monkeypatch.delenv(env.LAB_ENV, raising=False)
+    assert "virtualized" not in fingerprint.fingerprint()
+    monkeypatch.setenv(env.LAB_ENV, "tcg")
+    assert fingerprint.fingerprint()["virtualized"] == "tcg"
+
+
+def test_envdiff_names_the_kernel_change_and_tcg():
+    from pytest_kvfabric.report import envdiff
+
+    old = {"kernel": "6.1.0-50-amd64", "virtualized": "tcg", "cpus": 2}
+    new = {"kernel": "6.12.118+deb12-amd64", "virtualized": "tcg", "cpus": 2}
+    lines = envdiff.changes(old, new)
+    assert lines[0] == "kernel: 6.1.0-50-amd64 -> 6.12.118+deb12-amd64" and "TCG" in lines[-1]
+    assert envdiff.changes({"kernel": "a"}, {"kernel": "a"}) == []
+    assert envdiff.changes(None, {"virtualized": "kvm"}) == ["virtualized: - -> kvm"]

@@ -414,3 +414,40 @@ def test_forked_child_signal_does_not_tear_down():
     finally:
         close()
     assert not {hp.prefill.netns, hp.decode.netns} & set(list_netns())
+
+
+@needs_netns
+def test_a_link_set_down_mid_run_is_named_as_the_cause(pair):
+    """Over a dead link a run can only time out; the error must say the link went down."""
+    import threading
+    import time
+
+    from pytest_kvfabric.errors import TransportError
+    from pytest_kvfabric.fabric.netns import links_down
+    from pytest_kvfabric.profiles import load_gpu, load_model
+    from pytest_kvfabric.runner import AgentPair
+    from pytest_kvfabric.scenario import Distribution, Scenario, Workload
+
+    hp = pair.pair
+    assert links_down([(hp.prefill.netns, hp.prefill.interface)]) == []
+    sc = Scenario(id="linkdown", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"),
+                  workload=Workload(isl=Distribution.fixed(4096), requests=400), pool_bytes=16 << 20)
+    ap = AgentPair(hp, timeout_s=4.0)
+
+    def cut() -> None:
+        t_end = time.monotonic() + 20
+        while "prefill" not in ap.pids and time.monotonic() < t_end:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        ns_run(hp.prefill.netns, "ip", "link", "set", "dev", hp.prefill.interface, "down")
+
+    th = threading.Thread(target=cut, daemon=True)
+    th.start()
+    try:
+        with pytest.raises(TransportError) as info:
+            ap.run(sc)
+    finally:
+        th.join(timeout=25)
+        ap.close()
+    msg = str(info.value)
+    assert msg.startswith(f"link {hp.prefill.interface} in netns {hp.prefill.netns} is down (set down)"), msg

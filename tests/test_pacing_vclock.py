@@ -232,3 +232,22 @@ def test_groups_sharing_slots_wait_for_them_and_never_overlap_in_flight(monkeypa
     assert m["requests_completed"] == 1 and sorted(ini.posted_at) == list(range(16))
     assert (posted >= ready).all() and ini.stamped_before_post
     assert ((posted - ready) > 0).any(), "no row waited for its slot: the test lost its point"
+
+
+@pytest.mark.parametrize("overlap_us", [0, 600, 1_000])
+def test_batched_requests_share_the_emulated_gpu(monkeypatch, overlap_us):
+    # Two requests of 1 ms prefill each, open loop, both arrived at once. Request 0 shares
+    # overlap_us of its prefill with request 1 (continuous batching, emulator/batching.py), so
+    # the emulated GPU is free for request 1 after 1 ms - overlap, not after the whole 1 ms.
+    clock = VirtualClock()
+    monkeypatch.setattr(prefill_mod, "time", clock)
+    plan = _plan([[1_000 * US], [1_000 * US]])
+    plan.requests["prefill_ns"] = 1_000 * US
+    plan.requests["overlap_ns"][0] = overlap_us * US
+    keys = pattern.row_keys(5, plan.transfers)
+    src = pattern.base_pattern(5, plan.src_region_bytes).copy()
+    ini = HoldingInitiator(clock, plan, src, keys, 50 * US)
+    m = run_prefill(plan, ini, src, keys, PrefillOptions(pacing="emulated", closed_loop=False, timeout_s=10,
+                                                         hot_path="python"))
+    start = m["req_start_ns"]
+    assert start[1] - start[0] == (1_000 - overlap_us) * US

@@ -130,6 +130,8 @@ def test_smoke_suite_main_job_passes(pytester):
     smoke = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
     result = pytester.runpytest(str(smoke), "--kv-transport=tcp", "--kv-model=deepseek-v3", "--kv-json=r.json")
     result.assert_outcomes(passed=4)
+    # DeepSeek-V3 at the suite's TP1 cannot hold its weights on an h100: the traffic runs, with a warning
+    result.stdout.fnmatch_lines(["*HbmFitWarning: smoke/*deepseek-v3 needs 671.0 GB of weights*h100's 80 GB of HBM*"])
     report = jsonreport.read(pytester.path / "r.json")
     assert all(r["metrics"]["integrity"]["errors"] == 0 and r["metrics"]["integrity"]["pages_checked"] > 0
                for r in report["results"])

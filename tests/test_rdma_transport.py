@@ -88,13 +88,12 @@ def build_modules():
         def __init__(self, ctx):
             self.ctx = ctx
 
-    class CompChannel:
+    class CompChannel:  # like pyverbs 44: no `fd` attribute; an eventfd stands for uverbs' fd
         def __init__(self, ctx):
-            self.r, self.w = os.pipe()
-            self.fd = self.r
+            self.r = self.w = os.eventfd(0)
 
         def get_cq_event(self, cq):
-            os.read(self.r, 1)
+            os.eventfd_read(self.r)
 
     class CQ:
         def __init__(self, ctx, cqe, cq_context=None, channel=None, comp_vector=0):
@@ -107,7 +106,7 @@ def build_modules():
             self.q.append(SimpleNamespace(**{**base, **wc}))
             if self.channel is not None and self.armed:
                 self.armed = False
-                os.write(self.channel.w, b"x")
+                os.eventfd_write(self.channel.w, 1)
 
         def poll(self, n=1):
             out = [self.q.popleft() for _ in range(min(n, len(self.q)))]
@@ -142,6 +141,7 @@ def build_modules():
             FABRIC.next_qpn += 1
             self.qp_num = FABRIC.next_qpn
             self.cq = init_attr.scq
+            self.cap = init_attr.cap
             self.state = 0
             self.recvs = deque()
             self.attrs = {}
@@ -158,11 +158,18 @@ def build_modules():
             return SimpleNamespace(qp_state=self.state), None
 
         def post_recv(self, wr):
+            if len(self.recvs) >= self.cap.max_recv_wr:  # ibv_post_recv: ENOMEM, as rxe answers
+                raise RuntimeError("Failed to post recv (errno 12): receive queue full")
             self.recvs.append(wr.wr_id)
 
         def post_send(self, wr):
             if self.state != 3:
                 raise RuntimeError("post_send: QP not in RTS")
+            n, w = 0, wr
+            while w is not None:
+                n, w = n + 1, w._next
+            if n > self.cap.max_send_wr:  # a chain longer than the send queue: ENOMEM
+                raise RuntimeError(f"Failed to post send (errno 12): {n} WRs > max_send_wr")
             ids = []
             while wr is not None:
                 ids.append(wr.wr_id)
@@ -252,6 +259,9 @@ LOOP_GID = "0000:0000:0000:0000:0000:ffff:7f00:0001"  # ::ffff:127.0.0.1
 
 @pytest.fixture
 def verbs(monkeypatch, tmp_path):
+    from pytest_kvfabric.transports.rdma import endpoint
+
+    monkeypatch.setattr(endpoint, "CHANNEL_FD_LINK", "anon_inode:[eventfd]")
     for name, mod in build_modules().items():
         monkeypatch.setitem(sys.modules, name, mod)
     root = str(tmp_path / "ib")
@@ -350,9 +360,9 @@ def test_initiator_only_has_local_access_target_has_remote_write(verbs):
     try:
         init.connect(desc, 5.0)
         access = {FABRIC.mrs[k][0]: FABRIC.mrs[k][2] for k in FABRIC.mrs}
-        from pytest_kvfabric.transports.rdma.transport import _addr_of
+        from pytest_kvfabric.transports.rdma.endpoint import addr_of
 
-        assert access[_addr_of(dst)] == 3 and access[_addr_of(src)] == 1
+        assert access[addr_of(dst)] == 3 and access[addr_of(src)] == 1
         init_qp = FABRIC.qps[FABRIC.qps[desc["qpns"][0]].attrs["dest_qp_num"]]
         assert init_qp.attrs["qp_access_flags"] == 1
         assert FABRIC.qps[desc["qpns"][0]].attrs["qp_access_flags"] == 3
@@ -375,19 +385,57 @@ def test_remote_access_error_is_named(verbs):
         target.close()
 
 
-def test_bad_token_is_refused(verbs):
+def test_a_stranger_is_refused_and_the_token_holder_still_connects(verbs):
     from pytest_kvfabric.transports.rdma.transport import RdmaTransport
 
-    src, dst, target, desc, _ = pair(verbs)
+    src, dst, target, desc, init = pair(verbs)
     other = RdmaTransport.initiator(src, {"sysfs_root": verbs, "token": "wrong",
                                           "data_addr": "127.0.0.1"})
     try:
         with pytest.raises(TransportError, match="refused the connection: bad token"):
             other.connect(desc, 5.0)
-        with pytest.raises(TransportError, match="initiator presented a bad token"):
-            target.progress(0.2)
+        target.progress(0.05)  # a stranger is no error of the run
+        init.connect(desc, 5.0)
+        init.post(xfers([(0, 0, 64, 1)]), 5.0)
+        _, notes = drain_target(target, 1)
+        assert [n[0] for n in notes] == [1]
+        dp = target.data_path()
+        assert dp["side_connections_refused"] == 1 and "bad token" in dp["side_refusals"][0]
     finally:
         other.close()
+        init.close()
+        target.close()
+
+
+def test_no_token_holder_in_time_is_an_error_naming_the_refusals(verbs):
+    from pytest_kvfabric.transports.rdma.transport import RdmaTransport
+
+    src, dst, target, desc, _ = pair(verbs, accept_timeout_s=1.0)
+    other = RdmaTransport.initiator(src, {"sysfs_root": verbs, "token": "wrong", "data_addr": "127.0.0.1"})
+    try:
+        with pytest.raises(TransportError, match="bad token"):
+            other.connect(desc, 5.0)
+        with pytest.raises(TransportError, match=r"no initiator with the run's token .*1 refused: "
+                                                 r"127\.0\.0\.1:\d+: bad token"):
+            for _ in range(300):
+                target.progress(0.01)
+    finally:
+        other.close()
+        target.close()
+
+
+def test_a_garbled_frame_after_connect_is_raised_not_swallowed(verbs):
+
+    src, dst, target, desc, init = pair(verbs)
+    try:
+        init.connect(desc, 5.0)
+        init.sock.sendall(b"Z\x00\x00\x00\x01x")  # no such frame kind
+        with pytest.raises(TransportError, match="rdma side connection: bad side-connection frame kind"):
+            for _ in range(300):
+                target.progress(0.01)
+        assert not target._thread.is_alive()
+    finally:
+        init.close()
         target.close()
 
 
@@ -471,3 +519,18 @@ def test_out_of_region_transfer_is_refused_before_posting(verbs):
     finally:
         init.close()
         target.close()
+
+
+def test_channel_fd_is_found_even_when_its_number_was_just_reused(monkeypatch):
+    from pytest_kvfabric.transports.rdma import endpoint
+
+    monkeypatch.setattr(endpoint, "CHANNEL_FD_LINK", "anon_inode:[eventfd]")
+    before = endpoint.fd_links()  # the listing's own fd number is free again afterwards
+    fd = os.eventfd(0)
+    try:
+        assert endpoint.channel_fd(object(), before) == fd
+        assert endpoint.channel_fd(SimpleNamespace(fd=7), before) == 7  # a pyverbs that exposes it
+        with pytest.raises(TransportError, match="cannot tell the completion channel's fd"):
+            endpoint.channel_fd(object(), endpoint.fd_links())  # nothing new
+    finally:
+        os.close(fd)

@@ -17,7 +17,7 @@ from pytest_kvfabric.report.runs import normalize
 DATA = Path(__file__).parent / "data" / "report"
 SESSION = DATA / "smoke-session.json"
 RUN = DATA / "run-tcp.json"
-SWEEP = DATA / "sweep-tcp.json"
+SWEEP = DATA / "sweep.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,13 +86,26 @@ def test_report_from_recorded_json_has_every_figure_and_fetches_nothing(tmp_path
     assert "6.18" in body or json.loads(SESSION.read_text())["environment"]["kernel"] in body  # fingerprint shown
 
 
+def test_sweep_input_adds_its_figure_and_table(tmp_path):
+    out = tmp_path / "s.html"
+    assert main(["report", str(SWEEP), "--html", str(out)]) == 0
+    text = out.read_text()
+    page = parse(text)
+    assert_self_contained(text, page)
+    assert any(i.startswith("sweep-") for i in page.ids)
+    assert len(page.imgs()) == 1
+    body = " ".join(page.text)
+    assert "64KiB" in body and "64MiB" in body and "zerocopy" in body
+
+
 def test_failed_verdicts_are_shown_with_measured_and_threshold():
     data = json.loads(SESSION.read_text())
     r = data["results"][0]
     r["outcome"] = "failed"
     r["verdicts"] = [{"key": "max_exposed_ms", "metric": "exposed", "measured": 105.2, "threshold": 10,
                       "passed": False, "note": ""}]
-    text, _ = html.build([normalize(data, "s.json", "s.json")])
+    run = normalize(data, "s.json", "s.json")
+    text = html.summary_table([{**c, "label": c["case"]} for c in run.cases])
     assert "max_exposed_ms: 105 vs 10" in text
     assert 'class="failed"' in text
 
@@ -170,6 +183,65 @@ def test_figures_render_headless_without_a_display():
     assert int(out.stdout.strip()) >= 6
 
 
-@pytest.mark.parametrize("name", ["smoke-session.json", "run-tcp.json"])
+@pytest.mark.parametrize("name", ["smoke-session.json", "run-tcp.json", "sweep.json"])
 def test_fixtures_are_small(name):
     assert (DATA / name).stat().st_size < 64_000
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_figures_exist_and_are_small():
+    import re
+
+    text = README.read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "docs/figures/sweep.png" in images and "docs/figures/exposed.png" in images
+    for rel in images:
+        p = README.parent / rel
+        assert p.read_bytes().startswith(PNG_MAGIC) and p.stat().st_size < 100_000, rel
+
+
+def test_readme_capacity_table_matches_the_plans():
+    """The 'what the presets need' table is what the plan computes (llama3.1-8b column)."""
+    import re
+
+    from pytest_kvfabric.capacity import needed_gbps
+    from pytest_kvfabric.emulator.plan import build_plan
+    from pytest_kvfabric.profiles import load_gpu, load_model
+    from pytest_kvfabric.suites import DEFAULT_GPU, load_suite
+
+    text = README.read_text().split("### Capacity told up front", 1)[1]
+    rows: dict[tuple[str, str], float] = {}
+    for m in re.finditer(r"^\| ([\w-]+) / ([\w-]+)[^|]*\| ([\d.]+) Gb/s", text, re.M):
+        rows[(m.group(1), m.group(2))] = float(m.group(3))
+    assert ("chat", "chat-steady") in rows and ("deep-research", "research-burst") in rows
+    suites = README.parent / "suites"
+    for (suite, scen), want in rows.items():
+        tpl = next(t for t in load_suite(suites / f"{suite}.yaml").scenarios if t.id == scen)
+        sc = tpl.build(load_model("llama3.1-8b"), load_gpu(tpl.fields.get("gpu") or DEFAULT_GPU), "tcp")
+        plan = build_plan(sc)
+        got = needed_gbps(plan.total_bytes, float(plan.requests["prefill_ns"].sum()))
+        assert round(got, 1) == want, (suite, scen, got)
+
+
+SMALL_CASE = """
+import pytest
+from pytest_kvfabric.scenario import Synthetic
+
+@pytest.mark.kv_slo(min_throughput_gbps=0.001)
+def test_small(kv_run, kv_scenario):
+    kv_run(kv_scenario.replace(synthetic=Synthetic(nbytes=65536, transfers=64, batch=16), pacing="none",
+                               pool_bytes=8 << 20))
+"""
+
+
+def test_kv_html_with_a_baseline_draws_baseline_against_current(pytester):
+    pytester.makepyfile(test_small=SMALL_CASE)
+    pytester.runpytest("--kv-save-baseline=base.json").assert_outcomes(passed=1)
+    result = pytester.runpytest("--kv-baseline=base.json", "--kv-max-regression=900", "--kv-html=page.html")
+    result.assert_outcomes(passed=1)
+    text = (pytester.path / "page.html").read_text()
+    page = parse(text)
+    assert_self_contained(text, page)
+    assert {"summary", "throughput", "baseline"} <= page.ids

@@ -38,6 +38,8 @@ def test_every_application_preset_has_a_suite():
         ("suite: x\nscenarios: [{id: a, workload: {isl: {kind: uniform, low: 9}}}]", "scenarios[0].workload.isl.high", "required"),
         ("suite: x\nscenarios: [{id: a, workload: {arrival: {kind: poisson}}}]", "scenarios[0].workload.arrival.rate_per_s", "required"),
         ("suite: x\nscenarios: []", "scenarios", "must not be empty"),
+        ("suite: x\nscenarios: [{id: a, prefill: {ep: 0}}]", "scenarios[0].prefill.ep", "must be >= 1, got 0"),
+        ("suite: x\nscenarios: [{id: a, prefill: {max_batch_tokens: -1}}]", "scenarios[0].prefill.max_batch_tokens", "must be >= 0, got -1"),
         ("suite: x\nscenarios: [{id: a, workload: {isl: 5}\n", "line", "not valid YAML"),
     ],
 )
@@ -49,3 +51,9 @@ def test_bad_suites_name_file_path_and_reason(text, field, reason):
     msg = str(info.value)
     assert msg.startswith("bad.yaml: ")
     assert field in msg and reason in msg, msg
+
+
+def test_suite_deployment_takes_ep_and_max_batch_tokens():
+    suite = parse_suite("suite: x\nscenarios: [{id: a, prefill: {tp: 8, ep: 8, max_batch_tokens: 4096}, decode: {tp: 8, ep: 4}}]", "ok.yaml")
+    sc = suite.scenarios[0].build(load_model("deepseek-v3"), load_gpu("h200"), "tcp")
+    assert (sc.prefill.ep, sc.prefill.max_batch_tokens, sc.decode.ep) == (8, 4096, 4)

@@ -44,7 +44,22 @@ def installed(tmp_path, monkeypatch):
 
 
 def test_not_known_before_install():
+    from importlib.metadata import entry_points
+
+    owner = [ep for ep in entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name == NAME]
+    if owner:  # `pip install tests/example_transport` was run in this environment
+        pytest.skip(f"{NAME} is installed here (entry point {owner[0].value}); "
+                    f"this test needs an environment without it")
     assert NAME not in registry.available_names()
+
+
+def test_packaging_file_declares_the_same_entry_point():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    meta = tomllib.loads((HERE / "example_transport" / "pyproject.toml").read_text())
+    eps = meta["project"]["entry-points"][registry.ENTRY_POINT_GROUP]
+    assert eps == {NAME: "kvf_example_transport:LoopbackOnlyTransport"}
+    assert meta["tool"]["setuptools"]["py-modules"] == ["kvf_example_transport"]
 
 
 def test_registry_finds_it(installed):

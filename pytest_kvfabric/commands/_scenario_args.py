@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from ..emulator.kvlayout import kv_layout
 from ..limits import MAX_MODEL_DIM, MAX_POOL_MIB, MAX_REQUESTS, MAX_SEED, MAX_TOKENS, check_number
+from ..emulator.memory import check_hbm_fit
 from ..emulator.workload import PRESETS, preset
 from ..profiles import KV_DTYPE_BITS, load_gpu, load_model
 from ..scenario import ACCESS_PATTERNS, Deployment, Distribution, Scenario, Workload
@@ -74,6 +75,10 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPE_BITS), help="KV dtype (default: the model's)")
     parser.add_argument("--chunk", type=int_in(0, MAX_TOKENS), default=0, help="chunked-prefill chunk in tokens (0 = whole prompt)")
     parser.add_argument("--dp-attention", action="store_true", help="data-parallel attention (MLA latent not replicated)")
+    parser.add_argument("--prefill-ep", type=int_in(1, MAX_MODEL_DIM), default=1, help="expert parallelism of the prefill side (divides its TP)")
+    parser.add_argument("--decode-ep", type=int_in(1, MAX_MODEL_DIM), default=1, help="expert parallelism of the decode side (divides its TP)")
+    parser.add_argument("--max-batch-tokens", type=int_in(0, MAX_TOKENS), default=0,
+                        help="continuous batching: prompt tokens per prefill step (0 = one request per step)")
     parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
     parser.add_argument("--pool-mib", type=int_in(1, MAX_POOL_MIB), default=256, help="emulated HBM KV pool per side, MiB")
     add_profile_args(parser)
@@ -103,11 +108,12 @@ def scenario_from_args(args: argparse.Namespace, scenario_id: str = "cli") -> Sc
         return Deployment(tp=tp, pp=pp, page_size=args.page_size, access=args.access, kv_dtype=args.kv_dtype,
                           dp_attention=args.dp_attention, chunk_tokens=args.chunk)
 
-    prefill = side(args.prefill_tp, args.prefill_pp)
-    decode = dataclasses.replace(side(args.decode_tp, args.decode_pp), chunk_tokens=0)
+    prefill = dataclasses.replace(side(args.prefill_tp, args.prefill_pp), ep=args.prefill_ep,
+                                  max_batch_tokens=args.max_batch_tokens)
+    decode = dataclasses.replace(side(args.decode_tp, args.decode_pp), chunk_tokens=0, ep=args.decode_ep)
     kv_layout(model, prefill, "<cli>", "prefill")  # fail fast, naming the side and the valid TP values
     kv_layout(model, decode, "<cli>", "decode")
-    return Scenario(
+    scenario = Scenario(
         id=scenario_id,
         model=model,
         gpu=gpu,
@@ -117,3 +123,5 @@ def scenario_from_args(args: argparse.Namespace, scenario_id: str = "cli") -> Sc
         seed=args.seed,
         pool_bytes=args.pool_mib * MIB,
     )
+    check_hbm_fit(scenario, "<cli>")
+    return scenario

@@ -49,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 1 if failed else 0
     print(fpdiff.render(diffs))
+    from ..report import envdiff
+
+    shown = {d.what for d in diffs}  # fpdiff covers kernel, NICs, packages; envdiff adds emulation
+    for line in envdiff.changes(old.get("environment"), new.get("environment")):
+        if line.split(":", 1)[0] not in shown:
+            print(f"environment changed: {line}")
     if single:
         print(f"WARNING: {len(single)} case(s) have a single sample on one side (no noise band of its own; "
               "record baselines with --kv-repeat 5): " + ", ".join(single))

@@ -77,7 +77,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     sys.stderr.write(f"kvfabric lab: {os.path.basename(cfg.kernel)} under {res.accel.upper()}, "
                      f"exit status {res.returncode}, {res.wall_s:.0f} s"
                      + (f"; {TCG_NOTE}" if res.accel == "tcg" else "") + "\n")
-    return res.returncode
+    return 128 - res.returncode if res.returncode < 0 else res.returncode  # killed by a signal: 128+N
 
 
 def check_cmd(args: argparse.Namespace) -> int:

@@ -8,8 +8,10 @@ import sys
 from typing import Any
 
 from ..endpoint.prefill import MAX_INFLIGHT
+from ..progress import Progress, eta_s, human_bytes, human_seconds
 from ..errors import IntegrityError, TransportError
 from ..limits import MAX_TIMEOUT_S
+from ..scenario import FAULTS
 from ._scenario_args import add_scenario_args, float_in, positive_int, scenario_from_args
 
 DEFAULT_GPU = "h100"
@@ -35,6 +37,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", type=positive_int, default=MAX_INFLIGHT,
                    help=f"max writes in flight (default {MAX_INFLIGHT})")
     p.add_argument("--timeout", type=float_in(0, MAX_TIMEOUT_S, exclusive_minimum=True), help="run timeout in seconds (default: derived from the scenario)")
+    p.add_argument("--inject", choices=FAULTS, help="inject one fault to prove the checks catch it "
+                   "(corrupt, misplace, drop: integrity error; kill, stall: transport error); exit 1 expected")
     p.add_argument("--no-verify", action="store_true", help="skip page verification at the decode side")
     p.add_argument("--json", metavar="PATH", help="write the Result as JSON (the README lists the keys)")
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
@@ -73,6 +77,10 @@ def table(d: dict[str, Any]) -> str:
         ("data path", (d["data_path"].get("sender") or {}).get("description", "-")),
         ("agent hot path", _per_side(d, "hot_path")),
     ]
+    cap = d.get("capacity")
+    if cap:
+        rows.append(("needs / carried Gb/s", f"{_fmt(cap.get('needed_gbps'))} / {_fmt(cap.get('carried_gbps'))}"
+                     + (" (short)" if cap.get("short") else "")))
     if any((d["data_path"].get(side) or {}).get("busy_poll_us") is not None for side in _SIDES):
         rows.append(("busy poll us", _per_side(d, "busy_poll_us")))  # a spinning side's cpu s/GB is its spin
     return tabulate(rows, tablefmt="simple")
@@ -84,6 +92,67 @@ _SIDES = ("sender", "receiver")
 def _per_side(d: dict[str, Any], key: str) -> str:
     """'sender X / receiver Y' from each side's data_path report ('-' where a side lacks it)."""
     return " / ".join(f"{side} {_fmt((d['data_path'].get(side) or {}).get(key))}" for side in _SIDES)
+
+
+LONG_RUN_S = 60.0  # a plan predicted to take at least this long is announced before it starts
+
+
+def predicted_s(scenario: Any) -> tuple[float, int, int]:
+    """(emulated seconds, bytes, requests) of the scenario's plan: its arrivals and serial
+    prefills (the GPU's time, which pacing waits out) and what it moves."""
+    from ..emulator.plan import build_plan
+
+    plan = build_plan(scenario)
+    req = plan.requests
+    emulated_ns = (int(req["arrival_ns"].max()) if len(req) else 0) + int(req["prefill_ns"].sum())
+    return (emulated_ns / 1e9 if scenario.pacing == "emulated" else 0.0), int(plan.total_bytes), len(req)
+
+
+PROBE_FROM_BYTES = 1 << 30  # an unpaced run this large gets a capacity probe first (for its time estimate)
+PACED_PROBE_FROM_BYTES = 64 << 20  # a paced one from here (needed against carried Gb/s)
+
+
+def _capacity(scenario: Any) -> Any:
+    """Needed against carried Gb/s on loopback (a 0.3 s probe), for paced or large runs; else None."""
+    from ..capacity import Capacity, needed_gbps
+    from ..capacity_probe import carried_gbps
+    from ..emulator.plan import build_plan
+    from ..fabric.local import local_pair
+
+    plan = build_plan(scenario)
+    paced = scenario.pacing == "emulated" and not scenario.synthetic
+    if plan.total_bytes < (PACED_PROBE_FROM_BYTES if paced else PROBE_FROM_BYTES):
+        return None  # over in moments whatever the link: not worth a probe
+    need = needed_gbps(plan.total_bytes, float(plan.requests["prefill_ns"].sum())) if paced else None
+    carried, how = carried_gbps(local_pair(), scenario.transport, scenario.transport_params)
+    return Capacity(need, carried, how)
+
+
+def short_link_line(capacity: Any) -> str | None:
+    if capacity is None or not capacity.short:
+        return None
+    return (f"kvfabric run: {capacity.sentence()}: exposed time grows with every request "
+            "(this link is slower than the scenario's deployment)")
+
+
+def predicted_notice(scenario: Any, capacity: Any = None) -> str | None:
+    """One line when the plan predicts minutes (its emulated prefill time, or its bytes at the rate
+    the pair carried); None for a short run."""
+    secs, nbytes, nreq = predicted_s(scenario)
+    carried = getattr(capacity, "carried_gbps", None)
+    xfer = nbytes * 8 / (carried * 1e9) if carried else 0.0
+    if max(secs, xfer) < LONG_RUN_S:
+        return None
+    rate = f" and the bytes take {human_seconds(xfer)} at the {carried:.3g} Gb/s this pair carried" if carried else ""
+    return (f"kvfabric run: this plan moves {human_bytes(nbytes)} in {nreq} request(s); its emulated prefill "
+            f"takes {human_seconds(secs)}{rate}: expect at least {human_seconds(max(secs, xfer))}")
+
+
+def progress_line(p: dict[str, Any]) -> str:
+    left = eta_s(p["bytes_done"], p["bytes_total"], p["elapsed_s"])
+    eta = "" if left is None else f", about {human_seconds(left)} left"
+    return (f"requests {p['requests_done']}/{p['requests']}, {human_bytes(p['bytes_done'])} of "
+            f"{human_bytes(p['bytes_total'])} moved{eta}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -104,6 +173,16 @@ def main(args: argparse.Namespace) -> int:
     params = transport_params(args.transport_param, "--transport-param")
     if args.connections:
         params["connections"] = args.connections
+    from ..scenario import INJECT_PARAM
+    from ..transports.registry import check_params
+
+    if args.inject:
+        params[INJECT_PARAM] = args.inject
+    why = check_params([args.transport], params)
+    if why:
+        from ..errors import ProfileError
+
+        raise ProfileError("<cli>", "--transport-param", why)  # exit 2, before any agent starts
     cap = probe(args.transport, params)
     if not cap.available:  # both agents run on this host: its probe decides
         sys.stderr.write(f"kvfabric run: transport {args.transport!r} not available: {cap.reason}\n")
@@ -111,12 +190,23 @@ def main(args: argparse.Namespace) -> int:
     sc = dataclasses.replace(sc, transport=args.transport, pacing=args.pace, transport_params=params,
                              verify=not args.no_verify)
     result = None
+    capacity = _capacity(sc)
+    for line in filter(None, (predicted_notice(sc, capacity), short_link_line(capacity))):
+        sys.stderr.write(line + "\n")
+    progress = Progress()
     runs: list[dict[str, Any]] = []
     try:
         with AgentPair(None, args.timeout, {"max_inflight": args.window}) as agents:
-            for _ in range(args.repeat):
-                result = agents.run(sc)
-                runs.append(result.to_dict())
+            if progress.enabled:  # on a terminal only: piped output stays the table alone
+                agents.on_progress = lambda p: progress.update(progress_line(p))
+                # Until the first report: the agents rebuild the plan and fill their pools.
+                progress.update("starting the agents: plan, emulated HBM pools, page patterns ...", force=True)
+            try:
+                for _ in range(args.repeat):
+                    result = agents.run(sc)
+                    runs.append(result.to_dict())
+            finally:
+                progress.close()
     except IntegrityError as exc:
         result = getattr(exc, "result", None)
         err = f"kvfabric run: integrity error: {exc}"
@@ -128,9 +218,15 @@ def main(args: argparse.Namespace) -> int:
         runs.append(result.to_dict())  # the failed run's partial figures
     if runs:
         d = _with_repeats(runs)
+        if capacity is not None:
+            d["capacity"] = capacity.to_dict()
         print(table(d))
         if len(runs) > 1:
             print(repeat_table(runs))
+        from ..lab.env import TCG_NOTE, virtualized
+
+        if virtualized() == "tcg":
+            print(f"kvfabric run: {TCG_NOTE}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(d, f, indent=2, sort_keys=True)

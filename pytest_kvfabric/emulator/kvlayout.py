@@ -165,6 +165,11 @@ def kv_layout(
         raise ProfileError(source, where("tp"), f"must be >= 1, got {tp}")
     if pp < 1 or pp > model.layers:
         raise ProfileError(source, where("pp"), f"must be between 1 and {model.layers} (layers), got {pp}")
+    ep = deployment.ep
+    if ep < 1 or tp % ep:
+        raise ProfileError(source, where("ep"), f"must be >= 1 and divide tp ({tp}), got {ep}")
+    if deployment.max_batch_tokens < 0:
+        raise ProfileError(source, where("max_batch_tokens"), f"must be >= 0, got {deployment.max_batch_tokens}")
     if deployment.page_size < 1:
         raise ProfileError(source, where("page_size"), f"must be >= 1, got {deployment.page_size}")
     kv_dtype = deployment.kv_dtype or model.kv_dtype

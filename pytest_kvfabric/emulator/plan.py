@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import ProfileError
 from ..limits import MAX_PLAN_ROWS
 from . import timing
+from .batching import prefill_schedule
 from .kvlayout import KvLayout, kv_layout
 from .workload import sample_requests
 
@@ -64,6 +65,7 @@ REQUEST_DTYPE = np.dtype(
         ("nbytes", "<u8"),  # KV bytes this request moves
         ("first", "<u8"),  # index of its first row in transfers
         ("count", "<u8"),  # number of rows
+        ("overlap_ns", "<u8"),  # prefill time shared with the next request (continuous batching; else 0)
     ]
 )
 
@@ -251,12 +253,11 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
 
     isl, osl, arrival_ns = sample_requests(scenario.workload, scenario.seed, SOURCE)
     nreq = len(isl)
-    # Timing per distinct ISL (requests often share one).
-    ready_by_isl: dict[int, np.ndarray] = {}
-    decode_by_isl: dict[int, float] = {}
+    sched = prefill_schedule(model, scenario.gpu, scenario.prefill, isl)
+    batch = scenario.workload.arrival.concurrency if scenario.workload.arrival.kind == "closed" else 1
+    decode_by_isl: dict[int, float] = {}  # decode step per distinct ISL, at the closed loop's batch
     for n in np.unique(isl).tolist():
-        ready_by_isl[n] = np.rint(timing.layer_ready_ns(model, scenario.gpu, scenario.prefill, n)).astype(np.uint64)
-        decode_by_isl[n] = timing.decode_step_ns(model, scenario.gpu, scenario.decode, n)
+        decode_by_isl[n] = timing.decode_step_ns(model, scenario.gpu, scenario.decode, n, batch=batch)
 
     pieces_cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
 
@@ -287,16 +288,15 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
 
     src_ctr = np.zeros(src.pp, dtype=np.int64)  # units used so far per stage (round robin)
     dst_ctr = np.zeros(dst.pp, dtype=np.int64)
-    chunk = scenario.prefill.chunk_tokens
     row = 0
     for r in range(nreq):
         n = int(isl[r])
         p_src, p_dst, p_sh, p_dh, p_nh = pieces_for(r)
         k = len(p_src)
-        ready = ready_by_isl[n]
+        ready = np.rint(sched.ready_ns[r]).astype(np.uint64)
         pages = np.arange(npages[r], dtype=np.int64)
         last_tok = np.minimum((pages + 1) * page, n) - 1
-        chunk_of_page = last_tok // chunk if chunk and chunk > 0 else np.zeros_like(pages)
+        chunk_of_page = np.searchsorted(sched.chunk_ends[r], last_tok, side="right")
         starts = np.searchsorted(chunk_of_page, np.arange(ready.shape[0]), side="left")
         ends = np.searchsorted(chunk_of_page, np.arange(ready.shape[0]), side="right")
         req_first = row
@@ -375,6 +375,7 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
             int(out["nbytes"][req_first:row].sum(dtype=np.uint64)),
             req_first,
             row - req_first,
+            int(round(sched.overlap_ns[r])),
         )
     assert row == total, (row, total)
     return TransferPlan(
@@ -426,11 +427,14 @@ def plan_summary(plan: TransferPlan, scenario: "Scenario") -> dict:
     req = plan.requests
     sizes, counts = np.unique(t["nbytes"], return_counts=True)
     total = plan.total_bytes
-    prefill_ns_sum = float(req["prefill_ns"].sum())
+    # The emulated GPU's busy span: batched requests share steps (overlap_ns), so not a plain sum.
+    busy = req["prefill_ns"].astype(np.float64) - req["overlap_ns"].astype(np.float64)
+    starts = np.concatenate([[0.0], np.cumsum(busy)[:-1]])
+    prefill_ns_sum = float((starts + req["prefill_ns"]).max()) if len(req) else 0.0
     first = req[0] if len(req) else None
     layer_ready_ms: list[float] = []
     if first is not None:  # when each layer of the first request is complete (its last chunk)
-        ready = timing.layer_ready_ns(scenario.model, scenario.gpu, scenario.prefill, int(first["isl"]))[-1]
+        ready = prefill_schedule(scenario.model, scenario.gpu, scenario.prefill, req["isl"][:1]).ready_ns[0][-1]
         layer_ready_ms = [round(float(x) / 1e6, 6) for x in ready]
     return {
         "scenario": scenario.id,

@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from ..fabric.base import remote_source
+from ..scenario import INJECT_PARAM  # fault injection (scenario.FAULTS), --kv-inject
 
 BOOTSTRAP = remote_source("""
 from pytest_kvfabric.endpoint.agent import serve
 serve(channel)
 """)
-
-INJECT_KEY = "_inject"  # test-only transport_params key: "corrupt" | "misplace" | "kill" | "stall"
 
 
 def pack_array(a: np.ndarray) -> dict[str, Any]:
@@ -73,12 +72,13 @@ class _Session:
 
             raise TransportError(f"transport {self.scenario.transport!r} not available: {cap.reason}")
         self.topts = _transport_options(self.scenario, msg["token"])
-        self.inject = dict(self.scenario.transport_params).get(INJECT_KEY)
+        self.inject = dict(self.scenario.transport_params).get(INJECT_PARAM)
         self.keys = pattern.row_keys(self.seed, self.plan.transfers)
         self.pool = None
         self.target = None
         self.initiator = None
         self.reply: dict[str, Any] = {"ok": True, "pid": os.getpid()}
+        self.channel: Any = None  # set by serve() for the run
         if self.role == "decode":
             self.pool = Pool(self.transport, self.plan.dst_region_bytes, self.topts)
             verify = self.scenario.verify
@@ -87,6 +87,12 @@ class _Session:
             self.target = self.transport.target(self.pool.region, self.topts)
             self.reply["descriptor"] = self.target.listen(msg["bind"], float(self.options.get("setup_timeout_s", 30.0)))
             self.reply["register_ns"] = self.pool.register_ns + time.monotonic_ns() - t0
+            # Built now, not when the run starts: on a 200,000-write plan it takes ~0.4 s, which the
+            # first writes would otherwise wait out (and report as latency).
+            self.ledger = pattern.PageLedger(
+                self.plan.transfers, self.keys, self.base, self.pool.array, self.plan.dst_slot_bytes,
+                self.plan.requests["nbytes"], verify=verify, hot_path=self.options.get("hot_path"),
+            )
         else:
             self.pool = Pool(self.transport, self.plan.src_region_bytes, self.topts)
             self.pool.array[:] = pattern.base_pattern(self.seed, self.plan.src_region_bytes)
@@ -101,14 +107,10 @@ class _Session:
         return self._run_prefill(msg["descriptor"], timeout_s)
 
     def _run_decode(self, timeout_s: float) -> dict[str, Any]:
-        from . import pattern
         from .decode import DecodeOptions, run_decode
 
         plan = self.plan
-        ledger = pattern.PageLedger(
-            plan.transfers, self.keys, self.base, self.pool.array, plan.dst_slot_bytes,
-            plan.requests["nbytes"], verify=self.scenario.verify, hot_path=self.options.get("hot_path"),
-        )
+        ledger = self.ledger
         c0 = cpu_s()
         out = run_decode(plan, self.target, ledger, DecodeOptions(timeout_s=timeout_s, inject=self.inject))
         out["cpu_s"] = cpu_s() - c0
@@ -139,8 +141,13 @@ class _Session:
             timeout_s=timeout_s,
             hot_path=self.options.get("hot_path"),
         )
+        watcher = ProgressWatcher(self.channel, self.plan, float(self.options.get("progress_s") or 0))
+        opts.monitor = watcher.start if watcher.enabled else None
         c0 = cpu_s()
-        out = run_prefill(self.plan, self.initiator, self.pool.array, self.keys, opts)
+        try:
+            out = run_prefill(self.plan, self.initiator, self.pool.array, self.keys, opts)
+        finally:
+            watcher.stop()
         cpu = cpu_s() - c0
         stats = self.initiator.stats()
         data_path = self.initiator.data_path()
@@ -182,6 +189,47 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+class ProgressWatcher:
+    """A thread that reports the prefill agent's progress every `every_s` seconds while it runs
+    ({"progress": {...}} on the channel), read from the arrays the pacing loop fills in, so the
+    loop itself does nothing extra. Disabled unless the controller asks (every_s > 0)."""
+
+    def __init__(self, channel: Any, plan: Any, every_s: float) -> None:
+        import threading
+
+        self.channel = channel
+        self.enabled = channel is not None and every_s > 0
+        self.every_s = every_s
+        self.nbytes = plan.transfers["nbytes"]
+        self.total = int(plan.total_bytes)
+        self.nreq = len(plan.requests)
+        self._stop = threading.Event()
+        self._thread: Any = None
+
+    def start(self, done_ns: np.ndarray, req_done: np.ndarray) -> None:
+        import threading
+
+        def loop() -> None:
+            t0 = time.monotonic()
+            while not self._stop.wait(self.every_s):
+                done = done_ns > 0
+                msg = {"progress": {"requests_done": int(np.count_nonzero(req_done)), "requests": self.nreq,
+                                    "bytes_done": int(self.nbytes[done].sum()), "bytes_total": self.total,
+                                    "elapsed_s": time.monotonic() - t0}}
+                try:
+                    self.channel.send(msg)
+                except Exception:  # noqa: BLE001 - the controller went away: the run itself will notice
+                    return
+
+        self._thread = threading.Thread(target=loop, name="kvfabric-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
 def _failure(exc: BaseException) -> dict[str, Any]:
     msg = str(exc).splitlines()[0] if str(exc) else repr(exc)
     return {"ok": False, "kind": type(exc).__name__, "error": msg, "pid": os.getpid()}
@@ -209,6 +257,7 @@ def serve(channel: Any) -> None:
                 elif cmd == "run":
                     if session is None:
                         raise RuntimeError("run before setup")
+                    session.channel = channel  # progress messages go out on it during the run
                     try:
                         reply = session.run(msg)
                     finally:

@@ -22,11 +22,14 @@ from . import pattern
 IDLE_VERIFY_PAGES = 64  # pages verified per idle progress() return
 
 
+MISSING_NAMED = 5  # pages never placed named in the report (the count says how many in all)
+
+
 @dataclass
 class DecodeOptions:
     timeout_s: float = 60.0
     poll_s: float = 0.002
-    inject: str | None = None  # test-only fault: "corrupt" | "misplace" | "kill" | "stall"
+    inject: str | None = None  # fault injection (scenario.FAULTS): prove the checks catch a fault
     verify_hot: bool = True  # verify pages right after the progress() call that placed them
 
 
@@ -90,6 +93,11 @@ def run_decode(
         placed, notes = progress(opts.poll_s)
         if len(placed):
             for d, nb, t in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist(), placed["t_ns"].tolist()):
+                if not injected and opts.inject == "drop" and nb >= pattern.KEY_BYTES:
+                    # fault injection: this write never arrived (its bytes gone, never reported)
+                    ledger.dst[d:d + nb] = 0
+                    injected = True
+                    continue
                 row = place(d, nb)
                 if row is not None and t_lo <= row < t_hi:
                     placed_ns[row - t_lo] = t
@@ -124,7 +132,10 @@ def run_decode(
             notifications += len(notes)
             notify_ns[notes["request"]] = notes["t_ns"]
     ledger.verify_all()
+    never = np.flatnonzero(~ledger.placed) if len(ledger.transfers) else np.zeros(0, np.int64)
     return {
+        "missing_count": int(len(never)),  # plan rows never placed: what a dropped write leaves
+        "missing_pages": [pattern.describe(ledger.transfers[int(i)]) for i in never[:MISSING_NAMED]],
         "req_complete_ns": req_complete_ns,
         "notify_ns": notify_ns,
         "notifications": notifications,

@@ -505,8 +505,13 @@ class PageLedger:
                 o = self.transfers[other]
                 if int(o["dst_off"]) == d:  # a later page of the same slot: the slot rule was broken
                     reason = f"overwritten before verification by {describe(o)}"
-                else:
-                    reason = f"misplaced page: its place holds {describe(o)} instead"
+                else:  # lead with the page that went astray; this one is its victim
+                    astray = "" if self._placed[other] else (
+                        f"; that page had not reached its own place (dst_off {int(o['dst_off'])}) "
+                        f"when this was checked")
+                    self._error(f"misplaced page: {describe(o)} landed at dst_off {d}, the place of "
+                                f"{describe(r)}, which is lost{astray}")
+                    return
             self._error(f"{describe(r)}: {reason}")
 
     def guard(self, dst_off: int, nbytes: int) -> None:

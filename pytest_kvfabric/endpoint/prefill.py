@@ -6,7 +6,8 @@ write's completion is the target's ACK, so it includes half a round trip after p
 Request timing (emulated single prefill instance, FCFS):
     arrival  open loop: t0 + arrival_ns from the plan; closed loop: the first `concurrency`
              requests arrive at t0, each later one when an earlier request's KV is complete.
-    start    max(arrival, time the emulated GPU finishes the previous prefill) (queueing).
+    start    max(arrival, time the emulated GPU is free of the previous prefill) (queueing):
+             its start + prefill_ns - overlap_ns (batched prefills share steps).
     ready    start + ready_ns of the row; the row is posted at or after that time.
 Pacing "none" ignores arrivals and ready times: every row is ready at t0 and posts are
 bounded only by the in-flight window and the slot rule (capacity measurement).
@@ -91,6 +92,7 @@ class PrefillOptions:
     timeout_s: float = 60.0
     stage_ns: int = STAGE_NS  # 0: build each batch only once its rows are ready
     hot_path: str | None = None  # "native" | "python" | None: native where built (slotbook.make_book)
+    monitor: Any = None  # called once with (done_ns, req_done) so a watcher thread can report progress
 
 
 def run_prefill(
@@ -112,6 +114,8 @@ def run_prefill(
     first = R["first"].astype(np.int64)
     count = R["count"].astype(np.int64)
     prefill_ns = R["prefill_ns"].astype(np.int64)
+    # When the GPU is free for the next request: batched prefills share steps (emulator/batching.py).
+    gpu_busy_ns = prefill_ns - R["overlap_ns"].astype(np.int64) if "overlap_ns" in R.dtype.names else prefill_ns
     arrival_rel = R["arrival_ns"].astype(np.int64)
     # Python lists: per-row access in the hot loop is several times faster than numpy scalars.
     l_nb, l_ready = nbytes.tolist(), ready_rel.tolist()
@@ -127,6 +131,8 @@ def run_prefill(
     req_arrival = np.zeros(nreq, np.int64)
     req_start = np.zeros(nreq, np.int64)
     req_done = np.zeros(nreq, np.int64)
+    if opts.monitor is not None:
+        opts.monitor(done_ns, req_done)
     req_left = count.copy()  # rows not yet completed, per request (the book counts down)
     started = 0  # requests admitted so far (in index order)
     gpu_free = 0
@@ -154,7 +160,7 @@ def run_prefill(
         nonlocal gpu_free
         if emulated:
             start = max(arrival, gpu_free)
-            gpu_free = start + int(prefill_ns[r])
+            gpu_free = start + int(gpu_busy_ns[r])
         else:
             start = arrival
         req_arrival[r] = arrival

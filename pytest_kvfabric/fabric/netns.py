@@ -35,6 +35,7 @@ from typing import Any
 
 from ..errors import KvFabricError
 from ..transports import ethtool_ioctl
+from ..lab import env as lab_env
 from .alloc import FabricUnavailable
 from .base import Host, HostPair
 
@@ -226,6 +227,31 @@ def link_counters(netns: str | None, ifname: str) -> dict[str, int]:
     return {"rx_bytes": int(stats.get("rx_bytes", 0)), "tx_bytes": int(stats.get("tx_bytes", 0))}
 
 
+def links_down(hosts: list[tuple[str | None, str]]) -> list[str]:
+    """'IF in netns NS is down (...)' for each (netns, ifname) whose link is not up: the cause a
+    timed-out run should lead with. Best effort: an interface that cannot be read is skipped."""
+    from pyroute2 import IPRoute
+
+    down = []
+    for netns, ifname in hosts:
+        try:
+            kw = {"netns": netns} if netns else {}
+            with IPRoute(**kw) as ipr:
+                idx = ipr.link_lookup(ifname=ifname)
+                if not idx:
+                    down.append(f"{ifname} in netns {netns} is gone")
+                    continue
+                link = ipr.get_links(idx[0])[0]
+        except Exception:  # noqa: BLE001 - namespace gone or no permission: say nothing
+            continue
+        admin_up = bool(link["flags"] & 1)  # IFF_UP
+        oper = link.get_attr("IFLA_OPERSTATE") or "UNKNOWN"
+        if not admin_up or oper not in ("UP", "UNKNOWN"):
+            why = "set down" if not admin_up else f"operstate {oper}, carrier lost"
+            down.append(f"link {ifname} in netns {netns or '<root>'} is down ({why})")
+    return down
+
+
 def netns_gateway_spec(netns: str, python: str | None = None, cpus: list[int] | None = None) -> str:
     """execnet spec that starts the interpreter inside `netns` (popen shlex-splits python=),
     on `cpus` only when given (taskset: the agent and everything it starts)."""
@@ -299,6 +325,21 @@ def _set_offloads(netns: str, ifname: str, offloads: dict[str, bool]) -> None:
             ethtool_ioctl.set_offloads(s, ifname, offloads)
     except OSError as exc:
         raise KvFabricError(f"offload toggle in netns {netns} failed: {exc.strerror or exc}") from None
+
+
+def rxe_name(ifname: str) -> str:
+    """The soft-RoCE device the lab puts on a veth end (rdma device names are global)."""
+    return f"rxe_{ifname}"[:31]
+
+
+def _add_rxe(netns: str, ifname: str) -> None:
+    """Inside the lab (lab/env.py), each veth end gets an rdma_rxe device, so RoCEv2 packets
+    cross the veth. It goes away with the veth when the namespace is deleted."""
+    res = subprocess.run(["ip", "netns", "exec", netns, "rdma", "link", "add", rxe_name(ifname), "type", "rxe",
+                          "netdev", ifname], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise NetnsUnavailable(f"rdma link add {rxe_name(ifname)} type rxe netdev {ifname} in {netns}: "
+                               f"{(res.stderr or res.stdout).strip() or 'failed'}")
 
 
 def _tbf_params(rate_mbit: float, mtu: int) -> dict[str, Any]:
@@ -379,6 +420,8 @@ class NetnsPair:
                 if self.rate_mbit is not None:
                     ipr.tc("add", "tbf", index=idx, **_tbf_params(self.rate_mbit, self.mtu))
             _set_offloads(ns, ifname, self.offloads)
+            if lab_env.virtualized():
+                _add_rxe(ns, ifname)
         if self.cpus is not None:
             for ns, ifname, cpus in ((self.ns_prefill, self.if_prefill, self.cpus[0]),
                                      (self.ns_decode, self.if_decode, self.cpus[1])):
@@ -394,6 +437,7 @@ class NetnsPair:
             "veth": [self.if_prefill, self.if_decode],
             "subnet": f"{ADDR_NET}.{self.index}.0/{PREFIXLEN}",
             "cpu_split": {"prefill": self.cpus[0], "decode": self.cpus[1]} if self.cpus else None,
+            "rxe": [rxe_name(self.if_prefill), rxe_name(self.if_decode)] if lab_env.virtualized() else None,
         }
         pcpus, dcpus = self.cpus if self.cpus else (None, None)
         return HostPair(

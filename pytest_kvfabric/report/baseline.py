@@ -74,6 +74,9 @@ class Comparison:
     changes: tuple[Change, ...]
     only_old: tuple[str, ...]  # cases in the baseline but not in this run
     only_new: tuple[str, ...]
+    # (case, reason): measured in the baseline, skipped now because something is missing (a
+    # transport whose probe fails): the gate cannot vouch for it, so it fails.
+    unavailable: tuple[tuple[str, str], ...] = ()
 
     @property
     def regressions(self) -> tuple[Change, ...]:
@@ -87,7 +90,7 @@ class Comparison:
         return [c for c in self.changes if c.case == case]
 
     def failed(self, undecided: str = "pass") -> bool:
-        return bool(self.regressions or (undecided == "fail" and self.undecided))
+        return bool(self.regressions or self.unavailable or (undecided == "fail" and self.undecided))
 
 
 def samples(result: Mapping[str, Any]) -> list[dict[str, float]]:
@@ -138,7 +141,10 @@ def compare(old_report: Mapping[str, Any], new_report: Mapping[str, Any],
     changes: list[Change] = []
     for case in sorted(set(old) & set(new)):
         changes += compare_samples(case, old[case], new[case], thresholds)
-    return Comparison(tuple(changes), tuple(sorted(set(old) - set(new))), tuple(sorted(set(new) - set(old))))
+    gone = {r["case"]: r.get("reason") or "skipped" for r in new_report.get("results", [])
+            if r["case"] in old and not r.get("metrics") and (r.get("outcome") == "skipped" or r.get("unavailable"))}
+    return Comparison(tuple(changes), tuple(sorted(set(old) - set(new) - set(gone))),
+                      tuple(sorted(set(new) - set(old))), tuple(sorted(gone.items())))
 
 
 def _fig(v: float | None) -> str:
@@ -184,11 +190,14 @@ def summary_line(cmp: Comparison) -> str:
     text = ", ".join(f"{n} {s}" for s, n in counts.items())
     n = len(cmp.regressions)
     head = f"{n} regression(s) beyond the threshold" if n else "no regression beyond the threshold"
+    if cmp.unavailable:
+        head += f", {len(cmp.unavailable)} case(s) unavailable since the baseline"
     return f"{head} ({text}; metric verdicts over {len({c.case for c in cmp.changes})} case(s))"
 
 
 def render(cmp: Comparison, thresholds: Any = None) -> str:
     lines = [render_changes(cmp.changes)]
+    lines += [f"FAILED {case}: unavailable since the baseline: {reason}" for case, reason in cmp.unavailable]
     lines.append(_missing("in the baseline but not in this run", cmp.only_old))
     lines.append(_missing("in this run but not in the baseline", cmp.only_new))
     lines.append(summary_line(cmp))
@@ -197,6 +206,7 @@ def render(cmp: Comparison, thresholds: Any = None) -> str:
 
 def to_json(cmp: Comparison) -> dict[str, Any]:
     return {"changes": [c.to_dict() for c in cmp.changes], "only_baseline": list(cmp.only_old),
+            "unavailable_since_baseline": [{"case": c, "reason": r} for c, r in cmp.unavailable],
             "only_current": list(cmp.only_new),
             "counts": {s: sum(1 for c in cmp.changes if c.status == s) for s in ("regressed", "undecided", "improved", "unchanged")}}
 

@@ -99,7 +99,12 @@ def sweep(sweep_report: Mapping[str, Any]) -> list[Any]:
     axes[0, 0].set_ylabel("throughput Gb/s", fontsize=8)
     axes[0, 0].set_ylim(bottom=0)
     axes[0, 1].set_yscale("log")
-    axes[0, 1].set_ylabel("write latency µs (p50 solid, p99 dashed)", fontsize=8)
+    from matplotlib.ticker import FuncFormatter
+
+    from .fig_latency import human_us
+
+    axes[0, 1].yaxis.set_major_formatter(FuncFormatter(lambda v, _p: human_us(v)))
+    axes[0, 1].set_ylabel("write latency (p50 solid, p99 dashed)", fontsize=8)
     pair = sweep_report.get("pair") or ""
     fig.suptitle(f"Transfer-size sweep {pair}".strip(), fontsize=10)
     return [fig]

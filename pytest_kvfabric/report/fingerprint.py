@@ -109,6 +109,10 @@ def fingerprint(interfaces: Sequence[tuple[str, str | None]] = (), extra: dict[s
         "packages": package_versions(),
         "interfaces": [interface(name, ns) for name, ns in interfaces],
     }
+    from ..lab.env import virtualized
+
+    if virtualized():  # inside the lab VM: "tcg" means the timings are not meaningful
+        fp["virtualized"] = virtualized()
     if extra:
         fp.update(extra)
     return fp

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Any, Callable, Mapping, Sequence
 
+from ..capacity import explains, from_record
 from . import fig_cases, fig_compare, fig_latency
 from . import plotting as P
 from .runs import Run, all_cases, failed_verdicts, get
@@ -21,7 +22,7 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:32px;border-bot
 .meta{color:#666;font-size:13px}nav a{margin-right:12px;font-size:13px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0;width:100%}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
-th{background:#f4f4f4;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f4;position:sticky;top:0}table.summary td:first-child{min-width:230px}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.passed td.verdict{color:#137333;font-weight:600}tr.failed td.verdict,tr.error td.verdict{color:#b3261e;font-weight:600}
 tr.skipped td{color:#888}figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:12px;color:#555}.note{font-size:12px;color:#555}details summary{cursor:pointer;font-size:13px}
@@ -50,8 +51,12 @@ def _worst(m: Mapping[str, Any] | None, group: str) -> float | None:
 def _verdict_text(c: Mapping[str, Any]) -> str:
     bad = failed_verdicts(c)
     if bad:
-        return "; ".join(f"{v['key']}: {_num(_f(v.get('measured')))} vs {_num(_f(v.get('threshold')))}"
+        text = "; ".join(f"{v['key']}: {_num(_f(v.get('measured')))} vs {_num(_f(v.get('threshold')))}"
                          + (f" ({v['note']})" if v.get("note") else "") for v in bad)
+        cap = from_record(c.get("capacity"))
+        if explains(cap, [v["key"] for v in bad]) and cap is not None:
+            text += f". Capacity: {cap.sentence()}"
+        return text
     return str(c.get("reason") or "")
 
 
@@ -67,7 +72,7 @@ def _capacity_cell(c: Mapping[str, Any]) -> str:
     need, have = _f(cap.get("needed_gbps")), _f(cap.get("carried_gbps"))
     if need is None and have is None:
         return "–"
-    return f"{_num(need)} / {_num(have)}"
+    return f"{_num(need)} / {_num(have)}" + (" short" if cap.get("short") else "")
 
 
 def summary_table(cases: Sequence[Mapping[str, Any]]) -> str:
@@ -91,7 +96,7 @@ def summary_table(cases: Sequence[Mapping[str, Any]]) -> str:
     for c in cases:
         counts[str(c.get("outcome"))] = counts.get(str(c.get("outcome")), 0) + 1
     tally = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    return f'<p class="note">{len(cases)} case(s): {escape(tally)}</p><table><tr>{ths}</tr>{"".join(rows)}</table>'
+    return f'<p class="note">{len(cases)} case(s): {escape(tally)}</p><table class="summary"><tr>{ths}</tr>{"".join(rows)}</table>'
 
 
 def environment_table(runs: Sequence[Run]) -> str:
@@ -127,7 +132,8 @@ def sweep_table(sweep: Mapping[str, Any]) -> str:
                  f"{_num(get(p, 'cpu_s_per_gb.sender'))} / {_num(get(p, 'cpu_s_per_gb.receiver'))}",
                  f"{_num(get(p, 'spin_s_per_gb.sender'))} / {_num(get(p, 'spin_s_per_gb.receiver'))}",
                  integ.get("pages_checked", "–"), integ.get("errors", "–")]
-        rows.append("<tr>" + "".join(f'<td class="num">{escape(str(v))}</td>' for v in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f'<td class="{"num" if i > 0 else ""}">{escape(str(v))}</td>'
+                                     for i, v in enumerate(cells)) + "</tr>")
     return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
 
 

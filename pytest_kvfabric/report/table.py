@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 # With --kv-repeat N, figures are medians over the repeats with their 95% interval in brackets.
-HEADERS = ["case", "pair", "GB/s", "p50 µs", "p99 µs", "exposed p99 ms", "CPU s/GB", "data path", "verdict"]
+HEADERS = ["case", "pair", "GB/s", "p50 µs", "p99 µs", "exposed p99 ms", "CPU s/GB", "needs/carried Gb/s", "data path",
+           "verdict"]
 
 
 def _num(v: Any, fmt: str = ".3g") -> str:
@@ -40,6 +41,14 @@ def _with_ci(result: Mapping[str, Any], path: str, median: Any, scale: float = 1
     return f"{_num(median, '.4g')} [{_num(lo, '.4g')}, {_num(hi, '.4g')}]"
 
 
+def capacity_label(cap: Mapping[str, Any] | None) -> str:
+    """'34.5/20 SHORT' when the pair carried less than the paced scenario needs."""
+    if not cap or cap.get("needed_gbps") is None:
+        return "-"
+    text = f"{_num(cap['needed_gbps'])}/{_num(cap.get('carried_gbps'))}"
+    return text + (" SHORT" if cap.get("short") else "")
+
+
 def row(result: Mapping[str, Any]) -> list[str]:
     m = result.get("metrics") or {}
     gbps = m.get("throughput_gbps")
@@ -53,6 +62,7 @@ def row(result: Mapping[str, Any]) -> list[str]:
         _with_ci(result, "latency_us.p99", (m.get("latency_us") or {}).get("p99")),
         _with_ci(result, "exposed_ms.p99", (m.get("exposed_ms") or {}).get("p99")),
         _num(worst_cpu),
+        capacity_label(result.get("capacity")),
         data_path_label(m) if m else (result.get("reason") or "")[:40],
         result["outcome"],
     ]

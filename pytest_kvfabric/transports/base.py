@@ -69,6 +69,27 @@ class Capability:
         return cls(False, reason, "", details)
 
 
+SHORT_REASON_CHARS = 200  # a skip reason fits a terminal line or two; the rest is in details
+
+
+def short_reason(reasons: list[str], limit: int = SHORT_REASON_CHARS) -> str:
+    """A skip reason of at most ~`limit` characters from several full reasons: each one cut to
+    its start, and the count of those left out. The full list belongs in Capability.details."""
+    if not reasons:
+        return ""
+    each = max(60, limit // min(len(reasons), 3))
+    parts: list[str] = []
+    used = 0
+    for i, r in enumerate(reasons):
+        head = r if len(r) <= each else r[: each - 3].rstrip(" ;,:") + "..."
+        if parts and used + len(head) + 2 > limit:
+            parts.append(f"+{len(reasons) - i} more")
+            break
+        parts.append(head)
+        used += len(head) + 2
+    return "; ".join(parts)
+
+
 def check_region(region_len: int, dst_off: int, nbytes: int) -> str | None:
     """Why a write of [dst_off, dst_off+nbytes) does not fit a region, or None if it does."""
     if nbytes < 0 or dst_off < 0:
@@ -192,6 +213,8 @@ class Transport(ABC):
     description: ClassVar[str] = ""
     initiator_cls: ClassVar[type[Initiator]]
     target_cls: ClassVar[type[Target]]
+    # The user parameters it takes (transports/params.py Param rows); None: not declared, not checked
+    params: ClassVar[tuple[Any, ...] | None] = None
 
     @classmethod
     @abstractmethod

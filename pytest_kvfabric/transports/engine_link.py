@@ -12,7 +12,8 @@ module gives it once:
   own): a JSON hello (token, engine metadata), guard requests before a batch reuses
   destination bytes (as the rdma transport does: the decode side must verify pages before
   they are overwritten, and the engine writes without the target's CPU), and a goodbye
-  carrying the number of batches posted.
+  carrying the number of batches posted and whether every write completed (an initiator
+  that failed mid-run makes the target fail at once instead of waiting for its timeout).
 
 Subclasses implement only the engine calls (`engine_*` methods below); the descriptor
 travels through the controller (Target.listen() -> Initiator.connect()), no etcd.
@@ -232,7 +233,13 @@ class EngineTarget(Target):
                 seq, upto = _U64.unpack_from(payload)[0], _U64.unpack_from(payload, _U64.size)[0]
                 self._guards.append((seq, upto, np.frombuffer(payload, RECORD_DTYPE, offset=2 * _U64.size)))
             elif kind == b"B":
-                self._bye = _U64.unpack(payload)[0]
+                if len(payload) < _U64.size + 1:
+                    raise ProtocolError(f"malformed bye frame of {len(payload)} bytes")
+                self._bye = _U64.unpack_from(payload)[0]
+                if payload[_U64.size] == 0:  # the initiator closed with writes unfinished
+                    why = payload[_U64.size + 1:].decode(errors="replace") or "no reason given"
+                    self._error = (f"{self.name} initiator failed ({why}); it closed with writes unfinished "
+                                   f"({self._bye} batches posted, {self.ann.batches} announced)")
 
     def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         deadline = time.monotonic() + max(timeout_s, 0.0)
@@ -344,6 +351,13 @@ class EngineInitiator(Initiator):
         self.engine_accepted(reply)
 
     def post(self, batch: np.ndarray, timeout_s: float) -> None:
+        try:
+            self._post(batch, timeout_s)
+        except TransportError as exc:
+            self.failure = str(exc)  # told to the target in the goodbye
+            raise
+
+    def _post(self, batch: np.ndarray, timeout_s: float) -> None:
         if len(batch) == 0:
             return
         deadline = time.monotonic() + max(timeout_s, 0.0)
@@ -389,6 +403,13 @@ class EngineInitiator(Initiator):
             raise TransportError(f"{self.name} side link lost: {exc}") from exc
 
     def poll(self, timeout_s: float) -> np.ndarray:
+        try:
+            return self._poll(timeout_s)
+        except TransportError as exc:
+            self.failure = str(exc)
+            raise
+
+    def _poll(self, timeout_s: float) -> np.ndarray:
         if not self._done and self._count:
             for seq, t_ns in self.engine_reap(timeout_s):
                 xfers = self._pending.pop(seq)
@@ -415,7 +436,8 @@ class EngineInitiator(Initiator):
         sock = getattr(self, "sock", None)
         if sock is not None:
             try:
-                send_frame(sock, b"B", _U64.pack(self._seq))
+                tail = b"\x01" if self._count == 0 else b"\x00" + getattr(self, "failure", "").encode()[:4096]
+                send_frame(sock, b"B", _U64.pack(self._seq) + tail)
             except OSError:
                 pass
             sock.close()

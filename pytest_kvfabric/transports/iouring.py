@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import ProtocolError, TransportError
 from . import framing, handshake
 from ._stream import exchange_hello, set_tcp_options, tcp_info
+from .params import IOURING_PARAMS
 from .base import (
     COMPLETION_DTYPE,
     NOTIFY_DTYPE,
@@ -870,6 +871,7 @@ class IoUringTarget(Target):
 
 class IoUringTransport(Transport):
     name = "iouring"
+    params = IOURING_PARAMS
     description = "io_uring SEND / SEND_ZC batches and RECV into the destination, via liburing"
     initiator_cls = IoUringInitiator
     target_cls = IoUringTarget

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..errors import UnknownIdError
 from .base import Capability, Transport
@@ -59,3 +59,17 @@ def probe(name: str, options: Mapping[str, Any] | None = None) -> Capability:
     except ImportError as exc:
         return Capability.missing(f"transport {name!r} could not be imported: {exc}")
     return cls.probe(options or {})
+
+
+def check_params(names: Sequence[str], params: Mapping[str, Any]) -> str | None:
+    """Why `params` are not acceptable to the transports `names` (unknown key, bad value), or None.
+    Transports that fail to import are left out (their probe will say why)."""
+    from .params import check
+
+    declared: dict[str, Any] = {}
+    for name in names:
+        try:
+            declared[name] = getattr(get_transport(name), "params", None)
+        except ImportError:
+            declared[name] = None
+    return check(declared, params) if declared else None

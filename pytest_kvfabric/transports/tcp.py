@@ -13,6 +13,7 @@ import sys
 from typing import Any, Mapping
 
 from ._stream import StreamInitiator, StreamTarget
+from .params import STREAM_PARAMS
 from .base import Capability, Transport
 
 DATA_PATH = (
@@ -41,6 +42,7 @@ class TcpInitiator(StreamInitiator):
 
 class TcpTransport(Transport):
     name = "tcp"
+    params = STREAM_PARAMS
     description = "kernel TCP stream, copied send and receive"
     initiator_cls = TcpInitiator
     target_cls = TcpTarget

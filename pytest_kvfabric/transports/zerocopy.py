@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ._stream import InitiatorConn, StreamInitiator, StreamTarget, set_tcp_options
+from .params import STREAM_PARAMS
 from .base import Capability, Transport
 from ..errors import TransportError
 
@@ -245,6 +246,7 @@ class ZeroCopyInitiator(StreamInitiator):
 
 class ZeroCopyTransport(Transport):
     name = "zerocopy"
+    params = STREAM_PARAMS
     description = "TCP with MSG_ZEROCOPY sends (completions from the socket error queue)"
     initiator_cls = ZeroCopyInitiator
     target_cls = ZeroCopyTarget

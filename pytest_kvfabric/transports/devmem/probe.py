@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..base import Capability
+from ..base import Capability, short_reason
 from . import netlink as nl
 from . import udmabuf
 from .nic import NicState, check_nic, gather_nic, last_queues
@@ -50,7 +50,6 @@ class BindResult:
 @dataclass
 class ProbeInputs:
     interface: str | None
-    interface_source: str = "option"  # option | default route
     ifindex: int | None = None
     netns: str | None = None
     udmabuf_reason: str | None = None
@@ -66,7 +65,9 @@ class ProbeInputs:
 
 
 def _bind_rx_reason(ifn: str, queues: list[int], r: BindResult, driver: str) -> str:
-    base = f"netdev bind-rx of {ifn} queues {queues} refused by the kernel: {r.describe()}"
+    # leads with the NIC and its driver: the part a short skip reason keeps
+    base = (f"{ifn} (driver {driver or '?'}): netdev bind-rx of {ifn} queues {queues} refused by the "
+            f"kernel: {r.describe()}")
     if r.errno == _errno.EOPNOTSUPP and r.bad_attr == "ifindex":
         base += (f"; the device was refused before the fd was examined: driver "
                  f"{driver or '?'} has no queue-management ops, so it cannot host devmem "
@@ -82,8 +83,8 @@ def decide(inp: ProbeInputs) -> Capability:
     if inp.udmabuf_reason:
         reasons.append(inp.udmabuf_reason)
     if inp.interface is None:
-        reasons.append("no devmem interface: set the devmem transport option `interface` "
-                       "(and no default-route interface to probe)")
+        reasons.append("no devmem interface named: set transport parameter `interface` "
+                       "(the probe binds RX queues, so it touches only a NIC you name)")
     elif inp.ifindex is None:
         reasons.append(f"interface {inp.interface!r} does not exist"
                        + (f" in netns {inp.netns}" if inp.netns else ""))
@@ -94,9 +95,6 @@ def decide(inp: ProbeInputs) -> Capability:
     if inp.queues_error:
         reasons.append(inp.queues_error)
     ifn = inp.interface or "?"
-    if inp.interface is not None and inp.interface_source != "option":
-        reasons.append(f"interface not set; probed the {inp.interface_source} interface {ifn} "
-                       f"(set option `interface` to the devmem NIC)")
     driver = inp.nic.driver if inp.nic else ""
     if inp.bind_rx is not None and not inp.bind_rx.ok:
         reasons.append(_bind_rx_reason(ifn, inp.queues, inp.bind_rx, driver))
@@ -109,9 +107,10 @@ def decide(inp: ProbeInputs) -> Capability:
         "bind_rx": inp.bind_rx.describe() if inp.bind_rx else "not attempted",
         "bind_tx": inp.bind_tx.describe() if inp.bind_tx else "not attempted",
         "reasons": list(reasons),
+        "detail": "; ".join(reasons),
     }
-    if reasons:
-        return Capability.missing("; ".join(reasons), **details)
+    if reasons:  # a short skip reason; every reason in full in details["reasons"] / ["detail"]
+        return Capability.missing(short_reason(reasons), **details)
     if inp.want_tx and inp.bind_tx is not None and inp.bind_tx.ok:
         path = f"devmem RX+TX on {ifn} queues {inp.queues}"
     else:
@@ -128,11 +127,6 @@ def _ip(args: list[str], netns: str | None, timeout_s: float = 5.0) -> str:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
-
-
-def default_route_interface(netns: str | None = None) -> str | None:
-    words = _ip(["-o", "route", "show", "default"], netns).split()
-    return words[words.index("dev") + 1] if "dev" in words else None
 
 
 def ifindex_of(ifname: str, netns: str | None = None) -> int | None:
@@ -180,10 +174,10 @@ def gather(options: Mapping[str, Any] | None = None) -> ProbeInputs:
     inp = ProbeInputs(ifname, netns=netns, port=opts.get("port"), want_tx=bool(opts.get("tx", True)))
     inp.udmabuf_reason = udmabuf.missing_reason()
     if ifname is None:
-        ifname = default_route_interface(netns)
-        inp.interface, inp.interface_source = ifname, "default route"
-    if ifname is not None:
-        inp.ifindex = ifindex_of(ifname, netns)
+        # Never pick a NIC for the user: a bind-rx restarts the queue, and the default-route
+        # NIC's queues carry the user's own traffic (SSH). Nothing below runs without a name.
+        return inp
+    inp.ifindex = ifindex_of(ifname, netns)
 
     def factory() -> nl.GenlSocket:
         return nl.open_in_netns(netns)
@@ -202,10 +196,10 @@ def gather(options: Mapping[str, Any] | None = None) -> ProbeInputs:
     inp.queues, inp.queues_error = parse_queues(opts.get("rx_queues", "auto"), inp.nic.rx_queues)
     if not inp.queues:
         return inp
-    # The real bind: a udmabuf when we can make one (and the interface was chosen on purpose:
-    # binding restarts the queue), else a memfd so the kernel still shows what it checks first.
+    # The real bind (on the interface the user named): a udmabuf when we can make one, else a
+    # memfd so the kernel still shows what it checks first.
     buf = None
-    if inp.udmabuf_reason is None and inp.interface_source == "option":
+    if inp.udmabuf_reason is None:
         try:
             buf = udmabuf.create(PROBE_DMABUF_NBYTES, "kvfabric-probe")
         except udmabuf.UdmabufUnavailable as exc:

@@ -31,14 +31,9 @@ bytes cost nothing; a reuse costs one side-connection round trip per batch.
 """
 from __future__ import annotations
 
-import enum
-import hmac
-import importlib
-import ipaddress
 import json
 import mmap
 import os
-import random
 import select
 import socket
 import struct
@@ -53,285 +48,15 @@ from ..base import (
     COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, Capability, Initiator, Target, Transport, anonymous_region,
 )
 from . import probe as probe_mod
-from . import qp as qpa
-from . import sysfs
+from . import side
+from .endpoint import ALLOC_KIND, MAP_HUGETLB, Endpoint, addr_of, hugepage_nbytes
 from .options import RdmaOptions
 from .placement import RECORD_DTYPE, PlacementTracker, SendTracker, WrittenRanges, records_for
-from .wr import SGE_MAX_NBYTES, WrState, build_wrs
+from .wr import WrState, build_wrs
+from ...lab.env import time_scale
 
-_FRAME = struct.Struct("!cI")
-_FRAME_KINDS = (b"J", b"R", b"G", b"A", b"B")
 _SEQ = struct.Struct("!Q")
-_MAX_FRAME = 64 << 20
-MAP_HUGETLB = getattr(mmap, "MAP_HUGETLB", 0x40000)  # Linux value on x86/arm/riscv
-
-# Buffer address -> how allocate() backed it ("hugetlb 2MiB pages", "THP (madvise)", ...).
-_ALLOC_KIND: dict[int, str] = {}
-
-
-def _addr_of(region: memoryview) -> int:
-    arr = np.frombuffer(region, dtype=np.uint8)
-    try:
-        return int(arr.ctypes.data)
-    finally:
-        del arr
-
-
-def _hugepage_nbytes() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("Hugepagesize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 2 << 20
-
-
-class _Verbs:
-    """The pyverbs modules and enum lookup (pyverbs >= 50 exposes enums as IntEnum classes
-    in pyverbs.libibverbs_enums; older releases as constants in pyverbs.enums)."""
-
-    def __init__(self) -> None:
-        err = probe_mod.try_import_pyverbs()
-        if err is not None:
-            raise TransportError(probe_mod.explain_import_error(err))
-        self.device = importlib.import_module("pyverbs.device")
-        self.pd = importlib.import_module("pyverbs.pd")
-        self.cq = importlib.import_module("pyverbs.cq")
-        self.mr = importlib.import_module("pyverbs.mr")
-        self.qp = importlib.import_module("pyverbs.qp")
-        self.addr = importlib.import_module("pyverbs.addr")
-        self.wr = importlib.import_module("pyverbs.wr")
-        self._mods = []
-        for name in ("pyverbs.libibverbs_enums", "pyverbs.enums"):
-            try:
-                self._mods.append(importlib.import_module(name))
-            except ImportError:
-                continue
-        self._cache: dict[str, int] = {}
-
-    def e(self, name: str) -> int:
-        if name in self._cache:
-            return self._cache[name]
-        for mod in self._mods:
-            if hasattr(mod, name):
-                value = int(getattr(mod, name))
-                break
-            found = next((int(v[name]) for v in vars(mod).values()
-                          if isinstance(v, type) and issubclass(v, enum.Enum)
-                          and name in v.__members__), None)
-            if found is not None:
-                value = found
-                break
-        else:
-            raise TransportError(f"pyverbs has no enum value {name}")
-        self._cache[name] = value
-        return value
-
-    def flags(self, names: list[str]) -> int:
-        out = 0
-        for n in names:
-            out |= self.e(n)
-        return out
-
-    def modify(self, qp: Any, attrs: Mapping[str, Any], mask: list[str]) -> None:
-        """Apply a qp.py (attrs, mask) pair with ibv_modify_qp."""
-        a = self.qp.QPAttr()
-        for key, value in attrs.items():
-            if key in ("qp_state", "path_mtu"):
-                setattr(a, key, self.e(value))
-            elif key == "qp_access_flags":
-                a.qp_access_flags = self.flags(value)
-            elif key == "ah_attr":
-                g = value["grh"]
-                gr = self.addr.GlobalRoute(
-                    dgid=self.addr.GID(ipaddress.IPv6Address(g["dgid"]).exploded),
-                    flow_label=g["flow_label"], sgid_index=g["sgid_index"],
-                    hop_limit=g["hop_limit"], traffic_class=g["traffic_class"])
-                a.ah_attr = self.addr.AHAttr(
-                    dlid=value["dlid"], sl=value["sl"], src_path_bits=value["src_path_bits"],
-                    is_global=value["is_global"], port_num=value["port_num"], gr=gr)
-            else:
-                setattr(a, key, value)
-        try:
-            qp.modify(a, self.flags(mask))
-        except Exception as exc:
-            raise TransportError(f"ibv_modify_qp to {attrs['qp_state']} failed: {exc}") from exc
-
-
-class _Endpoint:
-    """What both halves own: device context, PD, CQ (+channel), MR, QPs, counters."""
-
-    spin_cpu_ns = 0  # busy CQ polling on an empty queue (wait_cq)
-
-    def __init__(self, region: memoryview, opts: RdmaOptions, data_addr: str | None,
-                 remote_write: bool) -> None:
-        self.opts = opts
-        self.region = region
-        self.base = _addr_of(region)
-        self.v = _Verbs()
-        inputs = probe_mod.gather(
-            {"device": opts.device, "port": opts.port, "gid_index": opts.gid_index,
-             "data_addr": data_addr}, root=opts.sysfs_root, import_pyverbs=lambda: None)
-        try:
-            self.sel = probe_mod.select(inputs)
-        except probe_mod.NotAvailable as exc:
-            raise TransportError(f"rdma: {exc}") from None
-        v = self.v
-        self.closed = False
-        try:
-            self.ctx = v.device.Context(name=self.sel.device)
-            port_attr = self.ctx.query_port(self.sel.port)
-            dev_attr = self.ctx.query_device()
-            self.fw_ver = getattr(dev_attr, "fw_version", None) or self.sel.fw_ver
-            self.lid = int(getattr(port_attr, "lid", 0))
-            self.active_mtu = 128 << int(port_attr.active_mtu)
-            self.max_msg_nbytes = min(int(port_attr.max_msg_sz) or SGE_MAX_NBYTES, SGE_MAX_NBYTES)
-            depth = min(opts.max_send_wr, int(dev_attr.max_qp_wr))
-            self.max_send_wr = depth
-            self.pd = v.pd.PD(self.ctx)
-            cqe = min(int(dev_attr.max_cqe), opts.qps * (depth + opts.recv_depth) + 16)
-            self.channel = v.cq.CompChannel(self.ctx) if opts.poll == "channel" else None
-            self.cq = v.cq.CQ(self.ctx, cqe, None, self.channel, 0)
-            access = ["IBV_ACCESS_LOCAL_WRITE"] + (["IBV_ACCESS_REMOTE_WRITE"] if remote_write else [])
-            self.mr = v.mr.MR(self.pd, len(region), v.flags(access), address=self.base)
-            self.qps = []
-            self.psns = []
-            init_attr = v.qp.QPInitAttr(
-                qp_type=v.e("IBV_QPT_RC"), scq=self.cq, rcq=self.cq,
-                cap=v.qp.QPCap(max_send_wr=depth, max_recv_wr=opts.recv_depth,
-                               max_send_sge=1, max_recv_sge=1), sq_sig_all=0)
-            for _ in range(opts.qps):
-                q = v.qp.QP(self.pd, init_attr)
-                v.modify(q, *qpa.init_attrs(opts.qp, remote_write=remote_write))
-                self.qps.append(q)
-                self.psns.append(random.getrandbits(24))
-        except TransportError:
-            self.close()
-            raise
-        except Exception as exc:  # PyverbsRDMAError and friends: name the verbs call
-            self.close()
-            raise TransportError(f"rdma setup on {self.sel.device} port {self.sel.port}: {exc}") from exc
-        self.qp_index = {int(q.qp_num): i for i, q in enumerate(self.qps)}
-        self.counters_before = sysfs.read_counters(self.opts.sysfs_root, self.sel.device, self.sel.port)
-        self.counters_after: dict[str, int] | None = None
-
-    def connect_qps(self, remote: Mapping[str, Any]) -> int:
-        """INIT -> RTR -> RTS towards the peer's QPs; returns the path MTU used."""
-        qpns, psns = list(remote["qpns"]), list(remote["psns"])
-        if len(qpns) != len(self.qps) or len(psns) != len(self.qps):
-            raise ProtocolError(f"peer has {len(qpns)} QPs, this side {len(self.qps)} (option qps)")
-        mtu = qpa.negotiated_mtu(self.opts.qp, self.active_mtu, remote.get("active_mtu"))
-        for q, qpn, rpsn, spsn in zip(self.qps, qpns, psns, self.psns):
-            self.v.modify(q, *qpa.rtr_attrs(
-                self.opts.qp, dest_qpn=int(qpn), rq_psn=int(rpsn), dgid=str(remote["gid"]),
-                sgid_index=self.sel.gid_index, path_mtu=mtu, dlid=int(remote.get("lid", 0))))
-            self.v.modify(q, *qpa.rts_attrs(self.opts.qp, sq_psn=spsn))
-        self.path_mtu = mtu
-        return mtu
-
-    def wait_cq(self, timeout_s: float) -> list[Any]:
-        """Work completions, waiting at most timeout_s for the first one. Busy polling adds
-        the CPU it spends on an empty queue to spin_cpu_ns (reported apart from the work)."""
-        deadline = time.monotonic() + max(timeout_s, 0.0)
-        spin0 = 0  # thread CPU clock when busy polling first found the queue empty
-        while True:
-            n, wcs = self.cq.poll(64)
-            left = deadline - time.monotonic()
-            if n or left <= 0:
-                if spin0:
-                    self.spin_cpu_ns += time.thread_time_ns() - spin0
-                return wcs if n else []
-            if self.channel is None:
-                spin0 = spin0 or time.thread_time_ns()
-                continue  # busy poll: spin until the deadline
-            self.cq.req_notify()
-            n, wcs = self.cq.poll(64)  # a completion may have raced the arming
-            if n:
-                return wcs
-            ready, _, _ = select.select([self.channel.fd], [], [], left)
-            if ready:
-                self.channel.get_cq_event(self.cq)
-                self.cq.ack_events(1)
-
-    def check_wc(self, wc: Any, what: str) -> None:
-        if int(wc.status) == 0:
-            return
-        msg = qpa.describe_wc_error(int(wc.status), vendor_err=int(wc.vendor_err), what=what)
-        i = self.qp_index.get(int(wc.qp_num))
-        if i is not None:
-            try:
-                attr, _ = self.qps[i].query(self.v.e("IBV_QP_STATE"))
-                if int(attr.qp_state) == self.v.e("IBV_QPS_ERR"):
-                    msg += f"; QP {int(wc.qp_num):#x} is in state IBV_QPS_ERR"
-            except Exception:
-                pass
-        raise TransportError(f"rdma: {msg}")
-
-    def data_path(self, side: str) -> dict[str, Any]:
-        after = self.counters_after if self.counters_after is not None else sysfs.read_counters(
-            self.opts.sysfs_root, self.sel.device, self.sel.port)
-        delta = sysfs.counter_delta(self.counters_before, after)
-        s = self.sel
-        return {
-            "transport": "rdma",
-            "description": f"RDMA WRITE ({'RoCE v2' if s.link_layer == 'Ethernet' else s.link_layer}) "
-                           f"{side} on {s.device} port {s.port}, placed by the NIC",
-            "zero_copy": True,
-            "device": s.device,
-            "fw_ver": self.fw_ver,
-            "port": s.port,
-            "link_layer": s.link_layer,
-            "gid_index": s.gid_index,
-            "gid": s.gid,
-            "gid_type": s.gid_type,
-            "active_mtu": self.active_mtu,
-            "path_mtu": getattr(self, "path_mtu", None),
-            "rate": s.rate,
-            "qps": len(self.qps),
-            "traffic_class": self.opts.qp.traffic_class,
-            "poll": self.opts.poll,
-            "memory": _ALLOC_KIND.get(self.base, "caller-provided memory"),
-            "counters_before": self.counters_before,
-            "counters_after": after,
-            "counters_delta": delta,
-            "evidence": sysfs.evidence(delta),
-        }
-
-    def close(self) -> None:
-        if getattr(self, "closed", True):
-            return
-        self.closed = True
-        if self.counters_after is None and hasattr(self, "sel"):
-            self.counters_after = sysfs.read_counters(self.opts.sysfs_root, self.sel.device, self.sel.port)
-        # Context.close() destroys everything created on it (QPs, MR, CQ, PD) in order.
-        ctx = getattr(self, "ctx", None)
-        if ctx is not None:
-            ctx.close()
-
-
-def _send_frame(sock: socket.socket, kind: bytes, payload: bytes) -> None:
-    sock.sendall(_FRAME.pack(kind, len(payload)) + payload)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise ConnectionError("side connection closed")
-        got += k
-    return bytes(buf)
-
-
-def _recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
-    kind, length = _FRAME.unpack(_recv_exact(sock, _FRAME.size))
-    if length > _MAX_FRAME or kind not in _FRAME_KINDS:
-        raise ProtocolError(f"bad side-connection frame {kind!r} of {length} bytes")
-    return kind, _recv_exact(sock, length)
+FRAME_TIMEOUT_S = 30.0 * time_scale()  # once a frame has started, the rest must follow
 
 
 # Both halves report their endpoint's busy CQ polling (0 before the endpoint exists).
@@ -343,7 +68,7 @@ class RdmaTarget(Target):
 
     def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
         self.opts = RdmaOptions.from_options(self.options)
-        self.ep = _Endpoint(self.region, self.opts, bind_host, remote_write=True)
+        self.ep = Endpoint(self.region, self.opts, bind_host, remote_write=True)
         self.tracker = PlacementTracker(len(self.ep.qps), len(self.region))
         self._lock = threading.Lock()
         self._inbox: list[tuple[bytes, bytes]] = []  # R and G frames, in arrival order
@@ -360,8 +85,8 @@ class RdmaTarget(Target):
         self._lsock = socket.socket(family, socket.SOCK_STREAM)
         self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._lsock.bind((bind_host, int(self.options.get("side_port", 0))))
-        self._lsock.listen(1)
-        self._lsock.settimeout(0.2)
+        self._lsock.listen(side.MAX_PENDING)
+        self._acceptor = side.Acceptor(self._lsock, self.opts.token, len(self.ep.qps), self._stop)
         self._thread = threading.Thread(target=self._side, name="kvfabric-rdma-side", daemon=True)
         self._thread.start()
         ep = self.ep
@@ -390,52 +115,43 @@ class RdmaTarget(Target):
             q.post_recv(ep.v.wr.RecvWR(wr_id=qp_index, num_sge=1, sg=[sge]))
 
     def _side(self) -> None:
-        """Accept one initiator, connect the QPs, then collect its records until bye."""
-        deadline = time.monotonic() + float(self.options.get("accept_timeout_s", 600.0))
+        """Accept the token holder (strangers are refused: side.Acceptor), connect the QPs,
+        then collect its records until bye. Any error is kept for progress() to raise."""
         conn = None
-        while conn is None and not self._stop.is_set():
-            if time.monotonic() > deadline:
-                self._error = "no initiator connected to the rdma side connection in time"
-                return
-            try:
-                conn, _ = self._lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-        if conn is None:
-            return
         try:
-            conn.settimeout(10.0)
-            kind, payload = _recv_frame(conn)
-            hello = json.loads(payload) if kind == b"J" else {}
-            if not hmac.compare_digest(str(hello.get("token", "")), self.opts.token):
-                _send_frame(conn, b"J", json.dumps({"error": "bad token"}).encode())
-                raise ProtocolError("initiator presented a bad token")
+            deadline = time.monotonic() + float(self.options.get("accept_timeout_s", 600.0))
+            won = self._acceptor.accept(deadline)
+            if won is None:  # closed before anyone came
+                return
+            conn, hello = won
+            conn.settimeout(FRAME_TIMEOUT_S)
             try:
                 self.ep.connect_qps(hello)
             except Exception as exc:
-                _send_frame(conn, b"J", json.dumps({"error": str(exc)}).encode())
+                side.send_frame(conn, b"J", json.dumps({"error": str(exc)}).encode())
                 raise
-            _send_frame(conn, b"J", json.dumps({"ok": True, "path_mtu": self.ep.path_mtu}).encode())
-            conn.settimeout(0.2)
+            side.send_frame(conn, b"J", json.dumps({"ok": True, "path_mtu": self.ep.path_mtu}).encode())
             self._conn = conn
             while not self._stop.is_set():
-                try:
-                    kind, payload = _recv_frame(conn)
-                except socket.timeout:
+                # wait for a frame to start, then read all of it: a timeout inside a frame
+                # would lose its first bytes and desynchronise the stream
+                if not select.select([conn], [], [], 0.2)[0]:
                     continue
+                kind, payload = side.recv_frame(conn)
                 if kind in (b"R", b"G"):
                     with self._lock:
                         self._inbox.append((kind, payload))
                 elif kind == b"B":
                     self._bye = True
                     return
-        except (OSError, ValueError, ProtocolError, TransportError) as exc:
+                else:
+                    raise ProtocolError(f"unexpected frame {kind!r} from the initiator")
+        except Exception as exc:  # noqa: BLE001 - this thread must never end silently
             if not self._stop.is_set() and not self._bye:
-                self._error = f"rdma side connection: {exc}"
+                self._error = f"rdma side connection: {exc or type(exc).__name__}"
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         deadline = time.monotonic() + max(timeout_s, 0.0)
@@ -495,7 +211,7 @@ class RdmaTarget(Target):
         self._guard_confirmed = False
         self._guard_count += 1
         try:
-            _send_frame(self._conn, b"A", _SEQ.pack(seq))
+            side.send_frame(self._conn, b"A", _SEQ.pack(seq))
         except (OSError, AttributeError) as exc:
             raise TransportError(f"rdma side connection: cannot acknowledge guard: {exc}") from exc
         return None
@@ -508,14 +224,17 @@ class RdmaTarget(Target):
         out["write_guard"] = ("called before a write reuses destination bytes (one side-connection "
                               "round trip per reusing batch); the NIC places bytes on its own")
         out["guard_round_trips"] = self._guard_count
+        out["side_connections_refused"] = self._acceptor.refused
+        if self._acceptor.refusals:
+            out["side_refusals"] = list(self._acceptor.refusals)
         return out
 
     def close(self) -> None:
         stop = getattr(self, "_stop", None)
         if stop is not None:
-            stop.set()
-            self._lsock.close()
+            stop.set()  # the side thread notices within 0.2 s
             self._thread.join(timeout=2.0)
+            self._lsock.close()
         ep = getattr(self, "ep", None)
         if ep is not None:
             ep.close()
@@ -528,7 +247,7 @@ class RdmaInitiator(Initiator):
         self.opts = RdmaOptions.from_options(self.options)
         host, port = str(descriptor["host"]), int(descriptor["port"])
         data_addr = self.opts.data_addr or _source_addr_towards(host)
-        self.ep = _Endpoint(self.region, self.opts, data_addr, remote_write=False)
+        self.ep = Endpoint(self.region, self.opts, data_addr, remote_write=False)
         self.remote = dict(descriptor)
         self.state = WrState()
         self.sent = SendTracker(len(self.ep.qps))
@@ -541,8 +260,8 @@ class RdmaInitiator(Initiator):
             hello = {"token": self.opts.token, "qpns": [int(q.qp_num) for q in self.ep.qps],
                      "psns": self.ep.psns, "gid": self.ep.sel.gid, "lid": self.ep.lid,
                      "active_mtu": self.ep.active_mtu}
-            _send_frame(self.sock, b"J", json.dumps(hello).encode())
-            kind, payload = _recv_frame(self.sock)
+            side.send_frame(self.sock, b"J", json.dumps(hello).encode())
+            kind, payload = side.recv_frame(self.sock)
             reply = json.loads(payload)
         except (OSError, ValueError) as exc:
             raise TransportError(f"rdma side connection to {host}:{port}: {exc}") from exc
@@ -572,7 +291,7 @@ class RdmaInitiator(Initiator):
         rec = records_for(wrs.descs, int(self.remote["addr"]))
         reuse = self._mark_written(rec)
         try:
-            _send_frame(self.sock, b"R", rec.tobytes())
+            side.send_frame(self.sock, b"R", rec.tobytes())
             if reuse.any():
                 self._guard(rec[reuse], deadline)
         except OSError as exc:
@@ -616,7 +335,7 @@ class RdmaInitiator(Initiator):
         """Ask the target to guard reused destination ranges, and wait for its ack."""
         self._guard_seq += 1
         upto = np.array(self.sent.done_upto, dtype="<u8").tobytes()
-        _send_frame(self.sock, b"G", _SEQ.pack(self._guard_seq) + upto + rec.tobytes())
+        side.send_frame(self.sock, b"G", _SEQ.pack(self._guard_seq) + upto + rec.tobytes())
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -624,7 +343,7 @@ class RdmaInitiator(Initiator):
                                      f"pages (guard {self._guard_seq}) in time")
             self.sock.settimeout(left)
             try:
-                kind, payload = _recv_frame(self.sock)
+                kind, payload = side.recv_frame(self.sock)
             except socket.timeout:
                 continue
             except ConnectionError as exc:
@@ -658,7 +377,7 @@ class RdmaInitiator(Initiator):
         sock = getattr(self, "sock", None)
         if sock is not None:
             try:
-                _send_frame(sock, b"B", b"")
+                side.send_frame(sock, b"B", b"")
             except OSError:
                 pass
             sock.close()
@@ -692,7 +411,7 @@ class RdmaTransport(Transport):
         transparent huge pages via madvise(MADV_HUGEPAGE), else 4 KiB pages; the choice is
         reported in data_path()["memory"]."""
         nbytes = max(int(nbytes), 1)
-        huge = _hugepage_nbytes()
+        huge = hugepage_nbytes()
         size = -(-nbytes // huge) * huge
         try:
             mm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | MAP_HUGETLB)
@@ -708,16 +427,16 @@ class RdmaTransport(Transport):
             except (OSError, AttributeError, ValueError):
                 pass
             view = region[:nbytes]
-            _ALLOC_KIND[_addr_of(view)] = f"{how}; MAP_HUGETLB failed: {os.strerror(exc.errno or 0)}"
+            ALLOC_KIND[addr_of(view)] = f"{how}; MAP_HUGETLB failed: {os.strerror(exc.errno or 0)}"
             return view
         view = memoryview(mm)[:nbytes]
-        _ALLOC_KIND[_addr_of(view)] = kind
+        ALLOC_KIND[addr_of(view)] = kind
         return view
 
     @classmethod
     def release(cls, region: memoryview) -> None:
         try:
-            _ALLOC_KIND.pop(_addr_of(region), None)
+            ALLOC_KIND.pop(addr_of(region), None)
         except ValueError:
             pass  # already released
         super().release(region)
@@ -725,7 +444,7 @@ class RdmaTransport(Transport):
 
 def allocation_kind(region: memoryview) -> str:
     """How allocate() backed this region (for reports and tests)."""
-    return _ALLOC_KIND.get(_addr_of(region), "not allocated by RdmaTransport.allocate")
+    return ALLOC_KIND.get(addr_of(region), "not allocated by RdmaTransport.allocate")
 
 
 __all__ = ["RdmaTransport", "RdmaTarget", "RdmaInitiator", "allocation_kind",

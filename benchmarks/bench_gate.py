@@ -1,0 +1,206 @@
+"""Does the baseline gate cry wolf, and does it catch a real regression?
+
+Issue 18's targets: 0 false alarms in 10 identical baseline/current pairs at --kv-repeat 5, and
+10 of 10 detections of a 40% cut of the link; plus the smallest cut this machine detects
+reliably at N=5 and N=10 repeats.
+
+Method. A "session" is what one `pytest --kv-repeat N` run does for a case: open a host pair,
+start one pair of agents, run the case N times back to back (pytest_kvfabric.case.run_case
+does exactly this), keep each repeat's gated figures. The gate is the plugin's own code
+(report.baseline.compare_samples with the default thresholds). For each of --pairs rounds:
+
+- loopback: a baseline session and an identical current session (false alarms);
+- netns (root): a namespace pair shaped to --rate-mbit (tbf), a baseline session and an
+  identical current session (false alarms), then one session per --cuts on a pair shaped to
+  rate x (1 - cut) (detection of an injected regression).
+
+Rounds are interleaved (every session of round i before any of round i+1), so a slow drift
+of this shared host lands on baseline and current alike. Sessions record --repeat repeats;
+the N=5 verdicts use each session's first 5, the N=10 verdicts all 10. A false alarm is a
+gate failure (any metric decided "regressed") between identical sessions; a detection is a
+gate failure with throughput "regressed" between a baseline and a cut session.
+
+Two cases per session: `burst` (32 x 1 MiB, pacing none: throughput-bound) and `paced` (80 x
+256 KiB in pairs every 5 ms under emulated pacing: latency, post lateness, exposed time);
+cut sessions run `burst` only (the injected regression is a slower link).
+
+    python benchmarks/bench_gate.py [--pairs 10] [--repeat 10] [--fabric loopback,netns]
+                                    [--rate-mbit 2000] [--cuts 40,15,8] [--budget-s 1500] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+from pytest_kvfabric.report.baseline import compare_samples  # noqa: E402
+from pytest_kvfabric.report.gate_metrics import figures  # noqa: E402
+
+NETNS_PREFIX = "kvfg-"  # our own namespaces (the creator's pid tags them; cleaned in finally)
+NETNS_INDEX = 211
+
+
+def cases() -> dict[str, Any]:
+    return {
+        "burst": C.synthetic_scenario(nbytes=1 << 20, transfers=32, batch=8),
+        "paced": C.synthetic_scenario(nbytes=256 << 10, transfers=80, batch=2, interval_us=5000, pacing="emulated"),
+    }
+
+
+def session(pair: Any, names: list[str], repeat: int) -> dict[str, list[dict[str, float]]]:
+    """One pytest-like session: one pair of agents, each case `repeat` times back to back."""
+    from pytest_kvfabric.runner import AgentPair
+
+    scs = cases()
+    out: dict[str, list[dict[str, float]]] = {}
+    with AgentPair(pair, 120.0) as agents:
+        for name in names:
+            runs = []
+            for _ in range(repeat):
+                d = agents.run(scs[name]).to_dict()
+                if d["integrity"].get("errors"):
+                    raise RuntimeError(f"integrity errors: {d['integrity']}")
+                runs.append(figures(d))
+            out[name] = runs
+    return out
+
+
+def on_netns(rate_mbit: float, fn: Callable[[Any], Any]) -> Any:
+    from pytest_kvfabric.fabric.netns import NetnsPair
+
+    ns = NetnsPair.create(str(os.getpid()), NETNS_INDEX, rate_mbit=rate_mbit, prefix=NETNS_PREFIX)
+    try:
+        return fn(ns.pair)
+    finally:
+        ns.destroy()
+
+
+def gate(base: dict[str, list[dict[str, float]]], cur: dict[str, list[dict[str, float]]], n: int) -> dict[str, Any]:
+    """Verdicts of the default gate on the first n repeats of every case both sessions ran."""
+    out: dict[str, Any] = {"regressed": [], "undecided": 0, "decided": 0, "tput_regressed": False}
+    for case in sorted(set(base) & set(cur)):
+        for c in compare_samples(case, base[case][:n], cur[case][:n]):
+            if c.regressed:
+                out["regressed"].append(f"{case}:{c.key} {c.change_pct:+.0f}%")
+                out["tput_regressed"] |= c.key == "throughput"
+            out["undecided"] += c.undecided
+            out["decided"] += not c.undecided
+    return out
+
+
+def rows_from(raw: dict[str, list[dict[str, Any]]], cuts: list[float], repeat: int) -> list[dict[str, Any]]:
+    """The verdict table from every round's sessions (also for rounds merged from several runs)."""
+    rows = []
+    for fabric, rounds in raw.items():
+        for n in sorted({min(5, repeat), repeat}):
+            fa = [gate(r["base"], r["same"], n) for r in rounds]
+            alarms = [g for g in fa if g["regressed"]]
+            undecided = sum(g["undecided"] for g in fa)
+            total = sum(g["undecided"] + g["decided"] for g in fa)
+            rows.append({"fabric": fabric, "N": n, "test": "identical pairs", "pairs": len(fa),
+                         "gate failed": len(alarms), "target": "0",
+                         "detail": f"undecided {undecided}/{total} metric verdicts; alarms: "
+                                   + ("; ".join(x for g in alarms for x in g["regressed"]) or "none")})
+            for cut in cuts if fabric == "netns" else ():
+                det = [gate(r["base"], r[f"cut{cut:g}"], n) for r in rounds]
+                tput = [r[f"cut{cut:g}"]["burst"][:n] for r in rounds]
+                base = [r["base"]["burst"][:n] for r in rounds]
+                ratio = C.summary([sum(x["throughput_gbps"] for x in c) / sum(x["throughput_gbps"] for x in b)
+                                   for c, b in zip(tput, base)])
+                rows.append({"fabric": fabric, "N": n, "test": f"rate cut {cut:g}%", "pairs": len(det),
+                             "gate failed": sum(bool(g["tput_regressed"]) for g in det),
+                             "target": "10 of 10" if cut >= 40 else "-",
+                             "detail": f"measured throughput ratio median {ratio['median']:.3f}"})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="baseline gate: false alarms and detection")
+    ap.add_argument("--pairs", type=int, default=10, help="baseline/current pairs per fabric (rounds)")
+    ap.add_argument("--repeat", type=int, default=10, help="repeats per session (N=5 uses the first 5)")
+    ap.add_argument("--fabric", default="loopback,netns")
+    ap.add_argument("--rate-mbit", type=float, default=2000.0, help="netns link rate of the baseline (tbf)")
+    ap.add_argument("--cuts", default="40,15,8", help="injected rate cuts in percent (netns)")
+    ap.add_argument("--budget-s", type=float, default=1500.0, help="stop starting rounds after this many seconds")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="no runs: the table from the rounds of earlier --json outputs together")
+    a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, [float(c) for c in a.cuts.split(",") if c.strip()], a.repeat)
+    cuts = [float(c) for c in a.cuts.split(",") if c.strip()]
+    fabrics = [f.strip() for f in a.fabric.split(",") if f.strip()]
+    env = C.env_info()
+    notes: list[str] = ["shared busy host (2 cores, other sessions running): figures vary run to run"]
+    if "netns" in fabrics:
+        from pytest_kvfabric.fabric.netns import netns_unavailable_reason
+
+        reason = netns_unavailable_reason()
+        if reason:
+            notes.append(f"netns skipped: {reason}")
+            fabrics.remove("netns")
+    raw: dict[str, list[dict[str, Any]]] = {f: [] for f in fabrics}
+    t0 = time.monotonic()
+    for i in range(a.pairs):
+        if time.monotonic() - t0 > a.budget_s:
+            notes.append(f"budget of {a.budget_s:g} s spent after {i} round(s)")
+            break
+        for fabric in fabrics:
+            rnd: dict[str, Any] = {}
+            if fabric == "loopback":
+                rnd["base"] = session(None, ["burst", "paced"], a.repeat)
+                rnd["same"] = session(None, ["burst", "paced"], a.repeat)
+            else:
+                rnd["base"] = on_netns(a.rate_mbit, lambda p: session(p, ["burst", "paced"], a.repeat))
+                rnd["same"] = on_netns(a.rate_mbit, lambda p: session(p, ["burst", "paced"], a.repeat))
+                for cut in cuts:
+                    rate = a.rate_mbit * (1 - cut / 100)
+                    rnd[f"cut{cut:g}"] = on_netns(rate, lambda p: session(p, ["burst"], a.repeat))
+            raw[fabric].append(rnd)
+            C.log(f"round {i + 1}/{a.pairs} {fabric} done ({time.monotonic() - t0:.0f} s)")
+    rows = rows_from(raw, cuts, a.repeat)
+    env["loadavg_end"] = list(os.getloadavg())
+    env["wall_s"] = round(time.monotonic() - t0)
+    if a.json:
+        json.dump({"benchmark": "bench_gate", "env": env, "rows": rows, "raw": raw, "notes": notes},
+                  sys.stdout, indent=1, default=str)
+        sys.stdout.write("\n")
+        return 0
+    from tabulate import tabulate
+
+    print(f"# bench_gate  {env['date_utc']} UTC  kernel {env['kernel']}  {env['cpu']} x{env['ncpu']}  "
+          f"load {env['loadavg'][0]:.2f} -> {env['loadavg_end'][0]:.2f}  git {env['git']['commit']}  "
+          f"{env['wall_s']} s  repeats {a.repeat}  netns rate {a.rate_mbit:g} Mbit/s")
+    print(tabulate([[r[k] for k in ROW_KEYS] for r in rows], headers=ROW_KEYS, tablefmt="github"))
+    for n in notes:
+        print(f"note: {n}")
+    return 0
+
+
+def merge(paths: list[str], cuts: list[float], repeat: int) -> int:
+    from tabulate import tabulate
+
+    raw: dict[str, list[dict[str, Any]]] = {}
+    for p in paths:
+        with open(p) as f:
+            doc = json.load(f)
+        print(f"# {p}: {doc['env']['date_utc']} UTC, {doc['env'].get('wall_s')} s, git {doc['env']['git']['commit']}, "
+              f"load {doc['env']['loadavg'][0]:.2f} -> {doc['env']['loadavg_end'][0]:.2f}")
+        for fabric, rounds in doc["raw"].items():
+            raw.setdefault(fabric, []).extend(rounds)
+    rows = rows_from(raw, cuts, repeat)
+    print(tabulate([[r[k] for k in ROW_KEYS] for r in rows], headers=ROW_KEYS, tablefmt="github"))
+    return 0
+
+
+ROW_KEYS = ("fabric", "N", "test", "pairs", "gate failed", "target", "detail")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
