@@ -492,7 +492,9 @@ class IoUringTarget(Target):
                          "short_reads": 0}
         self._gate = handshake.Admission(
             timeout_s=float(self.options.get("hello_timeout_s") or handshake.HELLO_TIMEOUT_S))
-        self._doomed: list[socket.socket] = []  # dropped strangers, closed after the next submit
+        # Dropped strangers whose RECV is still in flight: kept (socket and buffers) until its
+        # CQE says the kernel is done with them; only then is the fd closed (and reusable).
+        self._dying: dict[int, _Conn] = {}
 
     def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
         if self.options.get("zcrx"):
@@ -536,12 +538,13 @@ class IoUringTarget(Target):
             self._conns[conn.cid] = conn
             for cid in self._gate.arrive(conn.cid, now):
                 self._stranger(self._conns[cid], handshake.EVICTED,
-                               f"too many connections without a proven HELLO (> {self._gate.max_pending})")
+                               f"too many connections without a proven HELLO (> {self._gate.max_pending})",
+                               in_flight=True)
             try:
                 set_tcp_options(sock, self.options)
                 sock.send(conn.hs.challenge(), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             except OSError as exc:
-                self._stranger(conn, handshake.CLOSED, str(exc))
+                self._stranger(conn, handshake.CLOSED, str(exc), in_flight=False)
                 continue
             self._arm_hello(conn)
 
@@ -572,14 +575,15 @@ class IoUringTarget(Target):
             conn.hello_done = True
             self._arm_header(conn)
         elif hs.kind:
-            self._stranger(conn, hs.kind, hs.reason)
+            self._stranger(conn, hs.kind, hs.reason, in_flight=False)  # (called on its CQE)
         else:
             self._arm_hello(conn)
 
-    def _stranger(self, conn: _Conn, kind: str, reason: str) -> None:
-        """Drop an unauthenticated connection and count it: it never fails the run. Its socket
-        is closed only after the next submit (an SQE still queued for its fd must not reach a
-        new connection that reuses the number)."""
+    def _stranger(self, conn: _Conn, kind: str, reason: str, in_flight: bool) -> None:
+        """Drop an unauthenticated connection and count it: it never fails the run. With its
+        RECV in flight (`in_flight`), the connection is kept until that CQE arrives: the
+        kernel may still write into its buffer, and an SQE not yet submitted must not reach
+        another connection that reuses the fd number."""
         self._gate.drop(conn.cid, kind)
         if kind != handshake.CLOSED:
             try:  # best effort and never blocking: a stranger may not read
@@ -592,18 +596,18 @@ class IoUringTarget(Target):
         except OSError:
             pass
         del self._conns[conn.cid]
-        self._doomed.append(conn.sock)
+        if in_flight:
+            self._dying[conn.cid] = conn
+        else:
+            conn.sock.close()
 
-    def _sweep(self, now: float) -> None:
-        """After a submit: close dropped strangers' sockets, then drop the overdue ones."""
-        doomed, self._doomed = self._doomed, []
-        for sock in doomed:
-            sock.close()
+    def _expire(self, now: float) -> None:
         for cid in self._gate.expired(now):
             conn = self._conns.get(cid)
-            if conn is not None:
+            if conn is not None:  # a pending stranger always has its handshake RECV in flight
                 self._stranger(conn, handshake.TIMEOUT,
-                               f"no proven HELLO within {self._gate.timeout_s:g} s of connecting")
+                               f"no proven HELLO within {self._gate.timeout_s:g} s of connecting",
+                               in_flight=True)
 
     def _arm_header(self, conn: _Conn, sqe_flags: int = 0) -> None:
         """RECV (MSG_WAITALL) of the rest of a header (all of it unless a payload RECVMSG
@@ -721,6 +725,8 @@ class IoUringTarget(Target):
             kind, cid = ud & 15, ud >> 48
             conn = conns.get(cid)
             if conn is None or conn.dead:
+                if conn is None and cid in self._dying:  # a dropped stranger's last RECV is done
+                    self._dying.pop(cid).sock.close()
                 continue
             if kind == K_PAYLOAD:
                 seq, dst_off, nbytes, imm = conn.pending
@@ -824,8 +830,8 @@ class IoUringTarget(Target):
                 self._send_acks()  # about to return or sleep: acknowledge everything placed
                 self._ring.submit()
                 now = time.monotonic()
-                if self._doomed or self._gate.next_deadline <= now:
-                    self._sweep(now)
+                if self._gate.next_deadline <= now:
+                    self._expire(now)
                 remaining = deadline - now
                 if placed or notifies or remaining <= 0:
                     break
@@ -861,9 +867,9 @@ class IoUringTarget(Target):
             self._ring.close()
         for conn in self._conns.values():
             conn.sock.close()
-        for sock in self._doomed:
-            sock.close()
-        self._doomed = []
+        for conn in self._dying.values():  # the ring is gone: nothing refers to them any more
+            conn.sock.close()
+        self._dying = {}
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None

@@ -66,6 +66,8 @@ STREAM_PARAMS: tuple[Param, ...] = (
     Param("max_unsent_bytes", int, "bytes queued per connection before post() waits", 0, 1 << 36),
     Param("close_timeout_s", float, "seconds close() waits for the last ACKs (default 2)", 0, 3600),
     Param("port", int, "target data port (default 0: any free port)", 0, 65535),
+    Param("hello_timeout_s", float, "seconds from accept to a proven HELLO before a stranger is "
+          "dropped (default 5)", 0.01, 3600),
 )
 
 IOURING_PARAMS: tuple[Param, ...] = (
@@ -82,6 +84,8 @@ IOURING_PARAMS: tuple[Param, ...] = (
     Param("busy_poll_us", float, "spin this long before sleeping in a wait", 0, 1e6),
     Param("close_timeout_s", float, "seconds close() waits for the last ACKs", 0, 3600),
     Param("port", int, "target data port (default 0: any free port)", 0, 65535),
+    Param("hello_timeout_s", float, "seconds from accept to a proven HELLO before a stranger is "
+          "dropped (default 5)", 0.01, 3600),
 )
 
 
