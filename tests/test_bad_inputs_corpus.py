@@ -284,9 +284,19 @@ def test_cli_timeouts_and_regressions(capsys, command, value):
 
 # ---- transport parameters (declared in transports/params.py) -----------------------------
 
-from pytest_kvfabric.transports.params import FRAMEWORK_KEYS, IOURING_PARAMS, STREAM_PARAMS, check  # noqa: E402
+from pytest_kvfabric.transports.params import (  # noqa: E402
+    DEVMEM_PARAMS, FRAMEWORK_KEYS, IOURING_PARAMS, RDMA_PARAMS, STREAM_PARAMS, check)
 
-ALL_PARAMS = STREAM_PARAMS + IOURING_PARAMS
+ALL_PARAMS = STREAM_PARAMS + IOURING_PARAMS + DEVMEM_PARAMS + RDMA_PARAMS
+# values no validated parameter (devmem interface, rx_queues) takes
+BAD_VALIDATED = {
+    "interface": st.one_of(st.integers(), st.floats(), st.just(""), st.text(min_size=16, max_size=20),
+                           st.text(max_size=5).map(lambda t: t + "/x"), st.just("eth 1")),
+    "rx_queues": st.one_of(st.floats(), st.booleans(), st.just([]), st.integers(max_value=-1),
+                           st.integers(min_value=4096), st.lists(st.integers(max_value=-1), min_size=1, max_size=3),
+                           st.just("auto:0"), st.just("auto:"), st.text(alphabet="xyz-", min_size=1, max_size=5),
+                           st.integers(0, 9).map(lambda q: [q, q])),
+}
 DECLARED = {p.name for p in ALL_PARAMS}
 
 
@@ -299,6 +309,8 @@ def test_unknown_transport_parameters_are_refused_listing_the_valid_ones(name, v
 
 
 def _bad_param_value(p, data):
+    if p.validate is not None:
+        return data.draw(BAD_VALIDATED[p.name])
     if p.kind is bool:
         return data.draw(st.one_of(st.integers(), st.text(max_size=5), st.floats()))
     if p.kind is str:
@@ -307,7 +319,10 @@ def _bad_param_value(p, data):
             return data.draw(st.one_of(wrong_type, st.text(max_size=8).filter(lambda t: t not in p.choices)))
         return data.draw(wrong_type)
     if p.kind is int:
-        return data.draw(bad_int(int(p.minimum), int(p.maximum)).filter(lambda v: not isinstance(v, dict)))
+        bad = bad_int(int(p.minimum), int(p.maximum)).filter(lambda v: not isinstance(v, dict))
+        if p.choices:  # in range yet not one of them (rdma path_mtu)
+            bad = st.one_of(bad, st.integers(int(p.minimum), int(p.maximum)).filter(lambda v: v not in p.choices))
+        return data.draw(bad)
     return data.draw(bad_float(p.minimum, p.maximum).filter(lambda v: not isinstance(v, dict)))
 
 
@@ -327,6 +342,7 @@ def test_bad_values_of_declared_transport_parameters_are_refused(data):
 def test_good_values_of_declared_transport_parameters_pass(data):
     p = data.draw(st.sampled_from([q for q in ALL_PARAMS if q.kind in (int, float)]))
     lo, hi = p.minimum, p.maximum
-    value = (data.draw(st.integers(int(lo), int(hi))) if p.kind is int
+    value = (data.draw(st.sampled_from(p.choices)) if p.choices
+             else data.draw(st.integers(int(lo), int(hi))) if p.kind is int
              else data.draw(st.floats(lo, hi, allow_nan=False)))
     assert check({"x": (p,)}, {p.name: value}) is None

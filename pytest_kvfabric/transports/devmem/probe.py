@@ -159,6 +159,8 @@ def parse_queues(spec: Any, rx_queue_count: int | None) -> tuple[list[int], str 
             return list(range(max(rx_queue_count - n, 0), rx_queue_count)), None
     if isinstance(spec, str):
         spec = [int(x) for x in spec.replace(",", " ").split()]
+    if isinstance(spec, int):  # `--kv-transport-param rx_queues=15` arrives as an int
+        spec = [spec]
     return [int(q) for q in spec], None
 
 

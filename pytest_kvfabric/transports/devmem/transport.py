@@ -33,6 +33,7 @@ from .. import framing
 from .. import handshake
 from .._stream import STATE_CLOSED, STATE_RUN, InitiatorConn, StreamTarget, TargetConn
 from ..base import Capability, Transport
+from ..params import DEVMEM_PARAMS
 from ..zerocopy import ZeroCopyInitiator
 from . import cmsg, netlink, probe as probe_mod, rx, sockio, udmabuf
 from .nic import NicState, check_nic, gather_nic
@@ -401,6 +402,7 @@ class DevmemInitiator(ZeroCopyInitiator):
 
 class DevmemTransport(Transport):
     name = "devmem"
+    params = DEVMEM_PARAMS
     description = "devmem TCP: NIC places TCP payload in a dma-buf (udmabuf stands in for GPU memory)"
     initiator_cls = DevmemInitiator
     target_cls = DevmemTarget

@@ -51,6 +51,7 @@ from . import probe as probe_mod
 from . import side
 from .endpoint import ALLOC_KIND, MAP_HUGETLB, Endpoint, addr_of, hugepage_nbytes
 from .options import RdmaOptions
+from ..params import RDMA_PARAMS
 from .placement import RECORD_DTYPE, PlacementTracker, SendTracker, WrittenRanges, records_for
 from .wr import WrState, build_wrs
 from ...lab.env import time_scale
@@ -395,6 +396,7 @@ def _source_addr_towards(host: str) -> str:
 
 
 class RdmaTransport(Transport):
+    params = RDMA_PARAMS
     name = "rdma"
     description = "RoCE v2 / InfiniBand one-sided RDMA WRITE through pyverbs"
     initiator_cls = RdmaInitiator
