@@ -165,6 +165,11 @@ def test_several_missing_pieces_are_all_reported():
 
 def test_real_probe_on_veth_gets_the_kernels_answers(veth_netns):
     inp = gather({"interface": "kvdm0", "netns": veth_netns.name, "rx_queues": [0], "port": 5201})
+    if inp.netdev_error and inp.netdev_error.startswith("netdev netlink family unusable"):
+        # e.g. Linux 6.1 in the lab's kernel matrix: the family arrived in 6.5; the reason is
+        # the probe's own, checked in test_each_missing_piece_has_its_own_reason
+        assert "netdev netlink family unusable" in decide(inp).reason
+        pytest.skip(f"kernel {os.uname().release}: {inp.netdev_error}")
     assert inp.netdev_error is None, inp.netdev_error
     if 13 not in inp.netdev_ops:
         pytest.skip("kernel netdev family has no bind-rx")
