@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ProtocolError
+from ..framing import json_depth_exceeds
 
 FRAME = struct.Struct("!cI")
 FRAME_KINDS = (b"J", b"R", b"G", b"A", b"B")
@@ -65,28 +66,6 @@ def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> tuple[bytes, byte
     return kind, recv_exact(sock, length)
 
 
-def json_depth(text: str) -> int:
-    """Deepest nesting of [ and { outside strings (a scan, no recursion)."""
-    depth = deepest = 0
-    in_str = esc = False
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
 def _int(v: Any, what: str, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise ProtocolError(f"HELLO field {what}: expected an integer in [{lo}, {hi}], got {v!r:.40}")
@@ -101,7 +80,7 @@ def parse_hello(payload: bytes, n_qps: int) -> dict[str, Any]:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("HELLO is not UTF-8") from None
-    if json_depth(text) > MAX_DEPTH:
+    if json_depth_exceeds(text, MAX_DEPTH):  # the same scan as the stream HELLO's
         raise ProtocolError(f"HELLO nests deeper than {MAX_DEPTH} levels")
     try:
         hello = json.loads(text)
