@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -101,6 +101,9 @@ class GpuProfile:
     alltoall_efficiency: float = 1.0  # achieved / link bandwidth of an all-to-all
     scaleup_domain: int = 8  # GPUs joined by the scale-up link (NVLink domain); larger groups use the NIC
     allreduce_in_switch: bool = False  # the scale-up switch reduces (NVLink SHARP): all-reduce moves 1x, not 2(n-1)/n
+    # Serving framework -> extra host time per forward step (prefill or decode) on top of the
+    # step overheads above, which were fitted on TensorRT-LLM/NIM (README "Timing", framework overhead).
+    framework_step_overhead_us: Mapping[str, float] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     source: str = ""
     path: str | None = None
@@ -234,6 +237,8 @@ def _gpu_to_dict(g: GpuProfile) -> dict[str, Any]:
     out: dict[str, Any] = {k: getattr(g, k) for k in _GPU_ORDER}
     out["aliases"] = list(g.aliases)
     out["tflops"] = dict(g.tflops)
+    if g.framework_step_overhead_us:
+        out["framework_step_overhead_us"] = dict(g.framework_step_overhead_us)
     return out
 
 
@@ -254,6 +259,7 @@ def _gpu_from_dict(data: Mapping[str, Any], source: str, path: str | None = None
         compute_efficiency=float(data.get("compute_efficiency", 0.5)),
         memory_efficiency=float(data.get("memory_efficiency", 0.8)),
         **{k: _TIMING_TYPE.get(k, float)(data[k]) for k in GPU_TIMING_FIELDS if k in data},
+        framework_step_overhead_us={str(k).lower(): float(v) for k, v in data.get("framework_step_overhead_us", {}).items()},
         aliases=tuple(data.get("aliases", ())),
         source=data.get("source", ""),
         path=path,

@@ -37,6 +37,7 @@ class Deployment:
     chunk_tokens: int = 0  # chunked prefill chunk size in tokens; 0 = whole prompt in one chunk
     ep: int = 1  # expert parallelism: MoE experts spread over ep of the tp ranks (tp % ep == 0)
     max_batch_tokens: int = 0  # continuous batching: token budget per prefill step (then chunk_tokens is unused); 0 = one request per step
+    framework: str = ""  # serving framework whose extra per-step host time the GPU profile lists ("" = none, the fitted baseline)
 
 
 @dataclass(frozen=True)

@@ -59,9 +59,18 @@ def effective_model(model: ModelProfile, m: Measurement) -> ModelProfile:
     return dataclasses.replace(model, **changes) if changes else model
 
 
-def deployment(m: Measurement) -> Deployment:
+def framework_key(m: Measurement, gpu: GpuProfile) -> str:
+    """The profile's framework_step_overhead_us key for this row's framework ("vLLM" -> "vllm"),
+    or "" when the profile lists none for it (the frameworks the step overheads were fitted on)."""
+    words = m.framework.split()
+    key = words[0].lower() if words else ""
+    return key if key in gpu.framework_step_overhead_us else ""
+
+
+def deployment(m: Measurement, gpu: GpuProfile | None = None) -> Deployment:
     return Deployment(tp=m.tp, ep=m.ep, pp=m.pp, dp_attention=m.dp_attention,
-                      max_batch_tokens=m.batch * m.isl if m.batch > 1 else 0)
+                      max_batch_tokens=m.batch * m.isl if m.batch > 1 else 0,
+                      framework=framework_key(m, gpu) if gpu is not None else "")
 
 
 def predict(m: Measurement, model: ModelProfile, gpu: GpuProfile) -> float:
@@ -69,7 +78,7 @@ def predict(m: Measurement, model: ModelProfile, gpu: GpuProfile) -> float:
     model = effective_model(model, m)
     if m.scaleup_domain:
         gpu = dataclasses.replace(gpu, scaleup_domain=m.scaleup_domain)
-    dep = deployment(m)
+    dep = deployment(m, gpu)
     if m.metric in ("ttft_ms", "e2e_ms", "prefill_tok_s_per_gpu"):
         sched = batching.prefill_schedule(model, gpu, dep, [m.isl] * m.batch)
         prefill_ms = float(max(sched.start_ns + sched.prefill_ns)) / 1e6

@@ -20,7 +20,8 @@ one token of each of B decoding sequences). Per layer, on one rank:
                  domains - 1) over the NIC (DeepEP forwards once per node, NVLink fans out)
   layer        = attention-projection gemm + attention + FFN gemm (dense, or routed + shared experts)
                  + elementwise + communication + layer_overhead_us (decode: decode_layer_overhead_us)
-  step         = sum of its layers + step_overhead_us (decode: decode_step_overhead_us), charged
+  step         = sum of its layers + step_overhead_us (decode: decode_step_overhead_us)
+                 + framework_step_overhead_us[deployment.framework] (0 without a framework), charged
                  before layer 0
 
 Parallelism: TP splits attention heads and FFN columns over `tp` ranks. With dp_attention each
@@ -152,7 +153,8 @@ def roofline_gpu(gpu: GpuProfile) -> GpuProfile:
         gpu, compute_efficiency=1.0, memory_efficiency=1.0, gemm_half_gflop=0.0, attention_efficiency=1.0,
         attention_half_keys=0.0, step_overhead_us=0.0, layer_overhead_us=0.0, decode_step_overhead_us=0.0,
         decode_layer_overhead_us=0.0, allreduce_latency_us=0.0,
-        allreduce_efficiency=1.0, alltoall_latency_us=0.0, alltoall_efficiency=1.0)
+        allreduce_efficiency=1.0, alltoall_latency_us=0.0, alltoall_efficiency=1.0,
+        framework_step_overhead_us={k: 0.0 for k in gpu.framework_step_overhead_us})
 
 
 # --------------------------------------------------------------------------- one step
@@ -188,6 +190,22 @@ def _gemm_ns(gpu: GpuProfile, peak: float, bw: float, flops: np.ndarray | float,
     f = np.asarray(flops, dtype=np.float64) / n
     compute = np.where(f > 0, f / (peak * np.maximum(gemm_efficiency(gpu, f), 1e-12)), 0.0)
     return n * np.maximum(compute, np.asarray(wbytes, dtype=np.float64) / n / bw) * 1e9
+
+
+def framework_overhead_us(gpu: GpuProfile, framework: str) -> float:
+    """Extra host time per forward step of `framework` on this GPU profile (0 for "").
+
+    The step overheads were fitted on TensorRT-LLM/NIM; a framework that spends more CPU time per
+    step (vLLM: Python scheduling, input preparation, sampling) adds its own fitted figure."""
+    if not framework:
+        return 0.0
+    table = gpu.framework_step_overhead_us
+    key = framework.lower()
+    if key not in table:
+        valid = ", ".join(sorted(table)) or "none"
+        raise ValueError(f"deployment framework {framework!r}: GPU profile {gpu.id!r} has no "
+                         f"framework_step_overhead_us entry for it; valid: {valid}")
+    return float(table[key])
 
 
 def step_layer_ns(
@@ -241,6 +259,7 @@ def step_layer_ns(
     out += ffn + comm
     layer_us, step_us = ((gpu.decode_layer_overhead_us, gpu.decode_step_overhead_us) if decode
                          else (gpu.layer_overhead_us, gpu.step_overhead_us))
+    step_us += framework_overhead_us(gpu, deployment.framework)
     out += ACT_PASSES * t * h * ACT_BYTES / bw * 1e9 + layer_us * 1e3
     lm_split = 1 if dp else tp
     out[-1] += float(_gemm_ns(gpu, peak, bw, 2 * h * model.vocab_size / lm_split * seqs, h * model.vocab_size / lm_split * wb, 1))
