@@ -433,6 +433,7 @@ def test_a_garbled_frame_after_connect_is_raised_not_swallowed(verbs):
         with pytest.raises(TransportError, match="rdma side connection: bad side-connection frame kind"):
             for _ in range(300):
                 target.progress(0.01)
+        target._thread.join(timeout=5.0)  # it records the error, then returns: give it the moment
         assert not target._thread.is_alive()
     finally:
         init.close()
