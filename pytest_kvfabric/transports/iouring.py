@@ -800,6 +800,10 @@ class IoUringTarget(Target):
     def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         if self._lsock is None:
             raise TransportError("iouring target: progress() before listen()")
+        deferred = getattr(self, "_deferred_error", None)
+        if deferred is not None:  # raised in the call that also placed rows: those went out first
+            self._deferred_error = None
+            raise deferred
         if self._ring is None:  # created by the thread that drives it (SINGLE_ISSUER)
             try:
                 self._ring = self._u.Ring(self.queue_depth, defer_taskrun=self.defer_taskrun)
@@ -837,6 +841,12 @@ class IoUringTarget(Target):
                     break
                 self.counters["waits"] += 1
                 accept = lfd in self._ring.wait(remaining, (lfd,))
+        except (TransportError, ProtocolError) as exc:
+            if not placed:
+                raise
+            # Rows placed earlier in this call are real placements: report them now (as the
+            # stream target does) and raise the error on the next call.
+            self._deferred_error = exc
         finally:
             if placed:  # acks for what was placed before an error still go out
                 try:
