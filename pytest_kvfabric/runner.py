@@ -12,6 +12,7 @@ kill) and TransportError names the agent and why.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from typing import Any, Callable, Mapping
@@ -44,6 +45,8 @@ def _timed_out(role: str, pid: str, msg: Mapping[str, Any]) -> str:
             "complete (raise --kv-timeout / timeout_s, or see the capacity line)")
 
 
+# Errors that are the effect of the peer going away, never a cause of their own.
+_EFFECT = re.compile(r"broken pipe|connection reset|closed before|peer closed|EOF|did not answer", re.I)
 _ERRORS = {"TransportError": TransportError, "ProtocolError": ProtocolError, "IntegrityError": IntegrityError}
 
 
@@ -203,17 +206,18 @@ class AgentPair:
         return "; ".join(down) or None
 
     def _dead(self, role: str, wait_s: float) -> str | None:
-        """A message if the agent died (its channel closed) or gave up at its deadline within
-        wait_s, else None. An agent that answers with its own error is alive: that error is an
-        effect, not the cause."""
+        """A message if the agent died (its channel closed) within wait_s, else None. An agent
+        that answers, even with its own error, is alive: that error is an effect, not the cause."""
         try:
             msg = self._recv(role, time.monotonic() + wait_s, "the run")
             if msg is not None and msg.get("timed_out"):  # it gave up at its deadline and closed
                 return _timed_out(role, self._pid(role), msg)
         except AgentGone as exc:
             return str(exc)
-        except TransportError:
-            return None
+        except TransportError as exc:
+            # Its own error is the cause when it is not itself a broken connection (e.g. the
+            # decode agent's run timed out and closed the socket the prefill agent was writing to).
+            return None if _EFFECT.search(str(exc)) else str(exc)
         return None
 
     # -- the run --------------------------------------------------------------------------
