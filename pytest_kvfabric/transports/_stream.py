@@ -52,7 +52,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import framing, handshake
+from . import framing, handshake, wire
 from .base import COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, Initiator, Target
 from ..errors import ProtocolError, TransportError
 
@@ -248,16 +248,17 @@ class TargetConn:
     """One accepted connection of a StreamTarget: what subclass hooks receive as `c`."""
 
     __slots__ = (
-        "sock", "fd", "peer", "state", "hdr", "hdr_mv", "hfill", "hs", "index", "nconn",
-        "group", "next_seq", "placed_seq", "acked", "out", "pay_view", "pay_pos", "pay_len",
-        "pay_dst", "pay_imm", "bye", "writes", "want_write",
+        "sock", "fd", "peer", "state", "hdr", "hdr_mv", "hfill", "hs", "wire", "index", "nconn",
+        "group", "placed_seq", "acked", "out", "pay_view", "pay_pos", "pay_len",
+        "pay_dst", "pay_imm", "pay_seq", "writes", "want_write", "v_hdr_in",
         # WRITEV: table being read, then the frame's payload scatter state
         "tab", "tab_fill", "tab_need", "v_hdr", "v_views", "v_ends", "v_ds", "v_ns", "v_ims",
         "v_pos", "v_done", "v_seq0", "v_total", "v_any_imm",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, wire_: wire.TargetWire) -> None:
         self.sock = sock
+        self.wire = wire_  # what this connection accepts (sequence, bounds, BYE)
         self.fd = sock.fileno()
         self.peer = _peer_name(sock)
         self.state = _HELLO
@@ -268,7 +269,6 @@ class TargetConn:
         self.index = 0
         self.nconn = 1
         self.group: _Group | None = None
-        self.next_seq = 1
         self.placed_seq = 0
         self.acked = 0
         self.out = bytearray()
@@ -277,13 +277,14 @@ class TargetConn:
         self.pay_len = 0
         self.pay_dst = 0
         self.pay_imm = 0
-        self.bye = False
+        self.pay_seq = 0
+        self.v_hdr_in = False  # the last WRITEV scatter receive ended with the next header
         self.writes = 0
         self.want_write = False
         self.tab: bytearray | None = None
         self.tab_fill = 0
         self.tab_need = 0
-        self.v_hdr: framing.Header | None = None
+        self.v_hdr: wire.WritevHeader | None = None
         self.v_views: list[memoryview] | None = None
         self.v_ends: list[int] = []
         self.v_ds: list[int] = []
@@ -374,7 +375,7 @@ class StreamTarget(Target):
             except OSError:  # e.g. ECONNABORTED: a stranger reset before we took it
                 continue
             sock.setblocking(False)
-            c = TargetConn(sock)
+            c = TargetConn(sock, wire.TargetWire(self._region_len, writev=self.supports_writev))
             c.hs = handshake.TargetHandshake(self._token)
             self._conns[c.fd] = c
             self._sel.register(sock, selectors.EVENT_READ, c)
@@ -467,6 +468,14 @@ class StreamTarget(Target):
             f"{self.transport_name}: rejected peer {c.peer} (connection {c.index}): {reason}"
         )
 
+    def _lost(self, c: TargetConn, exc: OSError) -> None:
+        """The socket failed under an authenticated peer: close and raise."""
+        self._drop(c)
+        c.sock.close()
+        raise TransportError(
+            f"{self.transport_name}: peer {c.peer} (connection {c.index}): {exc}"
+        ) from None
+
     def _drop(self, c: TargetConn) -> None:
         if c.state != STATE_CLOSED:
             c.state = STATE_CLOSED
@@ -483,7 +492,7 @@ class StreamTarget(Target):
             missing = c.pay_len - c.pay_pos
             raise TransportError(
                 f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed mid-write: "
-                f"{missing} of {c.pay_len} bytes of write seq {c.next_seq - 1} "
+                f"{missing} of {c.pay_len} bytes of write seq {c.wire.next_seq - 1} "
                 f"(dst_off {c.pay_dst}) missing"
             )
         if c.v_views is not None:
@@ -495,14 +504,14 @@ class StreamTarget(Target):
         if c.tab_need:
             raise TransportError(
                 f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed mid-header: "
-                f"{c.tab_fill} of {c.tab_need} WRITEV table bytes after write seq {c.next_seq - 1}"
+                f"{c.tab_fill} of {c.tab_need} WRITEV table bytes after write seq {c.wire.next_seq - 1}"
             )
         if c.hfill:
             raise TransportError(
                 f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed mid-header: "
-                f"{c.hfill} of {_HS} header bytes after write seq {c.next_seq - 1}"
+                f"{c.hfill} of {_HS} header bytes after write seq {c.wire.next_seq - 1}"
             )
-        if not c.bye:
+        if not c.wire.bye:
             raise TransportError(
                 f"{self.transport_name}: peer {c.peer} (connection {c.index}) closed the "
                 f"connection without BYE after {c.writes} writes"
@@ -523,7 +532,7 @@ class StreamTarget(Target):
         if c.placed_seq > c.acked:
             c.acked = c.placed_seq
             self.acks_sent += 1
-            ack = _PACK(_MAGIC, _VERSION, framing.ACK, 0, 0, c.placed_seq, 0)
+            ack = wire.ack_frame(c.placed_seq)
             if c.out:
                 c.out += ack
                 self._flush(c)
@@ -606,59 +615,41 @@ class StreamTarget(Target):
         except _EAGAIN:
             return
         except OSError as exc:
-            self._drop(c)
-            c.sock.close()
-            raise TransportError(f"{self.transport_name}: peer {c.peer}: {exc}") from None
+            self._lost(c, exc)
         if n == 0:
             self._on_eof(c)
         else:
-            self._fail(c, f"{n} bytes after BYE (after write seq {c.next_seq - 1}); nothing after BYE is placed")
-
-    def _bad_header(self, c: TargetConn) -> None:
-        """The fast path refused a header: let framing name exactly why, then reject."""
-        try:
-            h = framing.decode_header(c.hdr)
-            if h.type == framing.WRITE:
-                framing.check_write(h, self._region_len, c.next_seq)
-            reason = f"unexpected {framing.TYPE_NAMES[h.type]} frame from an initiator"
-        except ProtocolError as exc:
-            reason = str(exc)
-        self._fail(c, reason)
+            self._fail(c, c.wire.after_bye(n).reason)
 
     def _drain(self, c: TargetConn) -> None:
         """Read what is readable on one connection: headers, then payload straight into the
         region. Payload and the next header are read with one recvmsg_into scatter call; the
-        next header is validated before a byte of its payload is read."""
+        next header is accepted by the connection's wire before a byte of its payload is read.
+        The WRITE fast path stays in this loop (one call to wire.write_header); WRITEV frames,
+        BYE and faults take the helpers below."""
         sock = c.sock
-        hdr_mv = c.hdr_mv
+        hdr, hdr_mv = c.hdr, c.hdr_mv
         region = self._mv
-        rlen = self._region_len
         guard = self.write_guard
+        accept = c.wire.write_header
         budget = _DRAIN_BUDGET_BYTES
         now = _now
         px, pd, pn, pt = self._p_x, self._p_d, self._p_n, self._p_t
-        recvmsg_into = sock.recvmsg_into
+        recvmsg_into, recv_into = sock.recvmsg_into, sock.recv_into
         placed_any = False
         while budget > 0:
             view = c.pay_view
             try:
                 if view is not None:
                     n = recvmsg_into([view[c.pay_pos :], hdr_mv])[0]
-                elif c.v_views is not None:
-                    bufs = self._v_bufs(c)
-                    n = recvmsg_into(bufs)[0]
-                elif c.tab_need:
-                    n = sock.recv_into(memoryview(c.tab)[c.tab_fill : c.tab_need])
+                elif c.v_views is not None or c.tab_need:
+                    n = self._v_recv(c)
                 else:
-                    n = sock.recv_into(hdr_mv[c.hfill :]) if c.hfill else sock.recv_into(hdr_mv)
+                    n = recv_into(hdr_mv[c.hfill :]) if c.hfill else recv_into(hdr_mv)
             except _EAGAIN:
                 break
             except OSError as exc:
-                self._drop(c)
-                sock.close()
-                raise TransportError(
-                    f"{self.transport_name}: peer {c.peer} (connection {c.index}): {exc}"
-                ) from None
+                self._lost(c, exc)
             if n == 0:
                 self._on_eof(c)
                 return
@@ -668,55 +659,28 @@ class StreamTarget(Target):
                 if n < rem:
                     c.pay_pos += n
                     break  # a short read: the receive queue is empty now
-
                 # write complete; the rest of n is header bytes of the next frame
                 c.hfill = n - rem
                 c.pay_view = None
-                seq = c.next_seq - 1
-                self._placed(c, seq, c.pay_dst, c.pay_len, c.pay_imm, now(), px, pd, pn, pt)
+                self._placed(c, c.pay_seq, c.pay_dst, c.pay_len, c.pay_imm, now(), px, pd, pn, pt)
                 placed_any = True
                 short = n < rem + _HS
-            elif c.v_views is not None:
-                rem = c.v_total - c.v_pos
-                if n < rem:
-                    c.v_pos += n
-                    if self._v_place(c, px, pd, pn, pt):
-                        placed_any = True
-                    break  # a short read: the receive queue is empty now
-                c.hfill = n - rem
-                c.v_pos = c.v_total
-                self._v_place(c, px, pd, pn, pt)
-                c.v_views = None
-                placed_any = True
-                # (a 1024-entry frame leaves no iovec for the next header: not a short read)
-                short = n < rem + _HS if bufs[-1] is hdr_mv else False
-            elif c.tab_need:
-                c.tab_fill += n
-                if c.tab_fill < c.tab_need:
-                    break  # a short read: the receive queue is empty now
-                if self._v_start(c, px, pd, pn, pt):
-                    placed_any = True
-                continue
+            elif c.v_views is not None or c.tab_need:
+                got, short = self._v_received(c, n, px, pd, pn, pt)
+                placed_any = placed_any or got
+                if short is None:  # the table is in: its payload is next
+                    continue
             else:
                 short = c.hfill + n < _HS
                 c.hfill += n
             while c.hfill == _HS:
-                # Inline fast path for a valid WRITE; anything else goes to framing for the reason.
-                magic, ver, typ, nb, dst, seq, imm = _UNPACK(c.hdr)
-                if magic != _MAGIC or ver != _VERSION or typ != _WRITE:
-                    if magic == _MAGIC and ver == _VERSION and typ == framing.BYE and nb == 0:
-                        c.bye = True
-                        c.hfill = 0
-                        c.state = _AFTER_BYE  # not a byte more is read into the region
-                        short = True
+                h = accept(hdr)  # a valid WRITE, or None: anything else
+                if h is None:
+                    h = self._other_header(c)
+                    if h is None:  # BYE or a WRITEV header (a fault raised)
+                        short = short or c.state == _AFTER_BYE
                         break
-                    if magic == _MAGIC and ver == _VERSION and typ == _WRITEV:
-                        self._v_header(c)
-                        break
-                    self._bad_header(c)
-                if seq != c.next_seq or dst + nb > rlen:
-                    self._bad_header(c)
-                c.next_seq = seq + 1
+                _m, _v, _t, nb, dst, seq, imm = h
                 c.hfill = 0
                 if guard is not None:
                     guard(dst, nb)
@@ -729,44 +693,84 @@ class StreamTarget(Target):
                 c.pay_len = nb
                 c.pay_dst = dst
                 c.pay_imm = imm
+                c.pay_seq = seq
             if short:  # tcp_recvmsg returns less than asked only once the queue is empty
                 break
         if placed_any and c.group is not None and c.group.held:
             self._release(c.group)
 
+    def _other_header(self, c: TargetConn) -> tuple | None:
+        """A header the WRITE fast path did not take: the wire says what it is. Returns the
+        header tuple of a WRITE to receive, None after BYE or a WRITEV header; rejects a fault."""
+        ev = c.wire.header(c.hdr)
+        if isinstance(ev, wire.Bye):
+            c.hfill = 0
+            c.state = _AFTER_BYE  # not a byte more is read into the region
+            return None
+        if isinstance(ev, wire.WritevHeader):
+            self._v_header(c, ev)
+            return None
+        if isinstance(ev, wire.Write):
+            return (_MAGIC, _VERSION, _WRITE, ev.nbytes, ev.dst_off, ev.seq, ev.imm)
+        assert isinstance(ev, wire.Reject)
+        self._fail(c, ev.reason)
+        return None
+
     # -- WRITEV ---------------------------------------------------------------------------
-    def _v_header(self, c: TargetConn) -> None:
-        """A WRITEV header arrived: check it, then read its table (no payload byte yet)."""
-        try:
-            h = framing.decode_header(c.hdr)
-            if h.seq != c.next_seq:
-                raise ProtocolError(f"write out of sequence: seq {h.seq}, expected {c.next_seq}")
-        except ProtocolError as exc:
-            self._fail(c, str(exc))
+    def _v_header(self, c: TargetConn, vh: wire.WritevHeader) -> None:
+        """A WRITEV header arrived (accepted by the wire): read its table (no payload byte yet)."""
         c.hfill = 0
         if c.tab is None:
             c.tab = bytearray(framing.MAX_WRITEV_ENTRIES * framing.WRITEV_ENTRY_SIZE)
-        c.v_hdr = h
+        c.v_hdr = vh
         c.tab_fill = 0
-        c.tab_need = h.dst_off * framing.WRITEV_ENTRY_SIZE
+        c.tab_need = vh.table_bytes
+
+    def _v_recv(self, c: TargetConn) -> int:
+        """One receive of a WRITEV frame: the rest of its table, or of its payload (scatter
+        into the destination slices, then the next header)."""
+        if c.v_views is not None:
+            bufs = self._v_bufs(c)
+            c.v_hdr_in = bufs[-1] is c.hdr_mv
+            return c.sock.recvmsg_into(bufs)[0]
+        return c.sock.recv_into(memoryview(c.tab)[c.tab_fill : c.tab_need])
+
+    def _v_received(
+        self, c: TargetConn, n: int, px: list[int], pd: list[int], pn: list[int], pt: list[int]
+    ) -> tuple[bool, bool | None]:
+        """Book n bytes of a WRITEV frame: (placed anything, short read); short is None when
+        the table just completed (read on)."""
+        if c.v_views is not None:
+            rem = c.v_total - c.v_pos
+            if n < rem:
+                c.v_pos += n
+                return self._v_place(c, px, pd, pn, pt), True  # the receive queue is empty now
+            c.hfill = n - rem
+            c.v_pos = c.v_total
+            self._v_place(c, px, pd, pn, pt)
+            c.v_views = None
+            # (a 1024-entry frame leaves no iovec for the next header: not a short read)
+            return True, (n < rem + _HS if c.v_hdr_in else False)
+        c.tab_fill += n
+        if c.tab_fill < c.tab_need:
+            return False, True  # a short read: the receive queue is empty now
+        return self._v_start(c, px, pd, pn, pt), None
 
     def _v_start(
         self, c: TargetConn, px: list[int], pd: list[int], pn: list[int], pt: list[int]
     ) -> bool:
-        """The whole table is here: validate every entry, guard every entry, then set up the
-        scatter receive of the frame's payload. True if something was placed already (an
-        all-empty frame)."""
-        h = c.v_hdr
-        assert h is not None and c.tab is not None
+        """The whole table is here: the wire validates every entry, every entry is guarded,
+        then the scatter receive of the frame's payload is set up. True if something was
+        placed already (an all-empty frame)."""
+        vh = c.v_hdr
+        assert vh is not None and c.tab is not None
         need = c.tab_need
         c.tab_need = 0
-        try:
-            ds, ns, ims = framing.decode_writev_table(
-                h, memoryview(c.tab)[:need], self._region_len, c.next_seq
-            )
-        except ProtocolError as exc:
-            self._fail(c, str(exc))
-        c.next_seq = h.seq + len(ds)
+        ev = c.wire.table(vh, memoryview(c.tab)[:need])
+        if isinstance(ev, wire.Reject):
+            self._fail(c, ev.reason)
+        assert isinstance(ev, wire.WriteTable)
+        ds, ns, ims = ev.dst_offs, ev.nbytes, ev.imms
         guard = self.write_guard
         if guard is not None:
             for d, nb in zip(ds, ns):
@@ -779,7 +783,7 @@ class StreamTarget(Target):
             ends.append(total)
         c.v_ds, c.v_ns, c.v_ims, c.v_ends = ds, ns, ims, ends
         c.v_any_imm = any(ims)
-        c.v_seq0 = h.seq
+        c.v_seq0 = ev.seq
         c.v_pos = 0
         c.v_done = 0
         c.v_total = total
@@ -952,7 +956,7 @@ class InitiatorConn:
 
     __slots__ = (
         "sock", "fd", "index", "peer", "iov", "iov_i", "iov_off", "iov_writes", "seq",
-        "acked", "done", "xfers", "xbase", "reader", "sent_writes", "want_write", "eof",
+        "acked", "done", "xfers", "xbase", "wire", "sent_writes", "want_write", "eof",
         "sendmsg", "calls",
     )
 
@@ -970,7 +974,7 @@ class InitiatorConn:
         self.done = 0  # writes reported complete
         self.xfers: list[int] = []  # caller xfer ids of seq xbase+1 ...
         self.xbase = 0
-        self.reader = framing.ControlReader()
+        self.wire = wire.InitiatorWire()  # what this connection accepts from the target
         self.sent_writes = 0
         self.want_write = False
         self.eof = False
@@ -1355,37 +1359,19 @@ class StreamInitiator(Initiator):
                     f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
                     f"connection with {c.seq - c.acked} writes unacknowledged"
                 )
-            if nread == _HS and not c.reader.pending and buf[3] == framing.ACK and buf[:3] == b"KV\x01":
-                # fast path: one cumulative ack
-                self._on_ack(c, _UNPACK(buf)[5])
-            else:
-                try:
-                    for h, payload in c.reader.feed(bytes(mv[:nread])):
-                        if h.type == framing.ACK:
-                            self._on_ack(c, h.seq)
-                        elif h.type == framing.ERROR:
-                            raise TransportError(
-                                f"{self.transport_name}: target {c.peer} (connection {c.index}) "
-                                f"rejected us: {payload.decode('utf-8', 'replace')}"
-                            )
-                        else:
-                            raise ProtocolError(
-                                f"unexpected {framing.TYPE_NAMES[h.type]} frame from the target"
-                            )
-                except ProtocolError as exc:
-                    raise ProtocolError(
-                        f"{self.transport_name}: target {c.peer} (connection {c.index}): {exc}"
-                    ) from None
+            bad = c.wire.feed(mv[:nread], c.seq)
+            c.acked = c.wire.acked
+            if bad is not None:
+                if isinstance(bad, wire.PeerError):
+                    raise TransportError(
+                        f"{self.transport_name}: target {c.peer} (connection {c.index}) "
+                        f"rejected us: {bad.reason}"
+                    )
+                raise ProtocolError(
+                    f"{self.transport_name}: target {c.peer} (connection {c.index}): {bad.reason}"
+                )
             if nread < _ACK_BUF_BYTES:
                 return
-
-    def _on_ack(self, c: InitiatorConn, seq: int) -> None:
-        if seq < c.acked or seq > c.seq:
-            raise ProtocolError(
-                f"{self.transport_name}: target {c.peer} acknowledged seq {seq}; "
-                f"posted {c.seq}, acknowledged before {c.acked}"
-            )
-        c.acked = seq
 
     def _collect(self) -> np.ndarray:
         ids: list[int] = []

@@ -29,8 +29,7 @@ import time
 from typing import Any, Mapping
 
 from ...errors import ProtocolError, TransportError
-from .. import framing
-from .. import handshake
+from .. import handshake, wire
 from .._stream import STATE_CLOSED, STATE_RUN, InitiatorConn, StreamTarget, TargetConn
 from ..base import Capability, Transport
 from ..params import DEVMEM_PARAMS
@@ -127,6 +126,7 @@ class DevmemTarget(StreamTarget):
         if asm is None:
             assert c.hs is not None  # a connection's first bytes: its handshake is still open
             asm = self._asm[c.fd] = rx.StreamAssembler(self._region_len, c.hs)
+            c.wire = asm.wire  # one protocol state per connection: the reassembler's
         try:
             self._devmem_drain(c, asm)
         finally:
@@ -137,7 +137,7 @@ class DevmemTarget(StreamTarget):
         if c.state == STATE_RUN and c.placed_seq > c.acked:
             c.acked = c.placed_seq
             self.acks_sent += 1
-            c.out += framing.encode_ack(c.placed_seq)
+            c.out += wire.ack_frame(c.placed_seq)
             self._flush(c)
 
     def _devmem_drain(self, c: TargetConn, asm: rx.StreamAssembler) -> None:
@@ -164,7 +164,6 @@ class DevmemTarget(StreamTarget):
                     self._drop(c)
                     sock.close()
                     raise TransportError(f"devmem: peer {c.peer} closed mid-frame")
-                c.bye = c.bye or asm.closed
                 self._on_eof(c)
                 return
             try:
@@ -224,7 +223,6 @@ class DevmemTarget(StreamTarget):
                 self.counts["copied_to_dst_bytes"] += len(ev.data)
             elif isinstance(ev, rx.WriteDone):
                 h = ev.header
-                c.next_seq = h.seq + 1
                 self._placed(c, h.seq, h.dst_off, h.nbytes, h.imm, time.monotonic_ns(),
                              self._p_x, self._p_d, self._p_n, self._p_t)
                 if c.group is not None and c.group.held:
@@ -232,7 +230,7 @@ class DevmemTarget(StreamTarget):
             elif isinstance(ev, rx.Hello):
                 self._accept_hello(c, ev.hello)
             elif isinstance(ev, rx.Bye):
-                c.bye = True
+                pass  # the wire keeps it: only EOF may follow
             elif isinstance(ev, rx.PeerError):
                 raise TransportError(f"devmem: peer {c.peer} reported: {ev.reason}")
 
