@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ProtocolError, TransportError
 from . import framing, handshake, wire
-from ._stream import exchange_hello, set_tcp_options, tcp_info
+from .stream_common import exchange_hello, set_tcp_options, tcp_info
 from .params import IOURING_PARAMS
 from .base import (
     COMPLETION_DTYPE,
@@ -153,7 +153,7 @@ class IoUringInitiator(Initiator):
         try:
             sock = socket.create_connection((host, port), timeout=timeout_s)
             set_tcp_options(sock, self.options)
-            # The handshake of _stream.py (tcp/zerocopy), so either side interoperates with them.
+            # The handshake of the stream transports (tcp/zerocopy), so either side interoperates with them.
             token = str(self.options.get("token") or descriptor.get("token") or "")
             exchange_hello(sock, token, f"{secrets.token_hex(8)}-{os.getpid()}", 0, 1, timeout_s,
                            f"iouring connect to {host}:{port}")
@@ -495,7 +495,7 @@ class IoUringTarget(Target):
         lsock.setblocking(False)
         self._lsock = lsock
         host, port = lsock.getsockname()[:2]
-        # Same descriptor as _stream.py: the token travels in it only if we made it up.
+        # Same descriptor as stream_target.py: the token travels in it only if we made it up.
         desc = {"host": host, "port": port, "region_len": self._len, "connections": 1}
         if not self._token:
             self._token = desc["token"] = secrets.token_hex(16)
@@ -730,7 +730,7 @@ class IoUringTarget(Target):
                 conn.placed_seq = seq
                 conn.placed_bytes += nbytes
                 # xfer = the write's 0-based position in its initiator's post order (as
-                # _stream.py reports it; one connection per initiator here, so seq - 1).
+                # stream_target.py reports it; one connection per initiator here, so seq - 1).
                 placed.extend((seq - 1, dst_off, nbytes, now))  # flat: no tuple kept per write
                 if imm:
                     notifies.append((imm - 1, now))
