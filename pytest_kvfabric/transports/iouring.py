@@ -496,6 +496,8 @@ class IoUringTarget(Target):
         # Dropped strangers whose RECV is still in flight: kept (socket and buffers) until its
         # CQE says the kernel is done with them; only then is the fd closed (and reusable).
         self._dying: dict[int, _Conn] = {}
+        # An error met in a progress() call that had already placed rows: raised on the next call.
+        self._deferred_error: Exception | None = None
 
     def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
         if self.options.get("zcrx"):
@@ -807,9 +809,8 @@ class IoUringTarget(Target):
     def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         if self._lsock is None:
             raise TransportError("iouring target: progress() before listen()")
-        deferred = getattr(self, "_deferred_error", None)
-        if deferred is not None:  # raised in the call that also placed rows: those went out first
-            self._deferred_error = None
+        if self._deferred_error is not None:  # met in the call that placed rows: those went out first
+            deferred, self._deferred_error = self._deferred_error, None
             raise deferred
         if self._ring is None:  # created by the thread that drives it (SINGLE_ISSUER)
             try:
