@@ -254,27 +254,16 @@ def _unavailable_failure(config: pytest.Config, transport: str, reason: str) -> 
 @pytest.fixture
 def kv_scenario(request: pytest.FixtureRequest, kv_model, kv_gpu, kv_transport: str, kv_selection: Selection):
     """A small default scenario for this case (chat-sized request, emulated pacing); tests
-    derive their own with `kv_scenario.replace(...)`. SLOs: marker, then --kv-slo."""
-    from .emulator.memory import fit_to_hbm
-    from .core.scenario import Distribution, Scenario, Workload
+    derive their own with `kv_scenario.replace(...)`. Resolved as harness/resolve.py documents:
+    shipped defaults < this fixture's request < marker < command line."""
+    from .harness import resolve
 
-    sel = kv_selection
-    slo = {**_marker_slo(request.node), **sel.slo}
-    sc = Scenario(
-        id=f"{Path(str(request.node.path)).stem}::{request.node.originalname}",
-        model=kv_model,
-        gpu=kv_gpu,
-        workload=Workload(isl=Distribution.fixed(512), osl=Distribution.fixed(128), requests=2),
-        seed=sel.seed or 0,
-        pacing=sel.pacing or "emulated",
-        pool_bytes=int((sel.pool_mib or 64) * 1024 * 1024),
-        transport=kv_transport,
-        transport_params=dict(sel.transport_params),
-        slo=slo,
-    )
-    # the fixture's deployments are defaults nobody chose: raise TP until the model fits (noted)
-    sc, notes = fit_to_hbm(sc, ("prefill", "decode"), sc.id)
-    return sc.replace(notes=tuple(notes)) if notes else sc
+    sc = resolve.resolve(resolve.FIXTURE_FIELDS, id=f"{Path(str(request.node.path)).stem}::{request.node.originalname}",
+                         model=kv_model, gpu=kv_gpu, transport=kv_transport,
+                         overrides=resolve.Overrides.from_selection(kv_selection), marker_slo=_marker_slo(request.node),
+                         # the fixture's deployments are defaults nobody chose: raise TP until the model fits (noted)
+                         free_sides=("prefill", "decode"), check_fit=False)
+    return sc
 
 
 @pytest.fixture
@@ -299,8 +288,10 @@ def kv_run(request: pytest.FixtureRequest, kv_scenario, kv_selection: Selection,
         sc = scenario if scenario is not None else kv_scenario
         if changes:
             sc = sc.replace(**changes)
-        if scenario is not None:  # a user's own scenario still obeys --kv-slo and the marker
-            sc = sc.replace(slo={**sc.slo, **_marker_slo(request.node), **kv_selection.slo})
+        if scenario is not None:  # the test's own scenario (layer 5): the command line still wins
+            from .harness import resolve
+
+            sc = resolve.finish(sc, resolve.Overrides.from_selection(kv_selection), _marker_slo(request.node), own=True)
         # The case id follows the test's own parametrization id, so a baseline matches it.
         callspec = getattr(request.node, "callspec", None)
         cid = f"{sc.id}[{callspec.id}]" if callspec is not None else case_mod.case_id(
@@ -408,36 +399,22 @@ class SuiteItem(pytest.Item):
         self.transport = transport
 
     def _scenario(self):
-        from .emulator.memory import check_hbm_fit, fit_to_hbm
         from .core.profiles import load_gpu, load_model
+        from .harness import resolve
         from .harness.suites import DEFAULT_GPU
 
         sel = _selection(self.config)
         tpl = self.template
-        model = None
-        if self.model_id is not None:
-            model = next((m for m in sel.models or () if m.id == self.model_id), None) or load_model(
-                self.model_id, sel.profile_dirs)
-        else:
-            model = load_model(DEFAULT_MODEL, sel.profile_dirs)  # unused by synthetic plans; keeps the spec whole
+        model_id = self.model_id or DEFAULT_MODEL  # synthetic plans do not use it; it keeps the spec whole
+        model = next((m for m in sel.models or () if m.id == model_id), None) or load_model(model_id, sel.profile_dirs)
         gpu = sel.gpu or load_gpu(tpl.gpu or DEFAULT_GPU, sel.profile_dirs)
-        sc = tpl.build(model, gpu, self.transport, seed=sel.seed, slo_overrides=sel.slo,
-                       transport_params=sel.transport_params)
         # HBM fit: TP the suite gives is binding for the models and GPU the suite names; where the
         # suite leaves it out, or --kv-model/--kv-gpu swapped what it was written for, it is a
         # floor raised to the smallest TP that fits (noted in the report). Still no fit: an error.
         overridden = bool(sel.models) or sel.gpu is not None
         free = [side for side in ("prefill", "decode") if overridden or "tp" not in tpl.fields.get(side, {})]
-        sc, notes = fit_to_hbm(sc, free, f"{tpl.source}: {tpl.where}")
-        if notes:
-            sc = sc.replace(notes=tuple(notes))
-        check_hbm_fit(sc, f"{tpl.source}: {tpl.where}")
-        changes: dict[str, Any] = {}
-        if sel.pool_mib:
-            changes["pool_bytes"] = int(sel.pool_mib * 1024 * 1024)
-        if sel.pacing:
-            changes["pacing"] = sel.pacing
-        return sc.replace(**changes) if changes else sc
+        return tpl.build(model, gpu, self.transport, overrides=resolve.Overrides.from_selection(sel),
+                         free_sides=free, check_fit=True)
 
     def runtest(self) -> None:
         try:
