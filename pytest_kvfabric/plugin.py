@@ -1,8 +1,10 @@
 """pytest hooks only: options, fixtures, parametrization, suite collection, reports.
 
-The work is done by plain modules: options (validation), suites (YAML), case (run + verdicts),
-slo, report/*. Under pytest-xdist each worker runs its cases on its own host pair and ships
-results back inside the reports' user_properties; only the controller writes the JSON report.
+The work is done by plain modules: options (validation), resolve (scenarios), suites (YAML),
+case (run + verdicts), slo, report/*. The run's state is one harness.session.KvSession.
+Under pytest-xdist each worker runs its cases on its own host pair and ships results back
+inside the reports' user_properties; only the controller writes the JSON report. Plug-ins
+extend a run through the hooks in hookspecs.py; the built-ins are trylast implementations here.
 """
 from __future__ import annotations
 
@@ -17,17 +19,48 @@ from .harness import case as case_mod
 from .measure import slo as slo_mod
 from .errors import KvFabricError
 from .harness.options import OPTIONS, Selection, resolve
+from .harness.session import KvSession
 
-SELECTION = pytest.StashKey[Selection]()
-PAIRS = pytest.StashKey[case_mod.PairManager]()
-BASELINE = pytest.StashKey[dict]()  # case id -> the baseline's samples (report.baseline.case_samples)
-BASELINE_REPORT = pytest.StashKey[dict]()
-SESSION_REPORT = pytest.StashKey[dict]()
-BASELINE_TRANSPORTS = pytest.StashKey[frozenset]()  # transports the baseline measured
-DEFAULT_SUITES_NOTE = pytest.StashKey[str]()  # built once at session end, for the JSON files and the summary
-RESULTS = pytest.StashKey[dict]()
-HTML_ERROR = pytest.StashKey[str]()
-PROP = "kvfabric"  # user_properties key carrying a case's JSON record
+SESSION = pytest.StashKey[KvSession]()  # the run's state, one object
+PROP = "kvfabric"  # user_properties key carrying a case's JSON record (to the xdist controller, JUnit)
+
+
+# ---------------------------------------------------------------- hooks for plug-ins (hookspecs.py)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_kvfabric_metrics(config: pytest.Config):
+    """The built-in figures (measure/metrics.py)."""
+    from .measure.metrics import BUILTIN
+
+    return list(BUILTIN.metrics)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_kvfabric_fabrics(config: pytest.Config):
+    """The shipped fabrics: loopback, a namespace pair, an inventory of host pairs."""
+    from .harness.options import FABRICS
+
+    return {name: case_mod.open_builtin for name in FABRICS}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_kvfabric_report_sections(config: pytest.Config, results, metrics):
+    """The KV-transfer summary table."""
+    from .report import table
+
+    return [("kvfabric KV-transfer summary", table.render(results, metrics))]
+
+
+def _merged(lists) -> list:
+    """A list hook's results, the built-in (trylast, hence last) first."""
+    return [x for part in reversed(lists) for x in (part or ())]
 
 
 # ---------------------------------------------------------------- options
@@ -52,15 +85,33 @@ def _getter(config: pytest.Config) -> Callable[[str], Any]:
     return get
 
 
-def _selection(config: pytest.Config) -> Selection:
-    sel = config.stash.get(SELECTION, None)
-    if sel is None:
+def _session(config: pytest.Config) -> KvSession:
+    """The run's state, made on first use: the plug-ins' metrics and fabrics, then the options
+    validated against them."""
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        from .measure.metrics import MetricSet
+
         try:
-            sel = resolve(_getter(config))
+            metrics = MetricSet(_merged(config.hook.pytest_kvfabric_metrics(config=config)))
+        except (ValueError, TypeError) as exc:
+            raise pytest.UsageError(f"kvfabric: pytest_kvfabric_metrics: {exc}") from None
+        fabrics: dict = {}
+        for part in reversed(config.hook.pytest_kvfabric_fabrics(config=config)):
+            fabrics.update(part or {})
+        try:
+            sel = resolve(_getter(config), metrics=metrics, fabrics=tuple(fabrics))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: {exc}") from None
-        config.stash[SELECTION] = sel
-    return sel
+        winput = getattr(config, "workerinput", None)  # xdist worker identity comes from config, not env
+        worker, count = (winput["workerid"], int(winput["workercount"])) if winput else ("main", 1)
+        pairs = case_mod.PairManager(sel, worker, count, fabrics[sel.fabric])
+        session = config.stash[SESSION] = KvSession(sel, metrics, fabrics, pairs)
+    return session
+
+
+def _selection(config: pytest.Config) -> Selection:
+    return _session(config).selection
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -84,39 +135,31 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    session = _session(config)
+    sel = session.selection
     config.addinivalue_line("markers", "kv_slo(**thresholds): SLO thresholds for this test's KV-transfer cases "
-                            f"(keys: {', '.join(slo_mod.VALID_KEYS)})")
-    sel = _selection(config)
+                            f"(keys: {', '.join(slo_mod.valid_keys(session.metrics))})")
     if not hasattr(config, "workerinput"):
         for note in sel.warnings:  # options that do not apply to this run: said, not silently dropped
             config.issue_config_time_warning(pytest.PytestConfigWarning(note), stacklevel=2)
-    winput = getattr(config, "workerinput", None)  # xdist worker identity comes from config, not env
-    if winput:
-        case_mod.set_worker(winput["workerid"], int(winput["workercount"]))
-    else:
-        case_mod.set_worker("main", 1)
-    case_mod.forget_probes()
     if not hasattr(config, "workerinput") and not config.option.collectonly:
         for name in sel.transports:  # bad transport parameters are usage errors, not skips
             try:
-                case_mod.probe_reason(name, sel.transport_params)
+                session.pairs.probe_reason(name, sel.transport_params)
             except KvFabricError as exc:
                 raise pytest.UsageError(f"kvfabric: transport {name}: {exc}") from None
     if sel.fabric == "hosts" and not hasattr(config, "workerinput"):
         _check_inventory(config, sel)
-    config.stash[PAIRS] = case_mod.PairManager(sel)
-    config.stash[RESULTS] = {}
-    config.stash[BASELINE] = {}
     config.pluginmanager.register(ResultCollector(config), "kvfabric-results")
     config.pluginmanager.register(DefaultSuites(), "kvfabric-default-suites")
     if sel.baseline_path:
         from .report import baseline, jsonreport
 
         try:
-            config.stash[BASELINE_REPORT] = jsonreport.read(sel.baseline_path)
-            config.stash[BASELINE] = baseline.case_samples(config.stash[BASELINE_REPORT])
-            config.stash[BASELINE_TRANSPORTS] = frozenset(
-                r.get("transport") for r in config.stash[BASELINE_REPORT]["results"] if r.get("metrics"))
+            session.baseline_report = jsonreport.read(sel.baseline_path)
+            session.baseline_samples = baseline.case_samples(session.baseline_report, session.metrics)
+            session.baseline_transports = frozenset(
+                r.get("transport") for r in session.baseline_report["results"] if r.get("metrics"))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: --kv-baseline: {exc}") from None
 
@@ -136,9 +179,9 @@ def _check_inventory(config: pytest.Config, sel: Selection) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    pairs = config.stash.get(PAIRS, None)
-    if pairs is not None:
-        pairs.close()
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        session.pairs.close()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -180,15 +223,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 raise pytest.UsageError(f"kvfabric: {item.nodeid}: kv_slo takes keyword arguments only")
             for key, value in mark.kwargs.items():
                 try:
-                    slo_mod.coerce(key, value, f"{item.nodeid}: @pytest.mark.kv_slo")
+                    slo_mod.coerce(key, value, f"{item.nodeid}: @pytest.mark.kv_slo", _session(config).metrics)
                 except KvFabricError as exc:
                     raise pytest.UsageError(f"kvfabric: {exc}") from None
 
 
 def _marker_slo(node: pytest.Item) -> dict[str, Any]:
+    metrics = _session(node.config).metrics
     out: dict[str, Any] = {}
     for mark in reversed(list(node.iter_markers("kv_slo"))):  # closest marker wins
-        out.update({k: slo_mod.coerce(k, v) for k, v in mark.kwargs.items()})
+        out.update({k: slo_mod.coerce(k, v, metrics=metrics) for k, v in mark.kwargs.items()})
     return out
 
 
@@ -225,7 +269,7 @@ def kv_transport(request: pytest.FixtureRequest, kv_selection: Selection) -> str
     name = getattr(request, "param", None) or kv_selection.transports[0]
     if kv_selection.fabric != "local":
         return name  # probed on the pair's hosts when the case runs (kv_run)
-    reason = case_mod.probe_reason(name, kv_selection.transport_params)
+    reason = _session(request.config).pairs.probe_reason(name, kv_selection.transport_params)
     if reason:
         callspec = getattr(request.node, "callspec", None)  # the id kv_run would give it (the baseline key)
         cid = f"{Path(str(request.node.path)).stem}::{request.node.originalname}" + (
@@ -243,8 +287,7 @@ def _unavailable_failure(config: pytest.Config, transport: str, reason: str) -> 
 
     A gate must not turn green because the upgrade broke the data path it was to judge."""
     sel = _selection(config)
-    if sel.baseline_path and transport in sel.named_transports and transport in config.stash.get(
-            BASELINE_TRANSPORTS, frozenset()):
+    if sel.baseline_path and transport in sel.named_transports and transport in _session(config).baseline_transports:
         return f"transport {transport} unavailable since the baseline ({sel.baseline_path} ran it): {reason}"
     if transport in sel.require_transports:
         return f"transport {transport} is required (--kv-require-transport) but unavailable: {reason}"
@@ -271,7 +314,7 @@ def kv_pair(pytestconfig: pytest.Config):
     """This worker's host pair (loopback, its own namespace pair, or its inventory pair),
     opened once per worker and torn down at the end of the session."""
     try:
-        return pytestconfig.stash[PAIRS].get()
+        return _session(pytestconfig).pairs.get()
     except case_mod.PairUnavailable as exc:
         pytest.skip(f"fabric {_selection(pytestconfig).fabric}: {exc}")
 
@@ -305,15 +348,19 @@ def kv_run(request: pytest.FixtureRequest, kv_scenario, kv_selection: Selection,
 
 
 def _remember(item: pytest.Item, record: dict[str, Any]) -> None:
+    """Keep a case's record: as it is for this process's collector, as JSON text in the
+    user_properties for the xdist controller and the JUnit XML (which only carry text)."""
+    _session(item.config).local_records[item.nodeid] = record
     item.user_properties[:] = [p for p in item.user_properties if p[0] != PROP]
     item.user_properties.append((PROP, json.dumps(record, default=str)))
 
 
 def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str, check: bool,
                    timeout_s: float | None = None):
-    sel = _selection(config)
-    outcome = case_mod.run_case(scenario, config.stash[PAIRS], sel, config.stash[BASELINE], cid,
-                                timeout_s=timeout_s)
+    session = _session(config)
+    sel = session.selection
+    outcome = case_mod.run_case(scenario, session.pairs, sel, session.baseline_samples, cid,
+                                timeout_s=timeout_s, metric_set=session.metrics)
     _remember(item, outcome.record())
     for key, value in outcome.junit_properties():
         item.user_properties.append((key, value))
@@ -471,12 +518,12 @@ class DefaultSuites:
             items.extend(found)
         flags = " and ".join(f for f, given in (("--kv-transport", config.getoption("kv_transport")),
                                                 ("--kv-model", config.getoption("kv_model"))) if given)
-        config.stash[DEFAULT_SUITES_NOTE] = (
+        _session(config).default_suites_note = (
             f"kvfabric: running the default suites {', '.join(sel.default_suites)}: {flags or 'kv_transport/kv_model (ini)'} "
             "given and no KV-transfer case collected (choose with --kv-suite NAMES or ini kv_default_suites)")
 
     def pytest_report_collectionfinish(self, config: pytest.Config) -> str | None:
-        return config.stash.get(DEFAULT_SUITES_NOTE, None)
+        return _session(config).default_suites_note
 
 
 # ---------------------------------------------------------------- results, summary, JSON
@@ -489,10 +536,13 @@ class ResultCollector:
         self.config = config
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        record = next((json.loads(v) for k, v in report.user_properties if k == PROP), None)
+        session = _session(self.config)
+        record = session.local_records.get(report.nodeid)  # made in this process: no parsing back
+        if record is None:  # from an xdist worker: its JSON text crossed the process boundary
+            record = next((json.loads(v) for k, v in report.user_properties if k == PROP), None)
         if record is None:
             return
-        results = self.config.stash[RESULTS]
+        results = session.results
         entry = results.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": "passed"})
         entry.update({k: v for k, v in record.items() if v is not None or k not in entry})
         if report.failed:
@@ -519,17 +569,17 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def _session_report(config: pytest.Config, exitstatus: int | None) -> dict[str, Any]:
-    cached = config.stash.get(SESSION_REPORT, None)
-    if cached is None:
-        cached = config.stash[SESSION_REPORT] = _build_session_report(config, exitstatus)
-    return cached
+    session = _session(config)
+    if session.report is None:
+        session.report = _build_session_report(config, exitstatus)
+    return session.report
 
 
 def _build_session_report(config: pytest.Config, exitstatus: int | None) -> dict[str, Any]:
     from .report import fingerprint, jsonreport
 
     sel = _selection(config)
-    results = list(config.stash[RESULTS].values())
+    results = list(_session(config).results.values())
     for r in results:
         r.setdefault("case", r["nodeid"])
     models = sorted({r.get("model") for r in results if r.get("model")})
@@ -593,27 +643,28 @@ def _write_html(config: pytest.Config, path: str, report: dict[str, Any], baseli
         base = [htmlfile.load(baseline_path)] if baseline_path else []
         htmlfile.write(path, [htmlfile.from_session(report)], base)
     except (OSError, KvFabricError) as exc:
-        config.stash[HTML_ERROR] = f"kvfabric: HTML report not written to {path}: {exc}"
+        _session(config).html_error = f"kvfabric: HTML report not written to {path}: {exc}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     if _is_worker(config):
         return
-    results = list(config.stash.get(RESULTS, {}).values())
+    session = config.stash.get(SESSION, None)
+    results = list(session.results.values()) if session is not None else []
     if not results:
         return
-    from .report import table
-
     for r in results:
         r.setdefault("case", r["nodeid"])
-    terminalreporter.write_sep("=", "kvfabric KV-transfer summary")
-    terminalreporter.write_line(table.render(results))
+    for title, text in _merged(config.hook.pytest_kvfabric_report_sections(
+            config=config, results=results, metrics=session.metrics)):
+        terminalreporter.write_sep("=", title)
+        terminalreporter.write_line(text)
     from .lab.env import virtualized, TCG_NOTE
 
     if virtualized() == "tcg":
         terminalreporter.write_line(f"kvfabric: {TCG_NOTE}")
     sel = _selection(config)
-    baseline = config.stash.get(BASELINE, {})
+    baseline = session.baseline_samples
     if sel.baseline_path:
         _gate_summary(terminalreporter, config, exitstatus, results)
         ran = {r["case"] for r in results if r.get("metrics")}
@@ -627,7 +678,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"kvfabric: JSON report written to {path}")
     html_path = _getter(config)("kv_html")
     if html_path:
-        terminalreporter.write_line(config.stash.get(HTML_ERROR, None) or f"kvfabric: HTML report written to {html_path}")
+        terminalreporter.write_line(session.html_error or f"kvfabric: HTML report written to {html_path}")
 
 
 def _gate_summary(terminalreporter, config: pytest.Config, exitstatus: int, results: list[dict[str, Any]]) -> None:
@@ -635,7 +686,7 @@ def _gate_summary(terminalreporter, config: pytest.Config, exitstatus: int, resu
     from .report import baseline, fpdiff
 
     terminalreporter.write_sep("-", "kvfabric baseline gate")
-    old, new = config.stash[BASELINE_REPORT], _session_report(config, exitstatus)
+    old, new = _session(config).baseline_report, _session_report(config, exitstatus)
     terminalreporter.write_line(fpdiff.render(fpdiff.diff(old, new), tcg=fpdiff.ran_under_tcg(old, new)))
     changes = [baseline.Change.from_dict(c) for r in sorted(results, key=lambda r: r["case"])
                for c in r.get("gate") or ()]

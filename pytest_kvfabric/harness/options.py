@@ -156,17 +156,19 @@ def _scalar(text: str) -> Any:
 Get = Callable[[str], Any]  # get(dest): the flag's value, else the ini value, else None
 
 
-def resolve(get: Get) -> Selection:
+def resolve(get: Get, *, metrics: Any = None, fabrics: Sequence[str] = FABRICS) -> Selection:
     """Build the Selection. `get(dest)` returns the flag's value, else the ini value, else None.
+    `metrics` (measure.metrics.MetricSet) and `fabrics` are the run's, plug-ins' included: they
+    decide which SLO keys, --kv-max-regression keys and --kv-fabric names are valid.
 
     Each helper below validates one concern and returns the Selection fields it owns."""
     profile_dirs = _profile_dirs(get)
     fields: dict[str, Any] = {"profile_dirs": profile_dirs}
     fields.update(_transports(get))
     fields.update(_profiles(get, profile_dirs))
-    fields.update(_fabric(get))
-    fields.update(_gate(get))
-    fields.update(_run_knobs(get))
+    fields.update(_fabric(get, fabrics))
+    fields.update(_gate(get, metrics))
+    fields.update(_run_knobs(get, metrics))
     _check_outputs(get)
     notes: list[str] = []
     fields["transport_params"] = _params(get, fields["transports"], notes)
@@ -214,10 +216,10 @@ def _profiles(get: Get, profile_dirs: tuple[str, ...]) -> dict[str, Any]:
     return {"models": models, "gpu": load_gpu(gpu_name, profile_dirs) if gpu_name else None}
 
 
-def _fabric(get: Get) -> dict[str, Any]:
+def _fabric(get: Get, fabrics: Sequence[str]) -> dict[str, Any]:
     fabric = get("kv_fabric") or "local"
-    if fabric not in FABRICS:
-        raise ProfileError("--kv-fabric", fabric, f"unknown fabric; valid: {', '.join(FABRICS)}")
+    if fabric not in fabrics:
+        raise ProfileError("--kv-fabric", fabric, f"unknown fabric; valid: {', '.join(fabrics)}")
     hosts = get("kv_hosts")
     if fabric == "hosts" and not hosts:
         raise ProfileError("--kv-fabric", "hosts", "needs --kv-hosts PATH (the host-pair inventory)")
@@ -226,11 +228,11 @@ def _fabric(get: Get) -> dict[str, Any]:
     return {"fabric": fabric, "hosts": hosts}
 
 
-def _gate(get: Get) -> dict[str, Any]:
+def _gate(get: Get, metrics: Any) -> dict[str, Any]:
     """--kv-baseline and what judges against it."""
     from ..report.gate_metrics import parse_thresholds
 
-    thresholds = parse_thresholds(get("kv_max_regression"), "--kv-max-regression")
+    thresholds = parse_thresholds(get("kv_max_regression"), "--kv-max-regression", metrics)
     repeat = get("kv_repeat")
     repeat = 1 if repeat in (None, "") else _number("--kv-repeat", repeat, int, 1)
     if repeat > MAX_REPEAT:  # every repeat is a full run: keep a typo from running for days
@@ -245,7 +247,7 @@ def _gate(get: Get) -> dict[str, Any]:
             "gate_undecided": gate_undecided, "baseline_path": baseline or None}
 
 
-def _run_knobs(get: Get) -> dict[str, Any]:
+def _run_knobs(get: Get, metrics: Any) -> dict[str, Any]:
     """What every case of the run is forced to (layer 6 of harness/resolve.py), and the outputs."""
     from ..measure import slo as slo_mod
 
@@ -259,7 +261,7 @@ def _run_knobs(get: Get) -> dict[str, Any]:
     if on_copy not in ON_COPY:
         raise ProfileError("--kv-on-copy", on_copy, f"valid: {', '.join(ON_COPY)}")
     return {
-        "slo": slo_mod.parse_assignments(list(get("kv_slo") or ())),
+        "slo": slo_mod.parse_assignments(list(get("kv_slo") or ()), "--kv-slo", metrics),
         "seed": None if seed in (None, "") else _number("--kv-seed", seed, int, 0, MAX_SEED),
         "pool_mib": None if pool in (None, "") else _number("--kv-pool-mib", pool, float, 1, MAX_POOL_MIB),
         "pacing": pacing,
