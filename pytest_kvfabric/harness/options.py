@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ProfileError
-from ..core.limits import MAX_POOL_MIB, MAX_REGRESSION_PCT, MAX_SEED, MAX_TIMEOUT_S, check_number
+from ..core.limits import MAX_POOL_MIB, MAX_SEED, MAX_TIMEOUT_S, check_number
 from ..core.outpath import check_output_path
 from ..core.profiles import GpuProfile, ModelProfile
 from ..core.scenario import DEFAULT_POOL_MIB
