@@ -78,23 +78,36 @@ class PairManager:
             closer()
 
     def probe_reason(self, transport: str, params: Mapping[str, Any]) -> str | None:
-        """Why this host cannot run the transport, or None. Probed once per session and
-        parameter set: some probes do real netlink binds and take a second."""
-        from ..transports.registry import probe
-
-        key = json.dumps([transport, params], sort_keys=True, default=str)  # a cache key, not a round trip
-        if key not in self._probes:
-            cap = probe(transport, params)
-            self._probes[key] = None if cap.available else f"{transport}: {cap.reason}"
-        return self._probes[key]
+        """probe_reason, once per session and parameter set (a new session probes again)."""
+        return probe_reason(transport, params, self._probes)
 
     def pair_probe_reason(self, pair: HostPair, transport: str, params: Mapping[str, Any]) -> str | None:
-        key = json.dumps([pair.name, transport, params], sort_keys=True, default=str)
-        if key not in self._probes:
-            from ..fabric.transport_probe import probe_pair
+        return pair_probe_reason(pair, transport, params, self._probes)
 
-            self._probes[key] = probe_pair(pair, transport, params)
-        return self._probes[key]
+
+def probe_reason(transport: str, params: Mapping[str, Any], cache: dict[str, str | None] | None = None) -> str | None:
+    """Why this host cannot run the transport, or None. With a cache, probed once per parameter
+    set: some probes do real netlink binds and take a second."""
+    from ..transports.registry import probe
+
+    cache = {} if cache is None else cache
+    key = json.dumps([transport, params], sort_keys=True, default=str)  # a cache key, not a round trip
+    if key not in cache:
+        cap = probe(transport, params)
+        cache[key] = None if cap.available else f"{transport}: {cap.reason}"
+    return cache[key]
+
+
+def pair_probe_reason(pair: HostPair, transport: str, params: Mapping[str, Any],
+                      cache: dict[str, str | None] | None = None) -> str | None:
+    """Why the pair's own hosts cannot run the transport, or None (probed on them)."""
+    cache = {} if cache is None else cache
+    key = json.dumps([pair.name, transport, params], sort_keys=True, default=str)
+    if key not in cache:
+        from ..fabric.transport_probe import probe_pair
+
+        cache[key] = probe_pair(pair, transport, params)
+    return cache[key]
 
 
 class PairUnavailable(Exception):
