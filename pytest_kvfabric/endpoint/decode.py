@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..emulator.plan import TransferPlan
+from ..emulator.plantypes import TransferPlan
 from ..transports.base import Target
 from . import pattern
 

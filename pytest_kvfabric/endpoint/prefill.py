@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..emulator.plan import TransferPlan
+from ..emulator.plantypes import TransferPlan
 from ..errors import TransportError
 from ..transports.base import XFER_DTYPE, Initiator
 from .slotbook import make_book

@@ -21,7 +21,8 @@ import execnet
 
 from ..measure import stats
 from ..emulator.memory import check_hbm_fit
-from ..emulator.plan import TransferPlan, build_plan
+from ..emulator.plan import build_plan
+from ..emulator.plantypes import TransferPlan
 from ..endpoint.agent import BOOTSTRAP, unpack_array
 from ..errors import IntegrityError, KvFabricError, ProtocolError, TransportError
 from ..fabric.base import HostPair
