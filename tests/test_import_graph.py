@@ -119,7 +119,7 @@ def test_no_import_cycles():
     assert _cycles(edges) == []
 
 
-@pytest.mark.parametrize("lower, upper", [("emulator", "endpoint"),
+@pytest.mark.parametrize("lower, upper", [("endpoint", "fabric"), ("emulator", "endpoint"),
                                           ("emulator", "fabric"), ("transports", "fabric")])
 def test_layers(lower, upper):
     """A lower layer never imports an upper one (the agents do not know where they run)."""

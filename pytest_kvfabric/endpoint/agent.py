@@ -1,6 +1,7 @@
 """Agent process entry point: one endpoint side (prefill or decode), driven over an execnet channel.
 
-The controller runs `BOOTSTRAP` through `gateway.remote_exec`, then sends plain messages
+The controller runs `fabric.bootstrap.AGENT_BOOTSTRAP` (which calls `serve`) through
+`gateway.remote_exec`, then sends plain messages
 (dicts of JSON-able values; numpy arrays travel as {"dtype", "data": bytes}):
 
     {"cmd": "setup", "role": "decode"|"prefill", "spec": Scenario spec, "seed": int,
@@ -22,13 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fabric.base import remote_source
 from ..core.scenario import INJECT_PARAM  # fault injection (scenario.FAULTS), --kv-inject
-
-BOOTSTRAP = remote_source("""
-from pytest_kvfabric.endpoint.agent import serve
-serve(channel)
-""")
 
 
 def pack_array(a: np.ndarray) -> dict[str, Any]:

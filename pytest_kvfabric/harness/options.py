@@ -10,8 +10,8 @@ from ..errors import KvFabricError, ProfileError
 from ..core.limits import MAX_POOL_MIB, MAX_REGRESSION_PCT, MAX_SEED, MAX_TIMEOUT_S, check_number
 from ..core.outpath import check_output_path
 from ..core.profiles import GpuProfile, ModelProfile
-
-FABRICS = ("local", "netns", "hosts")
+from ..fabric.netns_options import parse_offloads
+from ..fabric.select import FABRICS, fabric_names, get_fabric
 PACINGS = ("emulated", "none")
 ON_COPY = ("fail", "skip")
 MAX_REPEAT = 1000
@@ -186,12 +186,12 @@ def resolve(get: Callable[[str], Any]) -> Selection:
 
     suites = tuple(find_suite(n, profile_dirs) for n in _split(get("kv_suite")))
 
-    fabric = get("kv_fabric") or "local"
-    if fabric not in FABRICS:
-        raise ProfileError("--kv-fabric", fabric, f"unknown fabric; valid: {', '.join(FABRICS)}")
+    fabric = get("kv_fabric") or FABRICS[0]
+    if fabric not in fabric_names():
+        raise ProfileError("--kv-fabric", fabric, f"unknown fabric; valid: {', '.join(fabric_names())}")
     hosts = get("kv_hosts")
-    if fabric == "hosts" and not hosts:
-        raise ProfileError("--kv-fabric", "hosts", "needs --kv-hosts PATH (the host-pair inventory)")
+    if get_fabric(fabric).needs_inventory and not hosts:
+        raise ProfileError("--kv-fabric", fabric, "needs --kv-hosts PATH (the host-pair inventory)")
     if hosts and not Path(hosts).is_file():
         raise ProfileError("--kv-hosts", hosts, "no such file")
 
@@ -264,14 +264,12 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         netns["mtu"] = _number("--kv-netns-mtu", get("kv_netns_mtu"), int, 68, 65535)
     if get("kv_netns_rate_mbit") not in (None, ""):
         netns["rate_mbit"] = _number("--kv-netns-rate-mbit", get("kv_netns_rate_mbit"), float, 0.001, 1e7)
-    if get("kv_netns_offloads"):
-        offloads = {}
-        for item in _split(get("kv_netns_offloads")):
-            k, sep, v = item.partition("=")
-            if not sep or v not in ("on", "off"):
-                raise ProfileError("--kv-netns-offloads", item, "expected FEATURE=on|off (gro, gso, tso)")
-            offloads[k] = v == "on"
-        netns["offloads"] = offloads
+    offloads = ",".join(_split(get("kv_netns_offloads")))
+    if offloads:
+        try:
+            netns["offloads"] = parse_offloads(offloads)
+        except ValueError as exc:
+            raise ProfileError("--kv-netns-offloads", offloads, str(exc)) from None
     split = get("kv_netns_cpu_split")
     if split not in (None, ""):
         if str(split).lower() not in ("on", "off", "true", "false", "1", "0"):
