@@ -158,7 +158,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 # ---------------------------------------------------------------- parametrization + fixtures
 
-DEFAULT_MODEL = "llama3.1-8b"
+from .core.profiles import DEFAULT_GPU, DEFAULT_MODEL  # noqa: E402
 
 
 def _model_ids(sel: Selection) -> list[str]:
@@ -203,7 +203,7 @@ def kv_gpu(kv_selection: Selection):
     """The GPU profile (--kv-gpu, default h100)."""
     from .core.profiles import load_gpu
 
-    return kv_selection.gpu or load_gpu("h100", kv_selection.profile_dirs)
+    return kv_selection.gpu or load_gpu(DEFAULT_GPU, kv_selection.profile_dirs)
 
 
 @pytest.fixture
@@ -410,7 +410,6 @@ class SuiteItem(pytest.Item):
     def _scenario(self):
         from .emulator.memory import check_hbm_fit, fit_to_hbm
         from .core.profiles import load_gpu, load_model
-        from .harness.suites import DEFAULT_GPU
 
         sel = _selection(self.config)
         tpl = self.template

@@ -57,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import KvFabricError
     from ..fabric.select import open_pair
-    from ..core.profiles import load_gpu, load_model
+    from ..core.profiles import DEFAULT_GPU, DEFAULT_MODEL, load_gpu, load_model
     from ..report import fingerprint
     from ..run.runner import AgentPair
     from ..core.scenario import Scenario
 
     names, sizes, batches, params = _check(args)
-    base = Scenario(id="sweep", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"))
+    base = Scenario(id="sweep", model=load_model(DEFAULT_MODEL), gpu=load_gpu(DEFAULT_GPU))
     npoints = len(names) * len(sizes) * len(batches)
     # Each point: its time budget plus agent setup; say so before a long sweep starts.
     predicted = npoints * (args.seconds + 1.0)

@@ -48,6 +48,7 @@ SPIN_TAIL_DECAY = 0.995  # per wake-up: a 3 ms overshoot still counts ~140 wake-
 # time (12 of 12 interleaved rounds faster at 256; BENCHMARKS.md). Larger writes are bounded
 # by max_inflight_bytes first.
 MAX_INFLIGHT = 256
+MAX_INFLIGHT_BYTES = 64 << 20  # bytes in flight (a larger single write still goes alone)
 STAGE_NS = 200_000  # build the next group's batch this long before its ready time (see PrefillPacer)
 
 
@@ -87,7 +88,7 @@ class PrefillOptions:
     closed_loop: bool = True
     concurrency: int = 1
     max_inflight: int = MAX_INFLIGHT  # writes in flight
-    max_inflight_bytes: int = 64 << 20  # bytes in flight (a larger single write still goes alone)
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
     duration_s: float | None = None  # stop admitting new requests after this long
     timeout_s: float = 60.0
     stage_ns: int = STAGE_NS  # 0: build each batch only once its rows are ready

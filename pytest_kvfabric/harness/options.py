@@ -10,9 +10,9 @@ from ..errors import KvFabricError, ProfileError
 from ..core.limits import MAX_POOL_MIB, MAX_REGRESSION_PCT, MAX_SEED, MAX_TIMEOUT_S, check_number
 from ..core.outpath import check_output_path
 from ..core.profiles import GpuProfile, ModelProfile
+from ..core.scenario import PACINGS
 from ..fabric.netns_options import parse_offloads
 from ..fabric.select import FABRICS, fabric_names, get_fabric
-PACINGS = ("emulated", "none")
 ON_COPY = ("fail", "skip")
 MAX_REPEAT = 1000
 

@@ -12,11 +12,10 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ProfileError
 from ..core.profile_schema import parse_yaml_text, read_yaml, validate
-from ..core.profiles import GpuProfile, ModelProfile
+from ..core.profiles import DEFAULT_GPU, DEFAULT_MODEL, GpuProfile, ModelProfile  # noqa: F401 (DEFAULT_GPU: read here by callers)
 from ..core.scenario import Arrival, Deployment, Distribution, Scenario, Synthetic, Workload
 
-DEFAULT_GPU = "h100"
-DEFAULT_MODELS = ("llama3.1-8b",)
+DEFAULT_MODELS = (DEFAULT_MODEL,)
 DEFAULT_POOL_MIB = 64
 
 
