@@ -126,3 +126,11 @@ def test_layers(lower, upper):
     bad = [f"{name}:{line} imports {mod}" for name, imps in GRAPH.items() if name.startswith(f"{PKG}.{lower}.")
            for mod, _, line in imps if mod == f"{PKG}.{upper}" or mod.startswith(f"{PKG}.{upper}.")]
     assert bad == []
+
+
+def test_no_private_names_imported_across_modules():
+    """`from m import _x` reaches into another module's internals (a private submodule, such as
+    a C extension or `_stream`, is the package's own business and is allowed)."""
+    bad = [f"{name}:{line} imports {mod}.{attr}" for name, imps in GRAPH.items()
+           for mod, attr, line in imps if attr.startswith("_") and not attr.startswith("__")]
+    assert bad == []
