@@ -280,12 +280,22 @@ class PrefillPacer:
             heapq.heappush(self.heap, (start + self.l_ready[j] if self.emulated else int(start), r, j))
 
     def pull_ready(self, t: int) -> None:
-        """Move rows whose ready time has come to `ready` (pacing none: everything, up to a cap)."""
+        """Move rows whose ready time has come to `ready` (pacing none: everything, up to a cap).
+
+        Per row: _next_row is inlined over locals (a method call per row cost ~15 % of the
+        native loop's CPU per row in bench_hotpath)."""
         heap, ready, cap = self.heap, self.ready, self.pull_cap
+        if not heap or heap[0][0] > t:
+            return
+        l_first, l_count, l_ready, req_start = self.l_first, self.l_count, self.l_ready, self.req_start
+        emulated = self.emulated
+        pop, push = heapq.heappop, heapq.heappush
         while heap and heap[0][0] <= t and len(ready) < cap:
-            _, r, i = heapq.heappop(heap)
+            _, r, i = pop(heap)
             ready.append(i)
-            self._next_row(r, i)
+            j = i + 1
+            if j < l_first[r] + l_count[r]:
+                push(heap, (req_start[r] + l_ready[j] if emulated else int(req_start[r]), r, j))
 
     def stage_next(self) -> None:
         """Stage the group sharing the earliest ready time ahead of it (or hold it as `early`)."""
@@ -310,7 +320,10 @@ class PrefillPacer:
         self.deadline = self.t0 + int(opts.timeout_s * 1e9)
         self.admit_until = self.t0 + int(opts.duration_s * 1e9) if opts.duration_s else None
         self.admit_initial()
+        # Fields no method reassigns, read once (the loop runs once per batch or completion).
         deadline, lead, book, initiator = self.deadline, self.lead, self.book, self.initiator
+        batch, max_inflight, max_inflight_bytes = self.batch, opts.max_inflight, opts.max_inflight_bytes
+        pull_ready, hand_off, on_completions = self.pull_ready, self.hand_off, self.on_completions
 
         while self.completed_rows < self.target_rows:
             t = now()
@@ -327,7 +340,7 @@ class PrefillPacer:
             if self.early and t >= self.early_at:
                 self.ready.extend(self.early)
                 self.early = []
-            self.pull_ready(t)
+            pull_ready(t)
             # Stage the next group ahead of its ready time when nothing else waits.
             if lead and not self.ready and not self.staged_rows and not self.early and self.heap \
                     and self.heap[0][0] <= t + lead:
@@ -338,15 +351,15 @@ class PrefillPacer:
             k = 0
             if self.ready:
                 k, self.ready, self.inflight_bytes = book.select(
-                    self.ready, self.batch, self.inflight + len(self.staged_rows),
-                    opts.max_inflight, self.inflight_bytes, opts.max_inflight_bytes)
+                    self.ready, batch, self.inflight + len(self.staged_rows),
+                    max_inflight, self.inflight_bytes, max_inflight_bytes)
             if k:
-                self.hand_off(self.batch, k, now())
+                hand_off(batch, k, now())
             # Collect completions without blocking, then decide how long we may wait.
             if self.inflight:
                 comp = initiator.poll(0.0)
                 if len(comp):
-                    self.on_completions(comp)
+                    on_completions(comp)
                     continue
             if k:
                 continue
