@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 from ..measure import slo as slo_mod
 from ..errors import KvFabricError
 from ..fabric.base import HostPair
+from ..fabric.select import fabric_for, get_fabric
 from .options import Selection
 from ..lab import env as lab_env
 from ..report import baseline as baseline_mod
@@ -200,7 +201,7 @@ def run_case(
     """Run the case `selection.repeat` times back to back on this process's pair; judge the
     median figures against its SLOs and every repeat against the baseline's repeats."""
     out = CaseOutcome(case=case, scenario=scenario)
-    if selection.fabric == "local":  # other fabrics probe on the agents' own hosts, below
+    if get_fabric(selection.fabric).probes_here:  # other fabrics probe on the agents' own hosts, below
         reason = probe_reason(scenario.transport, scenario.transport_params)
         if reason:
             out.skip_reason, out.unavailable = reason, True
@@ -214,17 +215,13 @@ def run_case(
         out.error = f"fabric {selection.fabric}: {type(exc).__name__}: {exc}"
         return out
     out.pair = pair.name
-    if pair.fabric != "local":  # the agents' hosts answer for themselves (their NICs, kernels)
+    fabric = fabric_for(pair)
+    if not fabric.probes_here:  # the agents' hosts answer for themselves (their NICs, kernels)
         reason = pair_probe_reason(pair, scenario.transport, scenario.transport_params)
         if reason:
             out.skip_reason, out.unavailable = f"{scenario.transport}: {reason}", True
             return out
-    if pair.fabric == "local":
-        out.interfaces = [{"name": "lo", "netns": None}]
-    elif pair.fabric == "netns":
-        split = pair.details.get("cpu_split") or {}  # --kv-netns-cpu-split: the CPUs each side had
-        out.interfaces = [{"name": h.interface or "lo", "netns": h.netns, "cpus": split.get(role)}
-                          for role, h in (("prefill", pair.prefill), ("decode", pair.decode))]
+    out.interfaces = fabric.interfaces(pair)
     # Remote hosts report their own kernel and NIC (collected on the host through its gateway).
     out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
                              (pair.details.get("fingerprint") or {}).items()}
