@@ -223,7 +223,9 @@ def kv_transport(request: pytest.FixtureRequest, kv_selection: Selection) -> str
     """The transport name of this case (parametrized over --kv-transport); skips, with the
     probe's exact reason, when this host cannot run it."""
     name = getattr(request, "param", None) or kv_selection.transports[0]
-    if kv_selection.fabric != "local":
+    from .fabric.select import get_fabric
+
+    if not get_fabric(kv_selection.fabric).probes_here:
         return name  # probed on the pair's hosts when the case runs (kv_run)
     reason = case_mod.probe_reason(name, kv_selection.transport_params)
     if reason:
