@@ -132,6 +132,8 @@ def exchange_hello(sock: socket.socket, token: str, initiator: str, index: int, 
             if not n:
                 raise TransportError(f"{what}: the target closed the connection before its CHALLENGE")
             hs.feed(buf[:n])
+        if hs.busy:
+            raise TargetBusy(f"{what}: target {hs.error}")
         if hs.error or hs.hello_bytes is None:
             raise TransportError(f"{what}: target {hs.error or 'sent no CHALLENGE'}")
         sock.sendall(hs.hello_bytes)
@@ -139,6 +141,44 @@ def exchange_hello(sock: socket.socket, token: str, initiator: str, index: int, 
         raise TransportError(f"{what}: no CHALLENGE from the target within {timeout_s:.1f} s") from None
     except OSError as exc:
         raise TransportError(f"{what}: handshake failed: {exc}") from None
+
+
+class TargetBusy(TransportError):
+    """The target refused this connection at the door (its places for unauthenticated
+    connections were all taken by young ones): nothing was exchanged, another try may pass."""
+
+
+def connect_with_hello(host: str, port: int, configure: Callable[[socket.socket], None], token: str,
+                       initiator: str, index: int, connections: int, deadline: float,
+                       what: str, what_connect: str) -> socket.socket:
+    """A connected, proven socket: connect, configure, handshake; a BUSY refusal (a stranger
+    flood holding the target's pending places) is retried with backoff until `deadline`.
+    Raises TransportError (`what_connect: ...` when the connect itself fails)."""
+    for attempt in range(10_000):  # bounded by the deadline long before the count
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if attempt:
+                raise TransportError(f"{what}: the target stayed busy (every place for a new connection "
+                                     "taken by unauthenticated ones) until the connect deadline")
+            raise TransportError(f"{what_connect}: timed out")
+        try:
+            sock = socket.create_connection((host, port), timeout=remaining)
+        except OSError as exc:
+            raise TransportError(f"{what_connect}: {exc}") from None
+        try:
+            configure(sock)
+            exchange_hello(sock, token, initiator, index, connections, deadline - time.monotonic(), what)
+            return sock
+        except TargetBusy:
+            sock.close()
+            time.sleep(min(0.02 * (1 << min(attempt, 5)), max(0.0, deadline - time.monotonic())))
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"{what} failed: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+    raise TransportError(f"{what}: the target stayed busy")  # not reached: the deadline ends it
 
 
 def send_error_and_close(sock: socket.socket, reason: str) -> None:

@@ -18,7 +18,9 @@ import numpy as np
 
 from . import framing, wire
 from .base import COMPLETION_DTYPE, Initiator
-from .stream_common import EAGAIN, IOV_MAX, busy_poll_s, exchange_hello, set_tcp_options, spin_then_select, tcp_info
+from .stream_common import (
+    EAGAIN, IOV_MAX, busy_poll_s, connect_with_hello, set_tcp_options, spin_then_select, tcp_info,
+)
 from .stream_conn import InitiatorConn
 from ..errors import ProtocolError, TransportError
 
@@ -158,24 +160,12 @@ class StreamInitiator(Initiator):
                     f"{self.transport_name}: connecting to {host}:{port} timed out after {timeout_s} s"
                 )
             try:
-                sock = socket.create_connection((host, port), timeout=remaining)
-            except OSError as exc:
+                sock = connect_with_hello(host, port, self.configure_socket, token, ident, i, nconn,
+                                          deadline, f"{self.transport_name}: HELLO to {host}:{port}",
+                                          f"{self.transport_name}: cannot connect to {host}:{port}")
+            except TransportError:
                 self.close()
-                raise TransportError(
-                    f"{self.transport_name}: cannot connect to {host}:{port}: {exc}"
-                ) from None
-            try:
-                self.configure_socket(sock)
-                exchange_hello(sock, token, ident, i, nconn, deadline - time.monotonic(),
-                               f"{self.transport_name}: HELLO to {host}:{port}")
-            except (OSError, TransportError) as exc:
-                sock.close()
-                self.close()
-                if isinstance(exc, TransportError):
-                    raise
-                raise TransportError(
-                    f"{self.transport_name}: HELLO to {host}:{port} failed: {exc}"
-                ) from None
+                raise
             sock.setblocking(False)
             c = InitiatorConn(sock, i)
             self._conns.append(c)

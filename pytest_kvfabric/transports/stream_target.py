@@ -18,8 +18,9 @@ helpers and the wait: `stream_common`; the send side: `stream_initiator`. Connec
   with one HELLO ``{"initiator", "index", "connections", "proof"}`` whose proof is an HMAC of
   the nonce keyed by the run token (`handshake`: the token never crosses the data network).
   Until its HELLO is proven a connection is a stranger: one that closes, sends junk, a bad
-  HELLO or a wrong proof, idles past the HELLO deadline or is the oldest of too many pending
-  ones is dropped (with an ERROR frame where the socket takes one) and counted in
+  HELLO or a wrong proof, idles past the HELLO deadline, is the oldest (past its grace) of too
+  many pending ones, or arrives when all of them are young (a "busy" refusal, which our
+  initiators retry) is dropped (with an ERROR frame where the socket takes one) and counted in
   data_path()["strangers_rejected"]; it never fails the run and never writes a byte into the
   region. What an authenticated peer does wrong (a bad write, bytes after BYE) still raises.
 
@@ -169,9 +170,15 @@ class StreamTarget(StreamReceive, Target):
             c.hs = handshake.TargetHandshake(self._token)
             self._conns[c.fd] = c
             self._sel.register(sock, selectors.EVENT_READ, c)
-            for fd in self._gate.arrive(c.fd, now):
-                self.stranger(self._conns[fd], handshake.EVICTED,
-                               f"too many connections without a proven HELLO (> {self._gate.max_pending})")
+            dropped = self._gate.arrive(c.fd, now)
+            for fd in dropped:
+                if fd == c.fd:  # refused at the door: every pending one is still young
+                    self.stranger(c, handshake.REFUSED, handshake.BUSY)
+                else:
+                    self.stranger(self._conns[fd], handshake.EVICTED,
+                                  f"too many connections without a proven HELLO (> {self._gate.max_pending})")
+            if c.fd in dropped:
+                continue
             try:
                 self.configure_socket(sock)
                 sock.send(c.hs.challenge())  # 64 bytes into an empty send buffer: never partial
