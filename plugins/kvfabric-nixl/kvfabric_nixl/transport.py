@@ -32,7 +32,7 @@ from pytest_kvfabric.errors import KvFabricError, TransportError
 from pytest_kvfabric.transports.base import Capability, Transport
 from pytest_kvfabric.transports.engine_link import EngineInitiator, EngineTarget
 
-from . import ucxinfo
+from . import ucxinfo, verbs
 from .options import NixlOptions
 
 MODULES = ("nixl_cu12", "nixl_cu13", "nixl")  # the wheels' module names, smallest first
@@ -98,6 +98,7 @@ class _Agent:
     def __init__(self, region: memoryview, opts: NixlOptions, role: str) -> None:
         self.opts = opts
         self.mod = import_nixl()
+        self.verbs = verbs.apply(self.mod.__file__)  # before UCX opens its devices
         self.log = ucx_log() if opts.backend == "UCX" else None
         self.log_from = self.log.stat().st_size if self.log is not None and self.log.exists() else 0
         for key in ("UCX_TLS", "UCX_NET_DEVICES"):  # this agent's choice only, not a previous one's
@@ -143,6 +144,8 @@ class _Agent:
             "peer_agent": peer,
             "ucx_env": o.ucx_env(),
         }
+        if self.verbs.drivers:
+            out["verbs_providers"] = self.verbs.to_dict()
         if self.log is None:
             out["description"] = f"NIXL WRITE over backend {o.backend} ({side}); no UCX evidence for this backend"
             out["zero_copy"] = None
