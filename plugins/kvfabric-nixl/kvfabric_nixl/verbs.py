@@ -53,17 +53,20 @@ def provider_dir_of(lib_bytes: bytes) -> tuple[str, str] | None:
 
 
 def plan(provider_dir: str, pabi: str, system_providers: Iterable[str], bundled_dir_files: Iterable[str],
-         env_drivers: str = "") -> tuple[tuple[str, ...], str]:
+         env_drivers: str = "", wheel_libs: Iterable[str] = ()) -> tuple[tuple[str, ...], str]:
     """(absolute driver stems to add, note). Pure.
 
     system_providers: paths like /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so;
-    bundled_dir_files: file names already in provider_dir (those load without help)."""
+    bundled_dir_files: file names already in provider_dir (those load without help);
+    wheel_libs: file names next to the bundled libibverbs: a provider the wheel carries itself
+    (libmlx5-<hash>.so, which UCX's mlx5 module loads) is not loaded a second time."""
     suffix = f"-rdmav{pabi}.so"
     present = set(bundled_dir_files)
+    carried = {n.split("-", 1)[0] for n in wheel_libs}
     stems, other_abi = [], []
     for path in sorted(system_providers):
         name = os.path.basename(path)
-        if os.path.dirname(path) == provider_dir or name in present:
+        if os.path.dirname(path) == provider_dir or name in present or name.split("-", 1)[0] in carried:
             continue
         if not name.endswith(suffix):
             other_abi.append(name)
@@ -109,7 +112,7 @@ def apply(module_file: str, environ: Mapping[str, str] | None = None,
             system = [p for g in SYSTEM_PROVIDER_GLOBS for p in glob.glob(g)]
             own = os.listdir(pdir) if os.path.isdir(pdir) else []
             current = env.get("RDMAV_DRIVERS", "")
-            stems, note = plan(pdir, pabi, system, own, current)
+            stems, note = plan(pdir, pabi, system, own, current, os.listdir(os.path.dirname(lib)))
             if stems:
                 ctypes.CDLL(lib, mode=os.RTLD_GLOBAL)
                 os.environ["RDMAV_DRIVERS"] = ":".join(filter(None, [current, *stems]))

@@ -50,3 +50,9 @@ def test_no_device_no_change(tmp_path, monkeypatch):
     assert fix.bundled == str(lib) and fix.drivers == () and "no RDMA device" in fix.note
     monkeypatch.setattr(verbs, "_DONE", {})
     assert verbs.apply(str(tmp_path / "other" / "__init__.py")).note == "the engine uses the system libibverbs"
+
+
+def test_a_provider_the_wheel_carries_is_not_loaded_twice():
+    stems, _ = verbs.plan("/usr/lib64/libibverbs", "34", [f"{DEB}/libmlx5-rdmav34.so", f"{DEB}/librxe-rdmav34.so"],
+                          [], "", ["libmlx5-79ef1d27.so.1.24.48.0", "libibverbs-1de1263b.so.1.14.48.0"])
+    assert stems == (f"{DEB}/librxe",)
