@@ -31,6 +31,7 @@ import numpy as np
 from pytest_kvfabric.errors import KvFabricError, TransportError
 from pytest_kvfabric.transports.base import Capability, Transport
 from pytest_kvfabric.transports.engine_link import EngineInitiator, EngineTarget
+from pytest_kvfabric.transports.rdma import sysfs
 
 from . import counters, ucxinfo, verbs
 from .options import NixlOptions
@@ -99,7 +100,7 @@ class _Agent:
         self.opts = opts
         self.mod = import_nixl()
         self.verbs = verbs.apply(self.mod.__file__)  # before UCX opens its devices
-        self.ports_before = counters.snapshot()  # RDMA ports' counters (none on most hosts)
+        self.ports_before = sysfs.snapshot_ports()  # RDMA ports' counters (none on most hosts)
         self.log = ucx_log() if opts.backend == "UCX" else None
         self.log_from = self.log.stat().st_size if self.log is not None and self.log.exists() else 0
         for key in ("UCX_TLS", "UCX_NET_DEVICES"):  # this agent's choice only, not a previous one's

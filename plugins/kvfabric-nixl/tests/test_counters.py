@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from pytest_kvfabric.transports.rdma import sysfs_tree
+from pytest_kvfabric.transports.rdma import sysfs, sysfs_tree
 
 from kvfabric_nixl import counters
 
@@ -25,11 +25,11 @@ def test_delta_of_the_lane_port_only(tmp_path):
     root = str(tmp_path)
     sysfs_tree.write_port(root, "rxe0", 1, hw_counters={"sent_pkts": 10, "rcvd_pkts": 5, "duplicate_request": 0})
     sysfs_tree.write_port(root, "rxe1", 1, hw_counters={"sent_pkts": 1})
-    before = counters.snapshot(root)
+    before = sysfs.snapshot_ports(root)
     assert set(before) == {"rxe0:1", "rxe1:1"}
     sysfs_tree.write_port(root, "rxe0", 1, hw_counters={"sent_pkts": 4106, "rcvd_pkts": 4101, "duplicate_request": 0})
     sysfs_tree.write_port(root, "rxe1", 1, hw_counters={"sent_pkts": 99})
     got = counters.lane_deltas(before, ["rc_verbs/rxe0:1", "rc_verbs/rxe0:1", "tcp/lo"], root)
     assert got == {"rxe0:1": {"rcvd_pkts": 4096, "sent_pkts": 4096}}
     assert counters.lane_deltas(before, ["rc_verbs/rxe9:1"], root) == {}
-    assert counters.snapshot(str(tmp_path / "none")) == {}
+    assert sysfs.snapshot_ports(str(tmp_path / "none")) == {}
