@@ -12,12 +12,13 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ProfileError
 from ..core.profile_schema import parse_yaml_text, read_yaml, validate
-from ..core.profiles import GpuProfile, ModelProfile
-from ..core.scenario import Arrival, Deployment, Distribution, Scenario, Synthetic, Workload
+from .resolve import build_workload
+from ..core.profiles import DEFAULT_GPU, DEFAULT_MODEL, GpuProfile, ModelProfile
+from ..core.scenario import DEFAULT_POOL_MIB, Scenario
 
-DEFAULT_GPU = "h100"
-DEFAULT_MODELS = ("llama3.1-8b",)
-DEFAULT_POOL_MIB = 64
+DEFAULT_MODELS = (DEFAULT_MODEL,)
+__all__ = ["DEFAULT_GPU", "DEFAULT_MODELS", "DEFAULT_POOL_MIB", "ScenarioTemplate", "Suite", "build_workload",
+           "find_suite", "list_suites", "load_suite", "parse_suite"]
 
 
 def shipped_suite_dir() -> Path:
@@ -58,36 +59,15 @@ class ScenarioTemplate:
     def slow(self) -> bool:
         return "slow" in self.fields.get("marks", ())
 
-    def build(
-        self,
-        model: ModelProfile,
-        gpu: GpuProfile,
-        transport: str,
-        *,
-        seed: int | None = None,
-        slo_overrides: Mapping[str, Any] | None = None,
-        transport_params: Mapping[str, Any] | None = None,
-    ) -> Scenario:
-        f = self.fields
-        slo = dict(f.get("slo", {}))
-        slo.update(slo_overrides or {})
-        params = dict(f.get("transport_params", {}))
-        params.update(transport_params or {})
-        return Scenario(
-            id=f"{self.suite}/{self.id}",
-            model=model,
-            gpu=gpu,
-            prefill=Deployment(**f.get("prefill", {})),
-            decode=Deployment(**f.get("decode", {})),
-            workload=build_workload(f.get("workload", {}), self.source, f"{self.where}.workload"),
-            seed=int(seed if seed is not None else f.get("seed", 0)),
-            pacing=f.get("pacing", "emulated"),
-            pool_bytes=int(float(f.get("pool_mib", DEFAULT_POOL_MIB)) * 1024 * 1024),
-            transport=transport,
-            transport_params=params,
-            slo=slo,
-            synthetic=Synthetic(**f["synthetic"]) if "synthetic" in f else None,
-        )
+    def build(self, model: ModelProfile, gpu: GpuProfile, transport: str, *, overrides: Any = None,
+              free_sides: Sequence[str] = (), check_fit: bool = False) -> Scenario:
+        """This template's Scenario through the one resolution (harness/resolve.py): its merged
+        fields are layers 2-3, `overrides` (resolve.Overrides) layer 6."""
+        from .resolve import resolve
+
+        return resolve(self.fields, id=f"{self.suite}/{self.id}", model=model, gpu=gpu, transport=transport,
+                       overrides=overrides, free_sides=free_sides, check_fit=check_fit,
+                       source=self.source, where=self.where)
 
 
 @dataclass(frozen=True)
@@ -96,38 +76,6 @@ class Suite:
     description: str
     path: str
     scenarios: tuple[ScenarioTemplate, ...] = field(default_factory=tuple)
-
-
-def _distribution(value: Any) -> Distribution:
-    if isinstance(value, int):
-        return Distribution.fixed(value)
-    return Distribution(**value)
-
-
-def build_workload(spec: Mapping[str, Any], source: str, where: str) -> Workload:
-    """A workload from suite fields, on top of an application preset when one is named."""
-    if "preset" in spec:
-        from ..emulator.workload import preset  # emulator is pure; imported late to keep load cheap
-
-        base = preset(spec["preset"])
-    else:
-        base = Workload()
-    changes: dict[str, Any] = {}
-    if "isl" in spec:
-        changes["isl"] = _distribution(spec["isl"])
-    if "osl" in spec:
-        changes["osl"] = _distribution(spec["osl"])
-    if "arrival" in spec:
-        arrival = Arrival(**spec["arrival"])
-        if arrival.kind == "poisson" and not arrival.rate_per_s:
-            raise ProfileError(source, f"{where}.arrival.rate_per_s", "required for poisson arrivals")
-        changes["arrival"] = arrival
-    for key in ("requests", "duration_s"):
-        if key in spec:
-            changes[key] = spec[key]
-    import dataclasses
-
-    return dataclasses.replace(base, **changes)
 
 
 def _check_distributions(fields: Mapping[str, Any], source: str, where: str) -> None:

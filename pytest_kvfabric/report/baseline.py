@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .gate_metrics import BY_KEY, GATED, figures, parse_thresholds
+from ..measure.metrics import BUILTIN, MetricSet
+from .gate_metrics import BY_KEY, figures, parse_thresholds
 from .verdict import Judgement, judge, seed_for
 
 UNDECIDED_POLICIES = ("pass", "fail")
@@ -22,10 +23,11 @@ class Change:
     key: str
     threshold_pct: float
     judgement: Judgement
+    label: str = ""  # the metric's label when it is not a built-in one (a plug-in's)
 
     @property
     def metric(self) -> str:
-        return BY_KEY[self.key].label
+        return self.label or (BY_KEY[self.key].label if self.key in BY_KEY else self.key)
 
     @property
     def status(self) -> str:
@@ -66,7 +68,8 @@ class Change:
         ci = d.get("change_ci_pct")
         j = Judgement(d["verdict"], d.get("change_pct"), tuple(ci) if ci else None, b["median"], tuple(b["ci"]),
                       c["median"], tuple(c["ci"]), b["n"], c["n"], d.get("note") or "")
-        return cls(d["case"], d["metric"], float(d["threshold_pct"]), j)
+        return cls(d["case"], d["metric"], float(d["threshold_pct"]), j,
+                   "" if d["metric"] in BY_KEY else str(d.get("label") or ""))
 
 
 @dataclass(frozen=True)
@@ -86,26 +89,23 @@ class Comparison:
     def undecided(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.undecided)
 
-    def for_case(self, case: str) -> list[Change]:
-        return [c for c in self.changes if c.case == case]
-
     def failed(self, undecided: str = "pass") -> bool:
         return bool(self.regressions or self.unavailable or (undecided == "fail" and self.undecided))
 
 
-def samples(result: Mapping[str, Any]) -> list[dict[str, float]]:
+def samples(result: Mapping[str, Any], metrics: MetricSet | None = None) -> list[dict[str, float]]:
     """The repeats' figures of one result (one sample when the report predates repeats)."""
     reps = result.get("repeats")
     if reps:
         return [dict(r) for r in reps]
-    return [figures(result.get("metrics"))] if result.get("metrics") else []
+    return [figures(result.get("metrics"), metrics)] if result.get("metrics") else []
 
 
-def case_samples(report: Mapping[str, Any]) -> dict[str, list[dict[str, float]]]:
+def case_samples(report: Mapping[str, Any], metrics: MetricSet | None = None) -> dict[str, list[dict[str, float]]]:
     """case id -> its samples, for every result of a JSON report that has metrics."""
     out = {}
     for r in report.get("results", []):
-        s = samples(r)
+        s = samples(r, metrics)
         if s:
             out[r["case"]] = s
     return out
@@ -116,22 +116,24 @@ def case_metrics(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {r["case"]: r["metrics"] for r in report.get("results", []) if r.get("metrics")}
 
 
-def _thresholds(thresholds: Mapping[str, float] | float | str | None) -> dict[str, float]:
+def _thresholds(thresholds: Mapping[str, float] | float | str | None, metrics: MetricSet | None) -> dict[str, float]:
     if isinstance(thresholds, Mapping):
-        return {**parse_thresholds(None), **thresholds}
-    return parse_thresholds(None if thresholds is None else str(thresholds))
+        return {**parse_thresholds(None, metrics=metrics), **thresholds}
+    return parse_thresholds(None if thresholds is None else str(thresholds), metrics=metrics)
 
 
 def compare_samples(case: str, old: Sequence[Mapping[str, float]], new: Sequence[Mapping[str, float]],
-                    thresholds: Mapping[str, float] | float | str | None = None) -> list[Change]:
+                    thresholds: Mapping[str, float] | float | str | None = None,
+                    metrics: MetricSet | None = None) -> list[Change]:
     """Verdicts for every gated metric both sides measured."""
-    limits = _thresholds(thresholds)
+    limits = _thresholds(thresholds, metrics)
     out = []
-    for m in GATED:
+    for m in (metrics or BUILTIN).gated:
         a = [s[m.path] for s in old if s.get(m.path) is not None]
         b = [s[m.path] for s in new if s.get(m.path) is not None]
         if a and b:
-            out.append(Change(case, m.key, limits[m.key], judge(m, a, b, limits[m.key], seed_for(case, m.key))))
+            label = "" if m.key in BY_KEY else m.label
+            out.append(Change(case, m.key, limits[m.key], judge(m, a, b, limits[m.key], seed_for(case, m.key)), label))
     return out
 
 
