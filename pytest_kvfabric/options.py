@@ -47,7 +47,9 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-seed", "seed for workloads and page patterns (default: the suite's, else 0)", "N"),
     Opt("--kv-json", "write the session's JSON report here", "PATH"),
     Opt("--kv-html", "write a self-contained HTML report (figures embedded) here, beside --kv-json", "PATH"),
-    Opt("--kv-baseline", "fail cases that regressed against this earlier JSON report", "PATH"),
+    Opt("--kv-baseline", "fail cases that regressed against this earlier JSON report, or several reports "
+        "(comma list), one per session, so the verdict knows the spread between sessions (README, gating an upgrade)",
+        "PATH[,PATH...]"),
     Opt("--kv-max-regression", "allowed regression vs the baseline in percent: one number for every gated metric "
         "and/or METRIC=PCT items, e.g. throughput=5,latency_p99=10 (defaults per metric: README, gating an upgrade)",
         "PCT|METRIC=PCT,..."),
@@ -91,7 +93,8 @@ class Selection:
     slo: Mapping[str, Any]
     seed: int | None
     json_path: str | None
-    baseline_path: str | None
+    baseline_path: str | None  # as given (one path or a comma list)
+    baseline_paths: tuple[str, ...]  # one report per baseline session
     max_regression_pct: float
     save_baseline: str | None
     profile_dirs: tuple[str, ...]
@@ -114,6 +117,16 @@ class Selection:
         models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
         gpu = self.gpu.id if self.gpu else "per suite (default h100)"
         return f"kvfabric: transports={','.join(self.transports)} models={models} gpu={gpu} fabric={self.fabric}"
+
+
+def baseline_list(text: str | None) -> tuple[str, ...]:
+    """--kv-baseline's reports: one path, or a comma list (one report per session). A path that
+    is itself a file wins, so a name with a comma still works."""
+    if not text:
+        return ()
+    if Path(text).is_file():
+        return (text,)
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def _split(value: str | None) -> list[str]:
@@ -210,8 +223,10 @@ def resolve(get: Callable[[str], Any]) -> Selection:
     if gate_undecided not in ("pass", "fail"):
         raise ProfileError("--kv-gate-undecided", gate_undecided, "valid: pass, fail")
     baseline = get("kv_baseline")
-    if baseline and not Path(baseline).is_file():
-        raise ProfileError("--kv-baseline", baseline, "no such file")
+    baseline_paths = baseline_list(baseline)
+    for path in baseline_paths:
+        if not Path(path).is_file():
+            raise ProfileError("--kv-baseline", path, "no such file")
     pool = get("kv_pool_mib")
     pool = None if pool in (None, "") else _number("--kv-pool-mib", pool, float, 1, MAX_POOL_MIB)
     pacing = get("kv_pacing") or None
@@ -303,6 +318,7 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         seed=seed,
         json_path=get("kv_json") or None,
         baseline_path=baseline or None,
+        baseline_paths=baseline_paths,
         max_regression_pct=max_reg,
         save_baseline=get("kv_save_baseline") or None,
         profile_dirs=profile_dirs,

@@ -20,8 +20,8 @@ from .options import OPTIONS, Selection, resolve
 
 SELECTION = pytest.StashKey[Selection]()
 PAIRS = pytest.StashKey[case_mod.PairManager]()
-BASELINE = pytest.StashKey[dict]()  # case id -> the baseline's samples (report.baseline.case_samples)
-BASELINE_REPORT = pytest.StashKey[dict]()
+BASELINE = pytest.StashKey[dict]()  # case id -> the baseline's sessions (report.baseline.case_sessions)
+BASELINE_REPORT = pytest.StashKey[list]()  # the baseline's reports, one per session
 SESSION_REPORT = pytest.StashKey[dict]()
 BASELINE_TRANSPORTS = pytest.StashKey[frozenset]()  # transports the baseline measured
 DEFAULT_SUITES_NOTE = pytest.StashKey[str]()  # built once at session end, for the JSON files and the summary
@@ -113,10 +113,11 @@ def pytest_configure(config: pytest.Config) -> None:
         from .report import baseline, jsonreport
 
         try:
-            config.stash[BASELINE_REPORT] = jsonreport.read(sel.baseline_path)
-            config.stash[BASELINE] = baseline.case_samples(config.stash[BASELINE_REPORT])
+            reports = [jsonreport.read(p) for p in sel.baseline_paths]
+            config.stash[BASELINE_REPORT] = reports
+            config.stash[BASELINE] = baseline.case_sessions(reports)
             config.stash[BASELINE_TRANSPORTS] = frozenset(
-                r.get("transport") for r in config.stash[BASELINE_REPORT]["results"] if r.get("metrics"))
+                r.get("transport") for rep in reports for r in rep["results"] if r.get("metrics"))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: --kv-baseline: {exc}") from None
 
@@ -321,8 +322,11 @@ def _remember(item: pytest.Item, record: dict[str, Any]) -> None:
 def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str, check: bool,
                    timeout_s: float | None = None):
     sel = _selection(config)
+    from .report.fpdiff import ran_under_tcg
+
     outcome = case_mod.run_case(scenario, config.stash[PAIRS], sel, config.stash[BASELINE], cid,
-                                timeout_s=timeout_s)
+                                timeout_s=timeout_s,
+                                baseline_tcg=ran_under_tcg(*config.stash.get(BASELINE_REPORT, [])))
     _remember(item, outcome.record())
     for key, value in outcome.junit_properties():
         item.user_properties.append((key, value))
@@ -613,7 +617,9 @@ def _write_html(config: pytest.Config, path: str, report: dict[str, Any], baseli
     from .report import htmlfile
 
     try:
-        base = [htmlfile.load(baseline_path)] if baseline_path else []
+        from .options import baseline_list
+
+        base = [htmlfile.load(p) for p in baseline_list(baseline_path)]
         htmlfile.write(path, [htmlfile.from_session(report)], base)
     except (OSError, KvFabricError) as exc:
         config.stash[HTML_ERROR] = f"kvfabric: HTML report not written to {path}: {exc}"
@@ -658,8 +664,9 @@ def _gate_summary(terminalreporter, config: pytest.Config, exitstatus: int, resu
     from .report import baseline, fpdiff
 
     terminalreporter.write_sep("-", "kvfabric baseline gate")
-    old, new = config.stash[BASELINE_REPORT], _session_report(config, exitstatus)
-    terminalreporter.write_line(fpdiff.render(fpdiff.diff(old, new), tcg=fpdiff.ran_under_tcg(old, new)))
+    olds, new = config.stash[BASELINE_REPORT], _session_report(config, exitstatus)
+    terminalreporter.write_line(fpdiff.render(fpdiff.diff(olds[-1], new), tcg=fpdiff.ran_under_tcg(*olds, new)))
+    terminalreporter.write_line(baseline.sessions_line(olds))
     changes = [baseline.Change.from_dict(c) for r in sorted(results, key=lambda r: r["case"])
                for c in r.get("gate") or ()]
     if changes:
