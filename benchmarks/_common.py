@@ -586,8 +586,8 @@ def synthetic_scenario(*, nbytes: int, transfers: int, batch: int = 8, requests:
                        interval_us: float = 0.0, pacing: str = "none", verify: bool = True,
                        pool_bytes: int = 64 << 20, transport: str = "tcp",
                        transport_params: Mapping[str, Any] | None = None, seed: int = 1):
-    from pytest_kvfabric.profiles import load_gpu, load_model
-    from pytest_kvfabric.scenario import Scenario, Synthetic
+    from pytest_kvfabric.core.profiles import load_gpu, load_model
+    from pytest_kvfabric.core.scenario import Scenario, Synthetic
 
     return Scenario(
         id=f"bench-{transport}-{nbytes}-{pacing}", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"),
@@ -600,7 +600,7 @@ def synthetic_scenario(*, nbytes: int, transfers: int, batch: int = 8, requests:
 
 def runner_figures(scenario: Any, pair: Any = None, timeout_s: float = 60.0) -> dict[str, Any]:
     """run_scenario -> the Result figures the benchmarks compare (GB/s decimal)."""
-    from pytest_kvfabric.runner import run_scenario
+    from pytest_kvfabric.run.runner import run_scenario
 
     t0 = time.monotonic()
     d = run_scenario(scenario, pair=pair, timeout_s=timeout_s).to_dict()

@@ -5,7 +5,7 @@ Issue 18's targets: 0 false alarms in 10 identical baseline/current pairs at --k
 reliably at N=5 and N=10 repeats.
 
 Method. A "session" is what one `pytest --kv-repeat N` run does for a case: open a host pair,
-start one pair of agents, run the case N times back to back (pytest_kvfabric.case.run_case
+start one pair of agents, run the case N times back to back (pytest_kvfabric.harness.case.run_case
 does exactly this), keep each repeat's gated figures. The gate is the plugin's own code
 (report.baseline.compare_samples with the default thresholds). For each of --pairs rounds:
 
@@ -55,7 +55,7 @@ def cases() -> dict[str, Any]:
 
 def session(pair: Any, names: list[str], repeat: int) -> dict[str, list[dict[str, float]]]:
     """One pytest-like session: one pair of agents, each case `repeat` times back to back."""
-    from pytest_kvfabric.runner import AgentPair
+    from pytest_kvfabric.run.runner import AgentPair
 
     scs = cases()
     out: dict[str, list[dict[str, float]]] = {}

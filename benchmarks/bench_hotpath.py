@@ -24,7 +24,7 @@ import _common as C
 from pytest_kvfabric.emulator.plan import TRANSFER_DTYPE, build_plan
 from pytest_kvfabric.endpoint import pattern, slotbook
 from pytest_kvfabric.endpoint.prefill import PrefillOptions, run_prefill
-from pytest_kvfabric.runner import run_scenario
+from pytest_kvfabric.run.runner import run_scenario
 from pytest_kvfabric.transports.base import COMPLETION_DTYPE
 
 PAGE = 64 << 10

@@ -18,8 +18,8 @@ import sys
 CHILD = r"""
 import json, resource, sys, time, tracemalloc
 from pytest_kvfabric.emulator.plan import build_plan
-from pytest_kvfabric.profiles import load_gpu, load_model
-from pytest_kvfabric.scenario import Deployment, Distribution, Scenario, Workload
+from pytest_kvfabric.core.profiles import load_gpu, load_model
+from pytest_kvfabric.core.scenario import Deployment, Distribution, Scenario, Workload
 isl, page, ptp, dtp, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 sc = Scenario(id="bench", model=load_model("deepseek-v3"), gpu=load_gpu("h800"),
               prefill=Deployment(tp=ptp, page_size=page), decode=Deployment(tp=dtp, page_size=page),

@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from . import case as case_mod
-from . import slo as slo_mod
+from .harness import case as case_mod
+from .measure import slo as slo_mod
 from .errors import KvFabricError
-from .options import OPTIONS, Selection, resolve
+from .harness.options import OPTIONS, Selection, resolve
 
 SELECTION = pytest.StashKey[Selection]()
 PAIRS = pytest.StashKey[case_mod.PairManager]()
@@ -69,7 +69,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     names = getattr(early_config.known_args_namespace, "kv_suite", None)
     if not names:
         return
-    from .suites import find_suite
+    from .harness.suites import find_suite
 
     dirs = getattr(early_config.known_args_namespace, "kv_profiles", None) or []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
@@ -202,7 +202,7 @@ def kv_selection(pytestconfig: pytest.Config) -> Selection:
 @pytest.fixture(scope="session")
 def kv_gpu(kv_selection: Selection):
     """The GPU profile (--kv-gpu, default h100)."""
-    from .profiles import load_gpu
+    from .core.profiles import load_gpu
 
     return kv_selection.gpu or load_gpu("h100", kv_selection.profile_dirs)
 
@@ -210,7 +210,7 @@ def kv_gpu(kv_selection: Selection):
 @pytest.fixture
 def kv_model(request: pytest.FixtureRequest, kv_selection: Selection):
     """The model profile of this case (parametrized over --kv-model)."""
-    from .profiles import load_model
+    from .core.profiles import load_model
 
     name = getattr(request, "param", None) or _model_ids(kv_selection)[0]
     for m in kv_selection.models or ():
@@ -257,7 +257,7 @@ def kv_scenario(request: pytest.FixtureRequest, kv_model, kv_gpu, kv_transport: 
     """A small default scenario for this case (chat-sized request, emulated pacing); tests
     derive their own with `kv_scenario.replace(...)`. SLOs: marker, then --kv-slo."""
     from .emulator.memory import fit_to_hbm
-    from .scenario import Distribution, Scenario, Workload
+    from .core.scenario import Distribution, Scenario, Workload
 
     sel = kv_selection
     slo = {**_marker_slo(request.node), **sel.slo}
@@ -379,7 +379,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
-        from .suites import DEFAULT_MODELS, load_suite
+        from .harness.suites import DEFAULT_MODELS, load_suite
 
         sel = _selection(self.config)
         try:
@@ -413,8 +413,8 @@ class SuiteItem(pytest.Item):
 
     def _scenario(self):
         from .emulator.memory import check_hbm_fit, fit_to_hbm
-        from .profiles import load_gpu, load_model
-        from .suites import DEFAULT_GPU
+        from .core.profiles import load_gpu, load_model
+        from .harness.suites import DEFAULT_GPU
 
         sel = _selection(self.config)
         tpl = self.template
@@ -483,7 +483,7 @@ class DefaultSuites:
         sel = _selection(config)
         if not sel.kv_asked or sel.suites or any(is_kv_case(i) for i in items):
             return
-        from .suites import find_suite
+        from .harness.suites import find_suite
 
         for name in sel.default_suites:
             path = find_suite(name, sel.profile_dirs).resolve()

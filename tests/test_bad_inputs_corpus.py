@@ -19,14 +19,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_kvfabric import cli, limits
+from pytest_kvfabric import cli
+from pytest_kvfabric.core import limits
 from pytest_kvfabric.errors import KvFabricError, ProfileError
 from pytest_kvfabric.fabric.hosts import load_inventory
-from pytest_kvfabric.hf_import import import_config
-from pytest_kvfabric.options import resolve
-from pytest_kvfabric.profiles import load_gpu, load_model, shipped_profile_dir
+from pytest_kvfabric.core.hf_import import import_config
+from pytest_kvfabric.harness.options import resolve
+from pytest_kvfabric.core.profiles import load_gpu, load_model, shipped_profile_dir
 from pytest_kvfabric.report import jsonreport
-from pytest_kvfabric.suites import load_suite, shipped_suite_dir
+from pytest_kvfabric.harness.suites import load_suite, shipped_suite_dir
 
 ROOT = Path(__file__).resolve().parent
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,

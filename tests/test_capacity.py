@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from pytest_kvfabric.capacity import Capacity, explains, from_record, needed_gbps
+from pytest_kvfabric.measure.capacity import Capacity, explains, from_record, needed_gbps
 from pytest_kvfabric.report.table import capacity_label
 
 

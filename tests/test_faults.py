@@ -7,9 +7,9 @@ import pytest
 
 from pytest_kvfabric.errors import IntegrityError, TransportError
 from pytest_kvfabric.fabric.local import local_pair
-from pytest_kvfabric.profiles import load_gpu, load_model
-from pytest_kvfabric.runner import AgentPair
-from pytest_kvfabric.scenario import Distribution, Scenario, Workload
+from pytest_kvfabric.core.profiles import load_gpu, load_model
+from pytest_kvfabric.run.runner import AgentPair
+from pytest_kvfabric.core.scenario import Distribution, Scenario, Workload
 
 MIB = 1 << 20
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_kvfabric.errors import ProfileError
-from pytest_kvfabric.limits import MAX_REGRESSION_PCT
+from pytest_kvfabric.core.limits import MAX_REGRESSION_PCT
 from pytest_kvfabric.report.gate_metrics import BY_KEY, DEFAULT_THRESHOLDS, GATED, parse_thresholds
 from pytest_kvfabric.report.repeats import median_metrics
 from pytest_kvfabric.report.verdict import judge, too_few

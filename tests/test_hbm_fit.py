@@ -37,7 +37,7 @@ def test_suite_without_tp_gets_the_smallest_tp_that_fits_and_the_report_says_so(
 
 def test_kv_scenario_defaults_fit_but_an_explicit_deployment_that_does_not_is_an_error(pytester):
     pytester.makepyfile(test_fit="""
-from pytest_kvfabric.scenario import Deployment
+from pytest_kvfabric.core.scenario import Deployment
 
 def test_default_deployment_is_raised_to_fit(kv_scenario):
     assert kv_scenario.prefill.tp == kv_scenario.decode.tp == 16
@@ -54,8 +54,8 @@ def test_explicit_tp1_is_refused(kv_run, kv_scenario):
 
 def test_fit_to_hbm_picks_the_smallest_fitting_tp_and_leaves_hopeless_sides_alone():
     from pytest_kvfabric.emulator.memory import fit_to_hbm, hbm_fit_problem
-    from pytest_kvfabric.profiles import load_gpu, load_model
-    from pytest_kvfabric.scenario import Deployment, Distribution, Scenario, Workload
+    from pytest_kvfabric.core.profiles import load_gpu, load_model
+    from pytest_kvfabric.core.scenario import Deployment, Distribution, Scenario, Workload
 
     wl = Workload(isl=Distribution.fixed(256), osl=Distribution.fixed(16), requests=1)
     sc = Scenario(id="s", model=load_model("llama3-70b"), gpu=load_gpu("a100"), workload=wl)

@@ -11,8 +11,8 @@ import yaml
 
 from pytest_kvfabric import cli
 from pytest_kvfabric.errors import ProfileError
-from pytest_kvfabric.hf_import import import_config, model_id_from, profile_from_hf_config
-from pytest_kvfabric.profiles import ModelProfile, load_model
+from pytest_kvfabric.core.hf_import import import_config, model_id_from, profile_from_hf_config
+from pytest_kvfabric.core.profiles import ModelProfile, load_model
 
 DATA = Path(__file__).parent / "data" / "hf"
 FIXTURES = ["llama3.1-8b", "deepseek-v3", "qwen3-235b-a22b", "mixtral-8x7b", "gpt-oss-120b"]

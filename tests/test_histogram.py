@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_kvfabric import histogram, stats
+from pytest_kvfabric.measure import histogram, stats
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pytest_kvfabric import limits
-from pytest_kvfabric.profile_schema import load_schema
+from pytest_kvfabric.core import limits
+from pytest_kvfabric.core.profile_schema import load_schema
 
 pytest_plugins = ["pytester"]
 
@@ -113,7 +113,7 @@ def test_a_parameter_applies_to_the_transports_declaring_it():
 
 def test_suite_naming_an_unknown_transport_is_an_error(tmp_path):
     from pytest_kvfabric.errors import ProfileError
-    from pytest_kvfabric.suites import load_suite
+    from pytest_kvfabric.harness.suites import load_suite
 
     p = tmp_path / "s.yaml"
     p.write_text("suite: s\nscenarios:\n  - id: a\n    transports: [tpc]\n")
@@ -150,7 +150,7 @@ def test_netns_options_on_another_fabric_are_warned_not_dropped(pytester):
 ])
 def test_slo_thresholds_are_finite(text, expected):
     from pytest_kvfabric.errors import ProfileError
-    from pytest_kvfabric.slo import parse_assignments
+    from pytest_kvfabric.measure.slo import parse_assignments
 
     with pytest.raises(ProfileError, match=expected):
         parse_assignments([text])

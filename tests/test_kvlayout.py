@@ -6,8 +6,8 @@ import pytest
 
 from pytest_kvfabric.emulator.kvlayout import kv_layout, split_stages, valid_tp
 from pytest_kvfabric.errors import ProfileError
-from pytest_kvfabric.profiles import ModelProfile, MlaDims, SlidingWindow, load_model
-from pytest_kvfabric.scenario import Deployment
+from pytest_kvfabric.core.profiles import ModelProfile, MlaDims, SlidingWindow, load_model
+from pytest_kvfabric.core.scenario import Deployment
 
 
 def gqa(**kw) -> ModelProfile:

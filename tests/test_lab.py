@@ -177,7 +177,7 @@ def test_cli_bad_input_is_one_line_exit_2(argv, msg, capsys):
 
 
 def test_under_tcg_timing_slos_are_shown_but_not_judged_integrity_still_is():
-    from pytest_kvfabric import slo
+    from pytest_kvfabric.measure import slo
 
     metrics = {"latency_us": {"p99": 5e6}, "retransmits": 3,
                "data_path": {"sender": {"zero_copy": False, "description": "copied"}}}

@@ -10,7 +10,7 @@ from pytest_kvfabric.report import jsonreport
 
 CASES = """
 import pytest
-from pytest_kvfabric.scenario import Synthetic
+from pytest_kvfabric.core.scenario import Synthetic
 
 @pytest.mark.kv_slo(min_throughput_gbps=1000000, p99_latency_us=0.001)
 def test_impossible_timing(kv_run, kv_scenario):
@@ -42,7 +42,7 @@ def test_outside_the_lab_the_same_case_fails(pytester, monkeypatch):
 
 
 LOOSE = """
-from pytest_kvfabric.scenario import Synthetic
+from pytest_kvfabric.core.scenario import Synthetic
 
 def test_small(kv_run, kv_scenario):
     kv_run(kv_scenario.replace(synthetic=Synthetic(nbytes=65536, transfers=16, batch=8), pacing="none",

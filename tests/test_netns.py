@@ -338,9 +338,9 @@ def test_session_killed(sig, worker):
 def test_scenario_crosses_the_veth_and_leaves_nothing():
     """End to end: a small tcp scenario between agents inside the two namespaces."""
     from pytest_kvfabric.emulator.plan import build_plan
-    from pytest_kvfabric.profiles import load_gpu, load_model
-    from pytest_kvfabric.runner import AgentPair
-    from pytest_kvfabric.scenario import Distribution, Scenario, Workload
+    from pytest_kvfabric.core.profiles import load_gpu, load_model
+    from pytest_kvfabric.run.runner import AgentPair
+    from pytest_kvfabric.core.scenario import Distribution, Scenario, Workload
 
     sc = Scenario(id="netns-e2e", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"),
                   workload=Workload(isl=Distribution.fixed(64), osl=Distribution.fixed(8), requests=2),
@@ -424,9 +424,9 @@ def test_a_link_set_down_mid_run_is_named_as_the_cause(pair):
 
     from pytest_kvfabric.errors import TransportError
     from pytest_kvfabric.fabric.netns import links_down
-    from pytest_kvfabric.profiles import load_gpu, load_model
-    from pytest_kvfabric.runner import AgentPair
-    from pytest_kvfabric.scenario import Distribution, Scenario, Workload
+    from pytest_kvfabric.core.profiles import load_gpu, load_model
+    from pytest_kvfabric.run.runner import AgentPair
+    from pytest_kvfabric.core.scenario import Distribution, Scenario, Workload
 
     hp = pair.pair
     assert links_down([(hp.prefill.netns, hp.prefill.interface)]) == []

@@ -6,8 +6,8 @@ import pytest
 from pytest_kvfabric.emulator.kvlayout import kv_layout
 from pytest_kvfabric.emulator.plan import TRANSFER_DTYPE, build_plan, plan_summary
 from pytest_kvfabric.errors import ProfileError
-from pytest_kvfabric.profiles import load_gpu, load_model
-from pytest_kvfabric.scenario import Arrival, Deployment, Distribution, Scenario, Workload
+from pytest_kvfabric.core.profiles import load_gpu, load_model
+from pytest_kvfabric.core.scenario import Arrival, Deployment, Distribution, Scenario, Workload
 
 BIG_POOL = 1 << 34  # 16 GiB of address space: no slot is reused within these requests
 

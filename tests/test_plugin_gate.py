@@ -8,7 +8,7 @@ import numpy as np
 from pytest_kvfabric.report import jsonreport
 
 CASE = """
-from pytest_kvfabric.scenario import Synthetic
+from pytest_kvfabric.core.scenario import Synthetic
 
 def test_small(kv_run, kv_scenario):
     kv_run(kv_scenario.replace(synthetic=Synthetic(nbytes=65536, transfers=32, batch=16), pacing="none",

@@ -197,7 +197,7 @@ def test_non_suite_yaml_is_left_alone(pytester):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the netns fabric needs root")
 def test_netns_cpu_split_reaches_the_pair_the_tests_get(pytester):
     pytester.makepyfile("""
-        from pytest_kvfabric.scenario import Synthetic
+        from pytest_kvfabric.core.scenario import Synthetic
 
         def test_pair(kv_pair):
             split = kv_pair.details["cpu_split"]

@@ -9,7 +9,7 @@ from pytest_kvfabric.report import jsonreport
 # A small synthetic case: 64 writes of 64 KiB posted as fast as tcp takes them.
 CASES = """
 import pytest
-from pytest_kvfabric.scenario import Synthetic
+from pytest_kvfabric.core.scenario import Synthetic
 
 SMALL = dict(synthetic=Synthetic(nbytes=65536, transfers=64, batch=16), pacing="none", pool_bytes=8 << 20)
 
@@ -108,7 +108,7 @@ def test_cli_slo_overrides_the_marker(pytester):
 def test_zero_copy_requirement_fails_or_skips_with_the_kernels_reason(pytester):
     pytester.makepyfile("""
         import pytest
-        from pytest_kvfabric.scenario import Synthetic
+        from pytest_kvfabric.core.scenario import Synthetic
 
         @pytest.mark.kv_slo(require_zero_copy=True)
         def test_zc(kv_run, kv_scenario):

@@ -12,7 +12,7 @@ import yaml
 
 from pytest_kvfabric import cli
 from pytest_kvfabric.errors import ProfileError, UnknownIdError
-from pytest_kvfabric.profiles import (
+from pytest_kvfabric.core.profiles import (
     GpuProfile, ModelProfile, list_gpus, list_models, load_gpu, load_model, shipped_profile_dir,
 )
 

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 from pytest_kvfabric.commands.run import LONG_RUN_S, predicted_notice, predicted_s, progress_line
-from pytest_kvfabric.profiles import load_gpu, load_model
-from pytest_kvfabric.progress import Progress, eta_s, human_bytes, human_seconds
-from pytest_kvfabric.runner import AgentPair
-from pytest_kvfabric.scenario import Deployment, Distribution, Scenario, Synthetic, Workload
+from pytest_kvfabric.core.profiles import load_gpu, load_model
+from pytest_kvfabric.harness.progress import Progress, eta_s, human_bytes, human_seconds
+from pytest_kvfabric.run.runner import AgentPair
+from pytest_kvfabric.core.scenario import Deployment, Distribution, Scenario, Synthetic, Workload
 
 
 class Tty(io.StringIO):

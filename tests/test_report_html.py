@@ -206,10 +206,10 @@ def test_readme_capacity_table_matches_the_plans():
     """The 'what the presets need' table is what the plan computes (llama3.1-8b column)."""
     import re
 
-    from pytest_kvfabric.capacity import needed_gbps
+    from pytest_kvfabric.measure.capacity import needed_gbps
     from pytest_kvfabric.emulator.plan import build_plan
-    from pytest_kvfabric.profiles import load_gpu, load_model
-    from pytest_kvfabric.suites import DEFAULT_GPU, load_suite
+    from pytest_kvfabric.core.profiles import load_gpu, load_model
+    from pytest_kvfabric.harness.suites import DEFAULT_GPU, load_suite
 
     text = README.read_text().split("### Capacity told up front", 1)[1]
     rows: dict[tuple[str, str], float] = {}
@@ -227,7 +227,7 @@ def test_readme_capacity_table_matches_the_plans():
 
 SMALL_CASE = """
 import pytest
-from pytest_kvfabric.scenario import Synthetic
+from pytest_kvfabric.core.scenario import Synthetic
 
 @pytest.mark.kv_slo(min_throughput_gbps=0.001)
 def test_small(kv_run, kv_scenario):

@@ -5,9 +5,9 @@ import pytest
 
 from pytest_kvfabric.emulator.plan import build_plan
 from pytest_kvfabric.fabric.local import local_pair
-from pytest_kvfabric.profiles import load_gpu, load_model
-from pytest_kvfabric.runner import AgentPair, derive_timeout_s, run_scenario
-from pytest_kvfabric.scenario import Arrival, Distribution, Scenario, Workload
+from pytest_kvfabric.core.profiles import load_gpu, load_model
+from pytest_kvfabric.run.runner import AgentPair, derive_timeout_s, run_scenario
+from pytest_kvfabric.core.scenario import Arrival, Distribution, Scenario, Workload
 
 MIB = 1 << 20
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_kvfabric import slo
+from pytest_kvfabric.measure import slo
 from pytest_kvfabric.errors import ProfileError
 
 METRICS = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_kvfabric import stats
+from pytest_kvfabric.measure import stats
 from pytest_kvfabric.emulator.plan import REQUEST_DTYPE, TRANSFER_DTYPE
-from pytest_kvfabric.result import Result
+from pytest_kvfabric.measure.result import Result
 
 
 def test_percentiles_known_values():
@@ -120,7 +120,7 @@ def test_exposed_fraction_is_exposed_over_prefill_per_request():
     import numpy as np
 
     from pytest_kvfabric.emulator.plan import REQUEST_DTYPE, TRANSFER_DTYPE
-    from pytest_kvfabric.stats import summarize
+    from pytest_kvfabric.measure.stats import summarize
 
     transfers = np.zeros(2, dtype=TRANSFER_DTYPE)
     transfers["request"] = [0, 1]

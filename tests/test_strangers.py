@@ -190,8 +190,8 @@ def _free_port() -> int:
 
 
 def _scenario(name: str, port: int):
-    from pytest_kvfabric.profiles import load_gpu, load_model
-    from pytest_kvfabric.scenario import Arrival, Distribution, Scenario, Workload
+    from pytest_kvfabric.core.profiles import load_gpu, load_model
+    from pytest_kvfabric.core.scenario import Arrival, Distribution, Scenario, Workload
 
     # ~2 s of paced requests: the strangers arrive while pages are moving
     wl = Workload(isl=Distribution.fixed(256), osl=Distribution.fixed(8), requests=20,
@@ -220,7 +220,7 @@ def _check_run(res, sc, opened: dict[str, int]) -> None:
 @pytest.mark.parametrize("name", ["tcp", "iouring"])
 def test_a_real_run_with_strangers_on_its_data_port_completes_verified(name):
     from pytest_kvfabric.fabric.local import local_pair
-    from pytest_kvfabric.runner import AgentPair
+    from pytest_kvfabric.run.runner import AgentPair
 
     _transport(name)
     port = _free_port()
@@ -250,7 +250,7 @@ def test_a_real_run_with_strangers_on_its_data_port_completes_verified(name):
 def test_strangers_on_the_data_network_of_a_netns_pair():
     """The hosts-like case: strangers inside the prefill namespace, across the veth."""
     from pytest_kvfabric.fabric.netns import NetnsPair, netns_unavailable_reason
-    from pytest_kvfabric.runner import AgentPair
+    from pytest_kvfabric.run.runner import AgentPair
 
     reason = netns_unavailable_reason()
     if reason:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from pytest_kvfabric.errors import ProfileError
-from pytest_kvfabric.profiles import load_gpu, load_model
-from pytest_kvfabric.suites import list_suites, load_suite, parse_suite
+from pytest_kvfabric.core.profiles import load_gpu, load_model
+from pytest_kvfabric.harness.suites import list_suites, load_suite, parse_suite
 
 SHIPPED = Path(__file__).resolve().parent.parent / "suites"
 

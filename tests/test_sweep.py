@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from pytest_kvfabric import sweepplan
+from pytest_kvfabric.run import sweepplan
 from pytest_kvfabric.cli import main
 from pytest_kvfabric.emulator.synthetic import build_synthetic_plan
 from pytest_kvfabric.errors import ProfileError
-from pytest_kvfabric.profiles import load_gpu, load_model
+from pytest_kvfabric.core.profiles import load_gpu, load_model
 from pytest_kvfabric.report.runs import kind_of
-from pytest_kvfabric.scenario import Scenario
+from pytest_kvfabric.core.scenario import Scenario
 
 
 def test_default_sizes_are_powers_of_two_from_4kib_to_64mib():

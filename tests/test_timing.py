@@ -12,8 +12,8 @@ import pytest
 
 from pytest_kvfabric.emulator import timing
 from pytest_kvfabric.emulator.batching import prefill_schedule
-from pytest_kvfabric.profiles import GpuProfile, Moe, ModelProfile, SlidingWindow, load_gpu, load_model
-from pytest_kvfabric.scenario import Deployment
+from pytest_kvfabric.core.profiles import GpuProfile, Moe, ModelProfile, SlidingWindow, load_gpu, load_model
+from pytest_kvfabric.core.scenario import Deployment
 
 
 def toy(**kw) -> ModelProfile:
@@ -226,7 +226,7 @@ def test_budget_at_least_the_prompt_matches_prefill_alone():
 
 def test_plan_with_batching_keeps_every_row_ready_by_its_request_prefill():
     from pytest_kvfabric.emulator.plan import build_plan, plan_summary
-    from pytest_kvfabric.scenario import Arrival, Distribution, Scenario, Workload
+    from pytest_kvfabric.core.scenario import Arrival, Distribution, Scenario, Workload
 
     wl = Workload(isl=Distribution.fixed(300), osl=Distribution.fixed(8), requests=4, arrival=Arrival(kind="closed", concurrency=4))
     base = Scenario(id="b", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"), workload=wl, pool_bytes=64 << 20)
@@ -258,7 +258,7 @@ def test_prefill_and_decode_grow_with_length_and_batch(model_id, tp, ep, dp):
 
 def test_hbm_fit_names_the_side_and_both_figures():
     from pytest_kvfabric.emulator.memory import hbm_fit_problem, weight_bytes_per_rank
-    from pytest_kvfabric.scenario import Arrival, Distribution, Scenario, Workload
+    from pytest_kvfabric.core.scenario import Arrival, Distribution, Scenario, Workload
 
     m = load_model("deepseek-v3")
     wl = Workload(isl=Distribution.fixed(4096), osl=Distribution.fixed(1024), requests=1)

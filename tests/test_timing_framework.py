@@ -11,8 +11,8 @@ from pytest_kvfabric.calibration.predict import Measurement, framework_key, pred
 from pytest_kvfabric.calibration.table import load_table, shipped_table_path
 from pytest_kvfabric.emulator import timing
 from pytest_kvfabric.errors import ProfileError
-from pytest_kvfabric.profiles import GpuProfile, load_gpu, load_model
-from pytest_kvfabric.scenario import Deployment
+from pytest_kvfabric.core.profiles import GpuProfile, load_gpu, load_model
+from pytest_kvfabric.core.scenario import Deployment
 
 MODEL = load_model("llama3.1-8b")
 
@@ -83,7 +83,7 @@ def test_vllm_overhead_is_fitted_on_sources_other_than_the_held_out_vllm_page():
 
 
 def test_suite_deployment_takes_a_framework_and_rejects_a_bad_name():
-    from pytest_kvfabric.suites import parse_suite
+    from pytest_kvfabric.harness.suites import parse_suite
     suite = parse_suite("suite: x\nscenarios: [{id: a, prefill: {tp: 1}, decode: {tp: 1, framework: vllm}}]", "ok.yaml")
     sc = suite.scenarios[0].build(MODEL, load_gpu("h100"), "tcp")
     assert (sc.prefill.framework, sc.decode.framework) == ("", "vllm")

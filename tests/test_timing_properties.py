@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pytest_kvfabric.emulator import timing
 from pytest_kvfabric.emulator.batching import prefill_schedule
 from pytest_kvfabric.emulator.kvlayout import valid_tp
-from pytest_kvfabric.profiles import GpuProfile, ModelProfile, Moe
-from pytest_kvfabric.scenario import Deployment
+from pytest_kvfabric.core.profiles import GpuProfile, ModelProfile, Moe
+from pytest_kvfabric.core.scenario import Deployment
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 REL = 1e-9  # float slack for sums of the same terms in another order

@@ -12,8 +12,8 @@ from pytest_kvfabric.calibration.predict import Measurement, predict
 from pytest_kvfabric.calibration.table import load_table, shipped_table_path
 from pytest_kvfabric.cli import main
 from pytest_kvfabric.errors import ProfileError
-from pytest_kvfabric.profile_schema import read_yaml, validate
-from pytest_kvfabric.profiles import load_gpu, load_model
+from pytest_kvfabric.core.profile_schema import read_yaml, validate
+from pytest_kvfabric.core.profiles import load_gpu, load_model
 
 
 def test_shipped_table_parses_against_its_schema_and_cites_every_row():

@@ -5,7 +5,7 @@ import pytest
 
 from pytest_kvfabric.emulator.workload import PRESETS, preset, sample_requests
 from pytest_kvfabric.errors import ProfileError, UnknownIdError
-from pytest_kvfabric.scenario import Arrival, Distribution, Workload
+from pytest_kvfabric.core.scenario import Arrival, Distribution, Workload
 
 K = 1024
 

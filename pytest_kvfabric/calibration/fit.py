@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy.optimize import least_squares
 
-from ..profiles import GpuProfile
+from ..core.profiles import GpuProfile
 from .predict import Measurement
 
 # Parameter -> (lower, upper) bounds the fit may move it within.

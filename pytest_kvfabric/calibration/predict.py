@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..emulator import batching, timing
-from ..profiles import GpuProfile, ModelProfile
-from ..scenario import Deployment
+from ..core.profiles import GpuProfile, ModelProfile
+from ..core.scenario import Deployment
 
 METRICS = ("ttft_ms", "tpot_ms", "e2e_ms", "prefill_tok_s_per_gpu")
 

@@ -6,7 +6,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..emulator.timing import roofline_gpu
-from ..profiles import GpuProfile, ModelProfile
+from ..core.profiles import GpuProfile, ModelProfile
 from .predict import Measurement, predict
 from .table import FLEET_AVERAGE
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ProfileError
-from ..profile_schema import read_yaml, validate
-from ..profiles import GpuProfile, ModelProfile, load_gpu, load_model
+from ..core.profile_schema import read_yaml, validate
+from ..core.profiles import GpuProfile, ModelProfile, load_gpu, load_model
 from .predict import Measurement
 
 FLEET_AVERAGE = "fleet_average"

@@ -6,11 +6,11 @@ import dataclasses
 from typing import Any, Callable
 
 from ..emulator.kvlayout import kv_layout
-from ..limits import MAX_MODEL_DIM, MAX_POOL_MIB, MAX_REQUESTS, MAX_SEED, MAX_TOKENS, check_number
+from ..core.limits import MAX_MODEL_DIM, MAX_POOL_MIB, MAX_REQUESTS, MAX_SEED, MAX_TOKENS, check_number
 from ..emulator.memory import check_hbm_fit
 from ..emulator.workload import PRESETS, preset
-from ..profiles import KV_DTYPE_BITS, load_gpu, load_model
-from ..scenario import ACCESS_PATTERNS, Deployment, Distribution, Scenario, Workload
+from ..core.profiles import KV_DTYPE_BITS, load_gpu, load_model
+from ..core.scenario import ACCESS_PATTERNS, Deployment, Distribution, Scenario, Workload
 
 DEFAULT_ISL = 1024
 DEFAULT_OSL = 128

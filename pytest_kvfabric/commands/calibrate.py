@@ -13,7 +13,7 @@ from ..calibration.predict import predict
 from ..calibration.report import evaluate, summarize
 from ..calibration.table import load_table
 from ..errors import ProfileError
-from ..profiles import load_gpu
+from ..core.profiles import load_gpu
 
 
 def register(subparsers: Any) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 from tabulate import tabulate
 
 from ..emulator.kvlayout import kv_layout
-from ..profiles import KV_DTYPE_BITS, load_model
-from ..scenario import Deployment
+from ..core.profiles import KV_DTYPE_BITS, load_model
+from ..core.scenario import Deployment
 from ._scenario_args import add_profile_args, positive_int
 
 

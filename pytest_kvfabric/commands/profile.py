@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..hf_import import import_config
+from ..core.hf_import import import_config
 
 
 def register(subparsers: Any) -> None:
@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     if args.output is not None:
-        from ..outpath import check_output_path
+        from ..core.outpath import check_output_path
 
         check_output_path(args.output, "-o", "<cli>", dir_ok=True)
     path = import_config(args.config, args.output, model_id=args.model_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..profiles import GpuProfile, ModelProfile, list_gpus, list_models
+from ..core.profiles import GpuProfile, ModelProfile, list_gpus, list_models
 
 
 def register(subparsers: Any) -> None:

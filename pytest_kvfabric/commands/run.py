@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 from ..endpoint.prefill import MAX_INFLIGHT
-from ..progress import Progress, eta_s, human_bytes, human_seconds
+from ..harness.progress import Progress, eta_s, human_bytes, human_seconds
 from ..errors import IntegrityError, TransportError
-from ..limits import MAX_TIMEOUT_S
-from ..scenario import FAULTS
+from ..core.limits import MAX_TIMEOUT_S
+from ..core.scenario import FAULTS
 from ._scenario_args import add_scenario_args, float_in, positive_int, scenario_from_args
 
 DEFAULT_GPU = "h100"
@@ -114,8 +114,8 @@ PACED_PROBE_FROM_BYTES = 64 << 20  # a paced one from here (needed against carri
 
 def _capacity(scenario: Any) -> Any:
     """Needed against carried Gb/s on loopback (a 0.3 s probe), for paced or large runs; else None."""
-    from ..capacity import Capacity, needed_gbps
-    from ..capacity_probe import carried_gbps
+    from ..measure.capacity import Capacity, needed_gbps
+    from ..run.capacity_probe import carried_gbps
     from ..emulator.plan import build_plan
     from ..fabric.local import local_pair
 
@@ -156,7 +156,7 @@ def progress_line(p: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..runner import AgentPair
+    from ..run.runner import AgentPair
     from ..transports.registry import available_names, probe
 
     if args.transport not in available_names():
@@ -164,16 +164,16 @@ def main(args: argparse.Namespace) -> int:
 
         raise UnknownIdError("transport", args.transport, available_names(), "<cli>")  # exit 2
     if args.json:
-        from ..outpath import check_output_path
+        from ..core.outpath import check_output_path
 
         check_output_path(args.json, "--json", "<cli>")
     sc = scenario_from_args(args, scenario_id="run")
-    from ..options import transport_params
+    from ..harness.options import transport_params
 
     params = transport_params(args.transport_param, "--transport-param")
     if args.connections:
         params["connections"] = args.connections
-    from ..scenario import INJECT_PARAM
+    from ..core.scenario import INJECT_PARAM
     from ..transports.registry import check_params
 
     if args.inject:

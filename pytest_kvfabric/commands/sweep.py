@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Any
 
-from .. import sweepplan
-from ..progress import Progress, human_seconds
+from ..run import sweepplan
+from ..harness.progress import Progress, human_seconds
 
 FABRICS = ("local", "netns", "hosts")
 
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> tuple[list[str], list[int], list[int], dict[str, Any]]:
     from ..errors import ProfileError, UnknownIdError
-    from ..options import transport_params
+    from ..harness.options import transport_params
     from ..transports.registry import available_names
 
     names = [t.strip() for t in args.transport.split(",") if t.strip()]
@@ -58,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import KvFabricError
     from ..fabric.select import open_pair
-    from ..profiles import load_gpu, load_model
+    from ..core.profiles import load_gpu, load_model
     from ..report import fingerprint
-    from ..runner import AgentPair
-    from ..scenario import Scenario
+    from ..run.runner import AgentPair
+    from ..core.scenario import Scenario
 
     names, sizes, batches, params = _check(args)
     base = Scenario(id="sweep", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"))
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _unavailable(pair: Any, transport: str, params: dict[str, Any]) -> str | None:
-    from ..case import pair_probe_reason, probe_reason
+    from ..harness.case import pair_probe_reason, probe_reason
 
     if pair.fabric == "local":
         r = probe_reason(transport, params)

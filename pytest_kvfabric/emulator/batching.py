@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..profiles import GpuProfile, ModelProfile
-from ..scenario import Deployment
+from ..core.profiles import GpuProfile, ModelProfile
+from ..core.scenario import Deployment
 from . import timing
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ProfileError
-from ..profiles import KV_DTYPE_BITS, ModelProfile
-from ..scenario import Deployment
+from ..core.profiles import KV_DTYPE_BITS, ModelProfile
+from ..core.scenario import Deployment
 
 
 @dataclass(frozen=True)

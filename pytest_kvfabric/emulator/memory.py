@@ -13,15 +13,15 @@ import dataclasses
 from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ProfileError
-from ..profiles import ModelProfile
-from ..scenario import Deployment
+from ..core.profiles import ModelProfile
+from ..core.scenario import Deployment
 from .kvlayout import kv_layout, valid_tp
 from .timing import attention_params, weight_bytes_per_param
 from .workload import sample_requests
 
 if TYPE_CHECKING:
-    from ..profiles import GpuProfile
-    from ..scenario import Scenario
+    from ..core.profiles import GpuProfile
+    from ..core.scenario import Scenario
 
 
 def weight_bytes_per_rank(model: ModelProfile, dep: Deployment) -> float:

@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ProfileError
-from ..limits import MAX_PLAN_ROWS, MAX_POOL_MIB, MAX_SEED, check_number
+from ..core.limits import MAX_PLAN_ROWS, MAX_POOL_MIB, MAX_SEED, check_number
 from . import timing
 from .batching import prefill_schedule
 from .kvlayout import KvLayout, kv_layout
 from .workload import sample_requests
 
 if TYPE_CHECKING:
-    from ..scenario import Scenario
+    from ..core.scenario import Scenario
 
 TRANSFER_DTYPE = np.dtype(
     [

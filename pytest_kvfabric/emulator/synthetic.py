@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ProfileError
-from ..scenario import Scenario
+from ..core.scenario import Scenario
 from .plan import REQUEST_DTYPE, TRANSFER_DTYPE, TransferPlan, check_plan_rows
 
 _SLOT_ALIGN = 64

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..profiles import GpuProfile, ModelProfile
-from ..scenario import Deployment
+from ..core.profiles import GpuProfile, ModelProfile
+from ..core.scenario import Deployment
 from .kvlayout import kv_layout
 
 ACT_BYTES = 2  # activations in bf16

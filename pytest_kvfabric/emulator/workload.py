@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ProfileError, UnknownIdError
-from ..limits import MAX_REQUESTS, MAX_TOKENS, check_number
-from ..scenario import Arrival, Distribution, Workload
+from ..core.limits import MAX_REQUESTS, MAX_TOKENS, check_number
+from ..core.scenario import Arrival, Distribution, Workload
 
 K = 1024
 

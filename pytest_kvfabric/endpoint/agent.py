@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..fabric.base import remote_source
-from ..scenario import INJECT_PARAM  # fault injection (scenario.FAULTS), --kv-inject
+from ..core.scenario import INJECT_PARAM  # fault injection (scenario.FAULTS), --kv-inject
 
 BOOTSTRAP = remote_source("""
 from pytest_kvfabric.endpoint.agent import serve
@@ -55,7 +55,7 @@ class _Session:
 
     def __init__(self, msg: dict[str, Any]) -> None:
         from ..emulator.plan import build_plan
-        from ..scenario import Scenario
+        from ..core.scenario import Scenario
         from ..transports.registry import get_transport
         from . import pattern
         from .pool import Pool

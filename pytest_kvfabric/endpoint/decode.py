@@ -80,7 +80,7 @@ def run_decode(
     place = ledger.place
     progress = target.progress
     # When each write of one request was placed (decode clock): that request's timeline in the report.
-    from ..stats import timeline_request
+    from ..measure.stats import timeline_request
 
     treq = timeline_request(plan.requests)
     t_lo = int(plan.requests["first"][treq]) if treq is not None else 0
@@ -154,6 +154,6 @@ def run_decode(
 
 def _by_layer(plan: TransferPlan, lo: int, hi: int, placed_ns: np.ndarray) -> np.ndarray:
     """Last placement per layer of the timeline request (layers in ascending order)."""
-    from ..stats import per_layer
+    from ..measure.stats import per_layer
 
     return per_layer(plan.transfers["layer"][lo:hi].astype(np.int64), placed_ns, "max")[1]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KvFabricError, ProfileError
-from ..profile_schema import read_yaml, validate
+from ..core.profile_schema import read_yaml, validate
 from .base import Host, HostPair
 
 DEFAULT_PORT = 22

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .. import histogram
+from ..measure import histogram
 from . import plotting as P
 from .runs import get, measured, transports
 

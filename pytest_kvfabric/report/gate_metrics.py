@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import ProfileError
-from ..limits import MAX_REGRESSION_PCT
+from ..core.limits import MAX_REGRESSION_PCT
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Any, Callable, Mapping, Sequence
 
-from ..capacity import explains, from_record
+from ..measure.capacity import explains, from_record
 from . import fig_cases, fig_compare, fig_latency
 from . import plotting as P
 from .runs import Run, all_cases, failed_verdicts, get

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ProfileError
-from ..limits import MAX_REPORT_BYTES
-from ..profile_schema import parse_json_text, read_text
+from ..core.limits import MAX_REPORT_BYTES
+from ..core.profile_schema import parse_json_text, read_text
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "report.schema.json"
 

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from pytest_kvfabric.profiles import load_gpu, load_model
-from pytest_kvfabric.runner import run_scenario
-from pytest_kvfabric.scenario import Scenario, Synthetic
+from pytest_kvfabric.core.profiles import load_gpu, load_model
+from pytest_kvfabric.run.runner import run_scenario
+from pytest_kvfabric.core.scenario import Scenario, Synthetic
 
 from conftest import SUITE
 

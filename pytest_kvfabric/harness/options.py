@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import KvFabricError, ProfileError
-from .limits import MAX_POOL_MIB, MAX_REGRESSION_PCT, MAX_SEED, MAX_TIMEOUT_S, check_number
-from .outpath import check_output_path
-from .profiles import GpuProfile, ModelProfile
+from ..errors import KvFabricError, ProfileError
+from ..core.limits import MAX_POOL_MIB, MAX_REGRESSION_PCT, MAX_SEED, MAX_TIMEOUT_S, check_number
+from ..core.outpath import check_output_path
+from ..core.profiles import GpuProfile, ModelProfile
 
 FABRICS = ("local", "netns", "hosts")
 PACINGS = ("emulated", "none")
@@ -168,10 +168,10 @@ def _scalar(text: str) -> Any:
 
 def resolve(get: Callable[[str], Any]) -> Selection:
     """Build the Selection. `get(dest)` returns the flag's value, else the ini value, else None."""
-    from . import slo as slo_mod
-    from .profiles import list_models, load_gpu, load_model
+    from ..measure import slo as slo_mod
+    from ..core.profiles import list_models, load_gpu, load_model
     from .suites import find_suite
-    from .transports.registry import available_names
+    from ..transports.registry import available_names
 
     profile_dirs = tuple(get("kv_profiles") or ())
     for d in profile_dirs:
@@ -211,7 +211,7 @@ def resolve(get: Callable[[str], Any]) -> Selection:
     slo = slo_mod.parse_assignments(list(get("kv_slo") or ()))
     seed = get("kv_seed")
     seed = None if seed in (None, "") else _number("--kv-seed", seed, int, 0, MAX_SEED)
-    from .report.gate_metrics import parse_thresholds
+    from ..report.gate_metrics import parse_thresholds
 
     thresholds = parse_thresholds(get("kv_max_regression"), "--kv-max-regression")
     max_reg = thresholds["throughput"]
@@ -261,13 +261,13 @@ def resolve(get: Callable[[str], Any]) -> Selection:
 
     inject = get("kv_inject")
     if inject:
-        from .scenario import FAULTS, INJECT_PARAM
+        from ..core.scenario import FAULTS, INJECT_PARAM
 
         if inject not in FAULTS:
             raise ProfileError("<options>", "--kv-inject", f"unknown fault {inject!r}; valid: {', '.join(FAULTS)}")
         params[INJECT_PARAM] = inject  # travels with the scenario; agents strip "_" keys for transports
 
-    from .transports.registry import check_params
+    from ..transports.registry import check_params
 
     why = check_params(transports, params)  # unknown names and bad values, before anything runs
     if why:

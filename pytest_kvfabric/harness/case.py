@@ -10,13 +10,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from . import slo as slo_mod
-from .errors import KvFabricError
-from .fabric.base import HostPair
+from ..measure import slo as slo_mod
+from ..errors import KvFabricError
+from ..fabric.base import HostPair
 from .options import Selection
-from .lab import env as lab_env
-from .report import baseline as baseline_mod
-from .scenario import Scenario
+from ..lab import env as lab_env
+from ..report import baseline as baseline_mod
+from ..core.scenario import Scenario
 
 
 def case_id(scenario_id: str, model: str, transport: str) -> str:
@@ -70,7 +70,7 @@ class PairUnavailable(Exception):
 
 
 def open_pair(selection: Selection) -> tuple[HostPair, Callable[[], None]]:
-    from .fabric import alloc, select
+    from ..fabric import alloc, select
 
     worker = worker_id()
     index = alloc.worker_index({} if worker == "main" else {"PYTEST_XDIST_WORKER": worker})
@@ -100,7 +100,7 @@ class CaseOutcome:
 
     def capacity_note(self) -> str | None:
         """Why a timing SLO miss follows from too little bandwidth, when it does."""
-        from .capacity import explains
+        from ..measure.capacity import explains
 
         return explains(self.capacity, [v.key for v in self.verdicts if not v.passed])
 
@@ -171,7 +171,7 @@ def forget_probes() -> None:
 def probe_reason(transport: str, params: Mapping[str, Any]) -> str | None:
     """Why this host cannot run the transport, or None. Probed once per process and
     parameter set: some probes do real netlink binds and take a second."""
-    from .transports.registry import probe
+    from ..transports.registry import probe
 
     key = json.dumps([transport, params], sort_keys=True, default=str)
     if key not in _PROBES:
@@ -183,7 +183,7 @@ def probe_reason(transport: str, params: Mapping[str, Any]) -> str | None:
 def pair_probe_reason(pair: HostPair, transport: str, params: Mapping[str, Any]) -> str | None:
     key = json.dumps([pair.name, transport, params], sort_keys=True, default=str)
     if key not in _PROBES:
-        from .fabric.transport_probe import probe_pair
+        from ..fabric.transport_probe import probe_pair
 
         _PROBES[key] = probe_pair(pair, transport, params)
     return _PROBES[key]
@@ -229,8 +229,8 @@ def run_case(
     # Remote hosts report their own kernel and NIC (collected on the host through its gateway).
     out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
                              (pair.details.get("fingerprint") or {}).items()}
-    from .report.repeats import median_metrics, repeat_figures
-    from .runner import AgentPair
+    from ..report.repeats import median_metrics, repeat_figures
+    from ..run.runner import AgentPair
 
     out.capacity = up_front_capacity(scenario, pair)
     n = max(1, selection.repeat)
@@ -263,8 +263,8 @@ def up_front_capacity(scenario: Scenario, pair: HostPair) -> Any:
     link could miss, what the pair carries (a short probe, once per pair and transport)."""
     if scenario.pacing != "emulated" or scenario.synthetic:
         return None
-    from .capacity import TIMING_KEYS, Capacity, needed_gbps
-    from .emulator.plan import build_plan
+    from ..measure.capacity import TIMING_KEYS, Capacity, needed_gbps
+    from ..emulator.plan import build_plan
 
     try:
         plan = build_plan(scenario)
@@ -273,7 +273,7 @@ def up_front_capacity(scenario: Scenario, pair: HostPair) -> Any:
     need = needed_gbps(plan.total_bytes, float(plan.requests["prefill_ns"].sum()))
     if not set(scenario.slo or ()) & TIMING_KEYS:
         return Capacity(need, None, "not probed: no timing SLO")
-    from .capacity_probe import carried_gbps
+    from ..run.capacity_probe import carried_gbps
 
     carried, how = carried_gbps(pair, scenario.transport, scenario.transport_params)
     return Capacity(need, carried, how)

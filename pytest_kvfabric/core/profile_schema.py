@@ -14,10 +14,10 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-from .errors import ProfileError
+from ..errors import ProfileError
 from .limits import MAX_DEPTH, MAX_INPUT_BYTES, finite_reason
 
-SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
 _JSON_TYPE = {
     str: "string", bool: "boolean", int: "integer", float: "number",

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ProfileError
+from ..errors import ProfileError
 from .limits import MAX_LAYERS, MAX_MODEL_DIM
 from .profile_schema import json_type_name, parse_json_text, read_text
 from .profiles import ModelProfile

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from .errors import ProfileError, UnknownIdError
+from ..errors import ProfileError, UnknownIdError
 from .profile_schema import read_yaml, validate
 
 KV_DTYPE_BITS: Mapping[str, int] = {"fp4": 4, "fp8": 8, "bf16": 16, "fp16": 16, "fp32": 32}
@@ -127,7 +127,7 @@ GPU_TIMING_FIELDS: tuple[str, ...] = (
 
 def shipped_profile_dir() -> Path:
     """Directory holding the shipped profiles/ (models/, gpus/)."""
-    return Path(__file__).resolve().parent / "data" / "profiles"
+    return Path(__file__).resolve().parents[1] / "data" / "profiles"
 
 
 

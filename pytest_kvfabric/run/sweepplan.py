@@ -11,8 +11,8 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from .errors import ProfileError
-from .scenario import Arrival, Scenario, Synthetic, Workload
+from ..errors import ProfileError
+from ..core.scenario import Arrival, Scenario, Synthetic, Workload
 
 SWEEP_FORMAT = "pytest-kvfabric-sweep"
 DEFAULT_SIZES = "4KiB..64MiB"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from .errors import KvFabricError
-from .fabric.base import HostPair
+from ..errors import KvFabricError
+from ..fabric.base import HostPair
 
 PROBE_SIZE = 4 << 20  # large writes: near the best of a sweep on every transport measured here
 PROBE_BATCH = 4
@@ -21,9 +21,9 @@ def carried_gbps(pair: HostPair, transport: str, params: Mapping[str, Any]) -> t
     key = json.dumps([pair.name, transport, params], sort_keys=True, default=str)
     if key not in _CARRIED:
         from . import sweepplan
-        from .profiles import load_gpu, load_model
+        from ..core.profiles import load_gpu, load_model
         from .runner import run_scenario
-        from .scenario import Scenario
+        from ..core.scenario import Scenario
 
         base = Scenario(id="capacity", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"))
         sc = sweepplan.point_scenario(base, transport, PROBE_SIZE, PROBE_BATCH, PROBE_DEPTH, PROBE_SECONDS, params)

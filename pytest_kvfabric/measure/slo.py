@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .errors import ProfileError
+from ..errors import ProfileError
 
 
 def _get(metrics: Mapping[str, Any], path: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ProfileError
+from ..errors import ProfileError
 
 
 def check_output_path(path: str, flag: str, source: str = "<options>", dir_ok: bool = False) -> None:

@@ -19,16 +19,16 @@ from typing import Any, Callable, Mapping
 
 import execnet
 
-from . import stats
-from .emulator.memory import check_hbm_fit
-from .emulator.plan import TransferPlan, build_plan
-from .endpoint.agent import BOOTSTRAP, unpack_array
-from .errors import IntegrityError, KvFabricError, ProtocolError, TransportError
-from .fabric.base import HostPair
-from .fabric.mailbox import Closed, Mailbox, Timeout
-from .lab.env import time_scale
-from .result import Result
-from .scenario import Scenario
+from ..measure import stats
+from ..emulator.memory import check_hbm_fit
+from ..emulator.plan import TransferPlan, build_plan
+from ..endpoint.agent import BOOTSTRAP, unpack_array
+from ..errors import IntegrityError, KvFabricError, ProtocolError, TransportError
+from ..fabric.base import HostPair
+from ..fabric.mailbox import Closed, Mailbox, Timeout
+from ..lab.env import time_scale
+from ..measure.result import Result
+from ..core.scenario import Scenario
 
 PROGRESS_S = 0.5  # how often a watched run reports progress
 # After one agent fails, how long to wait for the other's answer to tell cause from effect (its final
@@ -64,7 +64,7 @@ class AgentPair:
     def __init__(self, pair: HostPair | None = None, timeout_s: float | None = None,
                  options: dict[str, Any] | None = None) -> None:
         if pair is None:
-            from .fabric.local import local_pair
+            from ..fabric.local import local_pair
 
             pair = local_pair()
         self.pair = pair
@@ -199,7 +199,7 @@ class AgentPair:
         """On the netns fabric, the veth ends that are down (a run over a dead link only times out)."""
         if self.pair.fabric != "netns":
             return None
-        from .fabric.netns import links_down
+        from ..fabric.netns import links_down
 
         down = links_down([(h.netns, h.interface) for h in (self.pair.prefill, self.pair.decode)
                            if h.interface])
@@ -224,7 +224,7 @@ class AgentPair:
     def run(self, scenario: Scenario, check_integrity: bool = True) -> Result:
         """Run one scenario; raises TransportError (agent/transport failure) or IntegrityError
         (pages arrived wrong; the Result is attached as `exc.result`)."""
-        from .transports.registry import get_transport
+        from ..transports.registry import get_transport
 
         try:
             get_transport(scenario.transport)  # unknown name: UnknownIdError before any agent starts

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import ProfileError
-from .profile_schema import parse_yaml_text, read_yaml, validate
-from .profiles import GpuProfile, ModelProfile
-from .scenario import Arrival, Deployment, Distribution, Scenario, Synthetic, Workload
+from ..errors import ProfileError
+from ..core.profile_schema import parse_yaml_text, read_yaml, validate
+from ..core.profiles import GpuProfile, ModelProfile
+from ..core.scenario import Arrival, Deployment, Distribution, Scenario, Synthetic, Workload
 
 DEFAULT_GPU = "h100"
 DEFAULT_MODELS = ("llama3.1-8b",)
@@ -21,7 +21,7 @@ DEFAULT_POOL_MIB = 64
 
 
 def shipped_suite_dir() -> Path:
-    return Path(__file__).resolve().parent / "data" / "suites"
+    return Path(__file__).resolve().parents[1] / "data" / "suites"
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def _distribution(value: Any) -> Distribution:
 def build_workload(spec: Mapping[str, Any], source: str, where: str) -> Workload:
     """A workload from suite fields, on top of an application preset when one is named."""
     if "preset" in spec:
-        from .emulator.workload import preset  # emulator is pure; imported late to keep load cheap
+        from ..emulator.workload import preset  # emulator is pure; imported late to keep load cheap
 
         base = preset(spec["preset"])
     else:
@@ -148,7 +148,7 @@ def _check_distributions(fields: Mapping[str, Any], source: str, where: str) -> 
 def _check_transports(fields: Mapping[str, Any], source: str, where: str) -> None:
     """A misspelt transport would collect nothing (exit 5, no error): refuse it, and check the
     scenario's transport parameters against the transports it names."""
-    from .transports.registry import available_names, check_params
+    from ..transports.registry import available_names, check_params
 
     names = list(fields.get("transports") or ())
     known = available_names()
@@ -200,7 +200,7 @@ def find_suite(name: str, search_dirs: Sequence[str | Path] = ()) -> Path:
         for ext in (".yaml", ".yml"):
             if (d / f"{name}{ext}").is_file():
                 return d / f"{name}{ext}"
-    from .errors import UnknownIdError
+    from ..errors import UnknownIdError
 
     raise UnknownIdError("suite", name, list_suites(search_dirs))
 
