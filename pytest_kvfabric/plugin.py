@@ -617,7 +617,7 @@ def _write_html(config: pytest.Config, path: str, report: dict[str, Any], baseli
     from .report import htmlfile
 
     try:
-        from .options import baseline_list
+        from .harness.options import baseline_list
 
         base = [htmlfile.load(p) for p in baseline_list(baseline_path)]
         htmlfile.write(path, [htmlfile.from_session(report)], base)
