@@ -85,13 +85,15 @@ def gate(base: list[dict[str, list[dict[str, float]]]], cur: dict[str, list[dict
          thresholds: str | None = None) -> dict[str, Any]:
     """Verdicts of the gate (default thresholds, or --kv-max-regression text) on the first n
     repeats of every case both sides ran; `base` is the baseline's sessions (one or several)."""
-    out: dict[str, Any] = {"regressed": [], "undecided": 0, "decided": 0, "tput_regressed": False}
+    out: dict[str, Any] = {"regressed": [], "undecided": 0, "decided": 0, "tput_regressed": False, "tput": None}
     for case in sorted(set.intersection(*(set(b) for b in base)) & set(cur)):
         old = [b[case][:n] for b in base]
         for c in compare_samples(case, old, cur[case][:n], parse_thresholds(thresholds)):
             if c.regressed:
                 out["regressed"].append(f"{case}:{c.key} {c.change_pct:+.0f}%")
                 out["tput_regressed"] |= c.key == "throughput"
+            if case == "burst" and c.key == "throughput":
+                out["tput"] = c.status
             out["undecided"] += c.undecided
             out["decided"] += not c.undecided
     return out
@@ -132,7 +134,9 @@ def rows_from(raw: dict[str, list[dict[str, Any]]], cuts: list[float], repeat: i
                 rows.append({**common, "test": f"rate cut {cut:g}%", "pairs": len(det),
                              "gate failed": sum(bool(g["tput_regressed"]) for g in det),
                              "target": "10 of 10" if cut >= 40 else "-",
-                             "detail": f"measured throughput ratio median {ratio['median']:.3f}"})
+                             "detail": f"measured throughput ratio median {ratio['median']:.3f}; burst throughput "
+                                       + ", ".join(f"{v} {sum(g['tput'] == v for g in det)}"
+                                                   for v in ("regressed", "undecided", "unchanged", "improved"))})
     return rows
 
 
