@@ -176,3 +176,10 @@ def test_compare_command_under_tcg_does_not_fail_on_timings(tmp_path, capsys):
     assert "timing verdicts are undecided (not judged)" in out and "REGRESSED" not in out
     assert main(["compare", old, new, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["timings_judged"] is False
+
+
+def test_an_undecided_verdict_says_when_the_sessions_spread_is_the_reason():
+    j = judge_sessions(TPUT, [[10.0, 10.1, 9.9], [7.0, 7.1, 6.9], [12.0, 12.1, 11.9]], [8.5, 8.6, 8.4], 5.0)
+    assert j.status == "undecided" and "sessions differ by more than the threshold" in j.note
+    calm = judge_sessions(TPUT, [[10.0, 10.1, 9.9], [10.05, 10.1, 10.0], [9.95, 10.0, 9.9]], [10.0, 9.9, 10.1], 5.0)
+    assert calm.status == "unchanged" and calm.note == ""

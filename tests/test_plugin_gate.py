@@ -41,6 +41,7 @@ def test_undecided_passes_by_default_fails_on_request_and_the_environment_diff_c
     loose.assert_outcomes(passed=1)
     out = loose.stdout.str()
     assert out.index("kernel: 5.15.0-old ->") < out.index("baseline median [95% CI]")
+    assert "WARNING: the baseline is one session" in out
     loose.stdout.fnmatch_lines(["*throughput Gb/s*UNDECIDED*", "*note: too few samples (1 vs 1;*",
                                 "*undecided passes (--kv-gate-undecided=pass)*"])
     strict = pytester.runpytest("--kv-baseline=base.json", "--kv-gate-undecided=fail")
