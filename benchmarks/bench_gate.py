@@ -14,6 +14,11 @@ does exactly this), keep each repeat's gated figures. The gate is the plugin's o
   identical current session (false alarms), then one session per --cuts on a pair shaped to
   rate x (1 - cut) (detection of an injected regression).
 
+Baselines of several sessions (--sessions 1,3,5): pair i's baseline of k sessions is the "base"
+sessions of rounds i, i-1, ..., i-k+1 (wrapping around to the last rounds for the first pairs),
+judged by the two-level verdict (report/verdict.py, judge_sessions); k=1 is the one-session
+verdict. Its sessions lie minutes apart, like k pytest runs recorded one after another.
+
 Rounds are interleaved (every session of round i before any of round i+1), so a slow drift
 of this shared host lands on baseline and current alike. Sessions record --repeat repeats;
 the N=5 verdicts use each session's first 5, the N=10 verdicts all 10. A false alarm is a
@@ -25,7 +30,8 @@ Two cases per session: `burst` (32 x 1 MiB, pacing none: throughput-bound) and `
 cut sessions run `burst` only (the injected regression is a slower link).
 
     python benchmarks/bench_gate.py [--pairs 10] [--repeat 10] [--fabric loopback,netns]
-                                    [--rate-mbit 2000] [--cuts 40,15,8] [--budget-s 1500] [--json]
+                                    [--rate-mbit 400] [--cuts 40,25,15] [--sessions 1,3,5]
+                                    [--budget-s 2400] [--json]
 """
 from __future__ import annotations
 
