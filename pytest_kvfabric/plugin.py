@@ -1,8 +1,10 @@
 """pytest hooks only: options, fixtures, parametrization, suite collection, reports.
 
-The work is done by plain modules: options (validation), suites (YAML), case (run + verdicts),
-slo, report/*. Under pytest-xdist each worker runs its cases on its own host pair and ships
-results back inside the reports' user_properties; only the controller writes the JSON report.
+The work is done by plain modules: options (validation), resolve (scenarios), suites (YAML),
+case (run + verdicts), slo, report/*. The run's state is one harness.session.KvSession.
+Under pytest-xdist each worker runs its cases on its own host pair and ships results back
+inside the reports' user_properties; only the controller writes the JSON report. Plug-ins
+extend a run through the hooks in hookspecs.py; the built-ins are trylast implementations here.
 """
 from __future__ import annotations
 
@@ -17,17 +19,43 @@ from .harness import case as case_mod
 from .measure import slo as slo_mod
 from .errors import KvFabricError
 from .harness.options import OPTIONS, Selection, resolve
+from .harness.reporting import PROP, KvReporter, merged as _merged
+from .harness.session import KvSession
 
-SELECTION = pytest.StashKey[Selection]()
-PAIRS = pytest.StashKey[case_mod.PairManager]()
-BASELINE = pytest.StashKey[dict]()  # case id -> the baseline's sessions (report.baseline.case_sessions)
-BASELINE_REPORT = pytest.StashKey[list]()  # the baseline's reports, one per session
-SESSION_REPORT = pytest.StashKey[dict]()
-BASELINE_TRANSPORTS = pytest.StashKey[frozenset]()  # transports the baseline measured
-DEFAULT_SUITES_NOTE = pytest.StashKey[str]()  # built once at session end, for the JSON files and the summary
-RESULTS = pytest.StashKey[dict]()
-HTML_ERROR = pytest.StashKey[str]()
-PROP = "kvfabric"  # user_properties key carrying a case's JSON record
+SESSION = pytest.StashKey[KvSession]()  # the run's state, one object
+
+
+# ---------------------------------------------------------------- hooks for plug-ins (hookspecs.py)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_kvfabric_metrics(config: pytest.Config):
+    """The built-in figures (measure/metrics.py)."""
+    from .measure.metrics import BUILTIN
+
+    return list(BUILTIN.metrics)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_kvfabric_fabrics(config: pytest.Config):
+    """The shipped fabrics: loopback, a namespace pair, an inventory of host pairs."""
+    from .harness.options import FABRICS
+
+    return {name: case_mod.open_builtin for name in FABRICS}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_kvfabric_report_sections(config: pytest.Config, results, metrics):
+    """The KV-transfer summary table."""
+    from .report import table
+
+    return [("kvfabric KV-transfer summary", table.render(results, metrics))]
 
 
 # ---------------------------------------------------------------- options
@@ -52,15 +80,33 @@ def _getter(config: pytest.Config) -> Callable[[str], Any]:
     return get
 
 
-def _selection(config: pytest.Config) -> Selection:
-    sel = config.stash.get(SELECTION, None)
-    if sel is None:
+def _session(config: pytest.Config) -> KvSession:
+    """The run's state, made on first use: the plug-ins' metrics and fabrics, then the options
+    validated against them."""
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        from .measure.metrics import MetricSet
+
         try:
-            sel = resolve(_getter(config))
+            metrics = MetricSet(_merged(config.hook.pytest_kvfabric_metrics(config=config)))
+        except (ValueError, TypeError) as exc:
+            raise pytest.UsageError(f"kvfabric: pytest_kvfabric_metrics: {exc}") from None
+        fabrics: dict = {}
+        for part in reversed(config.hook.pytest_kvfabric_fabrics(config=config)):
+            fabrics.update(part or {})
+        try:
+            sel = resolve(_getter(config), metrics=metrics, fabrics=tuple(fabrics))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: {exc}") from None
-        config.stash[SELECTION] = sel
-    return sel
+        winput = getattr(config, "workerinput", None)  # xdist worker identity comes from config, not env
+        worker, count = (winput["workerid"], int(winput["workercount"])) if winput else ("main", 1)
+        pairs = case_mod.PairManager(sel, worker, count, fabrics[sel.fabric])
+        session = config.stash[SESSION] = KvSession(sel, metrics, fabrics, pairs)
+    return session
+
+
+def _selection(config: pytest.Config) -> Selection:
+    return _session(config).selection
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -84,40 +130,33 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    session = _session(config)
+    sel = session.selection
     config.addinivalue_line("markers", "kv_slo(**thresholds): SLO thresholds for this test's KV-transfer cases "
-                            f"(keys: {', '.join(slo_mod.VALID_KEYS)})")
-    sel = _selection(config)
+                            f"(keys: {', '.join(slo_mod.valid_keys(session.metrics))})")
     if not hasattr(config, "workerinput"):
         for note in sel.warnings:  # options that do not apply to this run: said, not silently dropped
             config.issue_config_time_warning(pytest.PytestConfigWarning(note), stacklevel=2)
-    winput = getattr(config, "workerinput", None)  # xdist worker identity comes from config, not env
-    if winput:
-        case_mod.set_worker(winput["workerid"], int(winput["workercount"]))
-    else:
-        case_mod.set_worker("main", 1)
-    case_mod.forget_probes()
     if not hasattr(config, "workerinput") and not config.option.collectonly:
         for name in sel.transports:  # bad transport parameters are usage errors, not skips
             try:
-                case_mod.probe_reason(name, sel.transport_params)
+                session.pairs.probe_reason(name, sel.transport_params)
             except KvFabricError as exc:
                 raise pytest.UsageError(f"kvfabric: transport {name}: {exc}") from None
     if sel.fabric == "hosts" and not hasattr(config, "workerinput"):
         _check_inventory(config, sel)
-    config.stash[PAIRS] = case_mod.PairManager(sel)
-    config.stash[RESULTS] = {}
-    config.stash[BASELINE] = {}
-    config.pluginmanager.register(ResultCollector(config), "kvfabric-results")
+    config.pluginmanager.register(KvReporter(config, session, _getter(config)("kv_html")), "kvfabric-results")
     config.pluginmanager.register(DefaultSuites(), "kvfabric-default-suites")
     if sel.baseline_path:
         from .report import baseline, jsonreport
 
         try:
-            reports = [jsonreport.read(p) for p in sel.baseline_paths]
-            config.stash[BASELINE_REPORT] = reports
-            config.stash[BASELINE] = baseline.case_sessions(reports)
-            config.stash[BASELINE_TRANSPORTS] = frozenset(
-                r.get("transport") for rep in reports for r in rep["results"] if r.get("metrics"))
+            from .harness.options import baseline_list
+
+            session.baseline_reports = [jsonreport.read(p) for p in baseline_list(sel.baseline_path)]
+            session.baseline_samples = baseline.case_sessions(session.baseline_reports, session.metrics)
+            session.baseline_transports = frozenset(
+                r.get("transport") for rep in session.baseline_reports for r in rep["results"] if r.get("metrics"))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: --kv-baseline: {exc}") from None
 
@@ -137,9 +176,9 @@ def _check_inventory(config: pytest.Config, sel: Selection) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    pairs = config.stash.get(PAIRS, None)
-    if pairs is not None:
-        pairs.close()
+    session = config.stash.get(SESSION, None)
+    if session is not None:
+        session.pairs.close()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -181,15 +220,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 raise pytest.UsageError(f"kvfabric: {item.nodeid}: kv_slo takes keyword arguments only")
             for key, value in mark.kwargs.items():
                 try:
-                    slo_mod.coerce(key, value, f"{item.nodeid}: @pytest.mark.kv_slo")
+                    slo_mod.coerce(key, value, f"{item.nodeid}: @pytest.mark.kv_slo", _session(config).metrics)
                 except KvFabricError as exc:
                     raise pytest.UsageError(f"kvfabric: {exc}") from None
 
 
 def _marker_slo(node: pytest.Item) -> dict[str, Any]:
+    metrics = _session(node.config).metrics
     out: dict[str, Any] = {}
     for mark in reversed(list(node.iter_markers("kv_slo"))):  # closest marker wins
-        out.update({k: slo_mod.coerce(k, v) for k, v in mark.kwargs.items()})
+        out.update({k: slo_mod.coerce(k, v, metrics=metrics) for k, v in mark.kwargs.items()})
     return out
 
 
@@ -226,7 +266,7 @@ def kv_transport(request: pytest.FixtureRequest, kv_selection: Selection) -> str
     name = getattr(request, "param", None) or kv_selection.transports[0]
     if kv_selection.fabric != "local":
         return name  # probed on the pair's hosts when the case runs (kv_run)
-    reason = case_mod.probe_reason(name, kv_selection.transport_params)
+    reason = _session(request.config).pairs.probe_reason(name, kv_selection.transport_params)
     if reason:
         callspec = getattr(request.node, "callspec", None)  # the id kv_run would give it (the baseline key)
         cid = f"{Path(str(request.node.path)).stem}::{request.node.originalname}" + (
@@ -244,8 +284,7 @@ def _unavailable_failure(config: pytest.Config, transport: str, reason: str) -> 
 
     A gate must not turn green because the upgrade broke the data path it was to judge."""
     sel = _selection(config)
-    if sel.baseline_path and transport in sel.named_transports and transport in config.stash.get(
-            BASELINE_TRANSPORTS, frozenset()):
+    if sel.baseline_path and transport in sel.named_transports and transport in _session(config).baseline_transports:
         return f"transport {transport} unavailable since the baseline ({sel.baseline_path} ran it): {reason}"
     if transport in sel.require_transports:
         return f"transport {transport} is required (--kv-require-transport) but unavailable: {reason}"
@@ -255,27 +294,16 @@ def _unavailable_failure(config: pytest.Config, transport: str, reason: str) -> 
 @pytest.fixture
 def kv_scenario(request: pytest.FixtureRequest, kv_model, kv_gpu, kv_transport: str, kv_selection: Selection):
     """A small default scenario for this case (chat-sized request, emulated pacing); tests
-    derive their own with `kv_scenario.replace(...)`. SLOs: marker, then --kv-slo."""
-    from .emulator.memory import fit_to_hbm
-    from .core.scenario import Distribution, Scenario, Workload
+    derive their own with `kv_scenario.replace(...)`. Resolved as harness/resolve.py documents:
+    shipped defaults < this fixture's request < marker < command line."""
+    from .harness import resolve
 
-    sel = kv_selection
-    slo = {**_marker_slo(request.node), **sel.slo}
-    sc = Scenario(
-        id=f"{Path(str(request.node.path)).stem}::{request.node.originalname}",
-        model=kv_model,
-        gpu=kv_gpu,
-        workload=Workload(isl=Distribution.fixed(512), osl=Distribution.fixed(128), requests=2),
-        seed=sel.seed or 0,
-        pacing=sel.pacing or "emulated",
-        pool_bytes=int((sel.pool_mib or 64) * 1024 * 1024),
-        transport=kv_transport,
-        transport_params=dict(sel.transport_params),
-        slo=slo,
-    )
-    # the fixture's deployments are defaults nobody chose: raise TP until the model fits (noted)
-    sc, notes = fit_to_hbm(sc, ("prefill", "decode"), sc.id)
-    return sc.replace(notes=tuple(notes)) if notes else sc
+    sc = resolve.resolve(resolve.FIXTURE_FIELDS, id=f"{Path(str(request.node.path)).stem}::{request.node.originalname}",
+                         model=kv_model, gpu=kv_gpu, transport=kv_transport,
+                         overrides=resolve.Overrides.from_selection(kv_selection), marker_slo=_marker_slo(request.node),
+                         # the fixture's deployments are defaults nobody chose: raise TP until the model fits (noted)
+                         free_sides=("prefill", "decode"), check_fit=False)
+    return sc
 
 
 @pytest.fixture
@@ -283,7 +311,7 @@ def kv_pair(pytestconfig: pytest.Config):
     """This worker's host pair (loopback, its own namespace pair, or its inventory pair),
     opened once per worker and torn down at the end of the session."""
     try:
-        return pytestconfig.stash[PAIRS].get()
+        return _session(pytestconfig).pairs.get()
     except case_mod.PairUnavailable as exc:
         pytest.skip(f"fabric {_selection(pytestconfig).fabric}: {exc}")
 
@@ -300,8 +328,10 @@ def kv_run(request: pytest.FixtureRequest, kv_scenario, kv_selection: Selection,
         sc = scenario if scenario is not None else kv_scenario
         if changes:
             sc = sc.replace(**changes)
-        if scenario is not None:  # a user's own scenario still obeys --kv-slo and the marker
-            sc = sc.replace(slo={**sc.slo, **_marker_slo(request.node), **kv_selection.slo})
+        if scenario is not None:  # the test's own scenario (layer 5): the command line still wins
+            from .harness import resolve
+
+            sc = resolve.finish(sc, resolve.Overrides.from_selection(kv_selection), _marker_slo(request.node), own=True)
         # The case id follows the test's own parametrization id, so a baseline matches it.
         callspec = getattr(request.node, "callspec", None)
         cid = f"{sc.id}[{callspec.id}]" if callspec is not None else case_mod.case_id(
@@ -315,18 +345,22 @@ def kv_run(request: pytest.FixtureRequest, kv_scenario, kv_selection: Selection,
 
 
 def _remember(item: pytest.Item, record: dict[str, Any]) -> None:
+    """Keep a case's record: as it is for this process's collector, as JSON text in the
+    user_properties for the xdist controller and the JUnit XML (which only carry text)."""
+    _session(item.config).local_records[item.nodeid] = record
     item.user_properties[:] = [p for p in item.user_properties if p[0] != PROP]
     item.user_properties.append((PROP, json.dumps(record, default=str)))
 
 
 def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str, check: bool,
                    timeout_s: float | None = None):
-    sel = _selection(config)
+    session = _session(config)
+    sel = session.selection
     from .report.fpdiff import ran_under_tcg
 
-    outcome = case_mod.run_case(scenario, config.stash[PAIRS], sel, config.stash[BASELINE], cid,
-                                timeout_s=timeout_s,
-                                baseline_tcg=ran_under_tcg(*config.stash.get(BASELINE_REPORT, [])))
+    outcome = case_mod.run_case(scenario, session.pairs, sel, session.baseline_samples, cid,
+                                timeout_s=timeout_s, metric_set=session.metrics,
+                                baseline_tcg=ran_under_tcg(*session.baseline_reports))
     _remember(item, outcome.record())
     for key, value in outcome.junit_properties():
         item.user_properties.append((key, value))
@@ -412,36 +446,22 @@ class SuiteItem(pytest.Item):
         self.transport = transport
 
     def _scenario(self):
-        from .emulator.memory import check_hbm_fit, fit_to_hbm
         from .core.profiles import load_gpu, load_model
+        from .harness import resolve
         from .harness.suites import DEFAULT_GPU
 
         sel = _selection(self.config)
         tpl = self.template
-        model = None
-        if self.model_id is not None:
-            model = next((m for m in sel.models or () if m.id == self.model_id), None) or load_model(
-                self.model_id, sel.profile_dirs)
-        else:
-            model = load_model(DEFAULT_MODEL, sel.profile_dirs)  # unused by synthetic plans; keeps the spec whole
+        model_id = self.model_id or DEFAULT_MODEL  # synthetic plans do not use it; it keeps the spec whole
+        model = next((m for m in sel.models or () if m.id == model_id), None) or load_model(model_id, sel.profile_dirs)
         gpu = sel.gpu or load_gpu(tpl.gpu or DEFAULT_GPU, sel.profile_dirs)
-        sc = tpl.build(model, gpu, self.transport, seed=sel.seed, slo_overrides=sel.slo,
-                       transport_params=sel.transport_params)
         # HBM fit: TP the suite gives is binding for the models and GPU the suite names; where the
         # suite leaves it out, or --kv-model/--kv-gpu swapped what it was written for, it is a
         # floor raised to the smallest TP that fits (noted in the report). Still no fit: an error.
         overridden = bool(sel.models) or sel.gpu is not None
         free = [side for side in ("prefill", "decode") if overridden or "tp" not in tpl.fields.get(side, {})]
-        sc, notes = fit_to_hbm(sc, free, f"{tpl.source}: {tpl.where}")
-        if notes:
-            sc = sc.replace(notes=tuple(notes))
-        check_hbm_fit(sc, f"{tpl.source}: {tpl.where}")
-        changes: dict[str, Any] = {}
-        if sel.pool_mib:
-            changes["pool_bytes"] = int(sel.pool_mib * 1024 * 1024)
-        if sel.pacing:
-            changes["pacing"] = sel.pacing
-        return sc.replace(**changes) if changes else sc
+        return tpl.build(model, gpu, self.transport, overrides=resolve.Overrides.from_selection(sel),
+                         free_sides=free, check_fit=True)
 
     def runtest(self) -> None:
         try:
@@ -498,180 +518,9 @@ class DefaultSuites:
             items.extend(found)
         flags = " and ".join(f for f, given in (("--kv-transport", config.getoption("kv_transport")),
                                                 ("--kv-model", config.getoption("kv_model"))) if given)
-        config.stash[DEFAULT_SUITES_NOTE] = (
+        _session(config).default_suites_note = (
             f"kvfabric: running the default suites {', '.join(sel.default_suites)}: {flags or 'kv_transport/kv_model (ini)'} "
             "given and no KV-transfer case collected (choose with --kv-suite NAMES or ini kv_default_suites)")
 
     def pytest_report_collectionfinish(self, config: pytest.Config) -> str | None:
-        return config.stash.get(DEFAULT_SUITES_NOTE, None)
-
-
-# ---------------------------------------------------------------- results, summary, JSON
-
-
-class ResultCollector:
-    """Gathers every case's record from test reports (on the xdist controller, from all workers)."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        record = next((json.loads(v) for k, v in report.user_properties if k == PROP), None)
-        if record is None:
-            return
-        results = self.config.stash[RESULTS]
-        entry = results.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": "passed"})
-        entry.update({k: v for k, v in record.items() if v is not None or k not in entry})
-        if report.failed:
-            entry["outcome"] = "failed" if report.when == "call" else "error"
-            if not entry.get("reason"):
-                entry["reason"] = _first_line(report.longreprtext)
-        elif report.skipped and entry["outcome"] == "passed":
-            entry["outcome"] = "skipped"
-            entry["reason"] = entry.get("reason") or _skip_reason(report)
-
-
-def _first_line(text: str) -> str:
-    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
-
-
-def _skip_reason(report: pytest.TestReport) -> str:
-    lr = report.longrepr
-    return str(lr[2]) if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
-
-
-def _is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
-
-
-def _session_report(config: pytest.Config, exitstatus: int | None) -> dict[str, Any]:
-    cached = config.stash.get(SESSION_REPORT, None)
-    if cached is None:
-        cached = config.stash[SESSION_REPORT] = _build_session_report(config, exitstatus)
-    return cached
-
-
-def _build_session_report(config: pytest.Config, exitstatus: int | None) -> dict[str, Any]:
-    from .report import fingerprint, jsonreport
-
-    sel = _selection(config)
-    results = list(config.stash[RESULTS].values())
-    for r in results:
-        r.setdefault("case", r["nodeid"])
-    models = sorted({r.get("model") for r in results if r.get("model")})
-    env = fingerprint.fingerprint(interfaces=_interfaces(results), extra={"hosts": _hosts(results)})
-    session = {
-        "transports": list(sel.transports),
-        "models": [m.id for m in sel.models] if sel.models else models,
-        "gpu": sel.gpu.id if sel.gpu else None,
-        "fabric": sel.fabric,
-        "seed": sel.seed,
-        "args": [str(a) for a in config.invocation_params.args],
-        "exitstatus": None if exitstatus is None else int(exitstatus),
-        "baseline": {"path": sel.baseline_path, "max_regression_pct": sel.max_regression_pct,
-                     "thresholds_pct": dict(sel.thresholds), "undecided": sel.gate_undecided}
-        if sel.baseline_path else None,
-        "repeat": sel.repeat,
-        "netns": {k: v for k, v in sel.netns.items()} if sel.fabric == "netns" else None,
-    }
-    return jsonreport.build(session, env, results)
-
-
-def _interfaces(results: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
-    """Data-plane interfaces the cases used (reported by the fabric in each record)."""
-    seen: dict[tuple[str, str | None], None] = {}
-    for r in results:
-        for iface in r.get("interfaces") or ():
-            seen[(iface["name"], iface.get("netns"))] = None
-    return list(seen) or [("lo", None)]
-
-
-def _hosts(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-host fingerprints of remote pairs (hosts fabric), keyed by host name."""
-    hosts: dict[str, Any] = {}
-    for r in results:
-        hosts.update(r.get("host_fingerprints") or {})
-    return hosts
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    if _is_worker(config):
-        return
-    sel = _selection(config)
-    html_path = _getter(config)("kv_html")
-    if not (sel.json_path or sel.save_baseline or html_path):
-        return
-    from .report import jsonreport
-
-    report = _session_report(config, exitstatus)
-    for path in filter(None, (sel.json_path, sel.save_baseline)):
-        jsonreport.write(path, report)
-    if html_path:
-        _write_html(config, html_path, report, sel.baseline_path)
-
-
-def _write_html(config: pytest.Config, path: str, report: dict[str, Any], baseline_path: str | None) -> None:
-    """The HTML report of this session (and its baseline, when one was given)."""
-    from .report import htmlfile
-
-    try:
-        from .harness.options import baseline_list
-
-        base = [htmlfile.load(p) for p in baseline_list(baseline_path)]
-        htmlfile.write(path, [htmlfile.from_session(report)], base)
-    except (OSError, KvFabricError) as exc:
-        config.stash[HTML_ERROR] = f"kvfabric: HTML report not written to {path}: {exc}"
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if _is_worker(config):
-        return
-    results = list(config.stash.get(RESULTS, {}).values())
-    if not results:
-        return
-    from .report import table
-
-    for r in results:
-        r.setdefault("case", r["nodeid"])
-    terminalreporter.write_sep("=", "kvfabric KV-transfer summary")
-    terminalreporter.write_line(table.render(results))
-    from .lab.env import virtualized, TCG_NOTE
-
-    if virtualized() == "tcg":
-        terminalreporter.write_line(f"kvfabric: {TCG_NOTE}")
-    sel = _selection(config)
-    baseline = config.stash.get(BASELINE, {})
-    if sel.baseline_path:
-        _gate_summary(terminalreporter, config, exitstatus, results)
-        ran = {r["case"] for r in results if r.get("metrics")}
-        only_old = sorted(set(baseline) - ran)
-        only_new = sorted(ran - set(baseline))
-        if only_old:
-            terminalreporter.write_line(f"kvfabric: {len(only_old)} baseline case(s) not run: {', '.join(only_old)}")
-        if only_new:
-            terminalreporter.write_line(f"kvfabric: {len(only_new)} case(s) not in the baseline: {', '.join(only_new)}")
-    for path in filter(None, (sel.json_path, sel.save_baseline)):
-        terminalreporter.write_line(f"kvfabric: JSON report written to {path}")
-    html_path = _getter(config)("kv_html")
-    if html_path:
-        terminalreporter.write_line(config.stash.get(HTML_ERROR, None) or f"kvfabric: HTML report written to {html_path}")
-
-
-def _gate_summary(terminalreporter, config: pytest.Config, exitstatus: int, results: list[dict[str, Any]]) -> None:
-    """Above the verdicts, what changed in the environment; then every case's metric verdicts."""
-    from .report import baseline, fpdiff
-
-    terminalreporter.write_sep("-", "kvfabric baseline gate")
-    olds, new = config.stash[BASELINE_REPORT], _session_report(config, exitstatus)
-    terminalreporter.write_line(fpdiff.render(fpdiff.diff(olds[-1], new), tcg=fpdiff.ran_under_tcg(*olds, new)))
-    terminalreporter.write_line(baseline.sessions_line(olds))
-    changes = [baseline.Change.from_dict(c) for r in sorted(results, key=lambda r: r["case"])
-               for c in r.get("gate") or ()]
-    if changes:
-        cmp = baseline.Comparison(tuple(changes), (), ())
-        terminalreporter.write_line(baseline.render_changes(changes))
-        terminalreporter.write_line(f"kvfabric: {baseline.summary_line(cmp)}; undecided "
-                                    + ("fails (--kv-gate-undecided=fail)" if _selection(config).gate_undecided == "fail"
-                                       else "passes (--kv-gate-undecided=pass)"))
+        return _session(config).default_suites_note

@@ -120,19 +120,21 @@ def test_prefill_killed_mid_transfer_is_named_first():
 
     ap = AgentPair(local_pair(), timeout_s=30.0)
     sc = scenario("none").replace(workload=Workload(isl=Distribution.fixed(4096), requests=200))
+    # Kill on the prefill agent's first progress report: the transfer is under way, however
+    # long the agents took to start on a loaded host (a fixed sleep after the pid missed it).
+    running, over = threading.Event(), threading.Event()
+    ap.on_progress = lambda _p: running.set()
 
     def killer() -> None:
-        t_end = time.monotonic() + 20
-        while "prefill" not in ap.pids and time.monotonic() < t_end:
-            time.sleep(0.01)
-        time.sleep(0.3)  # into the run
-        if "prefill" in ap.pids:
+        if running.wait(timeout=120) and not over.is_set() and "prefill" in ap.pids:
             os.kill(ap.pids["prefill"], signal.SIGKILL)
 
     th = threading.Thread(target=killer, daemon=True)
     th.start()
     with pytest.raises(TransportError) as info:
         ap.run(sc)
+    over.set()  # the run ended: a late wake-up must not act
+    running.set()
     th.join(timeout=25)
     assert str(info.value).startswith("prefill agent (pid "), str(info.value)
     assert "died" in str(info.value).split(";")[0], str(info.value)

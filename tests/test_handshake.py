@@ -249,16 +249,49 @@ def test_initiator_never_raises_on_any_reply(data):
 
 
 def test_two_thousand_half_open_connections_hold_at_most_the_cap():
-    gate = handshake.Admission(max_pending=64, timeout_s=5.0)
-    evicted = []
-    for fd in range(2000):
-        evicted += gate.arrive(fd, now=fd * 0.001)
+    gate = handshake.Admission(max_pending=64, timeout_s=5000, grace_s=1000)  # in ms: exact
+    dropped = []
+    for fd in range(2000):  # one arrival per ms: 2 s of flood
+        dropped += gate.arrive(fd, now=fd)
         assert gate.pending <= 64
-    assert evicted == list(range(2000 - 64))  # oldest first
-    assert gate.counts[handshake.EVICTED] == 2000 - 64
-    gate.admitted(1999)  # the real initiator, last in, proves itself
+    # places fill (0-63); newcomers are refused while the oldest is younger than 1 s (64-999);
+    # then 1000-1063 each evict one of the first 64 (each exactly 1 s old), and the rest are
+    # refused, the oldest pending (1000) being young again
+    assert dropped == list(range(64, 1000)) + list(range(0, 64)) + list(range(1064, 2000))
+    assert gate.counts[handshake.REFUSED] == 1872 and gate.counts[handshake.EVICTED] == 64
+    gate.admitted(1063)  # the real initiator proves itself
     rep = gate.report()
-    assert rep["strangers_rejected"] == 1999 and rep["strangers"] == {"evicted": 1936, "pending": 63}
+    assert rep["strangers_rejected"] == 1999
+    assert rep["strangers"] == {"refused": 1872, "evicted": 64, "pending": 63}
+
+
+def test_the_real_initiator_is_not_evicted_by_a_burst_before_its_hello():
+    """The failure this policy removes: 64 quick connects between the initiator's CHALLENGE
+    and its HELLO pushed it out (oldest first), under load, in CI."""
+    gate = handshake.Admission(max_pending=64, timeout_s=5.0, grace_s=1.0)
+    gate.arrive("initiator", now=0.0)
+    dropped = []
+    for k in range(500):
+        dropped += gate.arrive(k, now=0.01 + k * 1e-4)
+    assert "initiator" not in dropped and gate.is_pending("initiator")
+    gate.admitted("initiator")
+    assert gate.counts[handshake.EVICTED] == 0 and gate.counts[handshake.REFUSED] == 500 - 63
+
+
+@SETTINGS
+@given(gaps=st.lists(st.floats(0, 0.5, allow_nan=False), max_size=300),
+       grace=st.floats(0.01, 2.0, allow_nan=False), cap=st.integers(1, 8))
+def test_no_connection_younger_than_its_grace_is_evicted(gaps, grace, cap):
+    gate = handshake.Admission(max_pending=cap, timeout_s=5.0, grace_s=grace)
+    now, born = 0.0, {}
+    for key, gap in enumerate(gaps):
+        now += gap
+        born[key] = now
+        for k in gate.arrive(key, now):
+            assert k == key or now - born[k] >= gate.grace_s
+        assert gate.pending <= cap
+    rep = gate.report()
+    assert rep["strangers_rejected"] == len(gaps)  # nobody admitted: every one counted once
 
 
 def test_deadline_drops_in_arrival_order_and_counts_each_stranger_once():

@@ -433,13 +433,14 @@ def test_a_link_set_down_mid_run_is_named_as_the_cause(pair):
     sc = Scenario(id="linkdown", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"),
                   workload=Workload(isl=Distribution.fixed(4096), requests=400), pool_bytes=16 << 20)
     ap = AgentPair(hp, timeout_s=4.0)
+    # Cut on the first progress report: the run is under way however long setup took on a
+    # loaded host (a fixed sleep after the pid sometimes cut before or after the run).
+    running, over = threading.Event(), threading.Event()
+    ap.on_progress = lambda _p: running.set()
 
     def cut() -> None:
-        t_end = time.monotonic() + 20
-        while "prefill" not in ap.pids and time.monotonic() < t_end:
-            time.sleep(0.01)
-        time.sleep(0.3)
-        ns_run(hp.prefill.netns, "ip", "link", "set", "dev", hp.prefill.interface, "down")
+        if running.wait(timeout=120) and not over.is_set():
+            ns_run(hp.prefill.netns, "ip", "link", "set", "dev", hp.prefill.interface, "down")
 
     th = threading.Thread(target=cut, daemon=True)
     th.start()
@@ -447,6 +448,8 @@ def test_a_link_set_down_mid_run_is_named_as_the_cause(pair):
         with pytest.raises(TransportError) as info:
             ap.run(sc)
     finally:
+        over.set()  # the run ended: a late wake-up must not act
+        running.set()
         th.join(timeout=25)
         ap.close()
     msg = str(info.value)

@@ -138,3 +138,28 @@ def test_smoke_suite_main_job_passes(pytester):
     assert any("decode: tp 4 -> 16" in n for n in notes["smoke/tp8-to-tp4"])
     assert all(r["metrics"]["integrity"]["errors"] == 0 and r["metrics"]["integrity"]["pages_checked"] > 0
                for r in report["results"])
+
+
+def test_a_tests_own_scenario_takes_every_command_line_override(pytester):
+    """harness/resolve.py: the command line (layer 6) beats the test's own Scenario (layer 5) for
+    --kv-pool-mib and --kv-pacing as for --kv-slo (the pool and pacing were once ignored)."""
+    pytester.makepyfile(test_own="""
+        from pytest_kvfabric.core.scenario import Synthetic
+
+        def test_pacing(kv_run, kv_scenario):
+            own = kv_scenario.replace(synthetic=Synthetic(nbytes=65536, transfers=8), pacing="none",
+                                      pool_bytes=8 << 20, slo={})
+            assert kv_run(own).pacing == "emulated"
+
+        def test_pool(kv_run, kv_scenario):
+            # 1 MiB writes: the test's own 64 MiB pool holds 64 slots, --kv-pool-mib=1 holds one
+            kv_run(kv_scenario.replace(synthetic=Synthetic(nbytes=1 << 20, transfers=2), pacing="none",
+                                       pool_bytes=64 << 20))
+    """)
+    result = pytester.runpytest("--kv-pacing=emulated", "--kv-pool-mib=1", "--kv-slo=min_throughput_gbps=0.0001",
+                                "--kv-json=report.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*ProfileError*pool_bytes: pool of 1048576 bytes holds 1 slot(s)*"])
+    report = jsonreport.read(pytester.path / "report.json")
+    slos = {r["case"].split("::")[-1]: [v["key"] for v in r["verdicts"]] for r in report["results"]}
+    assert slos["test_pacing[llama3.1-8b-tcp]"] == ["min_throughput_gbps"]  # --kv-slo over slo={}

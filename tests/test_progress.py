@@ -47,8 +47,9 @@ def _scenario(**kw):
 
 def test_a_plan_of_minutes_is_announced_and_a_short_one_is_not():
     big_pages = Deployment(page_size=1024, access="block")  # few plan rows: a fast plan of a long run
+    # 1024-token blocks are 128 MiB each: the pool must hold 2 (the default pool is 64 MiB)
     long = _scenario(workload=Workload(isl=Distribution.fixed(131072), requests=64), prefill=big_pages,
-                     decode=big_pages)
+                     decode=big_pages, pool_bytes=256 << 20)
     secs, nbytes, nreq = predicted_s(long)
     assert secs >= LONG_RUN_S and nreq == 64 and nbytes > 0
     note = predicted_notice(long)

@@ -151,9 +151,10 @@ def test_two_thousand_half_open_hellos_hold_at_most_64_places(name, n):
                 if k % 50 == 0:
                     most_pending = max(most_pending, run.served.target.data_path()["strangers"].get("pending", 0))
             dp = _wait_counted(run.served.target, n - 64)
-            # a second initiator gets in while strangers hold every pending place
+            # a second initiator gets in while strangers hold every pending place (refused at
+            # the door while they are all young, it retries until one is old enough to evict)
             run.late_initiator()
-            dp = _wait_counted(run.served.target, n - 63)  # it evicted one more stranger
+            dp = _wait_counted(run.served.target, n - 63)
         finally:
             for s in flood:
                 s.close()
@@ -161,8 +162,12 @@ def test_two_thousand_half_open_hellos_hold_at_most_64_places(name, n):
     finally:
         run.finish()
     assert most_pending <= 64
-    assert dp["strangers"] == {"evicted": n - 63, "pending": 63}
-    assert dp["strangers_rejected"] == n
+    why = dp["strangers"]
+    assert why["pending"] == 63 and why.get("evicted", 0) >= 1  # the late initiator took a place
+    assert set(why) <= {"evicted", "refused", "pending"}
+    # every flood connection counted once; the late initiator's refused tries count too (a
+    # refused connection never said who it was)
+    assert dp["strangers_rejected"] == sum(why.values()) >= n
 
 
 @pytest.mark.parametrize("name", ["tcp", "iouring"])

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any, Callable
 
 from ..emulator.kvlayout import kv_layout
 from ..core.limits import MAX_MODEL_DIM, MAX_POOL_MIB, MAX_REQUESTS, MAX_SEED, MAX_TOKENS, check_number
-from ..emulator.memory import check_hbm_fit
-from ..emulator.workload import PRESETS, preset
+from ..emulator.workload import PRESETS
 from ..core.profiles import KV_DTYPE_BITS, load_gpu, load_model
-from ..core.scenario import ACCESS_PATTERNS, Deployment, Distribution, Scenario, Workload
+from ..core.scenario import ACCESS_PATTERNS, DEFAULT_POOL_MIB, Deployment, Scenario
 
 DEFAULT_ISL = 1024
 DEFAULT_OSL = 128
-MIB = 1 << 20
 
 
 def int_in(minimum: int, maximum: int) -> Callable[[str], int]:
@@ -80,48 +77,44 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-tokens", type=int_in(0, MAX_TOKENS), default=0,
                         help="continuous batching: prompt tokens per prefill step (0 = one request per step)")
     parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=0)
-    parser.add_argument("--pool-mib", type=int_in(1, MAX_POOL_MIB), default=256, help="emulated HBM KV pool per side, MiB")
+    parser.add_argument("--pool-mib", type=int_in(1, MAX_POOL_MIB), default=DEFAULT_POOL_MIB,
+                        help=f"emulated HBM KV pool per side, MiB (default {DEFAULT_POOL_MIB})")
     add_profile_args(parser)
 
 
-def workload_from_args(args: argparse.Namespace) -> Workload:
-    base = preset(args.workload) if getattr(args, "workload", None) else Workload(
-        isl=Distribution.fixed(DEFAULT_ISL), osl=Distribution.fixed(DEFAULT_OSL), requests=1
-    )
-    changes: dict[str, Any] = {}
-    if args.isl is not None:
-        changes["isl"] = Distribution.fixed(args.isl)
-    if args.osl is not None:
-        changes["osl"] = Distribution.fixed(args.osl)
-    if args.requests is not None:
-        changes["requests"] = args.requests
-    return dataclasses.replace(base, **changes)
+def workload_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The workload flags as suite-YAML fields: a preset, else the CLI's own default request."""
+    spec: dict[str, Any] = {"preset": args.workload} if getattr(args, "workload", None) else {
+        "isl": DEFAULT_ISL, "osl": DEFAULT_OSL, "requests": 1}
+    for key in ("isl", "osl", "requests"):
+        if getattr(args, key, None) is not None:
+            spec[key] = getattr(args, key)
+    return spec
+
+
+def scenario_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Every scenario flag as suite-YAML fields (layer 3 of harness/resolve.py)."""
+    common = {"page_size": args.page_size, "access": args.access, "kv_dtype": args.kv_dtype,
+              "dp_attention": args.dp_attention}
+    return {
+        "prefill": {**common, "tp": args.prefill_tp, "pp": args.prefill_pp, "chunk_tokens": args.chunk,
+                    "ep": args.prefill_ep, "max_batch_tokens": args.max_batch_tokens},
+        "decode": {**common, "tp": args.decode_tp, "pp": args.decode_pp, "chunk_tokens": 0, "ep": args.decode_ep},
+        "workload": workload_fields(args),
+        "seed": args.seed,
+        "pool_mib": args.pool_mib,
+    }
 
 
 def scenario_from_args(args: argparse.Namespace, scenario_id: str = "cli") -> Scenario:
     """Resolve profiles and build the Scenario. Bad ids/values raise KvFabricError (one line, exit 2)."""
+    from ..harness.resolve import build, fit
+
     dirs = list(args.profiles or [])
     model = load_model(args.model, dirs)
     gpu = load_gpu(args.gpu, dirs)
-
-    def side(tp: int, pp: int) -> Deployment:
-        return Deployment(tp=tp, pp=pp, page_size=args.page_size, access=args.access, kv_dtype=args.kv_dtype,
-                          dp_attention=args.dp_attention, chunk_tokens=args.chunk)
-
-    prefill = dataclasses.replace(side(args.prefill_tp, args.prefill_pp), ep=args.prefill_ep,
-                                  max_batch_tokens=args.max_batch_tokens)
-    decode = dataclasses.replace(side(args.decode_tp, args.decode_pp), chunk_tokens=0, ep=args.decode_ep)
-    kv_layout(model, prefill, "<cli>", "prefill")  # fail fast, naming the side and the valid TP values
-    kv_layout(model, decode, "<cli>", "decode")
-    scenario = Scenario(
-        id=scenario_id,
-        model=model,
-        gpu=gpu,
-        prefill=prefill,
-        decode=decode,
-        workload=workload_from_args(args),
-        seed=args.seed,
-        pool_bytes=args.pool_mib * MIB,
-    )
-    check_hbm_fit(scenario, "<cli>")
-    return scenario
+    fields = scenario_fields(args)
+    kv_layout(model, Deployment(**fields["prefill"]), "<cli>", "prefill")  # fail fast, naming the side and the valid TP values
+    kv_layout(model, Deployment(**fields["decode"]), "<cli>", "decode")
+    scenario = build(fields, id=scenario_id, model=model, gpu=gpu, transport="tcp", source="<cli>")
+    return fit(scenario, (), "<cli>")  # deployments the user chose: no TP raised, a misfit is an error

@@ -22,6 +22,10 @@ PACINGS = ("emulated", "none")
 # drop: lose one write (bytes and report); kill: SIGKILL the decode agent; stall: hang it.
 FAULTS = ("corrupt", "misplace", "drop", "kill", "stall")
 INJECT_PARAM = "_inject"  # the transport_params key carrying it; agents strip "_" keys for transports
+MIB = 1 << 20
+# The one pool default (emulated HBM per agent, all its ranks): bounded so a laptop runs it; long
+# requests stream through reused slots. Suites, the pytest options and the CLI all fall back to it.
+DEFAULT_POOL_MIB = 64
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class Scenario:
     workload: Workload = field(default_factory=Workload)
     seed: int = 0
     pacing: str = "emulated"
-    pool_bytes: int = 256 * 1024 * 1024  # emulated HBM per agent (all its ranks), bounded so a laptop runs it
+    pool_bytes: int = DEFAULT_POOL_MIB * MIB  # emulated HBM per agent (all its ranks)
     transport: str = "tcp"
     transport_params: Mapping[str, Any] = field(default_factory=dict)
     slo: Mapping[str, Any] = field(default_factory=dict)  # SLO key -> threshold (see slo.py)

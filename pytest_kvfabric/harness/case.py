@@ -6,11 +6,11 @@ baseline changes) and the plugin turns that into skip / fail / pass.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..measure import slo as slo_mod
+from ..measure.metrics import BUILTIN, MetricSet
 from ..errors import KvFabricError
 from ..fabric.base import HostPair
 from .options import Selection
@@ -24,36 +24,49 @@ def case_id(scenario_id: str, model: str, transport: str) -> str:
     return f"{scenario_id}[{model}-{transport}]"
 
 
-def worker_id() -> str:
-    """This process's xdist worker id; the plugin sets it from its own config (env vars leak
-    into in-process pytest runs, e.g. pytester under xdist)."""
-    return _WORKER["id"]
+# Opens a fabric's host pair for one process: (selection, worker index, worker count) ->
+# (HostPair, closer). Fabrics are named by the pytest_kvfabric_fabrics hook (hookspecs.py).
+Opener = Callable[[Selection, int, int], "tuple[HostPair, Callable[[], None]]"]
 
 
-_WORKER = {"id": os.environ.get("PYTEST_XDIST_WORKER", "main"), "count": "1"}
+def open_builtin(selection: Selection, index: int, count: int) -> tuple[HostPair, Callable[[], None]]:
+    """The shipped fabrics (local, netns, hosts) through fabric/select.py."""
+    from ..fabric import select
 
-
-def set_worker(worker: str, count: int) -> None:
-    _WORKER["id"], _WORKER["count"] = worker, str(count)
+    try:
+        return select.open_pair(selection.fabric, worker=index, hosts_file=selection.hosts,
+                                netns_options=dict(selection.netns), nworkers=count)
+    except select.FabricUnavailable as exc:  # e.g. netns without root: the cases skip with this reason
+        raise PairUnavailable(str(exc)) from None
 
 
 class PairManager:
-    """Opens this process's host pair on first use and closes it at session end.
+    """This process's host pair, opened on first use and closed at session end, and its probe
+    cache (a new session probes again: a transport may have come or gone since the last one).
 
-    Under xdist each worker process has its own manager, hence its own pair."""
+    Under xdist each worker process has its own manager, hence its own pair. The worker id
+    comes from the plugin's config (env vars leak into in-process runs, e.g. pytester under xdist)."""
 
-    def __init__(self, selection: Selection) -> None:
+    def __init__(self, selection: Selection, worker: str = "main", workers: int = 1,
+                 opener: Opener | None = None) -> None:
         self.selection = selection
+        self.worker = worker
+        self.workers = workers
+        self.opener: Opener = opener or open_builtin
         self._pair: HostPair | None = None
         self._closer: Callable[[], None] | None = None
         self._error: str | None = None
+        self._probes: dict[str, str | None] = {}
 
     def get(self) -> HostPair:
         if self._error is not None:
             raise PairUnavailable(self._error)
         if self._pair is None:
+            from ..fabric import alloc
+
+            index = alloc.worker_index({} if self.worker == "main" else {"PYTEST_XDIST_WORKER": self.worker})
             try:
-                self._pair, self._closer = open_pair(self.selection)
+                self._pair, self._closer = self.opener(self.selection, index, self.workers)
             except PairUnavailable as exc:
                 self._error = str(exc)
                 raise
@@ -64,21 +77,41 @@ class PairManager:
         if closer is not None:
             closer()
 
+    def probe_reason(self, transport: str, params: Mapping[str, Any]) -> str | None:
+        """probe_reason, once per session and parameter set (a new session probes again)."""
+        return probe_reason(transport, params, self._probes)
+
+    def pair_probe_reason(self, pair: HostPair, transport: str, params: Mapping[str, Any]) -> str | None:
+        return pair_probe_reason(pair, transport, params, self._probes)
+
+
+def probe_reason(transport: str, params: Mapping[str, Any], cache: dict[str, str | None] | None = None) -> str | None:
+    """Why this host cannot run the transport, or None. With a cache, probed once per parameter
+    set: some probes do real netlink binds and take a second."""
+    from ..transports.registry import probe
+
+    cache = {} if cache is None else cache
+    key = json.dumps([transport, params], sort_keys=True, default=str)  # a cache key, not a round trip
+    if key not in cache:
+        cap = probe(transport, params)
+        cache[key] = None if cap.available else f"{transport}: {cap.reason}"
+    return cache[key]
+
+
+def pair_probe_reason(pair: HostPair, transport: str, params: Mapping[str, Any],
+                      cache: dict[str, str | None] | None = None) -> str | None:
+    """Why the pair's own hosts cannot run the transport, or None (probed on them)."""
+    cache = {} if cache is None else cache
+    key = json.dumps([pair.name, transport, params], sort_keys=True, default=str)
+    if key not in cache:
+        from ..fabric.transport_probe import probe_pair
+
+        cache[key] = probe_pair(pair, transport, params)
+    return cache[key]
+
 
 class PairUnavailable(Exception):
     """The fabric cannot give this process a host pair (e.g. netns without root): skip reason."""
-
-
-def open_pair(selection: Selection) -> tuple[HostPair, Callable[[], None]]:
-    from ..fabric import alloc, select
-
-    worker = worker_id()
-    index = alloc.worker_index({} if worker == "main" else {"PYTEST_XDIST_WORKER": worker})
-    try:
-        return select.open_pair(selection.fabric, worker=index, hosts_file=selection.hosts,
-                                netns_options=dict(selection.netns), nworkers=int(_WORKER["count"]))
-    except select.FabricUnavailable as exc:  # e.g. netns without root: the cases skip with this reason
-        raise PairUnavailable(str(exc)) from None
 
 
 @dataclass
@@ -97,6 +130,8 @@ class CaseOutcome:
     interfaces: list[dict[str, Any]] = field(default_factory=list)
     host_fingerprints: dict[str, Any] = field(default_factory=dict)
     capacity: Any = None  # capacity.Capacity of a paced case: needed against carried Gb/s
+    metric_set: MetricSet = BUILTIN  # the run's metrics (built-ins and plug-ins')
+    worker: str = "main"
 
     def capacity_note(self) -> str | None:
         """Why a timing SLO miss follows from too little bandwidth, when it does."""
@@ -125,7 +160,7 @@ class CaseOutcome:
             "model": "synthetic" if sc.synthetic else sc.model.id,
             "transport": sc.transport,
             "pair": self.pair,
-            "worker": worker_id(),
+            "worker": self.worker,
             "transport_params": dict(sc.transport_params),
             "metrics": self.metrics,
             "repeats": self.repeats or None,
@@ -144,49 +179,12 @@ class CaseOutcome:
         }
 
     def junit_properties(self) -> list[tuple[str, Any]]:
-        """Flat metrics for JUnit XML <properties> (strings; one property per figure)."""
-        m = self.metrics or {}
+        """Flat metrics for JUnit XML <properties> (one property per declared figure, measure/metrics.py)."""
         props: list[tuple[str, Any]] = [("kv_case", self.case), ("kv_pair", self.pair or "")]
-        for key in ("throughput_gbps", "bytes", "transfers"):
-            if m.get(key) is not None:
-                props.append((f"kv_{key}", m[key]))
-        for group in ("latency_us", "exposed_ms", "cpu_s_per_gb", "spin_s_per_gb", "post_lateness_us",
-                      "post_call_us"):
-            for k, v in (m.get(group) or {}).items():
-                if v is not None:
-                    props.append((f"kv_{group}_{k}", v))
+        props += self.metric_set.junit(self.metrics)
         for v in self.verdicts:
             props.append((f"kv_slo_{v.key}", ("pass" if v.passed else "fail") if v.judged else "not judged"))
         return props
-
-
-_PROBES: dict[str, str | None] = {}
-
-
-def forget_probes() -> None:
-    """A new session probes again (a transport may have come or gone since the last one)."""
-    _PROBES.clear()
-
-
-def probe_reason(transport: str, params: Mapping[str, Any]) -> str | None:
-    """Why this host cannot run the transport, or None. Probed once per process and
-    parameter set: some probes do real netlink binds and take a second."""
-    from ..transports.registry import probe
-
-    key = json.dumps([transport, params], sort_keys=True, default=str)
-    if key not in _PROBES:
-        cap = probe(transport, params)
-        _PROBES[key] = None if cap.available else f"{transport}: {cap.reason}"
-    return _PROBES[key]
-
-
-def pair_probe_reason(pair: HostPair, transport: str, params: Mapping[str, Any]) -> str | None:
-    key = json.dumps([pair.name, transport, params], sort_keys=True, default=str)
-    if key not in _PROBES:
-        from ..fabric.transport_probe import probe_pair
-
-        _PROBES[key] = probe_pair(pair, transport, params)
-    return _PROBES[key]
 
 
 def run_case(
@@ -196,13 +194,15 @@ def run_case(
     baseline_samples: Mapping[str, list[list[dict[str, float]]]] | None,
     case: str,
     timeout_s: float | None = None,
+    metric_set: MetricSet | None = None,
     baseline_tcg: bool = False,
 ) -> CaseOutcome:
     """Run the case `selection.repeat` times back to back on this process's pair; judge the
     median figures against its SLOs and every repeat against the baseline's repeats."""
-    out = CaseOutcome(case=case, scenario=scenario)
+    ms = metric_set or BUILTIN
+    out = CaseOutcome(case=case, scenario=scenario, metric_set=ms, worker=pairs.worker)
     if selection.fabric == "local":  # other fabrics probe on the agents' own hosts, below
-        reason = probe_reason(scenario.transport, scenario.transport_params)
+        reason = pairs.probe_reason(scenario.transport, scenario.transport_params)
         if reason:
             out.skip_reason, out.unavailable = reason, True
             return out
@@ -216,7 +216,7 @@ def run_case(
         return out
     out.pair = pair.name
     if pair.fabric != "local":  # the agents' hosts answer for themselves (their NICs, kernels)
-        reason = pair_probe_reason(pair, scenario.transport, scenario.transport_params)
+        reason = pairs.pair_probe_reason(pair, scenario.transport, scenario.transport_params)
         if reason:
             out.skip_reason, out.unavailable = f"{scenario.transport}: {reason}", True
             return out
@@ -240,20 +240,20 @@ def run_case(
         with AgentPair(pair, timeout) as agents:
             for i in range(n):
                 result = agents.run(scenario)
-                runs.append(json.loads(json.dumps(result.to_dict(), default=_jsonable)))
+                runs.append(ms.complete(result.to_dict()))
     except KvFabricError as exc:  # transport failure, integrity error, timeout: named, no traceback
         out.error = f"{type(exc).__name__}: {exc}" + (f" (repeat {len(runs) + 1} of {n})" if n > 1 else "")
         partial = getattr(exc, "result", None)  # an IntegrityError still carries what was measured
         if partial is not None:
-            out.metrics = json.loads(json.dumps(partial.to_dict(), default=_jsonable))
+            out.metrics = ms.complete(partial.to_dict())
         return out
     out.metrics = median_metrics(runs)
-    out.repeats = repeat_figures(runs)
-    out.result = result if n == 1 else type(result)(**out.metrics)  # the median run, as a Result
-    out.verdicts = slo_mod.check(scenario.slo, out.metrics, virtualized=lab_env.virtualized())
+    out.repeats = repeat_figures(runs, ms)
+    out.result = result if n == 1 else type(result).from_dict(out.metrics)  # the median run, as a Result
+    out.verdicts = slo_mod.check(scenario.slo, out.metrics, virtualized=lab_env.virtualized(), metric_set=ms)
     if baseline_samples is not None and case in baseline_samples:
         out.changes = baseline_mod.compare_samples(case, baseline_samples[case], out.repeats,
-                                                   selection.thresholds or None,
+                                                   selection.thresholds or None, metrics=ms,
                                                    tcg=baseline_tcg or lab_env.virtualized() == "tcg")
     return out
 
@@ -277,14 +277,3 @@ def up_front_capacity(scenario: Scenario, pair: HostPair) -> Any:
 
     carried, how = carried_gbps(pair, scenario.transport, scenario.transport_params)
     return Capacity(need, carried, how)
-
-
-def _jsonable(obj: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-    except ImportError:
-        pass
-    return str(obj)

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import KvFabricError, ProfileError
-from ..core.limits import MAX_POOL_MIB, MAX_REGRESSION_PCT, MAX_SEED, MAX_TIMEOUT_S, check_number
+from ..errors import ProfileError
+from ..core.limits import MAX_POOL_MIB, MAX_SEED, MAX_TIMEOUT_S, check_number
 from ..core.outpath import check_output_path
 from ..core.profiles import GpuProfile, ModelProfile
+from ..core.scenario import DEFAULT_POOL_MIB
 
 FABRICS = ("local", "netns", "hosts")
 PACINGS = ("emulated", "none")
@@ -23,7 +24,6 @@ class Opt:
     help: str
     metavar: str = "VALUE"
     append: bool = False  # repeatable flag; its ini key is a line list
-    default: Any = None
 
     @property
     def dest(self) -> str:
@@ -55,7 +55,7 @@ OPTIONS: tuple[Opt, ...] = (
         "PCT|METRIC=PCT,..."),
     Opt("--kv-save-baseline", "also write the JSON report here, to serve as a later baseline", "PATH"),
     Opt("--kv-profiles", "extra profile directory, searched before the shipped ones (repeatable)", "DIR", append=True),
-    Opt("--kv-pool-mib", "emulated HBM pool per agent in MiB (overrides suites; default 64)", "MIB"),
+    Opt("--kv-pool-mib", f"emulated HBM pool per agent in MiB (overrides suites and tests; default {DEFAULT_POOL_MIB})", "MIB"),
     Opt("--kv-pacing", "override pacing: emulated (layer by layer as the GPU computes) or none (as fast as possible)", "MODE"),
     Opt("--kv-timeout", "seconds a single case may take before it fails (default: derived from the scenario)", "SECONDS"),
     Opt("--kv-transport-param", "transport parameter KEY=VALUE, e.g. connections=2 or mode=send_zc (repeatable)",
@@ -94,7 +94,6 @@ class Selection:
     seed: int | None
     json_path: str | None
     baseline_path: str | None  # as given (one path or a comma list)
-    baseline_paths: tuple[str, ...]  # one report per baseline session
     max_regression_pct: float
     save_baseline: str | None
     profile_dirs: tuple[str, ...]
@@ -117,16 +116,6 @@ class Selection:
         models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
         gpu = self.gpu.id if self.gpu else "per suite (default h100)"
         return f"kvfabric: transports={','.join(self.transports)} models={models} gpu={gpu} fabric={self.fabric}"
-
-
-def baseline_list(text: str | None) -> tuple[str, ...]:
-    """--kv-baseline's reports: one path, or a comma list (one report per session). A path that
-    is itself a file wins, so a name with a comma still works."""
-    if not text:
-        return ()
-    if Path(text).is_file():
-        return (text,)
-    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def _split(value: str | None) -> list[str]:
@@ -166,17 +155,43 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def resolve(get: Callable[[str], Any]) -> Selection:
-    """Build the Selection. `get(dest)` returns the flag's value, else the ini value, else None."""
-    from ..measure import slo as slo_mod
-    from ..core.profiles import list_models, load_gpu, load_model
-    from .suites import find_suite
-    from ..transports.registry import available_names
+Get = Callable[[str], Any]  # get(dest): the flag's value, else the ini value, else None
 
-    profile_dirs = tuple(get("kv_profiles") or ())
-    for d in profile_dirs:
+
+def resolve(get: Get, *, metrics: Any = None, fabrics: Sequence[str] = FABRICS) -> Selection:
+    """Build the Selection. `get(dest)` returns the flag's value, else the ini value, else None.
+    `metrics` (measure.metrics.MetricSet) and `fabrics` are the run's, plug-ins' included: they
+    decide which SLO keys, --kv-max-regression keys and --kv-fabric names are valid.
+
+    Each helper below validates one concern and returns the Selection fields it owns."""
+    profile_dirs = _profile_dirs(get)
+    fields: dict[str, Any] = {"profile_dirs": profile_dirs}
+    fields.update(_transports(get))
+    fields.update(_profiles(get, profile_dirs))
+    fields.update(_fabric(get, fabrics))
+    fields.update(_gate(get, metrics))
+    fields.update(_run_knobs(get, metrics))
+    _check_outputs(get)
+    notes: list[str] = []
+    fields["transport_params"] = _params(get, fields["transports"], notes)
+    fields["netns"] = _netns(get)
+    if fields["netns"] and fields["fabric"] != "netns":  # e.g. an ini file shared by netns and local runs: say so
+        given = ", ".join(f"--kv-netns-{k.replace('_', '-')}" for k in fields["netns"])
+        notes.append(f"kvfabric: {given} applies only to --kv-fabric=netns; ignored with --kv-fabric={fields['fabric']}")
+    fields.update(_suites(get, profile_dirs, fields["named_transports"]))
+    return Selection(warnings=tuple(notes), **fields)
+
+
+def _profile_dirs(get: Get) -> tuple[str, ...]:
+    dirs = tuple(get("kv_profiles") or ())
+    for d in dirs:
         if not Path(d).is_dir():
             raise ProfileError("--kv-profiles", d, "not a directory")
+    return dirs
+
+
+def _transports(get: Get) -> dict[str, Any]:
+    from ..transports.registry import available_names
 
     known = available_names()
     transports = _split(get("kv_transport")) or ["tcp"]
@@ -186,6 +201,12 @@ def resolve(get: Callable[[str], Any]) -> Selection:
     for t in transports:
         if t not in known:
             raise ProfileError("--kv-transport", t, f"unknown transport; valid: {', '.join(known)}, all")
+    return {"transports": tuple(dict.fromkeys(transports)), "named_transports": tuple(dict.fromkeys(named)),
+            "kv_asked": bool(get("kv_transport") or get("kv_model"))}
+
+
+def _profiles(get: Get, profile_dirs: tuple[str, ...]) -> dict[str, Any]:
+    from ..core.profiles import list_models, load_gpu, load_model
 
     model_names = _split(get("kv_model"))
     models: tuple[ModelProfile, ...] | None = None
@@ -193,28 +214,27 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         models = tuple(list_models(profile_dirs))
     elif model_names:
         models = tuple(load_model(n, profile_dirs) for n in model_names)
-
     gpu_name = get("kv_gpu")
-    gpu = load_gpu(gpu_name, profile_dirs) if gpu_name else None
+    return {"models": models, "gpu": load_gpu(gpu_name, profile_dirs) if gpu_name else None}
 
-    suites = tuple(find_suite(n, profile_dirs) for n in _split(get("kv_suite")))
 
+def _fabric(get: Get, fabrics: Sequence[str]) -> dict[str, Any]:
     fabric = get("kv_fabric") or "local"
-    if fabric not in FABRICS:
-        raise ProfileError("--kv-fabric", fabric, f"unknown fabric; valid: {', '.join(FABRICS)}")
+    if fabric not in fabrics:
+        raise ProfileError("--kv-fabric", fabric, f"unknown fabric; valid: {', '.join(fabrics)}")
     hosts = get("kv_hosts")
     if fabric == "hosts" and not hosts:
         raise ProfileError("--kv-fabric", "hosts", "needs --kv-hosts PATH (the host-pair inventory)")
     if hosts and not Path(hosts).is_file():
         raise ProfileError("--kv-hosts", hosts, "no such file")
+    return {"fabric": fabric, "hosts": hosts}
 
-    slo = slo_mod.parse_assignments(list(get("kv_slo") or ()))
-    seed = get("kv_seed")
-    seed = None if seed in (None, "") else _number("--kv-seed", seed, int, 0, MAX_SEED)
+
+def _gate(get: Get, metrics: Any) -> dict[str, Any]:
+    """--kv-baseline and what judges against it."""
     from ..report.gate_metrics import parse_thresholds
 
-    thresholds = parse_thresholds(get("kv_max_regression"), "--kv-max-regression")
-    max_reg = thresholds["throughput"]
+    thresholds = parse_thresholds(get("kv_max_regression"), "--kv-max-regression", metrics)
     repeat = get("kv_repeat")
     repeat = 1 if repeat in (None, "") else _number("--kv-repeat", repeat, int, 1)
     if repeat > MAX_REPEAT:  # every repeat is a full run: keep a typo from running for days
@@ -223,28 +243,58 @@ def resolve(get: Callable[[str], Any]) -> Selection:
     if gate_undecided not in ("pass", "fail"):
         raise ProfileError("--kv-gate-undecided", gate_undecided, "valid: pass, fail")
     baseline = get("kv_baseline")
-    baseline_paths = baseline_list(baseline)
-    for path in baseline_paths:
+    for path in baseline_list(baseline):
         if not Path(path).is_file():
             raise ProfileError("--kv-baseline", path, "no such file")
+    return {"thresholds": thresholds, "max_regression_pct": thresholds["throughput"], "repeat": repeat,
+            "gate_undecided": gate_undecided, "baseline_path": baseline or None}
+
+
+def baseline_list(text: str | None) -> tuple[str, ...]:
+    """--kv-baseline's reports: one path, or a comma list (one report per session). A path that
+    is itself a file wins, so a name with a comma still works."""
+    if not text:
+        return ()
+    if Path(text).is_file():
+        return (text,)
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _run_knobs(get: Get, metrics: Any) -> dict[str, Any]:
+    """What every case of the run is forced to (layer 6 of harness/resolve.py), and the outputs."""
+    from ..measure import slo as slo_mod
+
+    seed = get("kv_seed")
     pool = get("kv_pool_mib")
-    pool = None if pool in (None, "") else _number("--kv-pool-mib", pool, float, 1, MAX_POOL_MIB)
     pacing = get("kv_pacing") or None
     if pacing and pacing not in PACINGS:
         raise ProfileError("--kv-pacing", pacing, f"valid: {', '.join(PACINGS)}")
     timeout = get("kv_timeout")
-    timeout = None if timeout in (None, "") else _number("--kv-timeout", timeout, float, 0.1, MAX_TIMEOUT_S)
     on_copy = get("kv_on_copy") or "fail"
     if on_copy not in ON_COPY:
         raise ProfileError("--kv-on-copy", on_copy, f"valid: {', '.join(ON_COPY)}")
+    return {
+        "slo": slo_mod.parse_assignments(list(get("kv_slo") or ()), "--kv-slo", metrics),
+        "seed": None if seed in (None, "") else _number("--kv-seed", seed, int, 0, MAX_SEED),
+        "pool_mib": None if pool in (None, "") else _number("--kv-pool-mib", pool, float, 1, MAX_POOL_MIB),
+        "pacing": pacing,
+        "timeout_s": None if timeout in (None, "") else _number("--kv-timeout", timeout, float, 0.1, MAX_TIMEOUT_S),
+        "on_copy": on_copy,
+        "json_path": get("kv_json") or None,
+        "save_baseline": get("kv_save_baseline") or None,
+    }
 
+
+def _check_outputs(get: Get) -> None:
     for dest in ("kv_json", "kv_save_baseline"):  # checked now, not after every test has run
         if get(dest):
             check_output_path(str(get(dest)), f"--{dest.replace('_', '-')}")
 
+
+def _params(get: Get, transports: Sequence[str], notes: list[str]) -> dict[str, Any]:
+    """--kv-transport-param, the rdma flags and --kv-inject, checked against the transports."""
     params = transport_params(list(get("kv_transport_param") or ()), "--kv-transport-param")
     # (dest, param, type, min, max): GID table index < 256 per port; traffic class is one byte
-    notes: list[str] = []
     rdma_given = []
     for dest, key, kind, lo, hi in (("kv_rdma_device", "device", str, None, None),
                                     ("kv_rdma_gid_index", "gid_index", int, 0, 255),
@@ -258,7 +308,6 @@ def resolve(get: Callable[[str], Any]) -> Selection:
     if rdma_given:  # e.g. an ini file shared by rdma and tcp runs: say so, do not pass them on
         notes.append(f"kvfabric: {', '.join(rdma_given)} applies only to the rdma transport; ignored "
                      f"with --kv-transport={','.join(transports)}")
-
     inject = get("kv_inject")
     if inject:
         from ..core.scenario import FAULTS, INJECT_PARAM
@@ -266,13 +315,15 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         if inject not in FAULTS:
             raise ProfileError("<options>", "--kv-inject", f"unknown fault {inject!r}; valid: {', '.join(FAULTS)}")
         params[INJECT_PARAM] = inject  # travels with the scenario; agents strip "_" keys for transports
-
     from ..transports.registry import check_params
 
-    why = check_params(transports, params)  # unknown names and bad values, before anything runs
+    why = check_params(list(transports), params)  # unknown names and bad values, before anything runs
     if why:
         raise ProfileError("<options>", "--kv-transport-param", why)
+    return params
 
+
+def _netns(get: Get) -> dict[str, Any]:
     netns: dict[str, Any] = {}
     if get("kv_netns_mtu") not in (None, ""):
         # veth takes 68..65535 (ETH_MIN_MTU..ETH_MAX_MTU); the kernel would refuse mid-setup
@@ -292,51 +343,23 @@ def resolve(get: Callable[[str], Any]) -> Selection:
         if str(split).lower() not in ("on", "off", "true", "false", "1", "0"):
             raise ProfileError("--kv-netns-cpu-split", split, "expected on or off")
         netns["cpu_split"] = str(split).lower() in ("on", "true", "1")
+    return netns
 
+
+def _suites(get: Get, profile_dirs: tuple[str, ...], named: Sequence[str]) -> dict[str, Any]:
+    """--kv-suite, --kv-default-suites and --kv-require-transport (which may say 'named')."""
+    from ..transports.registry import available_names
+    from .suites import find_suite
+
+    suites = tuple(find_suite(n, profile_dirs) for n in _split(get("kv_suite")))
     default_suites = tuple(_split(get("kv_default_suites"))) or ("smoke",)
     for name in default_suites:  # a typo is a usage error now, not a collection surprise later
         find_suite(name, profile_dirs)
     required = _split(get("kv_require_transport"))
     if required == ["named"]:
         required = list(named)
+    known = available_names()
     for t in required:
         if t not in known:
             raise ProfileError("--kv-require-transport", t, f"unknown transport; valid: {', '.join(known)}, named")
-    if netns and fabric != "netns":  # e.g. an ini file shared by netns and local runs: say so
-        given = ", ".join(f"--kv-netns-{k.replace('_', '-')}" for k in netns)
-        notes.append(f"kvfabric: {given} applies only to --kv-fabric=netns; ignored with --kv-fabric={fabric}")
-
-    return Selection(
-        warnings=tuple(notes),
-        transports=tuple(dict.fromkeys(transports)),
-        models=models,
-        gpu=gpu,
-        suites=suites,
-        fabric=fabric,
-        hosts=hosts,
-        slo=slo,
-        seed=seed,
-        json_path=get("kv_json") or None,
-        baseline_path=baseline or None,
-        baseline_paths=baseline_paths,
-        max_regression_pct=max_reg,
-        save_baseline=get("kv_save_baseline") or None,
-        profile_dirs=profile_dirs,
-        pool_mib=pool,
-        pacing=pacing,
-        timeout_s=timeout,
-        transport_params=params,
-        on_copy=on_copy,
-        netns=netns,
-        repeat=repeat,
-        thresholds=thresholds,
-        gate_undecided=gate_undecided,
-        default_suites=default_suites,
-        kv_asked=bool(get("kv_transport") or get("kv_model")),
-        named_transports=tuple(dict.fromkeys(named)),
-        require_transports=frozenset(required),
-    )
-
-
-def usage_message(exc: KvFabricError) -> str:
-    return f"kvfabric: {exc}"
+    return {"suites": suites, "default_suites": default_suites, "require_transports": frozenset(required)}

@@ -13,11 +13,12 @@ from typing import Any, Mapping, Sequence
 from ..errors import ProfileError
 from ..core.profile_schema import parse_yaml_text, read_yaml, validate
 from ..core.profiles import GpuProfile, ModelProfile
-from ..core.scenario import Arrival, Deployment, Distribution, Scenario, Synthetic, Workload
+from ..core.scenario import DEFAULT_POOL_MIB, Arrival, Distribution, Scenario, Workload
 
 DEFAULT_GPU = "h100"
 DEFAULT_MODELS = ("llama3.1-8b",)
-DEFAULT_POOL_MIB = 64
+__all__ = ["DEFAULT_GPU", "DEFAULT_MODELS", "DEFAULT_POOL_MIB", "ScenarioTemplate", "Suite", "build_workload",
+           "find_suite", "list_suites", "load_suite", "parse_suite"]
 
 
 def shipped_suite_dir() -> Path:
@@ -58,36 +59,15 @@ class ScenarioTemplate:
     def slow(self) -> bool:
         return "slow" in self.fields.get("marks", ())
 
-    def build(
-        self,
-        model: ModelProfile,
-        gpu: GpuProfile,
-        transport: str,
-        *,
-        seed: int | None = None,
-        slo_overrides: Mapping[str, Any] | None = None,
-        transport_params: Mapping[str, Any] | None = None,
-    ) -> Scenario:
-        f = self.fields
-        slo = dict(f.get("slo", {}))
-        slo.update(slo_overrides or {})
-        params = dict(f.get("transport_params", {}))
-        params.update(transport_params or {})
-        return Scenario(
-            id=f"{self.suite}/{self.id}",
-            model=model,
-            gpu=gpu,
-            prefill=Deployment(**f.get("prefill", {})),
-            decode=Deployment(**f.get("decode", {})),
-            workload=build_workload(f.get("workload", {}), self.source, f"{self.where}.workload"),
-            seed=int(seed if seed is not None else f.get("seed", 0)),
-            pacing=f.get("pacing", "emulated"),
-            pool_bytes=int(float(f.get("pool_mib", DEFAULT_POOL_MIB)) * 1024 * 1024),
-            transport=transport,
-            transport_params=params,
-            slo=slo,
-            synthetic=Synthetic(**f["synthetic"]) if "synthetic" in f else None,
-        )
+    def build(self, model: ModelProfile, gpu: GpuProfile, transport: str, *, overrides: Any = None,
+              free_sides: Sequence[str] = (), check_fit: bool = False) -> Scenario:
+        """This template's Scenario through the one resolution (harness/resolve.py): its merged
+        fields are layers 2-3, `overrides` (resolve.Overrides) layer 6."""
+        from .resolve import resolve
+
+        return resolve(self.fields, id=f"{self.suite}/{self.id}", model=model, gpu=gpu, transport=transport,
+                       overrides=overrides, free_sides=free_sides, check_fit=check_fit,
+                       source=self.source, where=self.where)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
-# SLOs a too-slow link can miss on its own: the time the network adds and what follows from it.
-TIMING_KEYS = frozenset({"max_exposed_ms", "max_exposed_fraction", "min_ttft_met_fraction", "p99_latency_us",
-                         "p50_latency_us", "min_throughput_gbps", "max_post_lateness_us"})
+from .metrics import BUILTIN
+
+# SLOs a too-slow link can miss on its own (declared on each metric: link_bound=True).
+TIMING_KEYS = BUILTIN.link_bound_slo_keys
 
 
 def needed_gbps(total_bytes: int, prefill_ns_sum: float) -> float | None:

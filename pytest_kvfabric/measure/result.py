@@ -7,8 +7,26 @@ See the README section on `kvfabric run` for every key, its unit and how it is c
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready Python values without a JSON round trip: numpy scalars and arrays become
+    Python numbers and lists, tuples lists, mapping keys strings; other objects their str."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    item = getattr(value, "item", None)  # numpy scalar
+    if callable(item) and getattr(value, "shape", None) == ():
+        return plain(item())
+    tolist = getattr(value, "tolist", None)  # numpy array
+    if callable(tolist):
+        return plain(tolist())
+    return str(value)
 
 
 @dataclass
@@ -49,8 +67,14 @@ class Result:
     timeline: dict[str, Any] | None = None  # one request's layers: ready vs posted/completed/placed
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON (keys documented in the README, `kvfabric run` section; stable across releases)."""
-        return asdict(self)
+        """Plain JSON values (keys documented in the README, `kvfabric run` section; stable across releases)."""
+        return plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Result":
+        """A Result from its dict form; figures it has no field for (a plug-in's metrics) are left out."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     @property
     def ok(self) -> bool:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..measure.metrics import BUILTIN, MetricSet
+from .gate_metrics import BY_KEY, figures, parse_thresholds
 from .fpdiff import ran_under_tcg
-from .gate_metrics import BY_KEY, GATED, figures, parse_thresholds
 from .verdict import Judgement, judge_sessions, seed_for
 
 TCG_NOTE = "a side ran under TCG (software emulation): timings not judged"
@@ -27,10 +28,11 @@ class Change:
     key: str
     threshold_pct: float
     judgement: Judgement
+    label: str = ""  # the metric's label when it is not a built-in one (a plug-in's)
 
     @property
     def metric(self) -> str:
-        return BY_KEY[self.key].label
+        return self.label or (BY_KEY[self.key].label if self.key in BY_KEY else self.key)
 
     @property
     def status(self) -> str:
@@ -72,7 +74,8 @@ class Change:
         ci = d.get("change_ci_pct")
         j = Judgement(d["verdict"], d.get("change_pct"), tuple(ci) if ci else None, b["median"], tuple(b["ci"]),
                       c["median"], tuple(c["ci"]), b["n"], c["n"], d.get("note") or "", int(b.get("sessions", 1)))
-        return cls(d["case"], d["metric"], float(d["threshold_pct"]), j)
+        return cls(d["case"], d["metric"], float(d["threshold_pct"]), j,
+                   "" if d["metric"] in BY_KEY else str(d.get("label") or ""))
 
 
 @dataclass(frozen=True)
@@ -92,26 +95,23 @@ class Comparison:
     def undecided(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.undecided)
 
-    def for_case(self, case: str) -> list[Change]:
-        return [c for c in self.changes if c.case == case]
-
     def failed(self, undecided: str = "pass") -> bool:
         return bool(self.regressions or self.unavailable or (undecided == "fail" and self.undecided))
 
 
-def samples(result: Mapping[str, Any]) -> list[dict[str, float]]:
+def samples(result: Mapping[str, Any], metrics: MetricSet | None = None) -> list[dict[str, float]]:
     """The repeats' figures of one result (one sample when the report predates repeats)."""
     reps = result.get("repeats")
     if reps:
         return [dict(r) for r in reps]
-    return [figures(result.get("metrics"))] if result.get("metrics") else []
+    return [figures(result.get("metrics"), metrics)] if result.get("metrics") else []
 
 
-def case_samples(report: Mapping[str, Any]) -> dict[str, list[dict[str, float]]]:
+def case_samples(report: Mapping[str, Any], metrics: MetricSet | None = None) -> dict[str, list[dict[str, float]]]:
     """case id -> its samples, for every result of a JSON report that has metrics."""
     out = {}
     for r in report.get("results", []):
-        s = samples(r)
+        s = samples(r, metrics)
         if s:
             out[r["case"]] = s
     return out
@@ -120,11 +120,11 @@ def case_samples(report: Mapping[str, Any]) -> dict[str, list[dict[str, float]]]
 Sessions = list[list[dict[str, float]]]  # one case's baseline: each session's repeats' figures
 
 
-def case_sessions(reports: Sequence[Mapping[str, Any]]) -> dict[str, Sessions]:
+def case_sessions(reports: Sequence[Mapping[str, Any]], metrics: MetricSet | None = None) -> dict[str, Sessions]:
     """case id -> its samples in each report (session) that measured it, in the reports' order."""
     out: dict[str, Sessions] = {}
     for report in reports:
-        for case, s in case_samples(report).items():
+        for case, s in case_samples(report, metrics).items():
             out.setdefault(case, []).append(s)
     return out
 
@@ -134,21 +134,22 @@ def case_metrics(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {r["case"]: r["metrics"] for r in report.get("results", []) if r.get("metrics")}
 
 
-def _thresholds(thresholds: Mapping[str, float] | float | str | None) -> dict[str, float]:
+def _thresholds(thresholds: Mapping[str, float] | float | str | None, metrics: MetricSet | None) -> dict[str, float]:
     if isinstance(thresholds, Mapping):
-        return {**parse_thresholds(None), **thresholds}
-    return parse_thresholds(None if thresholds is None else str(thresholds))
+        return {**parse_thresholds(None, metrics=metrics), **thresholds}
+    return parse_thresholds(None if thresholds is None else str(thresholds), metrics=metrics)
 
 
 def compare_samples(case: str, old: Sequence[Mapping[str, float]] | Sessions, new: Sequence[Mapping[str, float]],
-                    thresholds: Mapping[str, float] | float | str | None = None, tcg: bool = False) -> list[Change]:
+                    thresholds: Mapping[str, float] | float | str | None = None,
+                    metrics: MetricSet | None = None, tcg: bool = False) -> list[Change]:
     """Verdicts for every gated metric both sides measured. `old`: one session's samples, or a
     list of sessions (several baseline reports); `tcg`: a side ran under software emulation, so
     timing metrics are undecided (said in the note), not judged."""
-    limits = _thresholds(thresholds)
+    limits = _thresholds(thresholds, metrics)
     sessions = [list(s) for s in old] if old and not isinstance(old[0], Mapping) else [list(old)]
     out = []
-    for m in GATED:
+    for m in (metrics or BUILTIN).gated:
         a = [[s[m.path] for s in sess if s.get(m.path) is not None] for sess in sessions]
         a = [x for x in a if x]
         b = [s[m.path] for s in new if s.get(m.path) is not None]
@@ -157,7 +158,8 @@ def compare_samples(case: str, old: Sequence[Mapping[str, float]] | Sessions, ne
         j = judge_sessions(m, a, b, limits[m.key], seed_for(case, m.key))
         if tcg and m.timing:
             j = replace(j, status="undecided", note=TCG_NOTE)
-        out.append(Change(case, m.key, limits[m.key], j))
+        label = "" if m.key in BY_KEY else m.label
+        out.append(Change(case, m.key, limits[m.key], j, label))
     return out
 
 
@@ -169,7 +171,7 @@ def compare(old_report: Mapping[str, Any] | Sequence[Mapping[str, Any]], new_rep
     tcg = ran_under_tcg(*olds, new_report)
     changes: list[Change] = []
     for case in sorted(set(old) & set(new)):
-        changes += compare_samples(case, old[case], new[case], thresholds, tcg)
+        changes += compare_samples(case, old[case], new[case], thresholds, tcg=tcg)
     gone = {r["case"]: r.get("reason") or "skipped" for r in new_report.get("results", [])
             if r["case"] in old and not r.get("metrics") and (r.get("outcome") == "skipped" or r.get("unavailable"))}
     return Comparison(tuple(changes), tuple(sorted(set(old) - set(new) - set(gone))),

@@ -54,9 +54,9 @@ def median_metrics(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def repeat_figures(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
-    """Each repeat's gated figures, in the order they ran."""
-    return [figures(r) for r in runs]
+def repeat_figures(runs: Sequence[Mapping[str, Any]], metrics: Any = None) -> list[dict[str, float]]:
+    """Each repeat's gated figures, in the order they ran (`metrics`: the run's MetricSet)."""
+    return [figures(r, metrics) for r in runs]
 
 
 def spread(values: Sequence[float]) -> tuple[float, float, float] | None:

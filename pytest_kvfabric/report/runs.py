@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..errors import ProfileError
+from ..measure.metrics import lookup
 
 SESSION_FORMAT = "pytest-kvfabric-report"
 SWEEP_FORMAT = "pytest-kvfabric-sweep"
@@ -85,14 +86,9 @@ def measured(cases: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def get(metrics: Mapping[str, Any] | None, path: str) -> float | None:
-    """A number at a dotted path ('latency_us.p99'), None when absent."""
-    node: Any = metrics
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or node.get(part) is None:
-            return None
-        node = node[part]
+    """A number at a dotted path ('latency_us.p99'), None when absent (measure/metrics.lookup)."""
     try:
-        return float(node)
+        return float(lookup(metrics, path))
     except (TypeError, ValueError):
         return None
 

@@ -3,9 +3,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from ..measure.metrics import BUILTIN, Metric, MetricSet
+
 # With --kv-repeat N, figures are medians over the repeats with their 95% interval in brackets.
-HEADERS = ["case", "pair", "GB/s", "p50 µs", "p99 µs", "exposed p99 ms", "CPU s/GB", "needs/carried Gb/s", "data path",
-           "verdict"]
+# The metric columns are the metrics declared with a `column` (measure/metrics.py).
+
+
+def headers(metrics: MetricSet | None = None) -> list[str]:
+    return ["case", "pair", *(m.column for m in (metrics or BUILTIN).columns), "needs/carried Gb/s", "data path",
+            "verdict"]
+
+
+HEADERS = headers()
 
 
 def _num(v: Any, fmt: str = ".3g") -> str:
@@ -49,29 +58,30 @@ def capacity_label(cap: Mapping[str, Any] | None) -> str:
     return text + (" SHORT" if cap.get("short") else "")
 
 
-def row(result: Mapping[str, Any]) -> list[str]:
+def _cell(result: Mapping[str, Any], metric: Metric) -> str:
+    value = metric.figure(result.get("metrics") or {})
+    median = None if value is None else value / metric.column_scale
+    if metric.path is None:
+        return _num(median)  # computed when read: no per-repeat figures to draw an interval from
+    return _with_ci(result, metric.path, median, scale=metric.column_scale)
+
+
+def row(result: Mapping[str, Any], metrics: MetricSet | None = None) -> list[str]:
     m = result.get("metrics") or {}
-    gbps = m.get("throughput_gbps")
-    cpu = m.get("cpu_s_per_gb") or {}
-    worst_cpu = max([v for v in (cpu.get("sender"), cpu.get("receiver")) if v is not None], default=None)
     return [
         result["case"],
         result.get("pair") or "-",
-        _with_ci(result, "throughput_gbps", None if gbps is None else gbps / 8, scale=8),
-        _with_ci(result, "latency_us.p50", (m.get("latency_us") or {}).get("p50")),
-        _with_ci(result, "latency_us.p99", (m.get("latency_us") or {}).get("p99")),
-        _with_ci(result, "exposed_ms.p99", (m.get("exposed_ms") or {}).get("p99")),
-        _num(worst_cpu),
+        *(_cell(result, metric) for metric in (metrics or BUILTIN).columns),
         capacity_label(result.get("capacity")),
         data_path_label(m) if m else (result.get("reason") or "")[:40],
         result["outcome"],
     ]
 
 
-def render(results: Sequence[Mapping[str, Any]]) -> str:
+def render(results: Sequence[Mapping[str, Any]], metrics: MetricSet | None = None) -> str:
     from tabulate import tabulate
 
     ordered = sorted(results, key=lambda r: r["case"])
-    out = tabulate([row(r) for r in ordered], headers=HEADERS, tablefmt="simple")
+    out = tabulate([row(r, metrics) for r in ordered], headers=headers(metrics), tablefmt="simple")
     notes = [f"note: {r['case']}: {n}" for r in ordered for n in r.get("notes") or ()]
     return "\n".join([out, *notes])

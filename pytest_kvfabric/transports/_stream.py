@@ -17,8 +17,9 @@ Wire format: `framing` (32-byte headers). Connection setup:
   with one HELLO ``{"initiator", "index", "connections", "proof"}`` whose proof is an HMAC of
   the nonce keyed by the run token (`handshake`: the token never crosses the data network).
   Until its HELLO is proven a connection is a stranger: one that closes, sends junk, a bad
-  HELLO or a wrong proof, idles past the HELLO deadline or is the oldest of too many pending
-  ones is dropped (with an ERROR frame where the socket takes one) and counted in
+  HELLO or a wrong proof, idles past the HELLO deadline, is the oldest (past its grace) of too
+  many pending ones, or arrives when all of them are young (a "busy" refusal, which our
+  initiators retry) is dropped (with an ERROR frame where the socket takes one) and counted in
   data_path()["strangers_rejected"]; it never fails the run and never writes a byte into the
   region. What an authenticated peer does wrong (a bad write, bytes after BYE) still raises.
 
@@ -48,7 +49,7 @@ import socket
 import struct
 import time
 from bisect import bisect_right
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -197,6 +198,8 @@ def exchange_hello(sock: socket.socket, token: str, initiator: str, index: int, 
             if not n:
                 raise TransportError(f"{what}: the target closed the connection before its CHALLENGE")
             hs.feed(buf[:n])
+        if hs.busy:
+            raise TargetBusy(f"{what}: target {hs.error}")
         if hs.error or hs.hello_bytes is None:
             raise TransportError(f"{what}: target {hs.error or 'sent no CHALLENGE'}")
         sock.sendall(hs.hello_bytes)
@@ -204,6 +207,44 @@ def exchange_hello(sock: socket.socket, token: str, initiator: str, index: int, 
         raise TransportError(f"{what}: no CHALLENGE from the target within {timeout_s:.1f} s") from None
     except OSError as exc:
         raise TransportError(f"{what}: handshake failed: {exc}") from None
+
+
+class TargetBusy(TransportError):
+    """The target refused this connection at the door (its places for unauthenticated
+    connections were all taken by young ones): nothing was exchanged, another try may pass."""
+
+
+def connect_with_hello(host: str, port: int, configure: Callable[[socket.socket], None], token: str,
+                       initiator: str, index: int, connections: int, deadline: float,
+                       what: str, what_connect: str) -> socket.socket:
+    """A connected, proven socket: connect, configure, handshake; a BUSY refusal (a stranger
+    flood holding the target's pending places) is retried with backoff until `deadline`.
+    Raises TransportError (`what_connect: ...` when the connect itself fails)."""
+    for attempt in range(10_000):  # bounded by the deadline long before the count
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if attempt:
+                raise TransportError(f"{what}: the target stayed busy (every place for a new connection "
+                                     "taken by unauthenticated ones) until the connect deadline")
+            raise TransportError(f"{what_connect}: timed out")
+        try:
+            sock = socket.create_connection((host, port), timeout=remaining)
+        except OSError as exc:
+            raise TransportError(f"{what_connect}: {exc}") from None
+        try:
+            configure(sock)
+            exchange_hello(sock, token, initiator, index, connections, deadline - time.monotonic(), what)
+            return sock
+        except TargetBusy:
+            sock.close()
+            time.sleep(min(0.02 * (1 << min(attempt, 5)), max(0.0, deadline - time.monotonic())))
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"{what} failed: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+    raise TransportError(f"{what}: the target stayed busy")  # not reached: the deadline ends it
 
 
 def _send_error_and_close(sock: socket.socket, reason: str) -> None:
@@ -378,9 +419,15 @@ class StreamTarget(Target):
             c.hs = handshake.TargetHandshake(self._token)
             self._conns[c.fd] = c
             self._sel.register(sock, selectors.EVENT_READ, c)
-            for fd in self._gate.arrive(c.fd, now):
-                self._stranger(self._conns[fd], handshake.EVICTED,
-                               f"too many connections without a proven HELLO (> {self._gate.max_pending})")
+            dropped = self._gate.arrive(c.fd, now)
+            for fd in dropped:
+                if fd == c.fd:  # refused at the door: every pending one is still young
+                    self._stranger(c, handshake.REFUSED, handshake.BUSY)
+                else:
+                    self._stranger(self._conns[fd], handshake.EVICTED,
+                                   f"too many connections without a proven HELLO (> {self._gate.max_pending})")
+            if c.fd in dropped:
+                continue
             try:
                 self._configure_socket(sock)
                 sock.send(c.hs.challenge())  # 64 bytes into an empty send buffer: never partial
@@ -1051,24 +1098,12 @@ class StreamInitiator(Initiator):
                     f"{self.transport_name}: connecting to {host}:{port} timed out after {timeout_s} s"
                 )
             try:
-                sock = socket.create_connection((host, port), timeout=remaining)
-            except OSError as exc:
+                sock = connect_with_hello(host, port, self._configure_socket, token, ident, i, nconn,
+                                          deadline, f"{self.transport_name}: HELLO to {host}:{port}",
+                                          f"{self.transport_name}: cannot connect to {host}:{port}")
+            except TransportError:
                 self.close()
-                raise TransportError(
-                    f"{self.transport_name}: cannot connect to {host}:{port}: {exc}"
-                ) from None
-            try:
-                self._configure_socket(sock)
-                exchange_hello(sock, token, ident, i, nconn, deadline - time.monotonic(),
-                               f"{self.transport_name}: HELLO to {host}:{port}")
-            except (OSError, TransportError) as exc:
-                sock.close()
-                self.close()
-                if isinstance(exc, TransportError):
-                    raise
-                raise TransportError(
-                    f"{self.transport_name}: HELLO to {host}:{port} failed: {exc}"
-                ) from None
+                raise
             sock.setblocking(False)
             c = InitiatorConn(sock, i)
             self._conns.append(c)

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import ProtocolError, TransportError
 from .base import COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, Initiator, Target, check_region
 from .rdma.placement import WrittenRanges
+from .rdma.side import recv_exact
 
 RECORD_DTYPE = np.dtype([("xfer", "<u8"), ("dst_off", "<u8"), ("nbytes", "<u8"), ("notify", "<i8")])
 MAGIC = b"KVF1"
@@ -110,22 +111,10 @@ def send_frame(sock: socket.socket, kind: bytes, payload: bytes) -> None:
 
 
 def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
-    kind, length = _FRAME.unpack(_recv_exact(sock, _FRAME.size))
+    kind, length = _FRAME.unpack(recv_exact(sock, _FRAME.size, "side link"))
     if length > _MAX_FRAME or kind not in _KINDS:
         raise ProtocolError(f"bad side-link frame {kind!r} of {length} bytes")
-    return kind, _recv_exact(sock, length)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise ConnectionError("side link closed")
-        got += k
-    return bytes(buf)
+    return kind, recv_exact(sock, length, "side link")
 
 
 class EngineTarget(Target):

@@ -17,8 +17,12 @@ loopback cannot learn the token either.
 A connection is a stranger until its HELLO proves the token. A stranger never fails a run: the
 target drops it (with an ERROR frame where the socket still takes one) and counts why in
 `Admission`, which also bounds what strangers can hold: at most MAX_PENDING unauthenticated
-connections (the oldest is dropped to admit a new one) and HELLO_TIMEOUT_S from accept to a
-proven HELLO (a peer trickling one byte per second is dropped at the deadline).
+connections and HELLO_TIMEOUT_S from accept to a proven HELLO (a peer trickling one byte per
+second is dropped at the deadline). When every place is taken, the oldest pending connection is
+dropped to admit a newcomer only if it has had GRACE_S to prove itself; otherwise the newcomer is
+refused at the door with a BUSY error instead of a CHALLENGE, and a real initiator retries within
+its connect timeout (`TargetBusy`). Evicting the oldest unconditionally let 64 quick connects
+push out the run's own initiator between its CHALLENGE and its HELLO (seen under load).
 Once authenticated, a peer is the run's own initiator: what it does wrong fails the run, as before.
 """
 from __future__ import annotations
@@ -35,14 +39,16 @@ from . import framing
 DOMAIN = b"kvfabric-hello-v1\n"  # domain separation: this MAC proves a HELLO and nothing else
 HELLO_TIMEOUT_S = 5.0  # accept -> proven HELLO; a real initiator needs one round trip
 MAX_PENDING = 64  # unauthenticated connections held at once (a real initiator connects in sequence)
+GRACE_S = 1.0  # a pending connection this young is not evicted: one round trip under heavy load
+BUSY = "busy: every place for an unauthenticated connection is taken; retry"  # ERROR text, no CHALLENGE
 MAX_IDENT_CHARS = 128
 MAX_CONNECTIONS = 4096
 
 # Why a stranger was dropped (keys of the report's `strangers` breakdown).
-CLOSED, BAD_FRAME, BAD_HELLO, BAD_PROOF, TIMEOUT, EVICTED = (
-    "closed", "bad_frame", "bad_hello", "bad_proof", "hello_timeout", "evicted",
+CLOSED, BAD_FRAME, BAD_HELLO, BAD_PROOF, TIMEOUT, EVICTED, REFUSED = (
+    "closed", "bad_frame", "bad_hello", "bad_proof", "hello_timeout", "evicted", "refused",
 )
-REASONS = (CLOSED, BAD_FRAME, BAD_HELLO, BAD_PROOF, TIMEOUT, EVICTED)
+REASONS = (CLOSED, BAD_FRAME, BAD_HELLO, BAD_PROOF, TIMEOUT, EVICTED, REFUSED)
 
 _HS = framing.HEADER_SIZE
 
@@ -185,7 +191,7 @@ class InitiatorHandshake:
     """The initiator's side: feed() the target's first frame until `hello_bytes` (what to send)
     or `error` (the target refused us, or sent something that is not a CHALLENGE)."""
 
-    __slots__ = ("_token", "_fields", "_buf", "_need", "_type", "hello_bytes", "error")
+    __slots__ = ("_token", "_fields", "_buf", "_need", "_type", "hello_bytes", "error", "busy")
 
     def __init__(self, token: str, initiator: str, index: int, connections: int) -> None:
         self._token = token
@@ -195,6 +201,7 @@ class InitiatorHandshake:
         self._type = 0
         self.hello_bytes: bytes | None = None
         self.error = ""
+        self.busy = False  # refused at the door (every place taken): worth another try
 
     def want(self) -> int:
         """Bytes to read next (never past the first frame); 0 when done."""
@@ -231,7 +238,9 @@ class InitiatorHandshake:
             if self._type == framing.CHALLENGE:
                 self.hello_bytes = encode_hello(self._token, payload, *self._fields)
             else:
-                self.error = "rejected us: " + payload.decode("utf-8", "replace")
+                text = payload.decode("utf-8", "replace")
+                self.busy = text == BUSY
+                self.error = "rejected us: " + text
         return take
 
 
@@ -241,22 +250,30 @@ class Admission:
     Keys are whatever the transport uses to find a connection (fd, connection id).
     """
 
-    def __init__(self, max_pending: int = MAX_PENDING, timeout_s: float = HELLO_TIMEOUT_S) -> None:
+    def __init__(self, max_pending: int = MAX_PENDING, timeout_s: float = HELLO_TIMEOUT_S,
+                 grace_s: float = GRACE_S) -> None:
         self.max_pending = max_pending
         self.timeout_s = timeout_s
+        self.grace_s = min(grace_s, timeout_s / 2)  # never a grace that outlives the deadline
         self._pending: dict[Hashable, float] = {}  # key -> deadline, in arrival order
+        self._born: dict[Hashable, float] = {}  # key -> arrival time (grace is measured from it)
         self.counts = {r: 0 for r in REASONS}
         self.next_deadline = float("inf")  # earliest deadline: a float compare per loop pass
 
     def arrive(self, key: Hashable, now: float) -> list[Hashable]:
-        """A connection was accepted; returns the pending keys to drop to make room (oldest
-        first), already counted as evicted."""
+        """A connection was accepted; returns the keys to drop, already counted: pending ones
+        evicted to make room (oldest first, each past its grace), or `key` itself, refused
+        (send it BUSY, no CHALLENGE), when every pending one is still within its grace."""
         evicted = []
         while len(self._pending) >= self.max_pending:
             old = next(iter(self._pending))
+            if now - self._born[old] < self.grace_s:  # the oldest is still young
+                self.counts[REFUSED] += 1
+                return [*evicted, key]
             self.drop(old, EVICTED)
             evicted.append(old)
         self._pending[key] = now + self.timeout_s
+        self._born[key] = now
         self._update()
         return evicted
 
@@ -273,11 +290,13 @@ class Admission:
 
     def admitted(self, key: Hashable) -> None:
         self._pending.pop(key, None)
+        self._born.pop(key, None)
         self._update()
 
     def drop(self, key: Hashable, kind: str) -> None:
         """Count a stranger once (a key no longer pending is not counted again)."""
         if self._pending.pop(key, None) is not None:
+            del self._born[key]
             self.counts[kind] += 1
             self._update()
 

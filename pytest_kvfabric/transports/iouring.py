@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ProtocolError, TransportError
 from . import framing, handshake
-from ._stream import exchange_hello, set_tcp_options, tcp_info
+from ._stream import connect_with_hello, set_tcp_options, tcp_info
 from .params import IOURING_PARAMS
 from .base import (
     COMPLETION_DTYPE,
@@ -152,16 +152,17 @@ class IoUringInitiator(Initiator):
     # -- setup ----------------------------------------------------------------------------
     def connect(self, descriptor: Mapping[str, Any], timeout_s: float) -> None:
         host, port = descriptor["host"], int(descriptor["port"])
+        # The handshake of _stream.py (tcp/zerocopy), so either side interoperates with them.
+        token = str(self.options.get("token") or descriptor.get("token") or "")
+        what = f"iouring connect to {host}:{port}"
+        sock = connect_with_hello(host, port, lambda s: set_tcp_options(s, self.options), token,
+                                  f"{secrets.token_hex(8)}-{os.getpid()}", 0, 1,
+                                  time.monotonic() + timeout_s, what, what + " failed")
         try:
-            sock = socket.create_connection((host, port), timeout=timeout_s)
-            set_tcp_options(sock, self.options)
-            # The handshake of _stream.py (tcp/zerocopy), so either side interoperates with them.
-            token = str(self.options.get("token") or descriptor.get("token") or "")
-            exchange_hello(sock, token, f"{secrets.token_hex(8)}-{os.getpid()}", 0, 1, timeout_s,
-                           f"iouring connect to {host}:{port}")
             sock.settimeout(None)  # blocking fd: io_uring arms poll instead of failing EAGAIN
         except OSError as exc:
-            raise TransportError(f"iouring connect to {host}:{port} failed: {exc}") from None
+            sock.close()
+            raise TransportError(f"{what} failed: {exc}") from None
         self._sock = sock
         try:
             self._ring = self._u.Ring(self.queue_depth, defer_taskrun=self.defer_taskrun)
@@ -495,6 +496,8 @@ class IoUringTarget(Target):
         # Dropped strangers whose RECV is still in flight: kept (socket and buffers) until its
         # CQE says the kernel is done with them; only then is the fd closed (and reusable).
         self._dying: dict[int, _Conn] = {}
+        # An error met in a progress() call that had already placed rows: raised on the next call.
+        self._deferred_error: Exception | None = None
 
     def listen(self, bind_host: str, timeout_s: float) -> dict[str, Any]:
         if self.options.get("zcrx"):
@@ -536,10 +539,16 @@ class IoUringTarget(Target):
             conn.hs = handshake.TargetHandshake(self._token)
             self._next_cid += 1
             self._conns[conn.cid] = conn
-            for cid in self._gate.arrive(conn.cid, now):
-                self._stranger(self._conns[cid], handshake.EVICTED,
-                               f"too many connections without a proven HELLO (> {self._gate.max_pending})",
-                               in_flight=True)
+            dropped = self._gate.arrive(conn.cid, now)
+            for cid in dropped:
+                if cid == conn.cid:  # refused at the door: every pending one is still young
+                    self._stranger(conn, handshake.REFUSED, handshake.BUSY, in_flight=False)
+                else:
+                    self._stranger(self._conns[cid], handshake.EVICTED,
+                                   f"too many connections without a proven HELLO (> {self._gate.max_pending})",
+                                   in_flight=True)
+            if conn.cid in dropped:
+                continue
             try:
                 set_tcp_options(sock, self.options)
                 sock.send(conn.hs.challenge(), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
@@ -800,9 +809,8 @@ class IoUringTarget(Target):
     def progress(self, timeout_s: float) -> tuple[np.ndarray, np.ndarray]:
         if self._lsock is None:
             raise TransportError("iouring target: progress() before listen()")
-        deferred = getattr(self, "_deferred_error", None)
-        if deferred is not None:  # raised in the call that also placed rows: those went out first
-            self._deferred_error = None
+        if self._deferred_error is not None:  # met in the call that placed rows: those went out first
+            deferred, self._deferred_error = self._deferred_error, None
             raise deferred
         if self._ring is None:  # created by the thread that drives it (SINGLE_ISSUER)
             try:

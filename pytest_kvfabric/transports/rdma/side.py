@@ -41,14 +41,15 @@ def send_frame(sock: socket.socket, kind: bytes, payload: bytes) -> None:
     sock.sendall(FRAME.pack(kind, len(payload)) + payload)
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int, what: str = "side connection") -> bytes:
+    """Exactly n bytes from a blocking socket; ConnectionError naming `what` if it closes first."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
         k = sock.recv_into(view[got:])
         if k == 0:
-            raise ConnectionError("side connection closed")
+            raise ConnectionError(f"{what} closed")
         got += k
     return bytes(buf)
 

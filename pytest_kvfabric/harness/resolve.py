@@ -1,0 +1,126 @@
+"""One scenario resolution: every layer that may set a Scenario field, in one documented order.
+
+Precedence, lowest first (a later layer wins for every field it sets):
+
+  1. shipped defaults      SHIPPED below, and Scenario's own field defaults (one pool default:
+                           core.scenario.DEFAULT_POOL_MIB)
+  2. suite defaults        a suite file's `defaults:` block
+  3. scenario              a suite scenario's own fields; `kvfabric run/plan`'s scenario flags;
+                           the kv_scenario fixture's chat-sized request
+  4. marker                @pytest.mark.kv_slo on the test (closest marker wins)
+  5. the test's own        a Scenario the test built itself and passed to kv_run(sc)
+  6. CLI options           --kv-slo, --kv-pool-mib, --kv-pacing, --kv-seed, --kv-transport-param
+
+Layers 2 and 3 are field mappings in suite-YAML vocabulary (`pool_mib`, `pacing`, `seed`,
+`slo`, `transport_params`, `prefill`, `decode`, `workload`, `synthetic`); `build` turns them
+into a Scenario. Layers 4 and 6 are applied by `finish`, which also takes a test's own
+Scenario (layer 5). The plugin's fixtures, its suite items and the CLI all come through here.
+No pytest here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..core.profiles import GpuProfile, ModelProfile
+from ..core.scenario import DEFAULT_POOL_MIB, MIB, Deployment, Scenario, Synthetic
+
+# Layer 1: what a scenario gets when nothing else says (the suites' schema documents the same).
+SHIPPED: Mapping[str, Any] = {"seed": 0, "pacing": "emulated", "pool_mib": DEFAULT_POOL_MIB}
+# Layer 3 of the kv_scenario fixture: a small chat-sized request, two of them.
+FIXTURE_FIELDS: Mapping[str, Any] = {"workload": {"isl": 512, "osl": 128, "requests": 2}}
+_DEEP = ("slo", "transport_params")  # merged key by key across layers; other fields replace whole
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Layer 6: what the command line forces on every scenario of the run (None/empty: not given)."""
+
+    slo: Mapping[str, Any] = field(default_factory=dict)
+    pool_mib: float | None = None
+    pacing: str | None = None
+    seed: int | None = None
+    transport_params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_selection(cls, sel: Any) -> "Overrides":
+        """From the plugin's validated options (harness.options.Selection)."""
+        return cls(dict(sel.slo), sel.pool_mib, sel.pacing, sel.seed, dict(sel.transport_params))
+
+
+def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Field layers, lowest first: later ones win; slo and transport_params merge key by key."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if key in _DEEP:
+                out[key] = {**(out.get(key) or {}), **(value or {})}
+            else:
+                out[key] = value
+    return out
+
+
+def build(fields: Mapping[str, Any], *, id: str, model: ModelProfile, gpu: GpuProfile, transport: str,
+          source: str = "<scenario>", where: str = "") -> Scenario:
+    """A Scenario from merged field layers 1-3 (SHIPPED is put under them here)."""
+    from .suites import build_workload
+
+    f = merge(SHIPPED, fields)
+    return Scenario(
+        id=id,
+        model=model,
+        gpu=gpu,
+        prefill=Deployment(**f.get("prefill", {})),
+        decode=Deployment(**f.get("decode", {})),
+        workload=build_workload(f.get("workload", {}), source, f"{where}.workload" if where else "workload"),
+        seed=int(f["seed"]),
+        pacing=f["pacing"],
+        pool_bytes=int(float(f["pool_mib"]) * MIB),
+        transport=transport,
+        transport_params=dict(f.get("transport_params", {})),
+        slo=dict(f.get("slo", {})),
+        synthetic=Synthetic(**f["synthetic"]) if f.get("synthetic") else None,
+    )
+
+
+def finish(sc: Scenario, overrides: Overrides | None = None, marker_slo: Mapping[str, Any] | None = None,
+           *, own: bool = False) -> Scenario:
+    """Layers 4 to 6 over a built scenario. `own`: `sc` is the test's own Scenario (layer 5),
+    whose SLOs beat the marker's; either way the command line (layer 6) wins."""
+    over = overrides or Overrides()
+    marker = dict(marker_slo or {})
+    slo = {**marker, **sc.slo} if own else {**sc.slo, **marker}
+    changes: dict[str, Any] = {"slo": {**slo, **over.slo}}
+    if over.transport_params:
+        changes["transport_params"] = {**sc.transport_params, **over.transport_params}
+    if over.pool_mib is not None:
+        changes["pool_bytes"] = int(float(over.pool_mib) * MIB)
+    if over.pacing is not None:
+        changes["pacing"] = over.pacing
+    if over.seed is not None:
+        changes["seed"] = int(over.seed)
+    return sc.replace(**changes)
+
+
+def fit(sc: Scenario, free_sides: Sequence[str], source: str, *, check: bool = True) -> Scenario:
+    """HBM fit: TP is raised on the sides nobody chose (noted in the scenario); then, if `check`,
+    a deployment that still does not fit one GPU is a ProfileError naming both figures."""
+    from ..emulator.memory import check_hbm_fit, fit_to_hbm
+
+    sc, notes = fit_to_hbm(sc, tuple(free_sides), source)
+    if notes:
+        sc = sc.replace(notes=(*sc.notes, *notes))
+    if check:
+        check_hbm_fit(sc, source)
+    return sc
+
+
+def resolve(fields: Mapping[str, Any], *, id: str, model: ModelProfile, gpu: GpuProfile, transport: str,
+            overrides: Overrides | None = None, marker_slo: Mapping[str, Any] | None = None,
+            free_sides: Sequence[str] = (), check_fit: bool = True, source: str = "<scenario>",
+            where: str = "") -> Scenario:
+    """The one resolution: layers 1-3 (`fields`), 4 (`marker_slo`) and 6 (`overrides`), then the
+    HBM fit. A test's own Scenario (layer 5) goes through `finish(sc, ..., own=True)` instead."""
+    sc = build(fields, id=id, model=model, gpu=gpu, transport=transport, source=source, where=where)
+    sc = finish(sc, overrides, marker_slo)
+    return fit(sc, free_sides, f"{source}: {where}" if where else source, check=check_fit)
