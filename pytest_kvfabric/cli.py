@@ -13,7 +13,7 @@ from .errors import KvFabricError
 DESCRIPTION = ("Emulate prefill/decode GPUs and move their KV cache over real transports: list "
                "profiles, plan a scenario's transfers, run it between two local agents, compare reports.")
 
-# Order = order in --help. A module that is missing (not yet written) is skipped.
+# Order = order in --help; each is a module of pytest_kvfabric/commands.
 COMMANDS = ("profiles", "profile", "kvcache", "plan", "run", "compare", "validate", "calibrate", "report", "sweep", "lab")
 
 
@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"pytest_kvfabric.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"pytest_kvfabric.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"pytest_kvfabric.commands.{name}").register(sub)
     return parser
 
 

@@ -198,7 +198,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 # ---------------------------------------------------------------- parametrization + fixtures
 
-DEFAULT_MODEL = "llama3.1-8b"
+from .core.profiles import DEFAULT_GPU, DEFAULT_MODEL  # noqa: E402
 
 
 def _model_ids(sel: Selection) -> list[str]:
@@ -244,7 +244,7 @@ def kv_gpu(kv_selection: Selection):
     """The GPU profile (--kv-gpu, default h100)."""
     from .core.profiles import load_gpu
 
-    return kv_selection.gpu or load_gpu("h100", kv_selection.profile_dirs)
+    return kv_selection.gpu or load_gpu(DEFAULT_GPU, kv_selection.profile_dirs)
 
 
 @pytest.fixture
@@ -264,7 +264,9 @@ def kv_transport(request: pytest.FixtureRequest, kv_selection: Selection) -> str
     """The transport name of this case (parametrized over --kv-transport); skips, with the
     probe's exact reason, when this host cannot run it."""
     name = getattr(request, "param", None) or kv_selection.transports[0]
-    if kv_selection.fabric != "local":
+    from .fabric.select import probes_here
+
+    if not probes_here(kv_selection.fabric):
         return name  # probed on the pair's hosts when the case runs (kv_run)
     reason = _session(request.config).pairs.probe_reason(name, kv_selection.transport_params)
     if reason:
@@ -448,7 +450,6 @@ class SuiteItem(pytest.Item):
     def _scenario(self):
         from .core.profiles import load_gpu, load_model
         from .harness import resolve
-        from .harness.suites import DEFAULT_GPU
 
         sel = _selection(self.config)
         tpl = self.template

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pytest_kvfabric.endpoint.agent import BOOTSTRAP
-from pytest_kvfabric.fabric.transport_probe import _REMOTE
+from pytest_kvfabric.fabric.bootstrap import AGENT_BOOTSTRAP
+from pytest_kvfabric.fabric.transport_probe import PROBE_SOURCE
 
 _THREADS_AFTER_NUMPY = """
 import os
@@ -29,6 +29,6 @@ def _threads(prelude: str) -> int:
 def test_bootstrap_prelude_keeps_openblas_single_threaded():
     if _threads("") == 1:
         pytest.skip("this numpy build starts no BLAS worker threads")
-    for source in (BOOTSTRAP, _REMOTE):  # agents, and probes sent to a host's gateway
+    for source in (AGENT_BOOTSTRAP, PROBE_SOURCE):  # agents, and probes sent to a host's gateway
         prelude = source.split("try:")[0]  # what runs before pytest_kvfabric (and numpy) loads
         assert _threads(prelude) == 1

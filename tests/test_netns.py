@@ -431,7 +431,7 @@ def test_a_link_set_down_mid_run_is_named_as_the_cause(pair):
     hp = pair.pair
     assert links_down([(hp.prefill.netns, hp.prefill.interface)]) == []
     sc = Scenario(id="linkdown", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"),
-                  workload=Workload(isl=Distribution.fixed(4096), requests=400), pool_bytes=16 << 20)
+                  workload=Workload(isl=Distribution.fixed(4096), requests=100), pool_bytes=16 << 20)
     ap = AgentPair(hp, timeout_s=4.0)
     # Cut on the first progress report: the run is under way however long setup took on a
     # loaded host (a fixed sleep after the pid sometimes cut before or after the run).

@@ -54,10 +54,14 @@ def add_profile_args(parser: argparse.ArgumentParser) -> None:
                         help="extra profile directory, searched before the shipped profiles (repeatable)")
 
 
-def add_scenario_args(parser: argparse.ArgumentParser) -> None:
-    """Every flag that shapes a Scenario (plan and run take the same ones)."""
+def add_scenario_args(parser: argparse.ArgumentParser, default_gpu: str | None = None) -> None:
+    """Every flag that shapes a Scenario (plan and run take the same ones); with default_gpu,
+    --gpu is optional."""
     parser.add_argument("--model", required=True, help="model profile id, alias, or path to a YAML profile")
-    parser.add_argument("--gpu", required=True, help="GPU profile id, alias, or path to a YAML profile")
+    if default_gpu is None:
+        parser.add_argument("--gpu", required=True, help="GPU profile id, alias, or path to a YAML profile")
+    else:
+        parser.add_argument("--gpu", default=default_gpu, help=f"GPU profile id, alias, or path (default {default_gpu})")
     parser.add_argument("--isl", type=token_count, help=f"input tokens per request (default {DEFAULT_ISL}, or the preset's)")
     parser.add_argument("--osl", type=token_count, help=f"output tokens per request (default {DEFAULT_OSL}, or the preset's)")
     parser.add_argument("--requests", type=int_in(1, MAX_REQUESTS), help="number of requests (default 1, or the preset's)")

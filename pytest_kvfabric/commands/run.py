@@ -11,10 +11,9 @@ from ..endpoint.prefill import MAX_INFLIGHT
 from ..harness.progress import Progress, eta_s, human_bytes, human_seconds
 from ..errors import IntegrityError, TransportError
 from ..core.limits import MAX_TIMEOUT_S
-from ..core.scenario import FAULTS
+from ..core.profiles import DEFAULT_GPU
+from ..core.scenario import FAULTS, PACINGS
 from ._scenario_args import add_scenario_args, float_in, positive_int, scenario_from_args
-
-DEFAULT_GPU = "h100"
 
 
 def register(subparsers: Any) -> None:
@@ -22,14 +21,9 @@ def register(subparsers: Any) -> None:
         "run", help="move a scenario's KV bytes between two local agents and measure",
         description=__doc__.splitlines()[0],
     )
-    add_scenario_args(p)
-    for action in p._actions:  # --gpu is optional for run (a sensible default GPU)
-        if action.dest == "gpu":
-            action.required = False
-            action.default = DEFAULT_GPU
-            action.help = f"GPU profile id, alias, or path (default {DEFAULT_GPU})"
+    add_scenario_args(p, default_gpu=DEFAULT_GPU)  # --gpu is optional for run (a sensible default GPU)
     p.add_argument("--transport", required=True, help="transport name (kvfabric run lists them on a bad name)")
-    p.add_argument("--pace", choices=("emulated", "none"), default="emulated",
+    p.add_argument("--pace", choices=PACINGS, default=PACINGS[0],
                    help="emulated: post each layer when the emulated GPU has computed it; none: as fast as possible")
     p.add_argument("--connections", type=positive_int, help="parallel connections (stream transports)")
     p.add_argument("--transport-param", action="append", default=[], metavar="KEY=VALUE",

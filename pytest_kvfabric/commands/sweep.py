@@ -8,10 +8,9 @@ import sys
 import time
 from typing import Any
 
-from ..run import sweepplan
+from ..fabric.select import FABRICS, get_fabric
 from ..harness.progress import Progress, human_seconds
-
-FABRICS = ("local", "netns", "hosts")
+from ..run import sweepplan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=4, metavar="D", help="requests (batches) in flight (default 4)")
     p.add_argument("--seconds", type=float, default=sweepplan.DEFAULT_SECONDS,
                    help=f"time per size before no new request starts (default {sweepplan.DEFAULT_SECONDS:g})")
-    p.add_argument("--fabric", default="local", choices=FABRICS, help="where the two agents run (default local)")
+    p.add_argument("--fabric", default=FABRICS[0], choices=FABRICS, help="where the two agents run (default local)")
     p.add_argument("--hosts", metavar="PATH", help="host-pair inventory for --fabric hosts (its first pair)")
     p.add_argument("--transport-param", action="append", default=[], metavar="KEY=VALUE",
                    help="transport parameter, repeatable (as kvfabric run)")
@@ -47,8 +46,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], list[int], d
         raise ProfileError("<cli>", "--depth", f"must be >= 1, got {args.depth}")
     if not 0 < args.seconds <= 3600:
         raise ProfileError("<cli>", "--seconds", f"must be in (0, 3600], got {args.seconds:g}")
-    if args.fabric == "hosts" and not args.hosts:
-        raise ProfileError("<cli>", "--hosts", "--fabric hosts needs an inventory (--hosts PATH)")
+    if get_fabric(args.fabric).needs_inventory and not args.hosts:
+        raise ProfileError("<cli>", "--hosts", f"--fabric {args.fabric} needs an inventory (--hosts PATH)")
     return (names, sweepplan.parse_sizes(args.sizes), sweepplan.parse_counts(args.batch, "--batch"),
             transport_params(args.transport_param, "--transport-param"))
 
@@ -58,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import KvFabricError
     from ..fabric.select import open_pair
-    from ..core.profiles import load_gpu, load_model
+    from ..core.profiles import DEFAULT_GPU, DEFAULT_MODEL, load_gpu, load_model
     from ..report import fingerprint
     from ..run.runner import AgentPair
     from ..core.scenario import Scenario
 
     names, sizes, batches, params = _check(args)
-    base = Scenario(id="sweep", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"))
+    base = Scenario(id="sweep", model=load_model(DEFAULT_MODEL), gpu=load_gpu(DEFAULT_GPU))
     npoints = len(names) * len(sizes) * len(batches)
     # Each point: its time budget plus agent setup; say so before a long sweep starts.
     predicted = npoints * (args.seconds + 1.0)
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                   "pair": pair.name, "fabric": args.fabric,
                   "settings": {"sizes": sizes, "batches": batches, "depth": args.depth, "seconds": args.seconds,
                                "transport_params": params},
-                  "environment": fingerprint.fingerprint(interfaces=[("lo", None)] if args.fabric == "local" else []),
+                  "environment": fingerprint.fingerprint(interfaces=_here(pair)),
                   "points": points}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -123,10 +122,16 @@ def run(args: argparse.Namespace) -> int:
 def _unavailable(pair: Any, transport: str, params: dict[str, Any]) -> str | None:
     from ..harness.case import pair_probe_reason, probe_reason
 
-    if pair.fabric == "local":
+    if get_fabric(pair.fabric).probes_here:
         r = probe_reason(transport, params)
         return r.split(": ", 1)[1] if r and r.startswith(f"{transport}: ") else r
     return pair_probe_reason(pair, transport, params)
+
+
+def _here(pair: Any) -> list[tuple[str, str | None]]:
+    """The pair's interfaces that this host can fingerprint: the agents' own, when they run here."""
+    fabric = get_fabric(pair.fabric)
+    return [(i["name"], i["netns"]) for i in fabric.interfaces(pair)] if fabric.probes_here else []
 
 
 def sweepplan_size(n: int) -> str:

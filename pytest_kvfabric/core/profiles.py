@@ -17,6 +17,10 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..errors import ProfileError, UnknownIdError
 from .profile_schema import read_yaml, validate
 
+# What a run uses when nobody names a GPU or a model (plugin, suites, kvfabric run/sweep, capacity probe).
+DEFAULT_GPU = "h100"
+DEFAULT_MODEL = "llama3.1-8b"
+
 KV_DTYPE_BITS: Mapping[str, int] = {"fp4": 4, "fp8": 8, "bf16": 16, "fp16": 16, "fp32": 32}
 """Bits per KV element. fp4 packs two elements per byte (block scales are not modelled)."""
 

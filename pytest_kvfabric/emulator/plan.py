@@ -1,12 +1,7 @@
-"""TransferPlan: every KV write of a scenario, as one numpy structured array (vectorized, deterministic).
+"""build_plan: every KV write of a scenario, as one numpy structured array (vectorized, deterministic).
 
-INTERFACE (shared by endpoints, transports, stats). Offsets are into ONE region per side:
-rank r of a side owns bytes [r * rank_bytes, (r + 1) * rank_bytes) of that side's region,
-where a "rank" is (pp_stage * tp + tp_rank). Within a rank region, logical pages are mapped
-onto reusable physical slots (the bounded KV pool, as serving engines page their KV).
-
-Rows are sorted by (request, ready_ns, layer, block, src_rank, dst_rank). `ready_ns` is relative
-to the request's start. For access="block", `layer` is the first layer of the stage the page holds.
+The row and request types (TRANSFER_DTYPE, REQUEST_DTYPE, TransferPlan) are the interface of
+`plantypes`; they are re-exported here for the callers that import them with build_plan.
 
 Layout inside one slot (the emulator's choice; both sides are emulated):
 - a slot holds one unit: access="layer": one (page, layer) of the rank's KV heads;
@@ -30,71 +25,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core.limits import MAX_POOL_MIB, MAX_SEED, check_number
 from ..errors import ProfileError
-from ..core.limits import MAX_PLAN_ROWS, MAX_POOL_MIB, MAX_SEED, check_number
 from . import timing
 from .batching import prefill_schedule
 from .kvlayout import KvLayout, kv_layout
+from .plantypes import REQUEST_DTYPE, SOURCE, TRANSFER_DTYPE, TransferPlan, check_plan_rows
+from .synthetic import build_synthetic_plan
 from .workload import sample_requests
 
 if TYPE_CHECKING:
     from ..core.scenario import Scenario
 
-TRANSFER_DTYPE = np.dtype(
-    [
-        ("request", "<u4"),
-        ("layer", "<u2"),
-        ("src_rank", "<u2"),
-        ("dst_rank", "<u2"),
-        ("block", "<u4"),  # logical page index within the request
-        ("src_off", "<u8"),
-        ("dst_off", "<u8"),
-        ("nbytes", "<u4"),
-        ("ready_ns", "<u8"),
-    ]
-)
-
-REQUEST_DTYPE = np.dtype(
-    [
-        ("request", "<u4"),
-        ("arrival_ns", "<u8"),  # open loop: offset from run start; closed loop: 0 (decided at run time)
-        ("isl", "<u4"),
-        ("osl", "<u4"),
-        ("prefill_ns", "<u8"),  # emulated prefill duration (last layer of last chunk ready)
-        ("decode_step_ns", "<u8"),  # emulated decode step (TPOT) at this context length
-        ("nbytes", "<u8"),  # KV bytes this request moves
-        ("first", "<u8"),  # index of its first row in transfers
-        ("count", "<u8"),  # number of rows
-        ("overlap_ns", "<u8"),  # prefill time shared with the next request (continuous batching; else 0)
-    ]
-)
-
-
-@dataclass(frozen=True)
-class TransferPlan:
-    transfers: np.ndarray  # TRANSFER_DTYPE
-    requests: np.ndarray  # REQUEST_DTYPE
-    src_ranks: int  # prefill ranks (pp * tp)
-    dst_ranks: int
-    src_rank_bytes: int  # bytes of region owned by each prefill rank
-    dst_rank_bytes: int
-    src_slot_bytes: int  # size of one physical slot on the prefill side (>= largest transfer)
-    dst_slot_bytes: int
-
-    @property
-    def src_region_bytes(self) -> int:
-        return self.src_ranks * self.src_rank_bytes
-
-    @property
-    def dst_region_bytes(self) -> int:
-        return self.dst_ranks * self.dst_rank_bytes
-
-    @property
-    def total_bytes(self) -> int:
-        return int(self.transfers["nbytes"].sum(dtype=np.uint64))
-
-
-SOURCE = "<scenario>"
+__all__ = ["REQUEST_DTYPE", "TRANSFER_DTYPE", "TransferPlan", "build_plan", "check_plan_rows", "plan_summary", "tp_pieces"]
 
 
 @dataclass(frozen=True)
@@ -216,27 +159,8 @@ def _pool(pool_bytes: int, ranks: int, unit_bytes: int, side: str) -> tuple[int,
     return rank_bytes, slot, slots
 
 
-def check_plan_rows(rows: int, scenario: "Scenario") -> None:
-    """Refuse a plan larger than MAX_PLAN_ROWS before its table is allocated, with the figures."""
-    if rows > MAX_PLAN_ROWS:
-        gib = rows * TRANSFER_DTYPE.itemsize / 2**30
-        raise ProfileError(SOURCE, "workload", f"the plan would hold {rows:,} transfers ({gib:,.1f} GiB); "
-                           f"the limit is {MAX_PLAN_ROWS:,}: use fewer requests, shorter ISL, "
-                           f"larger pages or access=block")
-
-
-def build_plan(scenario: "Scenario") -> TransferPlan:
-    """Build the plan for a scenario: vectorized numpy, deterministic for scenario + seed."""
-    # Scenarios built in code (a test's own kv_run(...) changes) skip the schemas: same bounds here.
-    for field, value, lo, hi in (("pool_bytes", scenario.pool_bytes, 1, MAX_POOL_MIB << 20),
-                                 ("seed", scenario.seed, 0, MAX_SEED)):
-        why = check_number(value, lo, hi)
-        if why:
-            raise ProfileError(SOURCE, field, why)
-    if scenario.synthetic is not None:  # conformance: fixed sizes, no model layout
-        from .synthetic import build_synthetic_plan
-
-        return build_synthetic_plan(scenario)
+def _check_sides(scenario: "Scenario") -> tuple[KvLayout, KvLayout, str]:
+    """Both sides' KV layouts and the access mode, refused where the two sides disagree."""
     model = scenario.model
     src = kv_layout(model, scenario.prefill, SOURCE, "prefill")
     dst = kv_layout(model, scenario.decode, SOURCE, "decode")
@@ -251,69 +175,130 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
         raise ProfileError(SOURCE, "prefill.access", f"unknown access {access!r}; valid: layer, block")
     if scenario.decode.access != access:
         raise ProfileError(SOURCE, "decode.access", f"{scenario.decode.access!r} differs from prefill's {access!r}")
-    page = src.page_size
+    return src, dst, access
 
-    seg = seg_all = _segments(src, dst, access)
-    src_rank_bytes, src_slot, src_slots = _pool(scenario.pool_bytes, src.ranks, _unit_bytes(src, seg, seg.src_stage, access), "prefill")
-    dst_rank_bytes, dst_slot, dst_slots = _pool(scenario.pool_bytes, dst.ranks, _unit_bytes(dst, seg, seg.dst_stage, access), "decode")
 
-    isl, osl, arrival_ns = sample_requests(scenario.workload, scenario.seed, SOURCE)
-    nreq = len(isl)
-    sched = prefill_schedule(model, scenario.gpu, scenario.prefill, isl)
-    batch = scenario.workload.arrival.concurrency if scenario.workload.arrival.kind == "closed" else 1
-    decode_by_isl: dict[int, float] = {}  # decode step per distinct ISL, at the closed loop's batch
-    for n in np.unique(isl).tolist():
-        decode_by_isl[n] = timing.decode_step_ns(model, scenario.gpu, scenario.decode, n, batch=batch)
+def build_plan(scenario: "Scenario") -> TransferPlan:
+    """Build the plan for a scenario: vectorized numpy, deterministic for scenario + seed."""
+    # Scenarios built in code (a test's own kv_run(...) changes) skip the schemas: same bounds here.
+    for field, value, lo, hi in (("pool_bytes", scenario.pool_bytes, 1, MAX_POOL_MIB << 20),
+                                 ("seed", scenario.seed, 0, MAX_SEED)):
+        why = check_number(value, lo, hi)
+        if why:
+            raise ProfileError(SOURCE, field, why)
+    if scenario.synthetic is not None:  # conformance: fixed sizes, no model layout
+        return build_synthetic_plan(scenario)
+    return _PlanBuilder(scenario).build()
 
-    pieces_cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
 
-    def pieces_for(r: int) -> tuple[np.ndarray, ...]:
+class _PlanBuilder:
+    """One model plan under construction: both sides' layouts and pools, the segments, the
+    table being filled and the round-robin slot counters (see the module docstring)."""
+
+    def __init__(self, scenario: "Scenario") -> None:
+        self.scenario = scenario
+        src, dst, access = _check_sides(scenario)
+        self.src, self.dst, self.access = src, dst, access
+        self.page = src.page_size
+        self.seg_all = seg = _segments(src, dst, access)
+        self.src_rank_bytes, self.src_slot, self.src_slots = _pool(
+            scenario.pool_bytes, src.ranks, _unit_bytes(src, seg, seg.src_stage, access), "prefill")
+        self.dst_rank_bytes, self.dst_slot, self.dst_slots = _pool(
+            scenario.pool_bytes, dst.ranks, _unit_bytes(dst, seg, seg.dst_stage, access), "decode")
+        self.src_ctr = np.zeros(src.pp, dtype=np.int64)  # units used so far per stage (round robin)
+        self.dst_ctr = np.zeros(dst.pp, dtype=np.int64)
+        self._pieces: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        self.row = 0
+
+    def pieces_for(self, r: int) -> tuple[np.ndarray, ...]:
+        """(src_tp, dst_tp, src_head, dst_head, nheads) arrays of request r's TP pieces."""
+        src, dst = self.src, self.dst
         key = (r % src.tp, r % dst.tp) if (src.dp_attention or dst.dp_attention) else (0, 0)
-        if key not in pieces_cache:
+        if key not in self._pieces:
             ps = tp_pieces(src, dst, r)
-            pieces_cache[key] = tuple(
+            self._pieces[key] = tuple(
                 np.array([getattr(p, f) for p in ps], dtype=np.int64) for f in ("src_tp", "dst_tp", "src_head", "dst_head", "nheads")
             )
-        return pieces_cache[key]
+        return self._pieces[key]
 
-    # Rows per request, to allocate the table once.
-    npages = -(-isl // page)
-    first_sw = np.where((src.window > 0) & (isl > src.window), (isl - src.window) // page, 0)
-    n_all_sliding = int(seg.all_sliding.sum())
-    groups = len(seg.first) * npages - n_all_sliding * first_sw
-    if src.dp_attention or dst.dp_attention:  # pieces repeat with period lcm(src.tp, dst.tp)
-        period = min(nreq, math.lcm(src.tp, dst.tp))
-        k_per = np.array([len(pieces_for(r)[0]) for r in range(period)], dtype=np.int64)
-        counts = groups.astype(np.int64) * k_per[np.arange(nreq) % period]
-    else:
-        counts = groups.astype(np.int64) * len(pieces_for(0)[0])
-    total = int(counts.sum())
-    check_plan_rows(total, scenario)
-    out = np.empty(total, dtype=TRANSFER_DTYPE)
-    requests = np.zeros(nreq, dtype=REQUEST_DTYPE)
+    def _row_counts(self, isl: np.ndarray, npages: np.ndarray, first_sw: np.ndarray) -> int:
+        """Rows of the whole plan, to allocate the table once."""
+        src, dst, seg, nreq = self.src, self.dst, self.seg_all, len(isl)
+        n_all_sliding = int(seg.all_sliding.sum())
+        groups = len(seg.first) * npages - n_all_sliding * first_sw
+        if src.dp_attention or dst.dp_attention:  # pieces repeat with period lcm(src.tp, dst.tp)
+            period = min(nreq, math.lcm(src.tp, dst.tp))
+            k_per = np.array([len(self.pieces_for(r)[0]) for r in range(period)], dtype=np.int64)
+            counts = groups.astype(np.int64) * k_per[np.arange(nreq) % period]
+        else:
+            counts = groups.astype(np.int64) * len(self.pieces_for(0)[0])
+        return int(counts.sum())
 
-    src_ctr = np.zeros(src.pp, dtype=np.int64)  # units used so far per stage (round robin)
-    dst_ctr = np.zeros(dst.pp, dtype=np.int64)
-    row = 0
-    for r in range(nreq):
-        n = int(isl[r])
-        p_src, p_dst, p_sh, p_dh, p_nh = pieces_for(r)
-        k = len(p_src)
-        ready = np.rint(sched.ready_ns[r]).astype(np.uint64)
-        pages = np.arange(npages[r], dtype=np.int64)
+    def build(self) -> TransferPlan:
+        scenario, page = self.scenario, self.page
+        isl, osl, arrival_ns = sample_requests(scenario.workload, scenario.seed, SOURCE)
+        nreq = len(isl)
+        sched = prefill_schedule(scenario.model, scenario.gpu, scenario.prefill, isl)
+        batch = scenario.workload.arrival.concurrency if scenario.workload.arrival.kind == "closed" else 1
+        decode_by_isl: dict[int, float] = {}  # decode step per distinct ISL, at the closed loop's batch
+        for n in np.unique(isl).tolist():
+            decode_by_isl[n] = timing.decode_step_ns(scenario.model, scenario.gpu, scenario.decode, n, batch=batch)
+
+        npages = -(-isl // page)
+        src = self.src
+        first_sw = np.where((src.window > 0) & (isl > src.window), (isl - src.window) // page, 0)
+        total = self._row_counts(isl, npages, first_sw)
+        check_plan_rows(total, scenario)
+        self.out = np.empty(total, dtype=TRANSFER_DTYPE)
+        requests = np.zeros(nreq, dtype=REQUEST_DTYPE)
+        for r in range(nreq):
+            n = int(isl[r])
+            req_first = self.row
+            ready = np.rint(sched.ready_ns[r]).astype(np.uint64)
+            self._request(r, n, int(npages[r]), int(first_sw[r]), ready, sched.chunk_ends[r])
+            requests[r] = (
+                r,
+                int(arrival_ns[r]),
+                n,
+                int(osl[r]),
+                int(ready[-1, -1]),
+                int(round(decode_by_isl[n])),
+                int(self.out["nbytes"][req_first:self.row].sum(dtype=np.uint64)),
+                req_first,
+                self.row - req_first,
+                int(round(sched.overlap_ns[r])),
+            )
+        assert self.row == total, (self.row, total)
+        return TransferPlan(
+            transfers=self.out,
+            requests=requests,
+            src_ranks=self.src.ranks,
+            dst_ranks=self.dst.ranks,
+            src_rank_bytes=self.src_rank_bytes,
+            dst_rank_bytes=self.dst_rank_bytes,
+            src_slot_bytes=self.src_slot,
+            dst_slot_bytes=self.dst_slot,
+        )
+
+    def _request(self, r: int, n: int, npages: int, first_sw: int, ready: np.ndarray,
+                 chunk_ends: np.ndarray) -> None:
+        """Append request r's rows: its pages chunk by chunk, in ready order."""
+        page, seg_all = self.page, self.seg_all
+        pieces = self.pieces_for(r)
+        k = len(pieces[0])
+        pages = np.arange(npages, dtype=np.int64)
         last_tok = np.minimum((pages + 1) * page, n) - 1
-        chunk_of_page = np.searchsorted(sched.chunk_ends[r], last_tok, side="right")
+        chunk_of_page = np.searchsorted(chunk_ends, last_tok, side="right")
         starts = np.searchsorted(chunk_of_page, np.arange(ready.shape[0]), side="left")
         ends = np.searchsorted(chunk_of_page, np.arange(ready.shape[0]), side="right")
-        req_first = row
         for c in range(ready.shape[0]):
             pg = pages[starts[c] : ends[c]]
             if len(pg) == 0:
                 continue
-            in_window = pg >= first_sw[r]
+            in_window = pg >= first_sw
             # access=layer: a few layers at a time (rows stay layer-major), so temporaries stay
             # small; access=block: all segments at once (a unit spans a stage's segments).
-            step = len(seg_all.first) if access == "block" else max(1, ROWS_PER_STEP // (len(pg) * k))
+            step = len(seg_all.first) if self.access == "block" else max(1, ROWS_PER_STEP // (len(pg) * k))
             for g0 in range(0, len(seg_all.first), step):
                 seg = seg_all.slice(g0, g0 + step)
                 present = ~(seg.all_sliding[:, None] & ~in_window[None, :])  # [segments, pages]
@@ -322,78 +307,62 @@ def build_plan(scenario: "Scenario") -> TransferPlan:
                     seg, present = seg.take(np.nonzero(held)[0]), present[held]
                     if len(seg.first) == 0:
                         continue
-                masked = not bool(present.all())
-                shape = (len(seg.first), len(pg), k)
-                m = int(np.count_nonzero(present)) * k
-                view = out[row : row + m]
-                base = {
-                    "request": r,
-                    "layer": seg.first[:, None, None],
-                    "block": pg[None, :, None],
-                    "ready_ns": ready[c][seg.last][:, None, None],
-                    "src_rank": (seg.src_stage * src.tp)[:, None, None] + p_src,
-                    "dst_rank": (seg.dst_stage * dst.tp)[:, None, None] + p_dst,
-                }
-                # [segments, pages] terms, computed in place to keep peak memory low.
-                head_bytes = np.where(in_window[None, :], seg.full_head_bytes[:, None], seg.dense_head_bytes[:, None])
-                src_slot_off = _ordinals(present, seg.src_stage, src_ctr, access)
-                np.remainder(src_slot_off, src_slots, out=src_slot_off)
-                src_slot_off *= src_slot
-                src_slot_off += (seg.src_stage * src.tp * src_rank_bytes + seg.src_off)[:, None]
-                dst_slot_off = _ordinals(present, seg.dst_stage, dst_ctr, access)
-                np.remainder(dst_slot_off, dst_slots, out=dst_slot_off)
-                dst_slot_off *= dst_slot
-                dst_slot_off += (seg.dst_stage * dst.tp * dst_rank_bytes + seg.dst_off)[:, None]
-                grid2 = {"nbytes": head_bytes, "src_off": src_slot_off, "dst_off": dst_slot_off}
-                # per-piece terms: [segments, 1, pieces] (multiplied or added to the grids above)
-                piece = {
-                    "nbytes": p_nh[None, None, :].astype(np.uint32),
-                    "src_off": (p_src * src_rank_bytes + seg.full_head_bytes[:, None, None] * p_sh).astype(np.uint64),
-                    "dst_off": (p_dst * dst_rank_bytes + seg.full_head_bytes[:, None, None] * p_dh).astype(np.uint64),
-                }
-                if masked:  # some sliding-window segments skip pages outside the window
-                    sel = np.broadcast_to(present[:, :, None], shape)
-                    for name, value in base.items():
-                        view[name] = np.broadcast_to(value, shape)[sel]
-                    for name, value in grid2.items():
-                        op = np.multiply if name == "nbytes" else np.add
-                        view[name] = op(value[:, :, None], piece[name])[sel]
-                else:  # assign by broadcasting straight into the table
-                    grid = view.reshape(shape)
-                    for name, value in base.items():
-                        grid[name] = value
-                    for name, value in grid2.items():
-                        grid[name] = value[:, :, None]
-                        if name == "nbytes":
-                            if k > 1 or int(p_nh[0]) != 1:
-                                grid[name] *= piece[name]
-                        else:
-                            grid[name] += piece[name]
-                del head_bytes, src_slot_off, dst_slot_off, grid2
-                row += m
-        requests[r] = (
-            r,
-            int(arrival_ns[r]),
-            n,
-            int(osl[r]),
-            int(ready[-1, -1]),
-            int(round(decode_by_isl[n])),
-            int(out["nbytes"][req_first:row].sum(dtype=np.uint64)),
-            req_first,
-            row - req_first,
-            int(round(sched.overlap_ns[r])),
-        )
-    assert row == total, (row, total)
-    return TransferPlan(
-        transfers=out,
-        requests=requests,
-        src_ranks=src.ranks,
-        dst_ranks=dst.ranks,
-        src_rank_bytes=src_rank_bytes,
-        dst_rank_bytes=dst_rank_bytes,
-        src_slot_bytes=src_slot,
-        dst_slot_bytes=dst_slot,
-    )
+                self._write_group(r, seg, pg, in_window, present, ready[c], pieces)
+
+    def _write_group(self, r: int, seg: _Segments, pg: np.ndarray, in_window: np.ndarray,
+                     present: np.ndarray, ready_c: np.ndarray, pieces: tuple[np.ndarray, ...]) -> None:
+        """Write the rows of [segments, pages, pieces] (where `present`) at the table's end."""
+        src, dst, access = self.src, self.dst, self.access
+        p_src, p_dst, p_sh, p_dh, p_nh = pieces
+        k = len(p_src)
+        masked = not bool(present.all())
+        shape = (len(seg.first), len(pg), k)
+        m = int(np.count_nonzero(present)) * k
+        view = self.out[self.row : self.row + m]
+        base = {
+            "request": r,
+            "layer": seg.first[:, None, None],
+            "block": pg[None, :, None],
+            "ready_ns": ready_c[seg.last][:, None, None],
+            "src_rank": (seg.src_stage * src.tp)[:, None, None] + p_src,
+            "dst_rank": (seg.dst_stage * dst.tp)[:, None, None] + p_dst,
+        }
+        # [segments, pages] terms, computed in place to keep peak memory low.
+        head_bytes = np.where(in_window[None, :], seg.full_head_bytes[:, None], seg.dense_head_bytes[:, None])
+        src_slot_off = _ordinals(present, seg.src_stage, self.src_ctr, access)
+        np.remainder(src_slot_off, self.src_slots, out=src_slot_off)
+        src_slot_off *= self.src_slot
+        src_slot_off += (seg.src_stage * src.tp * self.src_rank_bytes + seg.src_off)[:, None]
+        dst_slot_off = _ordinals(present, seg.dst_stage, self.dst_ctr, access)
+        np.remainder(dst_slot_off, self.dst_slots, out=dst_slot_off)
+        dst_slot_off *= self.dst_slot
+        dst_slot_off += (seg.dst_stage * dst.tp * self.dst_rank_bytes + seg.dst_off)[:, None]
+        grid2 = {"nbytes": head_bytes, "src_off": src_slot_off, "dst_off": dst_slot_off}
+        # per-piece terms: [segments, 1, pieces] (multiplied or added to the grids above)
+        piece = {
+            "nbytes": p_nh[None, None, :].astype(np.uint32),
+            "src_off": (p_src * self.src_rank_bytes + seg.full_head_bytes[:, None, None] * p_sh).astype(np.uint64),
+            "dst_off": (p_dst * self.dst_rank_bytes + seg.full_head_bytes[:, None, None] * p_dh).astype(np.uint64),
+        }
+        if masked:  # some sliding-window segments skip pages outside the window
+            sel = np.broadcast_to(present[:, :, None], shape)
+            for name, value in base.items():
+                view[name] = np.broadcast_to(value, shape)[sel]
+            for name, value in grid2.items():
+                op = np.multiply if name == "nbytes" else np.add
+                view[name] = op(value[:, :, None], piece[name])[sel]
+        else:  # assign by broadcasting straight into the table
+            grid = view.reshape(shape)
+            for name, value in base.items():
+                grid[name] = value
+            for name, value in grid2.items():
+                grid[name] = value[:, :, None]
+                if name == "nbytes":
+                    if k > 1 or int(p_nh[0]) != 1:
+                        grid[name] *= piece[name]
+                else:
+                    grid[name] += piece[name]
+        self.row += m
 
 
 def _ordinals(present: np.ndarray, stage_of_seg: np.ndarray, ctr: np.ndarray, access: str) -> np.ndarray:

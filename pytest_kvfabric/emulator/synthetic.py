@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ProfileError
 from ..core.scenario import Scenario
-from .plan import REQUEST_DTYPE, TRANSFER_DTYPE, TransferPlan, check_plan_rows
+from .plantypes import REQUEST_DTYPE, SOURCE, TRANSFER_DTYPE, TransferPlan, check_plan_rows
 
 _SLOT_ALIGN = 64
 
@@ -20,7 +20,7 @@ def build_synthetic_plan(scenario: Scenario) -> TransferPlan:
     slots = scenario.pool_bytes // slot_bytes
     if slots < 2:
         raise ProfileError(
-            "<scenario>", "pool_bytes",
+            SOURCE, "pool_bytes",
             f"pool of {scenario.pool_bytes} bytes holds {slots} slot(s) of {slot_bytes} bytes; "
             f"needs at least {2 * slot_bytes}",
         )

@@ -1,6 +1,7 @@
 """Agent process entry point: one endpoint side (prefill or decode), driven over an execnet channel.
 
-The controller runs `BOOTSTRAP` through `gateway.remote_exec`, then sends plain messages
+The controller runs `fabric.bootstrap.AGENT_BOOTSTRAP` (which calls `serve`) through
+`gateway.remote_exec`, then sends plain messages
 (dicts of JSON-able values; numpy arrays travel as {"dtype", "data": bytes}):
 
     {"cmd": "setup", "role": "decode"|"prefill", "spec": Scenario spec, "seed": int,
@@ -22,13 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fabric.base import remote_source
 from ..core.scenario import INJECT_PARAM  # fault injection (scenario.FAULTS), --kv-inject
-
-BOOTSTRAP = remote_source("""
-from pytest_kvfabric.endpoint.agent import serve
-serve(channel)
-""")
 
 
 def pack_array(a: np.ndarray) -> dict[str, Any]:
@@ -123,7 +118,7 @@ class _Session:
         return out
 
     def _run_prefill(self, descriptor: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        from .prefill import MAX_INFLIGHT, PrefillOptions, run_prefill, tighten_timer_slack
+        from .prefill import MAX_INFLIGHT, MAX_INFLIGHT_BYTES, PrefillOptions, run_prefill, tighten_timer_slack
 
         sc = self.scenario
         wl = sc.workload
@@ -136,7 +131,7 @@ class _Session:
             closed_loop=wl.arrival.kind == "closed",
             concurrency=int(wl.arrival.concurrency or 1),
             max_inflight=int(self.options.get("max_inflight", MAX_INFLIGHT)),
-            max_inflight_bytes=int(self.options.get("max_inflight_bytes", 64 << 20)),
+            max_inflight_bytes=int(self.options.get("max_inflight_bytes", MAX_INFLIGHT_BYTES)),
             duration_s=wl.duration_s,
             timeout_s=timeout_s,
             hot_path=self.options.get("hot_path"),
@@ -263,8 +258,6 @@ def serve(channel: Any) -> None:
                     finally:
                         session.close()
                         session = None
-                elif cmd == "ping":
-                    reply = {"ok": True, "pid": os.getpid()}
                 else:
                     raise RuntimeError(f"unknown command {cmd!r}")
             except Exception as exc:  # noqa: BLE001 - every failure goes back as one line

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..emulator.plan import TransferPlan
+from ..emulator.plantypes import TransferPlan
 from ..transports.base import Target
 from . import pattern
 
@@ -122,15 +122,8 @@ def run_decode(
             ledger.verify_some(IDLE_VERIFY_PAGES)
             if target.peers_closed():
                 break
-    # Let the initiator collect its last ACKs and say BYE before we close (bounded).
-    grace = min(deadline, now() + 2_000_000_000)
-    while not timed_out and not target.peers_closed() and now() < grace:
-        placed, notes = target.progress(0.01)
-        for d, nb in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist()):
-            ledger.place(d, nb)
-        if len(notes):
-            notifications += len(notes)
-            notify_ns[notes["request"]] = notes["t_ns"]
+    if not timed_out:
+        notifications += _linger(target, ledger, min(deadline, now() + 2_000_000_000), notify_ns)
     ledger.verify_all()
     never = np.flatnonzero(~ledger.placed) if len(ledger.transfers) else np.zeros(0, np.int64)
     return {
@@ -143,13 +136,26 @@ def run_decode(
         "notify_ns": notify_ns,
         "notifications": notifications,
         "requests_completed": int(ncomplete),
-        "timed_out": timed_out,
         "pages_checked": ledger.pages_checked,
         "errors": ledger.error_count,
         "error_list": list(ledger.errors),
         "bytes_placed": int(ledger.bytes_by_request.sum()),
         "placed_by_layer_ns": _by_layer(plan, t_lo, t_hi, placed_ns),
     }
+
+
+def _linger(target: Target, ledger: pattern.PageLedger, until_ns: int, notify_ns: np.ndarray) -> int:
+    """Let the initiator collect its last ACKs and say BYE before we close (bounded by until_ns);
+    returns the notifications that arrived meanwhile."""
+    notifications = 0
+    while not target.peers_closed() and time.monotonic_ns() < until_ns:
+        placed, notes = target.progress(0.01)
+        for d, nb in zip(placed["dst_off"].tolist(), placed["nbytes"].tolist()):
+            ledger.place(d, nb)
+        if len(notes):
+            notifications += len(notes)
+            notify_ns[notes["request"]] = notes["t_ns"]
+    return notifications
 
 
 def _by_layer(plan: TransferPlan, lo: int, hi: int, placed_ns: np.ndarray) -> np.ndarray:

@@ -223,6 +223,20 @@ class KeyIndex:
         return None
 
 
+def _same_offset_chains(dst_off_col: np.ndarray) -> tuple[list[int], dict[int, int]]:
+    """(next row with the same dst_off, or -1, per row; dst_off -> its first row), in plan order."""
+    n = len(dst_off_col)
+    d = dst_off_col.astype(np.int64)
+    order = np.argsort(d, kind="stable")
+    ds = d[order]
+    same = ds[1:] == ds[:-1]
+    nxt = np.full(n, -1, np.int64)
+    nxt[order[:-1][same]] = order[1:][same]
+    heads = np.ones(n, bool)
+    heads[1:] = ~same
+    return nxt.tolist(), dict(zip(ds[heads].tolist(), order[heads].tolist()))
+
+
 class PageLedger:
     """Decode-side bookkeeping: which row each placed page is, per-request bytes, and the
     pages still waiting for verification (pure state; the caller decides when to verify).
@@ -255,24 +269,29 @@ class PageLedger:
         self.slot_bytes = max(int(slot_bytes), 1)
         self.verify_enabled = verify and base is not None
         self.index = KeyIndex(self.keys)
+        self.request_bytes = np.asarray(request_bytes, dtype=np.int64)
+        self.pages_checked = 0
+        self.errors: list[str] = []
+        self.error_count = 0
+        self.max_errors = max_errors
+        self.completed: list[int] = []  # requests completed, in completion order
+        self._init_rows(transfers)
+        self._init_fast_paths(transfers, dst, base, hot_path)
+
+    def _init_rows(self, transfers: np.ndarray) -> None:
+        """Per-row plan fields and placement state, as Python lists (see the class docstring)."""
         n = len(transfers)
         self._dst_off: list[int] = transfers["dst_off"].tolist() if n else []
         self._src_off: list[int] = transfers["src_off"].tolist() if n else []
         self._nb: list[int] = transfers["nbytes"].tolist() if n else []
         self._req: list[int] = transfers["request"].tolist() if n else []
         self._placed: list[bool] = [False] * n
-        self.request_bytes = np.asarray(request_bytes, dtype=np.int64)
         self._req_need: list[int] = self.request_bytes.tolist()
         self._req_got: list[int] = [0] * len(self._req_need)
-        self.pages_checked = 0
-        self.errors: list[str] = []
-        self.error_count = 0
-        self.max_errors = max_errors
         self._pending: dict[int, list[int]] = {}  # dst slot -> rows placed, not yet verified
         self._queue: list[int] = []  # same rows in placement order (idle-time verification)
         self._qpos = 0
         self._verified: list[bool] = [False] * n
-        self.completed: list[int] = []  # requests completed, in completion order
         self._absorb: dict[int, int] = {}  # dst_off -> reports to skip (attributed early by guard())
         # Expected-row fast path: the slot rule places the pages of one dst_off in plan
         # order, so the next unplaced row of that offset is almost always the page found
@@ -282,20 +301,12 @@ class PageLedger:
             np.ascontiguousarray(self.keys[:, :8]).view("<u8").reshape(-1).tolist() if n else []
         )
         self._kid0 = 0 in set(self._kid) if n else False
-        self._next_same: list[int] = [-1] * n
-        self._expect: dict[int, int] = {}  # dst_off -> first unplaced row there, plan order
+        self._next_same, self._expect = _same_offset_chains(transfers["dst_off"]) if n else ([], {})
         self._last_at: dict[int, int] = {}  # dst_off -> last row attributed there
-        if n:
-            d = transfers["dst_off"].astype(np.int64)
-            order = np.argsort(d, kind="stable")
-            ds = d[order]
-            same = ds[1:] == ds[:-1]
-            nxt = np.full(n, -1, np.int64)
-            nxt[order[:-1][same]] = order[1:][same]
-            self._next_same = nxt.tolist()
-            heads = np.ones(n, bool)
-            heads[1:] = ~same
-            self._expect = dict(zip(ds[heads].tolist(), order[heads].tolist()))
+
+    def _init_fast_paths(self, transfers: np.ndarray, dst: np.ndarray, base: np.ndarray | None,
+                         hot_path: str | None) -> None:
+        """Raw views and pointers for memcmp, and the C place()/guard() where built."""
         # Raw views for the fast paths (the arrays stay referenced by self for our lifetime).
         self._dst_mv = memoryview(np.ascontiguousarray(dst)).cast("B") if dst.flags.c_contiguous else None
         self._fast = (
@@ -314,31 +325,34 @@ class PageLedger:
         self._native_ok = None  # PageCheck.ok where native (not a bound method of self: no cycle)
         self._lf = None
         if self._fast and native:
-            check = _NativePageCheck(
-                dst, base, self.keys, *(transfers[f].astype(np.int64) for f in ("dst_off", "src_off", "nbytes"))
-            )
-            self._native_ok = check.ok
-            # place() and guard() in C over these same containers; what is not the common
-            # case goes to the Python methods (the reference), before anything changes.
-            self._lf = _NativeLedgerFast(
-                dst, self._kid, self._placed, self._nb, self._next_same, self._req, self._req_got,
-                self._req_need, self._queue, self.completed, self._verified, self._dst_off,
-                self._expect, self._last_at, self._absorb, self._pending, check,
-                # (through a weak proxy: no reference cycle, so a run's ledger and the plan
-                # arrays it holds are freed as soon as the run drops it, not at the next GC)
-                functools.partial(PageLedger.place, weakref.proxy(self)),
-                functools.partial(PageLedger.guard, weakref.proxy(self)),
-                self.verify_enabled, self._kid0, self.slot_bytes,
-            )
-            self.place = self._lf.place  # type: ignore[method-assign]
-            self.guard = self._lf.guard  # type: ignore[method-assign]
-            self.hot_path = "native"
+            self._attach_native(transfers, dst, base)
         if self._fast:
             self._dst_ptr = int(dst.ctypes.data)
             self._base_ptr = int(base.ctypes.data)  # type: ignore[union-attr]
             self._key_ptr = int(self.keys.ctypes.data)
             self._dst_len = len(dst)
             self._base_len = len(base)  # type: ignore[arg-type]
+
+    def _attach_native(self, transfers: np.ndarray, dst: np.ndarray, base: np.ndarray | None) -> None:
+        check = _NativePageCheck(
+            dst, base, self.keys, *(transfers[f].astype(np.int64) for f in ("dst_off", "src_off", "nbytes"))
+        )
+        self._native_ok = check.ok
+        # place() and guard() in C over these same containers; what is not the common
+        # case goes to the Python methods (the reference), before anything changes.
+        self._lf = _NativeLedgerFast(
+            dst, self._kid, self._placed, self._nb, self._next_same, self._req, self._req_got,
+            self._req_need, self._queue, self.completed, self._verified, self._dst_off,
+            self._expect, self._last_at, self._absorb, self._pending, check,
+            # (through a weak proxy: no reference cycle, so a run's ledger and the plan
+            # arrays it holds are freed as soon as the run drops it, not at the next GC)
+            functools.partial(PageLedger.place, weakref.proxy(self)),
+            functools.partial(PageLedger.guard, weakref.proxy(self)),
+            self.verify_enabled, self._kid0, self.slot_bytes,
+        )
+        self.place = self._lf.place  # type: ignore[method-assign]
+        self.guard = self._lf.guard  # type: ignore[method-assign]
+        self.hot_path = "native"
 
     @property
     def placed(self) -> np.ndarray:

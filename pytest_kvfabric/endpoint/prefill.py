@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..emulator.plan import TransferPlan
+from ..emulator.plantypes import TransferPlan
 from ..errors import TransportError
 from ..transports.base import XFER_DTYPE, Initiator
 from .slotbook import make_book
@@ -48,7 +48,8 @@ SPIN_TAIL_DECAY = 0.995  # per wake-up: a 3 ms overshoot still counts ~140 wake-
 # time (12 of 12 interleaved rounds faster at 256; BENCHMARKS.md). Larger writes are bounded
 # by max_inflight_bytes first.
 MAX_INFLIGHT = 256
-STAGE_NS = 200_000  # build the next group's batch this long before its ready time (see run_prefill)
+MAX_INFLIGHT_BYTES = 64 << 20  # bytes in flight (a larger single write still goes alone)
+STAGE_NS = 200_000  # build the next group's batch this long before its ready time (see PrefillPacer)
 
 
 class SpinWindow:
@@ -87,7 +88,7 @@ class PrefillOptions:
     closed_loop: bool = True
     concurrency: int = 1
     max_inflight: int = MAX_INFLIGHT  # writes in flight
-    max_inflight_bytes: int = 64 << 20  # bytes in flight (a larger single write still goes alone)
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
     duration_s: float | None = None  # stop admitting new requests after this long
     timeout_s: float = 60.0
     stage_ns: int = STAGE_NS  # 0: build each batch only once its rows are ready
@@ -103,113 +104,134 @@ def run_prefill(
     opts: PrefillOptions,
 ) -> dict[str, Any]:
     """Post every row of the plan; returns raw measurements (absolute monotonic ns)."""
-    T = plan.transfers
-    R = plan.requests
-    n, nreq = len(T), len(R)
-    src_off = T["src_off"].astype(np.int64)
-    dst_off = T["dst_off"].astype(np.int64)
-    nbytes = T["nbytes"].astype(np.int64)
-    ready_rel = T["ready_ns"].astype(np.int64)
-    row_req = T["request"].astype(np.int64)
-    first = R["first"].astype(np.int64)
-    count = R["count"].astype(np.int64)
-    prefill_ns = R["prefill_ns"].astype(np.int64)
-    # When the GPU is free for the next request: batched prefills share steps (emulator/batching.py).
-    gpu_busy_ns = prefill_ns - R["overlap_ns"].astype(np.int64) if "overlap_ns" in R.dtype.names else prefill_ns
-    arrival_rel = R["arrival_ns"].astype(np.int64)
-    # Python lists: per-row access in the hot loop is several times faster than numpy scalars.
-    l_nb, l_ready = nbytes.tolist(), ready_rel.tolist()
-    l_first, l_count = first.tolist(), count.tolist()
-    # Notify the decode side on each request's last row (WRITE_WITH_IMM).
-    notify = np.full(n, -1, np.int64)
-    has_rows = count > 0
-    notify[(first + count - 1)[has_rows]] = np.flatnonzero(has_rows)
+    return PrefillPacer(plan, initiator, src, keys, opts).run()
 
-    post_ns = np.zeros(n, np.int64)
-    call_ns: list[int] = []  # wall time of each post() call: how long the hand-off held the loop
-    done_ns = np.zeros(n, np.int64)
-    req_arrival = np.zeros(nreq, np.int64)
-    req_start = np.zeros(nreq, np.int64)
-    req_done = np.zeros(nreq, np.int64)
-    if opts.monitor is not None:
-        opts.monitor(done_ns, req_done)
-    req_left = count.copy()  # rows not yet completed, per request (the book counts down)
-    started = 0  # requests admitted so far (in index order)
-    gpu_free = 0
-    emulated = opts.pacing == "emulated"
 
-    # Slot rule, key stamping and completion bookkeeping, per write (native where built).
-    book, hot_path = make_book(src_off, dst_off, nbytes, notify, row_req, req_left, src, keys,
-                               plan.src_slot_bytes, plan.dst_slot_bytes, plan.dst_region_bytes,
-                               opts.hot_path)
-    heap: list[tuple[int, int, int]] = []  # (absolute ready ns, request, next row)
-    ready: list[int] = []  # rows ready to post, in order
-    inflight = inflight_bytes = 0
-    completed_rows = 0
-    requests_done = 0
+class PrefillPacer:
+    """One run of the pacing loop: the plan's rows as lists, the in-flight windows, the request
+    clock and the staged group. `run()` posts every row and returns the measurements.
 
-    now = time.monotonic_ns
-    thread_ns = time.thread_time_ns
-    spin_cpu_ns = 0  # CPU spent busy-waiting for ready times (reported apart from the work)
-    short_waits = bool(getattr(initiator, "spins_short_waits", False))
-    t0 = now() + 1_000_000  # 1 ms lead: the first rows are not late by setup jitter
-    deadline = t0 + int(opts.timeout_s * 1e9)
-    admit_until = t0 + int(opts.duration_s * 1e9) if opts.duration_s else None
+    State lives in attributes: admit(), stage(), hand_off() and on_completions() change the
+    windows and counters the loop reads, and a reader finds every field declared here."""
 
-    def admit(r: int, arrival: int) -> None:
-        nonlocal gpu_free
-        if emulated:
-            start = max(arrival, gpu_free)
-            gpu_free = start + int(gpu_busy_ns[r])
+    def __init__(self, plan: TransferPlan, initiator: Initiator, src: np.ndarray, keys: np.ndarray,
+                 opts: PrefillOptions) -> None:
+        T = plan.transfers
+        R = plan.requests
+        self.opts = opts
+        self.initiator = initiator
+        n, self.nreq = len(T), len(R)
+        src_off = T["src_off"].astype(np.int64)
+        dst_off = T["dst_off"].astype(np.int64)
+        nbytes = T["nbytes"].astype(np.int64)
+        row_req = T["request"].astype(np.int64)
+        first = R["first"].astype(np.int64)
+        count = R["count"].astype(np.int64)
+        self.count = count
+        prefill_ns = R["prefill_ns"].astype(np.int64)
+        # When the GPU is free for the next request: batched prefills share steps (emulator/batching.py).
+        self.gpu_busy_ns = (prefill_ns - R["overlap_ns"].astype(np.int64)
+                            if "overlap_ns" in R.dtype.names else prefill_ns)
+        self.arrival_rel = R["arrival_ns"].astype(np.int64)
+        # Python lists: per-row access in the hot loop is several times faster than numpy scalars.
+        self.l_nb, self.l_ready = nbytes.tolist(), T["ready_ns"].astype(np.int64).tolist()
+        self.l_first, self.l_count = first.tolist(), count.tolist()
+        # Notify the decode side on each request's last row (WRITE_WITH_IMM).
+        notify = np.full(n, -1, np.int64)
+        has_rows = count > 0
+        notify[(first + count - 1)[has_rows]] = np.flatnonzero(has_rows)
+
+        self.post_ns = np.zeros(n, np.int64)
+        self.call_ns: list[int] = []  # wall time of each post() call: how long the hand-off held the loop
+        self.done_ns = np.zeros(n, np.int64)
+        self.req_arrival = np.zeros(self.nreq, np.int64)
+        self.req_start = np.zeros(self.nreq, np.int64)
+        self.req_done = np.zeros(self.nreq, np.int64)
+        if opts.monitor is not None:
+            opts.monitor(self.done_ns, self.req_done)
+        req_left = count.copy()  # rows not yet completed, per request (the book counts down)
+        self.started = 0  # requests admitted so far (in index order)
+        self.gpu_free = 0
+        self.emulated = opts.pacing == "emulated"
+
+        # Slot rule, key stamping and completion bookkeeping, per write (native where built).
+        self.book, self.hot_path = make_book(src_off, dst_off, nbytes, notify, row_req, req_left, src, keys,
+                                             plan.src_slot_bytes, plan.dst_slot_bytes, plan.dst_region_bytes,
+                                             opts.hot_path)
+        self.heap: list[tuple[int, int, int]] = []  # (absolute ready ns, request, next row)
+        self.ready: list[int] = []  # rows ready to post, in order
+        self.inflight = self.inflight_bytes = 0
+        self.completed_rows = 0
+        self.requests_done = 0
+        self.spin_cpu_ns = 0  # CPU spent busy-waiting for ready times (reported apart from the work)
+        self.short_waits = bool(getattr(initiator, "spins_short_waits", False))
+
+        width = max(opts.max_inflight, 1)
+        self.batch = np.zeros(width, XFER_DTYPE)
+        self.lead = max(int(opts.stage_ns), 0) if self.emulated else 0
+        self.staged = np.zeros(width, XFER_DTYPE)
+        self.staged_rows: list[int] = []  # built and stamped, posted at staged_at
+        self.staged_at = 0
+        self.early: list[int] = []  # pulled ahead of early_at but not stageable: join `ready` then
+        self.early_at = 0
+        self.pull_cap = max(4 * opts.max_inflight, 1024)
+        self.target_rows = 0
+        self.window = SpinWindow()
+        self.t0 = self.deadline = 0
+        self.admit_until: int | None = None
+
+    # -- requests --------------------------------------------------------------------------
+
+    def admit(self, r: int, arrival: int) -> None:
+        """Request r arrives: it starts when the emulated GPU is free; its first row enters the heap."""
+        if self.emulated:
+            start = max(arrival, self.gpu_free)
+            self.gpu_free = start + int(self.gpu_busy_ns[r])
         else:
             start = arrival
-        req_arrival[r] = arrival
-        req_start[r] = start
-        if l_count[r] > 0:
-            f = l_first[r]
-            heapq.heappush(heap, (start + l_ready[f] if emulated else start, r, f))
+        self.req_arrival[r] = arrival
+        self.req_start[r] = start
+        if self.l_count[r] > 0:
+            f = self.l_first[r]
+            heapq.heappush(self.heap, (start + self.l_ready[f] if self.emulated else start, r, f))
 
-    # Admit the initial requests.
-    if not emulated:
-        admit_n = nreq
-        for r in range(nreq):
-            admit(r, t0)
-    elif opts.closed_loop:
-        admit_n = min(max(opts.concurrency, 1), nreq)
+    def admit_initial(self) -> None:
+        """Pacing none: every request at t0; closed loop: the first `concurrency`; open loop:
+        each at its arrival time, up to duration_s."""
+        opts, nreq, t0 = self.opts, self.nreq, self.t0
+        if not self.emulated:
+            admit_n = nreq
+            for r in range(nreq):
+                self.admit(r, t0)
+        elif opts.closed_loop:
+            admit_n = min(max(opts.concurrency, 1), nreq)
+            for r in range(admit_n):
+                self.admit(r, t0)
+        else:
+            admit_n = nreq
+            for r in range(nreq):
+                arrival = t0 + int(self.arrival_rel[r])
+                if self.admit_until is not None and arrival > self.admit_until:
+                    admit_n = r
+                    break
+                self.admit(r, arrival)
+        self.started = admit_n
         for r in range(admit_n):
-            admit(r, t0)
-    else:
-        admit_n = nreq
-        for r in range(nreq):
-            arrival = t0 + int(arrival_rel[r])
-            if admit_until is not None and arrival > admit_until:
-                admit_n = r
-                break
-            admit(r, arrival)
-    started = admit_n
-    for r in range(started):
-        if l_count[r] == 0:
-            req_done[r] = req_start[r]
-            requests_done += 1
+            if self.l_count[r] == 0:
+                self.req_done[r] = self.req_start[r]
+                self.requests_done += 1
+        self.target_rows = int(self.count[:admit_n].sum()) if admit_n else 0
 
-    batch = np.zeros(max(opts.max_inflight, 1), XFER_DTYPE)
-    lead = max(int(opts.stage_ns), 0) if emulated else 0
-    staged = np.zeros(max(opts.max_inflight, 1), XFER_DTYPE)
-    staged_rows: list[int] = []  # built and stamped, posted at staged_at
-    staged_at = 0
-    early: list[int] = []  # pulled ahead of early_at but not stageable: join `ready` then
-    early_at = 0
-    pull_cap = max(4 * opts.max_inflight, 1024)
-    target_rows = int(count[:started].sum()) if started else 0
+    # -- posting and completions -----------------------------------------------------------
 
-    def stage(rows: list[int]) -> bool:
+    def stage(self, rows: list[int]) -> bool:
         """Claim, stamp and build rows to post later; all or nothing (no side effect on False)."""
-        nonlocal inflight_bytes
+        opts, book = self.opts, self.book
         kk = len(rows)
-        nb = sum(l_nb[i] for i in rows)
-        # The same windows as the ready path below: a larger single write may still go alone.
-        if inflight + kk > opts.max_inflight or (
-            (inflight > 0 or kk > 1) and inflight_bytes + nb > opts.max_inflight_bytes
+        nb = sum(self.l_nb[i] for i in rows)
+        # The same windows as the ready path: a larger single write may still go alone.
+        if self.inflight + kk > opts.max_inflight or (
+            (self.inflight > 0 or kk > 1) and self.inflight_bytes + nb > opts.max_inflight_bytes
         ):
             return False
         for pos, i in enumerate(rows):
@@ -217,105 +239,154 @@ def run_prefill(
                 for j in rows[:pos]:
                     book.release(j)
                 return False
-        inflight_bytes += nb
-        book.fill(staged, rows)
+        self.inflight_bytes += nb
+        book.fill(self.staged, rows)
         return True
 
-    def hand_off(buf: np.ndarray, k: int, t: int) -> None:
+    def hand_off(self, buf: np.ndarray, k: int, t: int) -> None:
         """Post the first k writes of buf at time t; record the post times and the call's length."""
-        nonlocal inflight
-        post_ns[buf["xfer"][:k]] = t
-        inflight += k
-        initiator.post(buf[:k], max((deadline - t) / 1e9, 0.001))
-        call_ns.append(now() - t)
+        self.post_ns[buf["xfer"][:k]] = t
+        self.inflight += k
+        self.initiator.post(buf[:k], max((self.deadline - t) / 1e9, 0.001))
+        self.call_ns.append(time.monotonic_ns() - t)
 
-    def on_completions(comp: np.ndarray) -> None:
-        nonlocal inflight, inflight_bytes, completed_rows, requests_done, started, target_rows
-        rows, nb, finished = book.complete(comp, done_ns)
-        inflight -= rows
-        inflight_bytes -= nb
-        completed_rows += rows
+    def on_completions(self, comp: np.ndarray) -> None:
+        rows, nb, finished = self.book.complete(comp, self.done_ns)
+        self.inflight -= rows
+        self.inflight_bytes -= nb
+        self.completed_rows += rows
+        opts = self.opts
         for r, t in finished:
-            req_done[r] = t
-            requests_done += 1
-            if emulated and opts.closed_loop and started < nreq and (
-                admit_until is None or t <= admit_until
+            self.req_done[r] = t
+            self.requests_done += 1
+            started = self.started
+            if self.emulated and opts.closed_loop and started < self.nreq and (
+                self.admit_until is None or t <= self.admit_until
             ):
-                admit(started, t)
-                target_rows += l_count[started]
-                if l_count[started] == 0:
-                    req_done[started] = t
-                    requests_done += 1
-                started += 1
+                self.admit(started, t)
+                self.target_rows += self.l_count[started]
+                if self.l_count[started] == 0:
+                    self.req_done[started] = t
+                    self.requests_done += 1
+                self.started = started + 1
 
-    window = SpinWindow()
+    # -- the ready queue -------------------------------------------------------------------
 
-    while completed_rows < target_rows:
-        t = now()
-        if t > deadline:
-            raise TransportError(
-                f"prefill agent: timed out after {opts.timeout_s:.1f} s with {completed_rows} of "
-                f"{target_rows} writes completed ({inflight} in flight)"
-            )
-        if staged_rows and t >= staged_at:
-            k = len(staged_rows)
-            staged_rows = []
-            hand_off(staged, k, t)
-            continue
-        if early and t >= early_at:
-            ready.extend(early)
-            early = []
-        # Pull rows whose ready time has come (pacing none: everything, up to a cap).
-        while heap and heap[0][0] <= t and len(ready) < pull_cap:
-            _, r, i = heapq.heappop(heap)
+    def _next_row(self, r: int, i: int) -> None:
+        """Row i of request r left the heap: its successor (if any) enters it."""
+        j = i + 1
+        if j < self.l_first[r] + self.l_count[r]:
+            start = self.req_start[r]
+            heapq.heappush(self.heap, (start + self.l_ready[j] if self.emulated else int(start), r, j))
+
+    def pull_ready(self, t: int) -> None:
+        """Move rows whose ready time has come to `ready` (pacing none: everything, up to a cap).
+
+        Per row: _next_row is inlined over locals (a method call per row cost ~15 % of the
+        native loop's CPU per row in bench_hotpath)."""
+        heap, ready, cap = self.heap, self.ready, self.pull_cap
+        if not heap or heap[0][0] > t:
+            return
+        l_first, l_count, l_ready, req_start = self.l_first, self.l_count, self.l_ready, self.req_start
+        emulated = self.emulated
+        pop, push = heapq.heappop, heapq.heappush
+        while heap and heap[0][0] <= t and len(ready) < cap:
+            _, r, i = pop(heap)
             ready.append(i)
             j = i + 1
             if j < l_first[r] + l_count[r]:
-                heapq.heappush(heap, (req_start[r] + l_ready[j] if emulated else int(req_start[r]), r, j))
-        # Stage the next group ahead of its ready time when nothing else waits.
-        if lead and not ready and not staged_rows and not early and heap and heap[0][0] <= t + lead:
-            at = heap[0][0]
-            grp: list[int] = []
-            while heap and heap[0][0] == at and len(grp) < opts.max_inflight:
-                _, r, i = heapq.heappop(heap)
-                grp.append(i)
-                j = i + 1
-                if j < l_first[r] + l_count[r]:
-                    heapq.heappush(heap, (req_start[r] + l_ready[j], r, j))
-            if stage(grp):
-                staged_rows, staged_at = grp, at
-            else:
-                early, early_at = grp, at
-            continue
-        # Post what the window and the slot rule allow, in order; a blocked row blocks later
-        # rows touching the same slots so pages of one slot go in plan order.
-        k = 0
-        if ready:
-            k, ready, inflight_bytes = book.select(ready, batch, inflight + len(staged_rows),
-                                                   opts.max_inflight, inflight_bytes, opts.max_inflight_bytes)
-        if k:
-            hand_off(batch, k, now())
-        # Collect completions without blocking, then decide how long we may wait.
-        if inflight:
-            comp = initiator.poll(0.0)
-            if len(comp):
-                on_completions(comp)
+                push(heap, (req_start[r] + l_ready[j] if emulated else int(req_start[r]), r, j))
+
+    def stage_next(self) -> None:
+        """Stage the group sharing the earliest ready time ahead of it (or hold it as `early`)."""
+        heap = self.heap
+        at = heap[0][0]
+        grp: list[int] = []
+        while heap and heap[0][0] == at and len(grp) < self.opts.max_inflight:
+            _, r, i = heapq.heappop(heap)
+            grp.append(i)
+            self._next_row(r, i)
+        if self.stage(grp):
+            self.staged_rows, self.staged_at = grp, at
+        else:
+            self.early, self.early_at = grp, at
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        opts = self.opts
+        now = time.monotonic_ns
+        self.t0 = now() + 1_000_000  # 1 ms lead: the first rows are not late by setup jitter
+        self.deadline = self.t0 + int(opts.timeout_s * 1e9)
+        self.admit_until = self.t0 + int(opts.duration_s * 1e9) if opts.duration_s else None
+        self.admit_initial()
+        # Fields no method reassigns, read once (the loop runs once per batch or completion).
+        deadline, lead, book, initiator = self.deadline, self.lead, self.book, self.initiator
+        batch, max_inflight, max_inflight_bytes = self.batch, opts.max_inflight, opts.max_inflight_bytes
+        pull_ready, hand_off, on_completions = self.pull_ready, self.hand_off, self.on_completions
+
+        while self.completed_rows < self.target_rows:
+            t = now()
+            if t > deadline:
+                raise TransportError(
+                    f"prefill agent: timed out after {opts.timeout_s:.1f} s with {self.completed_rows} of "
+                    f"{self.target_rows} writes completed ({self.inflight} in flight)"
+                )
+            if self.staged_rows and t >= self.staged_at:
+                k = len(self.staged_rows)
+                self.staged_rows = []
+                self.hand_off(self.staged, k, t)
                 continue
-        if k:
-            continue
-        t = now()
-        # Next event: a staged group's post, a blocked early group, or the time to stage the
-        # next one; rows of a request admitted since (closed loop) may be ready before either.
-        pending = heap[0][0] if heap and len(ready) < pull_cap else None
-        if staged_rows or early:
-            next_ready = staged_at if staged_rows else early_at
+            if self.early and t >= self.early_at:
+                self.ready.extend(self.early)
+                self.early = []
+            pull_ready(t)
+            # Stage the next group ahead of its ready time when nothing else waits.
+            if lead and not self.ready and not self.staged_rows and not self.early and self.heap \
+                    and self.heap[0][0] <= t + lead:
+                self.stage_next()
+                continue
+            # Post what the window and the slot rule allow, in order; a blocked row blocks later
+            # rows touching the same slots so pages of one slot go in plan order.
+            k = 0
+            if self.ready:
+                k, self.ready, self.inflight_bytes = book.select(
+                    self.ready, batch, self.inflight + len(self.staged_rows),
+                    max_inflight, self.inflight_bytes, max_inflight_bytes)
+            if k:
+                hand_off(batch, k, now())
+            # Collect completions without blocking, then decide how long we may wait.
+            if self.inflight:
+                comp = initiator.poll(0.0)
+                if len(comp):
+                    on_completions(comp)
+                    continue
+            if k:
+                continue
+            if not self.wait():
+                break
+        return self.result()
+
+    def _next_event(self) -> int | None:
+        """When the loop must act next: a staged group's post, a blocked early group, or the time
+        to stage the next one; rows of a request admitted since (closed loop) may be ready before."""
+        heap = self.heap
+        pending = heap[0][0] if heap and len(self.ready) < self.pull_cap else None
+        if self.staged_rows or self.early:
+            next_ready = self.staged_at if self.staged_rows else self.early_at
             if pending is not None and pending < next_ready:
                 next_ready = pending
-        else:
-            next_ready = pending - (0 if ready else lead) if pending is not None else None
+            return next_ready
+        return pending - (0 if self.ready else self.lead) if pending is not None else None
+
+    def wait(self) -> bool:
+        """Nothing to post now: wait for a completion or the next event. False: the run is over."""
+        now, thread_ns, initiator = time.monotonic_ns, time.thread_time_ns, self.initiator
+        t = now()
+        next_ready = self._next_event()
         wait_ns = (next_ready - t) if next_ready is not None else 5_000_000
-        spin_ns = window.ns
-        if inflight:
+        spin_ns = self.window.ns
+        if self.inflight:
             # Wake for a completion, or in time to spin into the next ready time. epoll waits
             # whole milliseconds, rounded up (poll(300 µs) sleeps ~1.1 ms): ask for the whole
             # milliseconds below the target and spin the rest.
@@ -323,14 +394,14 @@ def run_prefill(
             if whole_ms or next_ready is None:
                 comp = initiator.poll(whole_ms / 1e3)
                 if len(comp):
-                    on_completions(comp)
+                    self.on_completions(comp)
                 elif next_ready is not None:
-                    window.note(now() - (t + whole_ms * 1_000_000))
-                continue
+                    self.window.note(now() - (t + whole_ms * 1_000_000))
+                return True
             # Under a millisecond to go: poll for completions until the next event, spinning.
             # A transport that spins out short waits itself counts only the idle part; for
             # others this loop polls, and counts the whole stretch (their work in it included).
-            if short_waits:
+            if self.short_waits:
                 comp = initiator.poll(max(next_ready - now(), 0) / 1e9)
             else:
                 comp = initiator.poll(0.0)
@@ -338,36 +409,38 @@ def run_prefill(
                     c0 = thread_ns()
                     while not len(comp) and now() < next_ready:
                         comp = initiator.poll(0.0)
-                    spin_cpu_ns += thread_ns() - c0
+                    self.spin_cpu_ns += thread_ns() - c0
             if len(comp):
-                on_completions(comp)
-            continue
+                self.on_completions(comp)
+            return True
         if next_ready is None:
-            if completed_rows >= target_rows:
-                break
+            if self.completed_rows >= self.target_rows:
+                return False
             raise TransportError(
-                f"prefill agent: stalled with {target_rows - completed_rows} writes neither "
+                f"prefill agent: stalled with {self.target_rows - self.completed_rows} writes neither "
                 f"ready nor in flight (plan or slot bookkeeping bug)"
             )
         if wait_ns > spin_ns:
             time.sleep((wait_ns - spin_ns) / 1e9)
-            window.note(now() - (next_ready - spin_ns))
+            self.window.note(now() - (next_ready - spin_ns))
         if now() < next_ready:  # the last stretch: busy-wait for a punctual post
             c0 = thread_ns()
             while now() < next_ready:
                 pass
-            spin_cpu_ns += thread_ns() - c0  # (~1 µs: the price of reporting the spin apart)
+            self.spin_cpu_ns += thread_ns() - c0  # (~1 µs: the price of reporting the spin apart)
+        return True
 
-    return {
-        "t0_ns": t0,
-        "post_ns": post_ns,
-        "post_call_ns": np.array(call_ns, np.int64),
-        "done_ns": done_ns,
-        "req_arrival_ns": req_arrival,
-        "req_start_ns": req_start,
-        "req_done_ns": req_done,
-        "requests_started": started,
-        "requests_completed": requests_done,
-        "hot_path": hot_path,
-        "spin_cpu_ns": spin_cpu_ns + getattr(initiator, "spin_cpu_ns", 0),  # (duck-typed transports)
-    }
+    def result(self) -> dict[str, Any]:
+        return {
+            "t0_ns": self.t0,
+            "post_ns": self.post_ns,
+            "post_call_ns": np.array(self.call_ns, np.int64),
+            "done_ns": self.done_ns,
+            "req_arrival_ns": self.req_arrival,
+            "req_start_ns": self.req_start,
+            "req_done_ns": self.req_done,
+            "requests_started": self.started,
+            "requests_completed": self.requests_done,
+            "hot_path": self.hot_path,
+            "spin_cpu_ns": self.spin_cpu_ns + getattr(self.initiator, "spin_cpu_ns", 0),  # (duck-typed transports)
+        }

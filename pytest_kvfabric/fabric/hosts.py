@@ -19,24 +19,22 @@ import ipaddress
 import os
 import shlex
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import KvFabricError, ProfileError
+from ..errors import ProfileError
 from ..core.profile_schema import read_yaml, validate
-from .base import Host, HostPair
+from . import alloc
+from .alloc import FabricUsageError
+from .base import Host, HostPair, PairRequest
+from .bootstrap import HostUnreachable, cause_of, open_gateway
 
 DEFAULT_PORT = 22
 DEFAULT_PYTHON = "python3"
 ROLES = ("prefill", "decode")
 SSH_FLAGS_WITH_ARG = set("BbcDEeFIiJLlmOopQRSWw")
-
-
-class HostUnreachable(KvFabricError):
-    """A host of the inventory cannot be reached or cannot run an agent; names host and cause."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ class InventoryPair:
         def host(h: InventoryHost) -> Host:
             return Host(f"{self.name}/{h.role}", h.gateway_spec(), h.data_addr, h.interface, None)
 
-        return HostPair(self.name, "hosts", host(self.prefill), host(self.decode),
+        return HostPair(self.name, HostsFabric.name, host(self.prefill), host(self.decode),
                         {"inventory": source,
                          "ssh": {r: f"{getattr(self, r).ssh}:{getattr(self, r).port}" for r in ROLES}})
 
@@ -175,39 +173,6 @@ def tcp_probe(hostname: str, port: int, timeout_s: float) -> None:
         pass
 
 
-def _cause(exc: BaseException) -> str:
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "no answer (timed out)"
-    if isinstance(exc, socket.gaierror):
-        return f"name does not resolve ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _open_gateway(spec: str, timeout_s: float, who: str) -> tuple[Any, Any]:
-    """execnet gateway in its own group, bounded by timeout_s (makegateway itself has no timeout)."""
-    import execnet
-
-    group = execnet.Group()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["gw"] = group.makegateway(spec)
-        except BaseException as exc:  # reported to the caller below
-            box["exc"] = exc
-
-    t = threading.Thread(target=target, name=f"kvf-gw-{who}", daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive() or "exc" in box:
-        group.terminate(timeout=1.0)
-        cause = "no gateway within %.1f s" % timeout_s if t.is_alive() else _cause(box["exc"])
-        raise HostUnreachable(f"host {who}: cannot start the agent interpreter ({spec.split('//')[-1]}): {cause}")
-    return group, box["gw"]
-
-
 def probe_host(host: Host, timeout_s: float = 10.0) -> dict[str, Any]:
     """Reach `host` (bounded), run the probe there, return its fingerprint dict. Raises HostUnreachable."""
     deadline = time.monotonic() + timeout_s
@@ -218,9 +183,9 @@ def probe_host(host: Host, timeout_s: float = 10.0) -> dict[str, Any]:
             tcp_probe(hostname, port, timeout_s)
         except OSError as exc:
             cause = (f"no answer within {timeout_s:g} s" if isinstance(exc, (TimeoutError, socket.timeout))
-                     else _cause(exc))
+                     else cause_of(exc))
             raise HostUnreachable(f"host {host.name} ({hostname}:{port}): cannot reach SSH: {cause}") from None
-    group, gw = _open_gateway(host.gateway_spec, max(0.5, deadline - time.monotonic()), host.name)
+    group, gw = open_gateway(host.gateway_spec, max(0.5, deadline - time.monotonic()), host.name)
     try:
         from . import _probe
 
@@ -229,7 +194,7 @@ def probe_host(host: Host, timeout_s: float = 10.0) -> dict[str, Any]:
         try:
             return ch.receive(timeout=max(0.5, deadline - time.monotonic()))
         except Exception as exc:
-            raise HostUnreachable(f"host {host.name}: probe failed: {_cause(exc)}") from None
+            raise HostUnreachable(f"host {host.name}: probe failed: {cause_of(exc)}") from None
     finally:
         group.terminate(timeout=2.0)
 
@@ -272,3 +237,29 @@ def check_pair(inv: Inventory, index: int, timeout_s: float = 10.0) -> tuple[Hos
         _check_fingerprint(host, fp, inv.source, f"pairs[{index}] ({ip.name}).{role}.interface")
         fps[role] = fp
     return pair, fps
+
+
+class HostsFabric:
+    """Real host pairs over SSH: separate kernels (no shared clock); each host reports its own
+    NICs and answers its own transport probes."""
+
+    name = "hosts"
+    shares_clock = False
+    probes_here = False
+    needs_inventory = True
+
+    def open(self, request: PairRequest) -> tuple[HostPair, Any]:
+        if not request.hosts_file:
+            raise FabricUsageError("--kv-fabric=hosts needs an inventory: --kv-hosts PATH")
+        inv = load_inventory(request.hosts_file)
+        nworkers = request.nworkers if request.nworkers is not None else alloc.worker_count(os.environ)
+        index = alloc.inventory_index(request.worker, nworkers, len(inv.pairs), inv.source)
+        pair, fps = check_pair(inv, index, request.timeout_s)
+        pair.details["fingerprint"] = fps
+        return pair, lambda: None  # agents over SSH end with their gateways (runner)
+
+    def interfaces(self, pair: HostPair) -> list[dict[str, Any]]:
+        return []  # the hosts' own fingerprints name their interfaces
+
+    def link_cause(self, pair: HostPair) -> str | None:
+        return None

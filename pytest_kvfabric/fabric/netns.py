@@ -36,15 +36,19 @@ from typing import Any
 from ..errors import KvFabricError
 from ..transports import ethtool_ioctl
 from ..lab import env as lab_env
-from .alloc import FabricUnavailable
-from .base import Host, HostPair
+from . import alloc
+from .alloc import FabricUnavailable, FabricUsageError
+from .base import Host, HostPair, PairRequest
+from .netns_options import OFFLOAD_KEYS, netns_kwargs, parse_offloads
+from .teardown import guarded
+
+__all__ = ["OFFLOAD_KEYS", "NetnsFabric", "NetnsPair", "NetnsUnavailable", "parse_offloads"]
 
 PREFIX = "kvf-"
 PID_DIR = Path("/run/kvfabric")
 NETNS_DIR = Path("/run/netns")
 ADDR_NET = "10.203"  # 10.203.<index>.0/24 per pair, inside our namespaces only
 PREFIXLEN = 24
-OFFLOAD_KEYS = ("gro", "gso", "tso")
 IFNAMSIZ = 15  # usable characters in an interface name
 KILL_WAIT_S = 2.0
 
@@ -295,31 +299,9 @@ def _set_rps(netns: str, ifname: str, cpus: list[int]) -> None:
         raise KvFabricError(f"setting rps_cpus of {ifname} in {netns} failed: {res.stderr.strip() or res.returncode}")
 
 
-def parse_offloads(text: str | None) -> dict[str, bool]:
-    """'gro=off,tso=on' -> {'gro': False, 'tso': True}; raises ValueError naming what is valid."""
-    out: dict[str, bool] = {}
-    if not text:
-        return out
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, val = item.partition("=")
-        key, val = key.strip().lower(), val.strip().lower()
-        if key not in OFFLOAD_KEYS:
-            raise ValueError(f"unknown offload {key!r}; valid: {', '.join(OFFLOAD_KEYS)}")
-        if not sep or val not in ("on", "off"):
-            raise ValueError(f"offload {key!r} needs =on or =off, got {item!r}")
-        out[key] = val == "on"
-    return out
-
-
 def _set_offloads(netns: str, ifname: str, offloads: dict[str, bool]) -> None:
     if not offloads:
         return
-    for key in offloads:
-        if key not in OFFLOAD_KEYS:
-            raise ValueError(f"unknown offload {key!r}; valid: {', '.join(OFFLOAD_KEYS)}")
     try:
         with ethtool_ioctl.socket_in_netns(netns) as s:
             ethtool_ioctl.set_offloads(s, ifname, offloads)
@@ -380,7 +362,7 @@ class NetnsPair:
             raise ValueError(f"rate_mbit must be > 0, got {rate_mbit}")
         if cpu_split and shutil.which("taskset") is None:
             raise NetnsUnavailable("cpu_split needs 'taskset' (util-linux) on PATH, not found")
-        self = cls(prefix, tag, index, mtu, offloads or {}, rate_mbit, cpu_split)
+        self = cls(prefix, tag, index, mtu, parse_offloads(offloads), rate_mbit, cpu_split)
         try:
             self._build()
         except BaseException as exc:
@@ -442,7 +424,7 @@ class NetnsPair:
         pcpus, dcpus = self.cpus if self.cpus else (None, None)
         return HostPair(
             name=f"netns:{self.tag}-{self.index}",
-            fabric="netns",
+            fabric=NetnsFabric.name,
             prefill=Host(f"{self.ns_prefill}", netns_gateway_spec(self.ns_prefill, cpus=pcpus),
                          self.addr_prefill, self.if_prefill, self.ns_prefill),
             decode=Host(f"{self.ns_decode}", netns_gateway_spec(self.ns_decode, cpus=dcpus),
@@ -474,3 +456,44 @@ class NetnsPair:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+class NetnsFabric:
+    """Two namespaces on this host: one kernel (shared clock), but the agents' view of the
+    network (and a transport's probe) is the namespace's, not this process's."""
+
+    name = "netns"
+    shares_clock = True
+    probes_here = False
+    needs_inventory = False
+
+    def open(self, request: PairRequest) -> tuple[HostPair, Any]:
+        from . import hosts
+
+        prefix = request.netns_prefix or PREFIX
+        try:
+            kw = netns_kwargs(request.netns_options)
+        except ValueError as exc:
+            raise FabricUsageError(str(exc)) from None
+        reason = netns_unavailable_reason()
+        if reason:
+            raise NetnsUnavailable(reason)
+        cleanup_stale(prefix)
+        np = NetnsPair.create(str(os.getpid()), alloc.netns_index(request.worker), prefix=prefix, **kw)
+        closer = guarded(np.destroy)
+        try:  # also proves the gateway spec starts an interpreter inside each namespace
+            np.pair.details["fingerprint"] = {r: hosts.fingerprint(getattr(np.pair, r), request.timeout_s)
+                                              for r in hosts.ROLES}
+        except BaseException:
+            closer()
+            raise
+        return np.pair, closer
+
+    def interfaces(self, pair: HostPair) -> list[dict[str, Any]]:
+        split = pair.details.get("cpu_split") or {}  # --kv-netns-cpu-split: the CPUs each side had
+        return [{"name": h.interface or "lo", "netns": h.netns, "cpus": split.get(role)}
+                for role, h in (("prefill", pair.prefill), ("decode", pair.decode))]
+
+    def link_cause(self, pair: HostPair) -> str | None:
+        down = links_down([(h.netns, h.interface) for h in (pair.prefill, pair.decode) if h.interface])
+        return "; ".join(down) or None

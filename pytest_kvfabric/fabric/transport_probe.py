@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..transports.base import Capability
-from .base import Host, HostPair, remote_source
+from .base import Host, HostPair
+from .bootstrap import HostUnreachable, open_gateway, remote_source
 
-_REMOTE = remote_source("""
+# What a probe on a host runs: the transport registry's probe, answered over the channel.
+PROBE_SOURCE = remote_source("""
 from pytest_kvfabric.transports.registry import probe
 name, params = channel.receive()
 try:
@@ -30,14 +32,12 @@ def host_params(host: Host, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def probe_on_host(host: Host, transport: str, params: Mapping[str, Any], timeout_s: float = 30.0) -> Capability:
-    from .hosts import HostUnreachable, _open_gateway
-
     try:
-        group, gw = _open_gateway(host.gateway_spec, timeout_s, host.name)
+        group, gw = open_gateway(host.gateway_spec, timeout_s, host.name)
     except HostUnreachable as exc:
         return Capability.missing(str(exc))
     try:
-        ch = gw.remote_exec(_REMOTE)
+        ch = gw.remote_exec(PROBE_SOURCE)
         ch.send((transport, host_params(host, params)))
         answer = ch.receive(timeout=timeout_s)
     except Exception as exc:  # execnet raises its own types for remote errors and timeouts

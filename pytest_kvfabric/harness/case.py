@@ -13,6 +13,7 @@ from ..measure import slo as slo_mod
 from ..measure.metrics import BUILTIN, MetricSet
 from ..errors import KvFabricError
 from ..fabric.base import HostPair
+from ..fabric.select import known_fabric, probes_here
 from .options import Selection
 from ..lab import env as lab_env
 from ..report import baseline as baseline_mod
@@ -201,7 +202,7 @@ def run_case(
     median figures against its SLOs and every repeat against the baseline's repeats."""
     ms = metric_set or BUILTIN
     out = CaseOutcome(case=case, scenario=scenario, metric_set=ms, worker=pairs.worker)
-    if selection.fabric == "local":  # other fabrics probe on the agents' own hosts, below
+    if probes_here(selection.fabric):  # other fabrics probe on the agents' own hosts, below
         reason = pairs.probe_reason(scenario.transport, scenario.transport_params)
         if reason:
             out.skip_reason, out.unavailable = reason, True
@@ -215,17 +216,13 @@ def run_case(
         out.error = f"fabric {selection.fabric}: {type(exc).__name__}: {exc}"
         return out
     out.pair = pair.name
-    if pair.fabric != "local":  # the agents' hosts answer for themselves (their NICs, kernels)
+    if not probes_here(pair.fabric):  # the agents' hosts answer for themselves (their NICs, kernels)
         reason = pairs.pair_probe_reason(pair, scenario.transport, scenario.transport_params)
         if reason:
             out.skip_reason, out.unavailable = f"{scenario.transport}: {reason}", True
             return out
-    if pair.fabric == "local":
-        out.interfaces = [{"name": "lo", "netns": None}]
-    elif pair.fabric == "netns":
-        split = pair.details.get("cpu_split") or {}  # --kv-netns-cpu-split: the CPUs each side had
-        out.interfaces = [{"name": h.interface or "lo", "netns": h.netns, "cpus": split.get(role)}
-                          for role, h in (("prefill", pair.prefill), ("decode", pair.decode))]
+    fabric = known_fabric(pair.fabric)  # None: a plug-in's hook fabric (its hosts report theirs)
+    out.interfaces = fabric.interfaces(pair) if fabric is not None else []
     # Remote hosts report their own kernel and NIC (collected on the host through its gateway).
     out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
                              (pair.details.get("fingerprint") or {}).items()}

@@ -10,10 +10,9 @@ from ..errors import ProfileError
 from ..core.limits import MAX_POOL_MIB, MAX_SEED, MAX_TIMEOUT_S, check_number
 from ..core.outpath import check_output_path
 from ..core.profiles import GpuProfile, ModelProfile
-from ..core.scenario import DEFAULT_POOL_MIB
-
-FABRICS = ("local", "netns", "hosts")
-PACINGS = ("emulated", "none")
+from ..core.scenario import DEFAULT_POOL_MIB, PACINGS
+from ..fabric.netns_options import parse_offloads
+from ..fabric.select import FABRICS, known_fabric
 ON_COPY = ("fail", "skip")
 MAX_REPEAT = 1000
 
@@ -219,12 +218,13 @@ def _profiles(get: Get, profile_dirs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _fabric(get: Get, fabrics: Sequence[str]) -> dict[str, Any]:
-    fabric = get("kv_fabric") or "local"
+    fabric = get("kv_fabric") or FABRICS[0]
     if fabric not in fabrics:
         raise ProfileError("--kv-fabric", fabric, f"unknown fabric; valid: {', '.join(fabrics)}")
     hosts = get("kv_hosts")
-    if fabric == "hosts" and not hosts:
-        raise ProfileError("--kv-fabric", "hosts", "needs --kv-hosts PATH (the host-pair inventory)")
+    known = known_fabric(fabric)  # None: a plug-in's hook fabric, which checks its own inputs
+    if known is not None and known.needs_inventory and not hosts:
+        raise ProfileError("--kv-fabric", fabric, "needs --kv-hosts PATH (the host-pair inventory)")
     if hosts and not Path(hosts).is_file():
         raise ProfileError("--kv-hosts", hosts, "no such file")
     return {"fabric": fabric, "hosts": hosts}
@@ -330,14 +330,12 @@ def _netns(get: Get) -> dict[str, Any]:
         netns["mtu"] = _number("--kv-netns-mtu", get("kv_netns_mtu"), int, 68, 65535)
     if get("kv_netns_rate_mbit") not in (None, ""):
         netns["rate_mbit"] = _number("--kv-netns-rate-mbit", get("kv_netns_rate_mbit"), float, 0.001, 1e7)
-    if get("kv_netns_offloads"):
-        offloads = {}
-        for item in _split(get("kv_netns_offloads")):
-            k, sep, v = item.partition("=")
-            if not sep or v not in ("on", "off"):
-                raise ProfileError("--kv-netns-offloads", item, "expected FEATURE=on|off (gro, gso, tso)")
-            offloads[k] = v == "on"
-        netns["offloads"] = offloads
+    offloads = ",".join(_split(get("kv_netns_offloads")))
+    if offloads:
+        try:
+            netns["offloads"] = parse_offloads(offloads)
+        except ValueError as exc:
+            raise ProfileError("--kv-netns-offloads", offloads, str(exc)) from None
     split = get("kv_netns_cpu_split")
     if split not in (None, ""):
         if str(split).lower() not in ("on", "off", "true", "false", "1", "0"):

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..core.profiles import GpuProfile, ModelProfile
-from ..core.scenario import DEFAULT_POOL_MIB, MIB, Deployment, Scenario, Synthetic
+from ..errors import ProfileError
+from ..core.scenario import DEFAULT_POOL_MIB, MIB, Arrival, Deployment, Distribution, Scenario, Synthetic, Workload
 
 # Layer 1: what a scenario gets when nothing else says (the suites' schema documents the same).
 SHIPPED: Mapping[str, Any] = {"seed": 0, "pacing": "emulated", "pool_mib": DEFAULT_POOL_MIB}
@@ -63,8 +64,6 @@ def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
 def build(fields: Mapping[str, Any], *, id: str, model: ModelProfile, gpu: GpuProfile, transport: str,
           source: str = "<scenario>", where: str = "") -> Scenario:
     """A Scenario from merged field layers 1-3 (SHIPPED is put under them here)."""
-    from .suites import build_workload
-
     f = merge(SHIPPED, fields)
     return Scenario(
         id=id,
@@ -124,3 +123,35 @@ def resolve(fields: Mapping[str, Any], *, id: str, model: ModelProfile, gpu: Gpu
     sc = build(fields, id=id, model=model, gpu=gpu, transport=transport, source=source, where=where)
     sc = finish(sc, overrides, marker_slo)
     return fit(sc, free_sides, f"{source}: {where}" if where else source, check=check_fit)
+
+
+def _distribution(value: Any) -> Distribution:
+    if isinstance(value, int):
+        return Distribution.fixed(value)
+    return Distribution(**value)
+
+
+def build_workload(spec: Mapping[str, Any], source: str, where: str) -> Workload:
+    """A workload from suite fields, on top of an application preset when one is named."""
+    if "preset" in spec:
+        from ..emulator.workload import preset  # emulator is pure; imported late to keep load cheap
+
+        base = preset(spec["preset"])
+    else:
+        base = Workload()
+    changes: dict[str, Any] = {}
+    if "isl" in spec:
+        changes["isl"] = _distribution(spec["isl"])
+    if "osl" in spec:
+        changes["osl"] = _distribution(spec["osl"])
+    if "arrival" in spec:
+        arrival = Arrival(**spec["arrival"])
+        if arrival.kind == "poisson" and not arrival.rate_per_s:
+            raise ProfileError(source, f"{where}.arrival.rate_per_s", "required for poisson arrivals")
+        changes["arrival"] = arrival
+    for key in ("requests", "duration_s"):
+        if key in spec:
+            changes[key] = spec[key]
+    import dataclasses
+
+    return dataclasses.replace(base, **changes)

@@ -12,11 +12,11 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ProfileError
 from ..core.profile_schema import parse_yaml_text, read_yaml, validate
-from ..core.profiles import GpuProfile, ModelProfile
-from ..core.scenario import DEFAULT_POOL_MIB, Arrival, Distribution, Scenario, Workload
+from .resolve import build_workload
+from ..core.profiles import DEFAULT_GPU, DEFAULT_MODEL, GpuProfile, ModelProfile
+from ..core.scenario import DEFAULT_POOL_MIB, Scenario
 
-DEFAULT_GPU = "h100"
-DEFAULT_MODELS = ("llama3.1-8b",)
+DEFAULT_MODELS = (DEFAULT_MODEL,)
 __all__ = ["DEFAULT_GPU", "DEFAULT_MODELS", "DEFAULT_POOL_MIB", "ScenarioTemplate", "Suite", "build_workload",
            "find_suite", "list_suites", "load_suite", "parse_suite"]
 
@@ -76,38 +76,6 @@ class Suite:
     description: str
     path: str
     scenarios: tuple[ScenarioTemplate, ...] = field(default_factory=tuple)
-
-
-def _distribution(value: Any) -> Distribution:
-    if isinstance(value, int):
-        return Distribution.fixed(value)
-    return Distribution(**value)
-
-
-def build_workload(spec: Mapping[str, Any], source: str, where: str) -> Workload:
-    """A workload from suite fields, on top of an application preset when one is named."""
-    if "preset" in spec:
-        from ..emulator.workload import preset  # emulator is pure; imported late to keep load cheap
-
-        base = preset(spec["preset"])
-    else:
-        base = Workload()
-    changes: dict[str, Any] = {}
-    if "isl" in spec:
-        changes["isl"] = _distribution(spec["isl"])
-    if "osl" in spec:
-        changes["osl"] = _distribution(spec["osl"])
-    if "arrival" in spec:
-        arrival = Arrival(**spec["arrival"])
-        if arrival.kind == "poisson" and not arrival.rate_per_s:
-            raise ProfileError(source, f"{where}.arrival.rate_per_s", "required for poisson arrivals")
-        changes["arrival"] = arrival
-    for key in ("requests", "duration_s"):
-        if key in spec:
-            changes[key] = spec[key]
-    import dataclasses
-
-    return dataclasses.replace(base, **changes)
 
 
 def _check_distributions(fields: Mapping[str, Any], source: str, where: str) -> None:

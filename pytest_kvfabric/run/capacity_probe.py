@@ -21,11 +21,11 @@ def carried_gbps(pair: HostPair, transport: str, params: Mapping[str, Any]) -> t
     key = json.dumps([pair.name, transport, params], sort_keys=True, default=str)
     if key not in _CARRIED:
         from . import sweepplan
-        from ..core.profiles import load_gpu, load_model
+        from ..core.profiles import DEFAULT_GPU, DEFAULT_MODEL, load_gpu, load_model
         from .runner import run_scenario
         from ..core.scenario import Scenario
 
-        base = Scenario(id="capacity", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"))
+        base = Scenario(id="capacity", model=load_model(DEFAULT_MODEL), gpu=load_gpu(DEFAULT_GPU))
         sc = sweepplan.point_scenario(base, transport, PROBE_SIZE, PROBE_BATCH, PROBE_DEPTH, PROBE_SECONDS, params)
         how = f"{PROBE_SECONDS:g} s unpaced probe of {transport} with {PROBE_SIZE >> 20} MiB writes"
         try:

@@ -21,11 +21,14 @@ import execnet
 
 from ..measure import stats
 from ..emulator.memory import check_hbm_fit
-from ..emulator.plan import TransferPlan, build_plan
-from ..endpoint.agent import BOOTSTRAP, unpack_array
+from ..emulator.plan import build_plan
+from ..emulator.plantypes import TransferPlan
+from ..endpoint.agent import unpack_array
 from ..errors import IntegrityError, KvFabricError, ProtocolError, TransportError
 from ..fabric.base import HostPair
+from ..fabric.bootstrap import AGENT_BOOTSTRAP
 from ..fabric.mailbox import Closed, Mailbox, Timeout
+from ..fabric.select import fabric_for
 from ..lab.env import time_scale
 from ..measure.result import Result
 from ..core.scenario import Scenario
@@ -38,7 +41,6 @@ CAUSE_WAIT_S = 5.0
 SETUP_MARGIN_S = 30.0 * time_scale()  # agent start, plan rebuild, pool allocation and fill
 RUN_MARGIN_S = 10.0 * time_scale()
 FLOOR_BYTES_PER_S = 100e6 / time_scale()  # timeouts assume at least 100 MB/s, so a slow path is not a hang
-SHARED_CLOCK_FABRICS = ("local", "netns")  # both agents read one kernel's CLOCK_MONOTONIC
 def _timed_out(role: str, pid: str, msg: Mapping[str, Any]) -> str:
     done, total = msg.get("complete_requests"), msg.get("requests")
     return (f"{role} agent{pid} timed out: its run reached the deadline with {done} of {total} request(s) "
@@ -98,7 +100,7 @@ class AgentPair:
                     raise TransportError(
                         f"{role} agent could not start on {host.name} ({host.gateway_spec}): {exc}"
                     ) from None
-                self._ch[role] = gw.remote_exec(BOOTSTRAP)
+                self._ch[role] = gw.remote_exec(AGENT_BOOTSTRAP)
                 self._box.attach(role, self._ch[role])
         except BaseException:
             self.close()
@@ -196,14 +198,9 @@ class AgentPair:
         return got["prefill"], got["decode"]
 
     def _link_cause(self) -> str | None:
-        """On the netns fabric, the veth ends that are down (a run over a dead link only times out)."""
-        if self.pair.fabric != "netns":
-            return None
-        from ..fabric.netns import links_down
-
-        down = links_down([(h.netns, h.interface) for h in (self.pair.prefill, self.pair.decode)
-                           if h.interface])
-        return "; ".join(down) or None
+        """What is wrong with the pair's link, e.g. a netns veth end down (a run over a dead link
+        only times out)."""
+        return fabric_for(self.pair).link_cause(self.pair)
 
     def _dead(self, role: str, wait_s: float) -> str | None:
         """A message if the agent died (its channel closed) within wait_s, else None. An agent
@@ -286,7 +283,7 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
                   dsetup: dict[str, Any], pre: dict[str, Any], dec: dict[str, Any]) -> Result:
     m = {k: unpack_array(pre[k]) for k in ("post_ns", "done_ns", "req_arrival_ns", "req_start_ns", "req_done_ns",
                                            "post_call_ns")}
-    if pair.fabric in SHARED_CLOCK_FABRICS and "placed_by_layer_ns" in dec:
+    if fabric_for(pair).shares_clock and "placed_by_layer_ns" in dec:  # decode's clock times prefill's posts
         m["placed_by_layer_ns"] = unpack_array(dec["placed_by_layer_ns"])
     budget = scenario.slo.get("ttft_budget_ms") if scenario.slo else None
     s = stats.summarize(plan.transfers, plan.requests, m, scenario.pacing, budget)

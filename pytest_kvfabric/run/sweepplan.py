@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..errors import ProfileError
 from ..core.scenario import Arrival, Scenario, Synthetic, Workload
+from ..endpoint.prefill import MAX_INFLIGHT_BYTES
 
 SWEEP_FORMAT = "pytest-kvfabric-sweep"
 DEFAULT_SIZES = "4KiB..64MiB"
@@ -21,7 +22,7 @@ MIN_WRITES = 16  # a point's plan holds at least this many writes
 MAX_ROWS = 200_000  # plan rows per point: bounds the agents' memory at small sizes
 CEILING_BYTES_PER_S = 50e9  # the most a point is planned for (400 Gb/s): its plan never runs dry early
 MIN_POOL = 32 << 20
-INFLIGHT_BYTES = 64 << 20  # the prefill agent's default in-flight byte window
+INFLIGHT_BYTES = MAX_INFLIGHT_BYTES  # the prefill agent's default in-flight byte window
 UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
          "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3}
 _SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")

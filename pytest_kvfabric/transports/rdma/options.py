@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...errors import ProfileError
-from .qp import SOURCE, QpOptions, _int_option
+from .qp import SOURCE, QpOptions, int_option
 from .sysfs import DEFAULT_ROOT
 
 POLL_MODES = ("busy", "channel")
@@ -50,20 +50,20 @@ class RdmaOptions:
             raise ProfileError(SOURCE, "poll", f"{poll!r} is not one of {', '.join(POLL_MODES)}")
         gid = options.get("gid_index")
         port = options.get("port")
-        max_send_wr = _int_option(options, "max_send_wr", 256, 1, 1 << 16)
-        signal_every = _int_option(options, "signal_every", 16, 1, 1 << 16)
+        max_send_wr = int_option(options, "max_send_wr", 256, 1, 1 << 16)
+        signal_every = int_option(options, "signal_every", 16, 1, 1 << 16)
         if signal_every > max_send_wr:
             raise ProfileError(SOURCE, "signal_every", f"{signal_every} exceeds max_send_wr "
                                f"{max_send_wr} (the send queue would fill with unsignalled WRs)")
         return cls(
             device=options.get("device") or None,
-            port=None if port in (None, "") else _int_option(options, "port", 1, 1, 255),
-            gid_index=None if gid in (None, "") else _int_option(options, "gid_index", 0, 0, 1 << 16),
-            qps=_int_option(options, "qps", 1, 1, 64),
+            port=None if port in (None, "") else int_option(options, "port", 1, 1, 255),
+            gid_index=None if gid in (None, "") else int_option(options, "gid_index", 0, 0, 1 << 16),
+            qps=int_option(options, "qps", 1, 1, 64),
             signal_every=signal_every,
             poll=poll,
             max_send_wr=max_send_wr,
-            recv_depth=_int_option(options, "recv_depth", 256, 1, 1 << 16),
+            recv_depth=int_option(options, "recv_depth", 256, 1, 1 << 16),
             token=str(options.get("token") or ""),
             data_addr=options.get("data_addr") or None,
             qp=QpOptions.from_options(options),

@@ -68,17 +68,17 @@ class QpOptions:
         """Validate transport options; bad values raise ProfileError naming the key."""
         values: dict[str, Any] = {}
         for name, default, low, high in _INT_OPTIONS:
-            values[name] = _int_option(options, name, default, low, high)
+            values[name] = int_option(options, name, default, low, high)
         dscp = options.get("dscp")
         if dscp is not None:
-            dscp_tc = _int_option(options, "dscp", 0, 0, 63) << 2
+            dscp_tc = int_option(options, "dscp", 0, 0, 63) << 2
             if options.get("traffic_class") is not None and values["traffic_class"] != dscp_tc:
                 raise ProfileError(SOURCE, "dscp", f"dscp {dscp} conflicts with traffic_class "
                                    f"{values['traffic_class']} (traffic_class = dscp << 2)")
             values["traffic_class"] = dscp_tc
         mtu = options.get("path_mtu")
         if mtu is not None:
-            mtu = _int_option(options, "path_mtu", 0, 0, 1 << 20)
+            mtu = int_option(options, "path_mtu", 0, 0, 1 << 20)
             if mtu not in MTU_NAMES:
                 raise ProfileError(SOURCE, "path_mtu", f"{mtu} is not one of "
                                    f"{', '.join(map(str, MTU_NAMES))}")
@@ -89,7 +89,7 @@ class QpOptions:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _int_option(options: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+def int_option(options: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
     raw = options.get(name)
     if raw is None:
         return default
