@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 TARGET_P99_US = 100.0
-DEFAULT_BUSY_POLL_US = 50.0  # the stream transports' default (transports/_stream.py)
+DEFAULT_BUSY_POLL_US = 50.0  # the stream transports' default (transports/stream_common.py)
 SPIN_BUSY_POLL_US = 1e6  # the option's maximum: no wait of a 3 s run ever sleeps
 STREAM_TRANSPORTS = ("tcp", "zerocopy", "devmem")  # the transports with busy_poll_us
 

@@ -11,7 +11,7 @@ import pytest
 
 from pytest_kvfabric.errors import TransportError
 from pytest_kvfabric.transports import framing, handshake
-from pytest_kvfabric.transports._stream import connect_with_hello
+from pytest_kvfabric.transports.stream_common import connect_with_hello
 
 TOKEN = "run-token"
 

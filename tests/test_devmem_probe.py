@@ -253,7 +253,7 @@ def _run_loopback(target_opts, writes, rounds=200):
     dst = memoryview(mmap.mmap(-1, 1 << 16))
     t = DevmemTarget(dst, {"token": "s3cret", **target_opts})
     t.pool = object()
-    from pytest_kvfabric.transports._stream import StreamTarget
+    from pytest_kvfabric.transports.stream_target import StreamTarget
 
     desc = StreamTarget.listen(t, "127.0.0.1", 2.0)  # the socket half of listen(); no NIC bind here
     i = DevmemInitiator(src, {"token": "s3cret", "tx": False})

@@ -224,3 +224,47 @@ def test_initiator_closing_with_unfinished_writes_fails_the_target_at_once(pair)
     with pytest.raises(TransportError, match="failed .no reason given.; it closed with writes unfinished"):
         while time.monotonic() < end:
             t.progress(0.05)
+
+
+class LazyInitiator(MemInitiator):
+    """An engine that sends a notification only while the caller drives it (reaps), as
+    NIXL's UCX backend does without its own progress thread."""
+
+    def engine_submit(self, seq, batch, announcement, timeout_s):
+        super().engine_submit(seq, batch, announcement, timeout_s)
+        self.held = getattr(self, "held", []) + [self.t.notes.pop()]
+
+    def engine_reap(self, timeout_s):
+        while getattr(self, "held", []):
+            self.t.notes.append(self.held.pop(0))
+        return super().engine_reap(timeout_s)
+
+
+def test_a_guard_wait_keeps_driving_an_engine_that_needs_the_senders_progress():
+    src, dst = bytearray(REGION), bytearray(REGION)
+    t = MemTarget(memoryview(dst), {"token": "k"})
+    desc = t.listen("127.0.0.1", 5.0)
+    MemInitiator.targets[desc["mem_id"]] = t
+    i = LazyInitiator(memoryview(src), {"token": "k"})
+    i.connect(desc, 5.0)
+    try:
+        i.post(batch_of([(0, 0, 0, 1024, -1)]), 5.0)  # its notification waits in the engine
+        errors: list[Exception] = []
+
+        def reuse():
+            try:
+                i.post(batch_of([(1, 2048, 512, 1024, 1)]), 5.0)  # overlaps: needs a guard ack
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        th = threading.Thread(target=reuse)
+        th.start()
+        placed, _ = drain(t, lambda p, n: len(p) == 1 and not th.is_alive(), budget_s=8.0)
+        th.join(8)
+        assert not errors and placed == [0]  # the guard was acked: batch 0's note got out
+        for _ in range(3):  # the caller's own reaping (poll) sends batch 1's
+            i.poll(0.1)
+        assert drain(t, lambda p, n: len(p) == 1)[0] == [1]
+    finally:
+        i.close()
+        t.close()

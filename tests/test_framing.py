@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from pytest_kvfabric.errors import ProtocolError
-from pytest_kvfabric.transports import framing
+from pytest_kvfabric.transports import framing, wire
 from pytest_kvfabric.transports.framing import (
     ACK, BYE, ERROR, HEADER_SIZE, HELLO, MAX_CONTROL_PAYLOAD, NOTIFY, WRITE, ControlReader,
     Header,
@@ -100,8 +100,8 @@ def test_decode_header_malformed(buf: bytes, match: str):
 
 
 def test_check_write_accepts_exact_fit():
-    framing.check_write(framing.decode_header(raw(nbytes=10, dst_off=90, seq=4)), 100, 4)
-    framing.check_write(framing.decode_header(raw(nbytes=0, dst_off=100, seq=1)), 100, 1)
+    wire.check_write(framing.decode_header(raw(nbytes=10, dst_off=90, seq=4)), 100, 4)
+    wire.check_write(framing.decode_header(raw(nbytes=0, dst_off=100, seq=1)), 100, 1)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_check_write_accepts_exact_fit():
 )
 def test_check_write_rejects(hdr, region_len, expected_seq, match):
     with pytest.raises(ProtocolError, match=match):
-        framing.check_write(framing.decode_header(hdr), region_len, expected_seq)
+        wire.check_write(framing.decode_header(hdr), region_len, expected_seq)
 
 
 @pytest.mark.parametrize("payload", [b"\xff\xfe", b"not json", b"[1, 2]", b"3"])
@@ -203,7 +203,7 @@ def test_writev_round_trip():
     assert len(frame) == HEADER_SIZE + 3 * framing.WRITEV_ENTRY_SIZE
     h = framing.decode_header(frame[:HEADER_SIZE])
     assert (h.type, h.nbytes, h.dst_off, h.seq, h.imm) == (framing.WRITEV, 150, 3, 7, 0)
-    ds, ns, ims = framing.decode_writev_table(h, frame[HEADER_SIZE:], region_len=350, expected_seq=7)
+    ds, ns, ims = wire.decode_writev_table(h, frame[HEADER_SIZE:], region_len=350, expected_seq=7)
     assert (ds, ns, ims) == ([0, 100, 300], [100, 0, 50], [0, 5, 0])
 
 
@@ -214,7 +214,7 @@ def test_writev_entry_is_24_bytes_and_bounded_by_iov_max():
     frame = framing.encode_writev(1, list(range(0, 2 * n, 2)), [2] * n, [0] * n)
     h = framing.decode_header(frame[:HEADER_SIZE])
     assert h.dst_off == n
-    assert len(framing.decode_writev_table(h, frame[HEADER_SIZE:], 2 * n, 1)[0]) == n
+    assert len(wire.decode_writev_table(h, frame[HEADER_SIZE:], 2 * n, 1)[0]) == n
 
 
 @pytest.mark.parametrize(
@@ -270,18 +270,18 @@ def test_writev_table_faults(entries, kw, table_cut, match):
         tab = tab[:table_cut]
     h = framing.decode_header(hdr)
     with pytest.raises(ProtocolError, match=re.escape(match)):
-        framing.decode_writev_table(h, tab, region_len=4096, expected_seq=1)
+        wire.decode_writev_table(h, tab, region_len=4096, expected_seq=1)
 
 
 def test_writev_empty_and_adjacent_entries_are_not_overlap():
     hdr, tab = _wv([(0, 10, 0, 0), (10, 0, 0, 0), (10, 5, 0, 2), (5, 0, 0, 0)])
-    ds, ns, ims = framing.decode_writev_table(framing.decode_header(hdr), tab, 15, 1)
+    ds, ns, ims = wire.decode_writev_table(framing.decode_header(hdr), tab, 15, 1)
     assert ns == [10, 0, 5, 0] and ims == [0, 0, 2, 0]
 
 
 def test_writev_table_rejects_other_types():
     with pytest.raises(ProtocolError, match="expected WRITEV, got WRITE"):
-        framing.decode_writev_table(framing.decode_header(raw(nbytes=1)), b"", 10, 0)
+        wire.decode_writev_table(framing.decode_header(raw(nbytes=1)), b"", 10, 0)
 
 
 def test_control_reader_rejects_writev():

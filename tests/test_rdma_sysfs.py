@@ -128,3 +128,15 @@ def test_ipv6_scope_is_ignored_for_gid_matching(tmp_path):
     r = str(tmp_path / "ib")
     write_port(r, "mlx5_0", 1, gids=[(1, LINK_LOCAL, "RoCE v2", "ens1f0")])
     assert sysfs.select_gid(r, "mlx5_0", 1, "fe80::a5e:45ff:fe12:3456%ens1f0")[0] == 1
+
+
+def test_snapshot_ports_and_moved_since_name_only_the_ports_asked(tmp_path):
+    root = str(tmp_path)
+    write_port(root, "rxe0", 1, hw_counters={"sent_pkts": 7, "rcvd_pkts": 7, "rnr_nak": 0})
+    write_port(root, "mlx5_0", 2, counters={"port_xmit_packets": 1})
+    before = sysfs.snapshot_ports(root)
+    assert set(before) == {"rxe0:1", "mlx5_0:2"}
+    write_port(root, "rxe0", 1, hw_counters={"sent_pkts": 107, "rcvd_pkts": 57, "rnr_nak": 0})
+    write_port(root, "mlx5_0", 2, counters={"port_xmit_packets": 9})
+    assert sysfs.moved_since(before, ["rxe0:1", "rxe0:1", "rxe7:1"], root) == {"rxe0:1": {"rcvd_pkts": 50, "sent_pkts": 100}}
+    assert sysfs.snapshot_ports(str(tmp_path / "absent")) == {}

@@ -10,7 +10,7 @@ import pytest
 
 from pytest_kvfabric.errors import ProtocolError, TransportError
 from pytest_kvfabric.transports import framing, registry
-from pytest_kvfabric.transports._stream import DEFAULT_BUSY_POLL_US, busy_poll_s, parse_tcp_info
+from pytest_kvfabric.transports.stream_common import DEFAULT_BUSY_POLL_US, busy_poll_s, parse_tcp_info
 from pytest_kvfabric.transports.tcp import TcpTransport
 
 from stream_harness import (
@@ -611,7 +611,7 @@ def test_target_handling_what_arrives_mid_spin_is_work_not_spin(monkeypatch):
     tgt = T.target(T.allocate(4096, {}), {"token": TOKEN, "busy_poll_us": 1e6})
     desc = tgt.listen("127.0.0.1", 5)
     try:
-        _burn_cpu_after(tgt, "_on_readable", BURN_NS, monkeypatch)
+        _burn_cpu_after(tgt, "on_readable", BURN_NS, monkeypatch)
         peer: list[RawPeer] = []
 
         def send_later() -> None:

@@ -18,7 +18,8 @@ from pytest_kvfabric.transports.registry import check_params, get_transport
 pytest_plugins = ["pytester"]
 
 PKG = Path(__file__).resolve().parent.parent / "pytest_kvfabric" / "transports"
-STREAM_SRC = ["_stream.py", "tcp.py", "zerocopy.py", "handshake.py"]
+STREAM_SRC = ["stream_common.py", "stream_target.py", "stream_rx.py", "stream_initiator.py",
+              "tcp.py", "zerocopy.py", "handshake.py"]
 # module files whose option reads make up each transport's parameters (devmem inherits the stream code)
 SOURCES = {
     "tcp": STREAM_SRC,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import select
 import socket
 import struct
 import threading
@@ -44,6 +45,7 @@ _FRAME = struct.Struct("!cI")
 _KINDS = (b"J", b"G", b"A", b"B")
 _U64 = struct.Struct("!Q")
 _MAX_FRAME = 64 << 20
+GUARD_SLICE_S = 0.005  # how often a guard wait reaps the engine (drives its progress)
 
 
 def pack_announcement(seq: int, batch: np.ndarray) -> bytes:
@@ -381,6 +383,14 @@ class EngineInitiator(Initiator):
                 if left <= 0:
                     raise TransportError(f"{self.name}: the target did not acknowledge reuse of destination "
                                          f"pages (guard {self._guard_seq}) in time")
+                # The ack needs the target to have every earlier batch's notification, and an
+                # engine without its own progress (NIXL's UCX with our polls) delivers them only
+                # while this side keeps reaping: wait in short slices and reap in between
+                # (seen: the guard and the target waiting on each other until the deadline).
+                # (select, not a short socket timeout: a timeout inside a frame would cut it in two.)
+                if not select.select([self.sock], [], [], min(left, GUARD_SLICE_S))[0]:
+                    self._reap(0.0)
+                    continue
                 self.sock.settimeout(left)
                 try:
                     kind, payload = recv_frame(self.sock)
@@ -398,15 +408,19 @@ class EngineInitiator(Initiator):
             self.failure = str(exc)
             raise
 
+    def _reap(self, timeout_s: float) -> None:
+        """Move the engine's completed batches (waiting at most timeout_s) into self._done."""
+        for seq, t_ns in self.engine_reap(timeout_s):
+            xfers = self._pending.pop(seq)
+            out = np.zeros(len(xfers), COMPLETION_DTYPE)
+            out["xfer"] = xfers
+            out["t_ns"] = t_ns
+            self._count -= len(xfers)
+            self._done.append(out)
+
     def _poll(self, timeout_s: float) -> np.ndarray:
         if not self._done and self._count:
-            for seq, t_ns in self.engine_reap(timeout_s):
-                xfers = self._pending.pop(seq)
-                out = np.zeros(len(xfers), COMPLETION_DTYPE)
-                out["xfer"] = xfers
-                out["t_ns"] = t_ns
-                self._count -= len(xfers)
-                self._done.append(out)
+            self._reap(timeout_s)
         if not self._done:
             return np.zeros(0, COMPLETION_DTYPE)
         out, self._done = np.concatenate(self._done), []

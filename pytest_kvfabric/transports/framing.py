@@ -1,6 +1,8 @@
 """Sans-I/O wire format shared by the stream transports (tcp, zerocopy, iouring, devmem).
 
-Pure functions over bytes; sockets live in the transports. Every frame starts with a fixed
+Pure functions over bytes: how frames are laid out and encoded, and whether one header is
+well formed. What a connection accepts, in what order (sequence, bounds, WRITEV tables, BYE)
+is `wire`'s. Sockets live in the transports. Every frame starts with a fixed
 32-byte little-endian header:
 
     magic "KV" | version u8 | type u8 | nbytes u32 | dst_off u64 | seq u64 | imm u64
@@ -132,22 +134,6 @@ def decode_header(buf: bytes | bytearray | memoryview) -> Header:
     return Header(type_, nbytes, dst_off, seq, imm)
 
 
-def check_write(h: Header, region_len: int, expected_seq: int) -> None:
-    """Validate a WRITE header against the registered region and the connection's sequence.
-
-    Raises ProtocolError before a single payload byte is placed anywhere.
-    """
-    if h.type != WRITE:
-        raise ProtocolError(f"expected WRITE, got {TYPE_NAMES.get(h.type, h.type)}")
-    if h.seq != expected_seq:
-        raise ProtocolError(f"write out of sequence: seq {h.seq}, expected {expected_seq}")
-    if h.dst_off + h.nbytes > region_len:
-        raise ProtocolError(
-            f"write [{h.dst_off}, {h.dst_off + h.nbytes}) outside registered region of "
-            f"{region_len} bytes (seq {h.seq})"
-        )
-
-
 def encode_writev(
     first_seq: int, dst_offs: list[int], nbytes: list[int], imms: list[int]
 ) -> bytes:
@@ -170,61 +156,6 @@ def encode_writev(
         raise ValueError(f"WRITEV payload of {total} bytes > {MAX_WRITE}")
     parts[0] = HEADER.pack(MAGIC, VERSION, WRITEV, total, n, first_seq, 0)
     return b"".join(parts)
-
-
-def decode_writev_table(
-    h: Header, table: bytes | bytearray | memoryview, region_len: int, expected_seq: int
-) -> tuple[list[int], list[int], list[int]]:
-    """Validate a WRITEV header and its table; return (dst_offs, nbytes, imms).
-
-    Checks, before a single payload byte is read: sequence, table length, reserved fields,
-    every entry inside the region, total = header nbytes, no two entries overlapping.
-    Raises ProtocolError naming the first fault.
-    """
-    if h.type != WRITEV:
-        raise ProtocolError(f"expected WRITEV, got {TYPE_NAMES.get(h.type, h.type)}")
-    if h.seq != expected_seq:
-        raise ProtocolError(f"write out of sequence: seq {h.seq}, expected {expected_seq}")
-    n = h.dst_off
-    if not 1 <= n <= MAX_WRITEV_ENTRIES:
-        raise ProtocolError(f"WRITEV with {n} entries (expected 1..{MAX_WRITEV_ENTRIES})")
-    if len(table) != n * WRITEV_ENTRY_SIZE:
-        raise ProtocolError(
-            f"truncated WRITEV table: {len(table)} of {n * WRITEV_ENTRY_SIZE} bytes (seq {h.seq})"
-        )
-    ds: list[int] = []
-    ns: list[int] = []
-    ims: list[int] = []
-    total = 0
-    for i, (d, nb, rsv, imm) in enumerate(WRITEV_ENTRY.iter_unpack(table)):
-        if rsv:
-            raise ProtocolError(f"WRITEV entry {i} (seq {h.seq + i}): reserved field is {rsv}, not 0")
-        if d + nb > region_len:
-            raise ProtocolError(
-                f"write [{d}, {d + nb}) outside registered region of {region_len} bytes "
-                f"(seq {h.seq + i}, WRITEV entry {i})"
-            )
-        total += nb
-        ds.append(d)
-        ns.append(nb)
-        ims.append(imm)
-    if total != h.nbytes:
-        raise ProtocolError(
-            f"WRITEV entries total {total} bytes but the header says {h.nbytes} (seq {h.seq})"
-        )
-    if n > 1:
-        order = sorted(range(n), key=ds.__getitem__)
-        end_prev, i_prev = -1, -1
-        for i in order:
-            if ns[i] == 0:
-                continue
-            if ds[i] < end_prev:
-                raise ProtocolError(
-                    f"WRITEV entries {i_prev} and {i} overlap at {ds[i]} (seq {h.seq}): "
-                    "writes of one frame must not overlap"
-                )
-            end_prev, i_prev = ds[i] + ns[i], i
-    return ds, ns, ims
 
 
 def json_depth_exceeds(text: str, limit: int) -> bool:

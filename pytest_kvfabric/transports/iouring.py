@@ -12,9 +12,9 @@ target's cumulative ACK covers it and, in send_zc mode, when the notification CQ
 says the kernel released the source pages.
 
 Target: per connection one RECVMSG (no MSG_WAITALL) into [rest of the payload, next header]
-straight in the region, like tcp's recvmsg_into; each header is decoded and checked (the
-acceptance of framing.decode_header + check_write) and write_guard called before the receive
-of its payload is queued. Cumulative ACKs go back as io_uring SENDs, one in flight per
+straight in the region, like tcp's recvmsg_into; each header is accepted by the connection's
+`wire.TargetWire` (the one acceptance of every stream transport) and write_guard called before
+the receive of its payload is queued. Cumulative ACKs go back as io_uring SENDs, one in flight per
 connection.
 
 Memory: the package's prep functions accept only whole bytes/bytearray objects, so we do not
@@ -36,8 +36,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ProtocolError, TransportError
-from . import framing, handshake
-from ._stream import connect_with_hello, set_tcp_options, tcp_info
+from . import framing, handshake, wire
+from .stream_common import connect_with_hello, set_tcp_options, tcp_info
 from .params import IOURING_PARAMS
 from .base import (
     COMPLETION_DTYPE,
@@ -83,14 +83,12 @@ ACK_BUF_BYTES = 64 * 1024
 ACK_EVERY = 128
 ACK_BYTES = 8 << 20
 DEFAULT_QUEUE_DEPTH = 512
-_HDR = framing.HEADER
 ROW_DTYPE = np.dtype([("src_off", "<u8"), ("dst_off", "<u8"), ("nbytes", "<u8"), ("notify", "<i8"),
                       ("seq", "<u8")])  # a posted write waiting for its chain
 _NO_COMPLETIONS = np.empty(0, COMPLETION_DTYPE)
 _HDR_SIZE = framing.HEADER_SIZE
 _IOV2 = struct.Struct("<QQQQ")  # struct iovec[2]
 _MSGHDR = struct.Struct("<QIIQQQQiI")  # struct msghdr (x86-64), see MSGHDR_DTYPE
-_MAGIC, _VERSION, _WRITE = framing.MAGIC, framing.VERSION, framing.WRITE
 _WAITALL = socket.MSG_WAITALL
 
 
@@ -144,7 +142,7 @@ class IoUringInitiator(Initiator):
         self._chain_keep: collections.deque[tuple[int, tuple]] = collections.deque()
         self._ackbuf = bytearray(ACK_BUF_BYTES)
         self._ackbuf_addr = self._u.buffer_address(self._ackbuf)
-        self._reader = framing.ControlReader()
+        self._wire = wire.InitiatorWire()  # what we accept from the target (ACKs, ERROR)
         self._outstanding = 0
         self.counters = {"writes": 0, "bytes": 0, "chains": 0, "send_sqes": 0, "waits": 0, "zc_notifications": 0,
                          "copied_notifications": 0}
@@ -152,7 +150,7 @@ class IoUringInitiator(Initiator):
     # -- setup ----------------------------------------------------------------------------
     def connect(self, descriptor: Mapping[str, Any], timeout_s: float) -> None:
         host, port = descriptor["host"], int(descriptor["port"])
-        # The handshake of _stream.py (tcp/zerocopy), so either side interoperates with them.
+        # The handshake of the stream transports (tcp/zerocopy), so either side interoperates with them.
         token = str(self.options.get("token") or descriptor.get("token") or "")
         what = f"iouring connect to {host}:{port}"
         sock = connect_with_hello(host, port, lambda s: set_tcp_options(s, self.options), token,
@@ -327,17 +325,12 @@ class IoUringInitiator(Initiator):
     def _on_acks(self, n: int) -> None:
         if n == 0:
             self._fail("target closed the connection (peer gone)")
-        try:
-            for h, payload in self._reader.feed(memoryview(self._ackbuf)[:n]):
-                if h.type == framing.ACK:
-                    self._acked = max(self._acked, h.seq)
-                elif h.type == framing.ERROR:
-                    self._fail(f"target rejected the stream: {payload.decode('utf-8', 'replace')}")
-                else:
-                    self._fail(f"unexpected {framing.TYPE_NAMES[h.type]} frame from target",
-                               ProtocolError)
-        except ProtocolError as exc:
-            self._fail(str(exc), ProtocolError)
+        bad = self._wire.feed(memoryview(self._ackbuf)[:n], self._next_seq - 1)
+        self._acked = self._wire.acked
+        if isinstance(bad, wire.PeerError):
+            self._fail(f"target rejected the stream: {bad.reason}")
+        elif bad is not None:
+            self._fail(bad.reason, ProtocolError)
         self._arm_ack_recv()
 
     def _release_chains(self) -> None:
@@ -444,7 +437,7 @@ class IoUringInitiator(Initiator):
 
 class _Conn:
     __slots__ = ("cid", "sock", "fd", "peer", "hdr", "hello_buf", "hs", "ackbuf", "hdr_addr", "ackbuf_addr",
-                 "ud_base", "iov", "msg", "msg_addr", "pay_pos", "hfill", "expected_seq", "pending",
+                 "ud_base", "iov", "msg", "msg_addr", "pay_pos", "hfill", "wire", "pending",
                  "hello_done", "placed_seq", "acked_sent", "placed_bytes", "acked_bytes", "ack_inflight",
                  "bye", "dead")
 
@@ -464,7 +457,7 @@ class _Conn:
         self.pay_pos = 0  # payload bytes of `pending` already placed
         self.hfill = 0  # bytes of the next header already received
         self.ackbuf_addr = addr_of(self.ackbuf)
-        self.expected_seq = 1
+        self.wire = wire.TargetWire(0)  # replaced by the target's, with its region length
         self.pending: tuple[int, int, int, int] | None = None  # (seq, dst_off, nbytes, imm)
         self.hello_done = False
         self.placed_seq = 0
@@ -472,7 +465,6 @@ class _Conn:
         self.placed_bytes = 0  # payload bytes placed / covered by the last ACK sent
         self.acked_bytes = 0
         self.ack_inflight = False
-        self.bye = False
         self.dead = False
 
 
@@ -506,7 +498,7 @@ class IoUringTarget(Target):
         lsock.setblocking(False)
         self._lsock = lsock
         host, port = lsock.getsockname()[:2]
-        # Same descriptor as _stream.py: the token travels in it only if we made it up.
+        # Same descriptor as stream_target.py: the token travels in it only if we made it up.
         desc = {"host": host, "port": port, "region_len": self._len, "connections": 1}
         if not self._token:
             self._token = desc["token"] = secrets.token_hex(16)
@@ -536,6 +528,7 @@ class IoUringTarget(Target):
                 continue
             sock.settimeout(None)
             conn = _Conn(self._next_cid, sock, peer, self._u.buffer_address)
+            conn.wire = wire.TargetWire(self._len, writev=False)  # no WRITEV: not advertised
             conn.hs = handshake.TargetHandshake(self._token)
             self._next_cid += 1
             self._conns[conn.cid] = conn
@@ -622,7 +615,7 @@ class IoUringTarget(Target):
         """RECV (MSG_WAITALL) of the rest of a header (all of it unless a payload RECVMSG
         brought its first conn.hfill bytes)."""
         self._ring.prep_recv(conn.fd, conn.hdr_addr + conn.hfill, framing.HEADER_SIZE - conn.hfill,
-                             _ud(conn.cid, conn.expected_seq, K_HDR), socket.MSG_WAITALL, sqe_flags)
+                             _ud(conn.cid, conn.wire.next_seq, K_HDR), socket.MSG_WAITALL, sqe_flags)
 
     def _drop(self, conn: _Conn) -> None:
         conn.dead = True
@@ -646,59 +639,57 @@ class IoUringTarget(Target):
         raise TransportError(f"iouring target: connection from {conn.peer[0]}:{conn.peer[1]}: {reason}")
 
     # -- data path ------------------------------------------------------------------------
-    def _placed(self, conn: _Conn, h: framing.Header, placed: array.array, notifies: list) -> None:
+    def _placed(self, conn: _Conn, h: tuple, placed: array.array, notifies: list) -> None:
+        """A write of no payload (h: the unpacked header the wire accepted) is placed."""
+        _m, _v, _t, nbytes, dst_off, seq, imm = h
         now = time.monotonic_ns()
-        conn.expected_seq = h.seq + 1
-        conn.placed_seq = h.seq
-        conn.placed_bytes += h.nbytes
-        # xfer = the write's 0-based position in its initiator's post order (as _stream.py
-        # reports it; one connection per initiator here, so seq - 1).
-        placed.extend((h.seq - 1, h.dst_off, h.nbytes, now))
-        if h.notify_request is not None:
-            notifies.append((h.notify_request, now))
+        conn.placed_seq = seq
+        conn.placed_bytes += nbytes
+        # xfer = the write's 0-based position in its initiator's post order (as the stream
+        # target reports it; one connection per initiator here, so seq - 1).
+        placed.extend((seq - 1, dst_off, nbytes, now))
+        if imm:
+            notifies.append((imm - 1, now))
         self.counters["placed"] += 1
-        self.counters["bytes"] += h.nbytes
+        self.counters["bytes"] += nbytes
 
-    def _on_header(self, conn: _Conn, res: int, placed: array.array, notifies: list) -> None:
+    def _on_header(self, conn: _Conn, res: int, h: tuple | None, placed: array.array,
+                   notifies: list) -> None:
+        """The slow path of a header receive of `res` bytes (EOF, errors, BYE, a write without
+        payload, faults); h: what wire.write_header accepted, if anything."""
         if res == 0:
-            if conn.bye:
+            if conn.wire.bye:
                 conn.dead = True
                 return
-            self._peer_failed(conn, f"closed without BYE after write seq {conn.expected_seq - 1} "
+            self._peer_failed(conn, f"closed without BYE after write seq {conn.wire.next_seq - 1} "
                                     "(peer gone)")
         if res < 0:
             self._peer_failed(conn, f"receive failed: {_strerror(res)}")
-        if conn.bye:
-            self._reject(conn, ProtocolError(f"{res} bytes after BYE (after write seq "
-                                             f"{conn.expected_seq - 1}); nothing after BYE is placed"))
+        if conn.wire.bye:
+            self._reject(conn, ProtocolError(conn.wire.after_bye(res).reason))
         if res < framing.HEADER_SIZE:
             self._reject(conn, ProtocolError(f"truncated frame header: {res} of {framing.HEADER_SIZE} bytes"))
-        try:
-            h = framing.decode_header(conn.hdr)
-        except ProtocolError as exc:
-            self._reject(conn, exc)
-        if h.type == framing.WRITE:
-            try:
-                framing.check_write(h, self._len, conn.expected_seq)
-            except ProtocolError as exc:
-                self._reject(conn, exc)
-            if self.write_guard is not None:
-                self.write_guard(h.dst_off, h.nbytes)
-            if h.nbytes == 0:
-                self._placed(conn, h, placed, notifies)
-                self._arm_header(conn)
+        if h is None:
+            ev = conn.wire.header(conn.hdr)
+            if isinstance(ev, wire.Bye):
+                self._arm_header(conn)  # expect EOF
                 return
-            conn.pending = (h.seq, h.dst_off, h.nbytes, h.imm)
-            conn.pay_pos = 0
-            conn.expected_seq = h.seq + 1
-            self._arm_payload(conn)
-        elif h.type == framing.BYE:
-            conn.bye = True
-            self._arm_header(conn)  # expect EOF
-        elif h.type == framing.ERROR:
-            self._peer_failed(conn, "initiator sent an ERROR frame")
-        else:
-            self._reject(conn, ProtocolError(f"unexpected {framing.TYPE_NAMES[h.type]} frame from initiator"))
+            if not isinstance(ev, wire.Write):
+                self._reject(conn, ProtocolError(ev.reason))
+            h = (framing.MAGIC, framing.VERSION, framing.WRITE, ev.nbytes, ev.dst_off, ev.seq, ev.imm)
+        if self.write_guard is not None:
+            self.write_guard(h[4], h[3])
+        if h[3] == 0:
+            self._placed(conn, h, placed, notifies)
+            self._arm_header(conn)
+            return
+        self._start_payload(conn, h)
+
+    def _start_payload(self, conn: _Conn, h: tuple) -> None:
+        _m, _v, _t, nbytes, dst_off, seq, imm = h
+        conn.pending = (seq, dst_off, nbytes, imm)
+        conn.pay_pos = 0
+        self._arm_payload(conn)
 
     def _arm_payload(self, conn: _Conn) -> None:
         """RECVMSG without MSG_WAITALL into [rest of the payload, next header]: like tcp's
@@ -711,25 +702,20 @@ class IoUringTarget(Target):
                        conn.ud_base | ((seq & _SEQ_MASK) << 4) | K_PAYLOAD)
 
     def _header_in(self, conn: _Conn, placed: array.array, notifies: list) -> None:
-        """conn.hdr holds a whole header. Fast path: a well-formed, in-sequence, in-bounds WRITE
-        with a payload (exactly what decode_header + check_write accept); anything else takes
-        _on_header, which names the fault. write_guard runs before the payload receive."""
-        magic, version, type_, nbytes, dst_off, seq, imm = _HDR.unpack_from(conn.hdr)
-        if (type_ == _WRITE and magic == _MAGIC and version == _VERSION and nbytes
-                and seq == conn.expected_seq and dst_off + nbytes <= self._len):
+        """conn.hdr holds a whole header. Fast path: a WRITE the wire accepts, with a payload;
+        anything else takes _on_header. write_guard runs before the payload receive."""
+        h = conn.wire.write_header(conn.hdr)
+        if h is not None and h[3]:
             if self.write_guard is not None:
-                self.write_guard(dst_off, nbytes)
-            conn.pending = (seq, dst_off, nbytes, imm)
-            conn.pay_pos = 0
-            conn.expected_seq = seq + 1
-            self._arm_payload(conn)
+                self.write_guard(h[4], h[3])
+            self._start_payload(conn, h)
         else:
-            self._on_header(conn, _HDR_SIZE, placed, notifies)
+            self._on_header(conn, _HDR_SIZE, h, placed, notifies)
 
     def _reap(self, placed: array.array, notifies: list) -> None:
         conns, monotonic_ns, counters = self._conns, time.monotonic_ns, self.counters
-        unpack_hdr, pack_iov, put = _HDR.unpack_from, _IOV2.pack_into, self._ring.put
-        region_len, base, guard, op_recvmsg = self._len, self._base, self.write_guard, self._u.OP_RECVMSG
+        pack_iov, put = _IOV2.pack_into, self._ring.put
+        base, guard, op_recvmsg = self._base, self.write_guard, self._u.OP_RECVMSG
         for ud, res, _flags in self._ring.drain():
             kind, cid = ud & 15, ud >> 48
             conn = conns.get(cid)
@@ -753,7 +739,7 @@ class IoUringTarget(Target):
                 conn.placed_seq = seq
                 conn.placed_bytes += nbytes
                 # xfer = the write's 0-based position in its initiator's post order (as
-                # _stream.py reports it; one connection per initiator here, so seq - 1).
+                # stream_target.py reports it; one connection per initiator here, so seq - 1).
                 placed.extend((seq - 1, dst_off, nbytes, now))  # flat: no tuple kept per write
                 if imm:
                     notifies.append((imm - 1, now))
@@ -761,34 +747,33 @@ class IoUringTarget(Target):
                 counters["bytes"] += nbytes
                 hfill = res - rem  # bytes of the next header that came with it
                 if hfill == _HDR_SIZE:
-                    # _header_in's fast path, inlined: this runs once per write
-                    magic, version, type_, nbytes, dst_off, seq, imm = unpack_hdr(conn.hdr)
-                    if (type_ == _WRITE and magic == _MAGIC and version == _VERSION and nbytes
-                            and seq == conn.expected_seq and dst_off + nbytes <= region_len):
+                    # _header_in, inlined (this runs once per write): the wire accepts the header
+                    h = conn.wire.write_header(conn.hdr)
+                    if h is not None and h[3]:
+                        _m, _v, _t, nbytes, dst_off, seq, imm = h
                         if guard is not None:
                             guard(dst_off, nbytes)
                         conn.pending = (seq, dst_off, nbytes, imm)
                         conn.pay_pos = 0
-                        conn.expected_seq = seq + 1
                         pack_iov(conn.iov, 0, base + dst_off, nbytes, conn.hdr_addr, _HDR_SIZE)
                         put(op_recvmsg, conn.fd, conn.msg_addr, 1, conn.ud_base | ((seq & _SEQ_MASK) << 4) | K_PAYLOAD)
                     else:
-                        self._on_header(conn, _HDR_SIZE, placed, notifies)
+                        self._on_header(conn, _HDR_SIZE, h, placed, notifies)
                 else:
                     conn.hfill = hfill
                     self._arm_header(conn)
             elif kind == K_HDR:
                 got = res + conn.hfill if res > 0 else res
                 conn.hfill = 0
-                if got == _HDR_SIZE and not conn.bye:
+                if got == _HDR_SIZE and not conn.wire.bye:
                     self._header_in(conn, placed, notifies)
                 else:
-                    self._on_header(conn, got, placed, notifies)
+                    self._on_header(conn, got, None, placed, notifies)
             elif kind == K_HELLO:
                 self._on_hello(conn, res)
             elif kind == K_ACK_SEND:
                 conn.ack_inflight = False
-                if res < 0 and not conn.bye:
+                if res < 0 and not conn.wire.bye:
                     self._peer_failed(conn, f"sending ACK failed: {_strerror(res)}")
 
     def _send_acks(self, busy: bool = False) -> None:
@@ -798,8 +783,7 @@ class IoUringTarget(Target):
                 continue
             if busy and gap < ACK_EVERY and conn.placed_bytes - conn.acked_bytes < ACK_BYTES:
                 continue
-            struct.pack_into("<2sBBIQQQ", conn.ackbuf, 0, framing.MAGIC, framing.VERSION,
-                             framing.ACK, 0, 0, conn.placed_seq, 0)
+            wire.ack_into(conn.ackbuf, conn.placed_seq)
             self._ring.prep_send(conn.fd, conn.ackbuf_addr, framing.HEADER_SIZE,
                                  _ud(conn.cid, 0, K_ACK_SEND), socket.MSG_NOSIGNAL)
             conn.ack_inflight = True
@@ -867,7 +851,7 @@ class IoUringTarget(Target):
 
     def peers_closed(self) -> bool:
         peers = [c for c in self._conns.values() if c.hello_done]  # strangers are no peers
-        return bool(peers) and all(c.bye for c in peers)
+        return bool(peers) and all(c.wire.bye for c in peers)
 
     def data_path(self) -> dict[str, Any]:
         return {"transport": "iouring", "zero_copy": False, **self.counters, **self._gate.report(),

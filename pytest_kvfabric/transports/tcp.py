@@ -12,7 +12,8 @@ import socket
 import sys
 from typing import Any, Mapping
 
-from ._stream import StreamInitiator, StreamTarget
+from .stream_initiator import StreamInitiator
+from .stream_target import StreamTarget
 from .params import STREAM_PARAMS
 from .base import Capability, Transport
 

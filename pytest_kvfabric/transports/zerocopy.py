@@ -26,7 +26,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ._stream import InitiatorConn, StreamInitiator, StreamTarget, set_tcp_options
+from .stream_common import set_tcp_options
+from .stream_conn import InitiatorConn
+from .stream_initiator import StreamInitiator
+from .stream_target import StreamTarget
 from .params import STREAM_PARAMS
 from .base import Capability, Transport
 from ..errors import TransportError
@@ -171,7 +174,7 @@ class ZeroCopyInitiator(StreamInitiator):
         super().__init__(region, options)
         self._zc: dict[int, _ZcState] = {}
 
-    def _configure_socket(self, sock: socket.socket) -> None:
+    def configure_socket(self, sock: socket.socket) -> None:
         set_tcp_options(sock, self.options)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
@@ -184,26 +187,26 @@ class ZeroCopyInitiator(StreamInitiator):
             st = self._zc[c.index] = _ZcState()
         return st
 
-    def _on_sent(self, c: InitiatorConn, before: int, after: int) -> None:
+    def on_sent(self, c: InitiatorConn, before: int, after: int) -> None:
         st = self._state(c)
         call = st.ncalls
         st.ncalls = call + 1
         if after > before:
             c.calls += [call] * (after - before)
 
-    def _retire(self, c: InitiatorConn, bufs: list[Any]) -> None:
+    def retire(self, c: InitiatorConn, bufs: list[Any]) -> None:
         st = self._state(c)
         st.pinned.append((st.ncalls - 1, bufs))
 
-    def _send_would_wait(self, c: InitiatorConn, exc: OSError) -> bool:
+    def send_would_wait(self, c: InitiatorConn, exc: OSError) -> bool:
         # ENOBUFS: the unread notifications exhausted optmem; read them and retry.
         if exc.errno == errno.ENOBUFS:
-            self._read_extra(c)
+            self.read_extra(c)
             time.sleep(0.0001)
             return True
         return False
 
-    def _read_extra(self, c: InitiatorConn) -> None:
+    def read_extra(self, c: InitiatorConn) -> None:
         st = self._state(c)
         recvmsg = c.sock.recvmsg
         for _ in range(4096):
@@ -224,15 +227,15 @@ class ZeroCopyInitiator(StreamInitiator):
                 else:
                     st.zc += n.calls
 
-    def _ready(self, c: InitiatorConn) -> int:
+    def ready(self, c: InitiatorConn) -> int:
         st = self._state(c)
         released = c.xbase + bisect_left(c.calls, st.done)
         return min(c.acked, released)
 
-    def _trim(self, c: InitiatorConn, k: int) -> None:
+    def trim(self, c: InitiatorConn, k: int) -> None:
         del c.calls[:k]
 
-    def _more_pending(self) -> bool:
+    def more_pending(self) -> bool:
         return any(st.done < st.ncalls for st in self._zc.values())
 
     def data_path(self) -> dict[str, Any]:

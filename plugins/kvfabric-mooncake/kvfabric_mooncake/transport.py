@@ -31,6 +31,7 @@ import numpy as np
 from pytest_kvfabric.errors import KvFabricError, TransportError
 from pytest_kvfabric.transports.base import Capability, Transport
 from pytest_kvfabric.transports.engine_link import EngineInitiator, EngineTarget
+from pytest_kvfabric.transports.rdma import sysfs
 
 from .options import MooncakeOptions
 
@@ -83,6 +84,16 @@ def session_name(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def topology_devices(topology: Any) -> set[str]:
+    """RDMA device names in Mooncake's local topology ({"cpu:0": [[preferred], [available]]})."""
+    out: set[str] = set()
+    if isinstance(topology, dict):
+        for lists in topology.values():
+            for names in lists if isinstance(lists, list) else []:
+                out |= {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+    return out
+
+
 class _Engine:
     """One initialized TransferEngine with the region registered."""
 
@@ -90,6 +101,7 @@ class _Engine:
         self.mod = import_engine()
         self.opts = opts
         self.host = host
+        self.ports_before = sysfs.snapshot_ports()  # RDMA ports' counters (none on most hosts)
         self.engine = self.mod.TransferEngine()
         ret = self.engine.initialize(host, "P2PHANDSHAKE", opts.protocol, opts.device)
         if ret != 0:
@@ -112,7 +124,8 @@ class _Engine:
     def data_path(self, side: str, peer: str) -> dict[str, Any]:
         o = self.opts
         how = "kernel TCP sockets (copied)" if o.protocol == "tcp" else "RDMA WRITE, placed by the NIC"
-        return {
+        topo = self.topology()
+        out = {
             "transport": "mooncake",
             "description": f"Mooncake Transfer Engine, protocol {o.protocol}: {how}; {side} {self.session}"
                            f" -> {peer}; metadata P2PHANDSHAKE",
@@ -123,10 +136,18 @@ class _Engine:
             "local_session": self.session,
             "peer_session": peer,
             "metadata": "P2PHANDSHAKE",
-            "topology": self.topology(),
+            "topology": topo,
             # Mooncake's own switches that change the path behind the caller's back
             "env": {k: v for k, v in os.environ.items() if k in ("MC_FORCE_TCP", "MC_FORCE_HCA", "MC_GID_INDEX")},
         }
+        if o.protocol == "rdma":  # the ports' own counters: which devices the bytes crossed
+            devs = set(o.device.split(",")) if o.device else topology_devices(topo)
+            moved = sysfs.moved_since(self.ports_before, [k for k in self.ports_before if k.rpartition(":")[0] in devs])
+            out["rdma_port_counters"] = moved
+            out["description"] += "".join(
+                f"; {port} packets out +{c.get('sent_pkts', c.get('port_xmit_packets', 0))} "
+                f"in +{c.get('rcvd_pkts', c.get('port_rcv_packets', 0))}" for port, c in moved.items())
+        return out
 
     def close(self) -> None:
         if getattr(self, "registered", False):

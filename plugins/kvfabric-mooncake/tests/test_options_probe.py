@@ -69,3 +69,9 @@ def test_bad_parameter_is_a_missing_capability_not_a_crash():
 def test_session_names():
     assert mt.session_name("10.0.0.1", 123) == "10.0.0.1:123"
     assert mt.session_name("fd00::1", 5) == "[fd00::1]:5"
+
+
+def test_topology_devices_reads_mooncakes_topology_shape():
+    from kvfabric_mooncake.transport import topology_devices
+    assert topology_devices({"cpu:0": [[], ["rxe0"]], "cpu:1": [["mlx5_0"], ["mlx5_1", "rxe0"]]}) == {"rxe0", "mlx5_0", "mlx5_1"}
+    assert topology_devices("unavailable: x") == set() and topology_devices({"cpu:0": "odd"}) == set()

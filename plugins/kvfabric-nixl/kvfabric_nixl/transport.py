@@ -31,8 +31,9 @@ import numpy as np
 from pytest_kvfabric.errors import KvFabricError, TransportError
 from pytest_kvfabric.transports.base import Capability, Transport
 from pytest_kvfabric.transports.engine_link import EngineInitiator, EngineTarget
+from pytest_kvfabric.transports.rdma import sysfs
 
-from . import ucxinfo
+from . import counters, ucxinfo, verbs
 from .options import NixlOptions
 
 MODULES = ("nixl_cu12", "nixl_cu13", "nixl")  # the wheels' module names, smallest first
@@ -98,6 +99,8 @@ class _Agent:
     def __init__(self, region: memoryview, opts: NixlOptions, role: str) -> None:
         self.opts = opts
         self.mod = import_nixl()
+        self.verbs = verbs.apply(self.mod.__file__)  # before UCX opens its devices
+        self.ports_before = sysfs.snapshot_ports()  # RDMA ports' counters (none on most hosts)
         self.log = ucx_log() if opts.backend == "UCX" else None
         self.log_from = self.log.stat().st_size if self.log is not None and self.log.exists() else 0
         for key in ("UCX_TLS", "UCX_NET_DEVICES"):  # this agent's choice only, not a previous one's
@@ -143,6 +146,8 @@ class _Agent:
             "peer_agent": peer,
             "ucx_env": o.ucx_env(),
         }
+        if self.verbs.drivers:
+            out["verbs_providers"] = self.verbs.to_dict()
         if self.log is None:
             out["description"] = f"NIXL WRITE over backend {o.backend} ({side}); no UCX evidence for this backend"
             out["zero_copy"] = None
@@ -158,13 +163,18 @@ class _Agent:
             "ucx_tables": [t.to_dict() for t in writes],
             "zero_copy": ucxinfo.zero_copy(w),
         })
+        moved = counters.lane_deltas(self.ports_before, w + n)
+        if moved:  # the device's own word that the RDMA lanes carried packets while this agent ran
+            out["rdma_port_counters"] = moved
         if side == "initiator":
             what = (f"remote writes by {', '.join(w)} ({', '.join(scope)})" if w
                     else "UCX logged no remote-write protocol selection")
         else:
             what = f"notifications received; the peer's writes land here (lanes in the initiator's data path)"
         out["description"] = f"NIXL WRITE over UCX ({side}): {what}" + (
-            f"; notifications by {', '.join(n)}" if n else "")
+            f"; notifications by {', '.join(n)}" if n else "") + "".join(
+            f"; {port} packets out +{c.get('sent_pkts', c.get('port_xmit_packets', 0))} "
+            f"in +{c.get('rcvd_pkts', c.get('port_rcv_packets', 0))}" for port, c in moved.items())
         return out
 
     def close(self) -> None:

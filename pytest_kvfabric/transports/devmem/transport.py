@@ -3,7 +3,7 @@
 Placement model (honest version). With devmem RX the NIC's page pool picks where each
 payload fragment lands inside the *bound* dma-buf; userspace cannot choose `dst_off`. So the
 target binds a separate landing dma-buf (`landing_nbytes`) to the devmem RX queues, walks the
-fragments in stream order (rx.StreamAssembler over the shared framing, frame headers
+fragments in stream order (rx.StreamAssembler over the shared wire protocol, frame headers
 included, since they are TCP payload too) and copies each KV fragment from the landing
 dma-buf to `dst_off` of the pool dma-buf (on a GPU: a device-to-device copy; with udmabuf: a
 CPU copy between two mappings), then returns the fragment's token with SO_DEVMEM_DONTNEED in
@@ -29,9 +29,9 @@ import time
 from typing import Any, Mapping
 
 from ...errors import ProtocolError, TransportError
-from .. import framing
-from .. import handshake
-from .._stream import STATE_CLOSED, STATE_RUN, InitiatorConn, StreamTarget, TargetConn
+from .. import handshake, wire
+from ..stream_conn import STATE_CLOSED, STATE_RUN, InitiatorConn, TargetConn
+from ..stream_target import StreamTarget
 from ..base import Capability, Transport
 from ..params import DEVMEM_PARAMS
 from ..zerocopy import ZeroCopyInitiator
@@ -120,13 +120,14 @@ class DevmemTarget(StreamTarget):
         return desc
 
     # -- receive --------------------------------------------------------------------------
-    def _on_readable(self, c: TargetConn) -> None:
+    def on_readable(self, c: TargetConn) -> None:
         # Tokens belong to the socket that received them: every call returns all of c's tokens
         # before it ends, so _pending_tokens never mixes connections.
         asm = self._asm.get(c.fd)
         if asm is None:
             assert c.hs is not None  # a connection's first bytes: its handshake is still open
             asm = self._asm[c.fd] = rx.StreamAssembler(self._region_len, c.hs)
+            c.wire = asm.wire  # one protocol state per connection: the reassembler's
         try:
             self._devmem_drain(c, asm)
         finally:
@@ -137,8 +138,8 @@ class DevmemTarget(StreamTarget):
         if c.state == STATE_RUN and c.placed_seq > c.acked:
             c.acked = c.placed_seq
             self.acks_sent += 1
-            c.out += framing.encode_ack(c.placed_seq)
-            self._flush(c)
+            c.out += wire.ack_frame(c.placed_seq)
+            self.flush(c)
 
     def _devmem_drain(self, c: TargetConn, asm: rx.StreamAssembler) -> None:
         sock = c.sock
@@ -150,33 +151,32 @@ class DevmemTarget(StreamTarget):
             except OSError as exc:
                 if c.hs is not None:  # a stranger: dropped and counted, never fatal
                     c.hs.closed()
-                    self._stranger(c, handshake.CLOSED, f"{c.hs.reason}: {exc}")
+                    self.stranger(c, handshake.CLOSED, f"{c.hs.reason}: {exc}")
                     return
-                self._drop(c)
+                self.drop(c)
                 sock.close()
                 raise TransportError(f"devmem: peer {c.peer}: recvmsg(MSG_SOCK_DEVMEM): {exc}") from None
             if n == 0:
                 if c.hs is not None:
                     c.hs.closed()
-                    self._stranger(c, handshake.CLOSED, c.hs.reason)
+                    self.stranger(c, handshake.CLOSED, c.hs.reason)
                     return
                 if asm.mid_frame:
-                    self._drop(c)
+                    self.drop(c)
                     sock.close()
                     raise TransportError(f"devmem: peer {c.peer} closed mid-frame")
-                c.bye = c.bye or asm.closed
-                self._on_eof(c)
+                self.on_eof(c)
                 return
             try:
                 frags = cmsg.parse_ancdata(anc, flags)
                 self._consume(c, asm, n, frags)
             except ProtocolError as exc:
-                if c.state == STATE_CLOSED:  # already rejected (and reported) by _fail
+                if c.state == STATE_CLOSED:  # already rejected (and reported) by fail()
                     raise
                 if c.hs is not None:  # a stranger: dropped and counted, never fatal
-                    self._stranger(c, c.hs.kind or handshake.BAD_FRAME, str(exc))
+                    self.stranger(c, c.hs.kind or handshake.BAD_FRAME, str(exc))
                     return
-                self._fail(c, str(exc))
+                self.fail(c, str(exc))
             if self.options.get("require_device_placement") and not self.device_placed_all:
                 raise TransportError("devmem: payload landed in host memory and the scenario "
                                      f"requires device placement: {self._placement_summary()}")
@@ -224,20 +224,19 @@ class DevmemTarget(StreamTarget):
                 self.counts["copied_to_dst_bytes"] += len(ev.data)
             elif isinstance(ev, rx.WriteDone):
                 h = ev.header
-                c.next_seq = h.seq + 1
-                self._placed(c, h.seq, h.dst_off, h.nbytes, h.imm, time.monotonic_ns(),
+                self.placed(c, h.seq, h.dst_off, h.nbytes, h.imm, time.monotonic_ns(),
                              self._p_x, self._p_d, self._p_n, self._p_t)
                 if c.group is not None and c.group.held:
-                    self._release(c.group)
+                    self.release(c.group)
             elif isinstance(ev, rx.Hello):
-                self._accept_hello(c, ev.hello)
+                self.accept_hello(c, ev.hello)
             elif isinstance(ev, rx.Bye):
-                c.bye = True
+                pass  # the wire keeps it: only EOF may follow
             elif isinstance(ev, rx.PeerError):
                 raise TransportError(f"devmem: peer {c.peer} reported: {ev.reason}")
 
-    def _drop(self, c: TargetConn) -> None:
-        super()._drop(c)
+    def drop(self, c: TargetConn) -> None:
+        super().drop(c)
         self._asm.pop(c.fd, None)  # the fd number may come back with another connection
 
     def _return_tokens(self, c: TargetConn, force: bool = False) -> None:
@@ -342,16 +341,16 @@ class DevmemInitiator(ZeroCopyInitiator):
                 self.nl = None
             self.tx_binding_id = 0
 
-    def _configure_socket(self, sock: socket.socket) -> None:
-        super()._configure_socket(sock)
+    def configure_socket(self, sock: socket.socket) -> None:
+        super().configure_socket(sock)
         if self.tx_binding_id:
             # devmem.rst: bind the TX socket to the interface the dma-buf is bound to
             ifname = str(self.options["interface"]).encode()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname + b"\0")
 
-    def _send_some(self, c: InitiatorConn) -> bool:
+    def send_some(self, c: InitiatorConn) -> bool:
         if not self.tx_binding_id:
-            return super()._send_some(c)
+            return super().send_some(c)
         # Devmem TX: headers (bytes) from host memory, payload (pool slices) by dma-buf offset,
         # one buffer per call. The cursor and write counts are the base class's (_advance).
         iov = c.iov
@@ -368,16 +367,16 @@ class DevmemInitiator(ZeroCopyInitiator):
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as exc:
-                if self._send_would_wait(c, exc):
+                if self.send_would_wait(c, exc):
                     return False
                 raise TransportError(f"devmem: send to {c.peer} failed: {exc}") from None
-            before = self._advance(c, sent)
+            before = self.advance(c, sent)
             if payload and sent:  # one MSG_ZEROCOPY call id per payload sendmsg
-                self._on_sent(c, before, c.sent_writes)
+                self.on_sent(c, before, c.sent_writes)
             elif c.sent_writes > before:
                 # writes finished by no call of their own (empty payloads): the latest call id
                 c.calls += [self._state(c).ncalls - 1] * (c.sent_writes - before)
-        self._queue_sent(c)
+        self.queue_sent(c)
         return True
 
     def data_path(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field
+from typing import Iterable
 
 DEFAULT_ROOT = "/sys/class/infiniband"
 
@@ -238,6 +239,24 @@ def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
         if name in before:
             diff = value - before[name]
             out[name] = diff if diff >= 0 else value
+    return out
+
+
+def snapshot_ports(root: str = DEFAULT_ROOT) -> dict[str, dict[str, int]]:
+    """read_counters of every port here, keyed 'device:port' (empty without RDMA): what an
+    engine-backed transport takes at start to show later which ports its bytes crossed."""
+    return {f"{d}:{p}": read_counters(root, d, p) for d in devices(root) for p in ports(root, d)}
+
+
+def moved_since(before: dict[str, dict[str, int]], keys: Iterable[str],
+                root: str = DEFAULT_ROOT) -> dict[str, dict[str, int]]:
+    """For each 'device:port' of keys that was in the snapshot: its non-zero counter deltas."""
+    out: dict[str, dict[str, int]] = {}
+    for key in keys:
+        if key in before and key not in out:
+            dev, _, port = key.rpartition(":")
+            delta = counter_delta(before[key], read_counters(root, dev, int(port)))
+            out[key] = {k: v for k, v in sorted(delta.items()) if v}
     return out
 
 
