@@ -14,6 +14,11 @@ does exactly this), keep each repeat's gated figures. The gate is the plugin's o
   identical current session (false alarms), then one session per --cuts on a pair shaped to
   rate x (1 - cut) (detection of an injected regression).
 
+Baselines of several sessions (--sessions 1,3,5): pair i's baseline of k sessions is the "base"
+sessions of rounds i, i-1, ..., i-k+1 (wrapping around to the last rounds for the first pairs),
+judged by the two-level verdict (report/verdict.py, judge_sessions); k=1 is the one-session
+verdict. Its sessions lie minutes apart, like k pytest runs recorded one after another.
+
 Rounds are interleaved (every session of round i before any of round i+1), so a slow drift
 of this shared host lands on baseline and current alike. Sessions record --repeat repeats;
 the N=5 verdicts use each session's first 5, the N=10 verdicts all 10. A false alarm is a
@@ -25,7 +30,8 @@ Two cases per session: `burst` (32 x 1 MiB, pacing none: throughput-bound) and `
 cut sessions run `burst` only (the injected regression is a slower link).
 
     python benchmarks/bench_gate.py [--pairs 10] [--repeat 10] [--fabric loopback,netns]
-                                    [--rate-mbit 2000] [--cuts 40,15,8] [--budget-s 1500] [--json]
+                                    [--rate-mbit 400] [--cuts 40,25,15] [--sessions 1,3,5]
+                                    [--budget-s 2400] [--json]
 """
 from __future__ import annotations
 
@@ -81,47 +87,67 @@ def on_netns(rate_mbit: float, fn: Callable[[Any], Any]) -> Any:
         ns.destroy()
 
 
-def gate(base: dict[str, list[dict[str, float]]], cur: dict[str, list[dict[str, float]]], n: int,
+def gate(base: list[dict[str, list[dict[str, float]]]], cur: dict[str, list[dict[str, float]]], n: int,
          thresholds: str | None = None) -> dict[str, Any]:
     """Verdicts of the gate (default thresholds, or --kv-max-regression text) on the first n
-    repeats of every case both sessions ran."""
-    out: dict[str, Any] = {"regressed": [], "undecided": 0, "decided": 0, "tput_regressed": False}
-    for case in sorted(set(base) & set(cur)):
-        for c in compare_samples(case, base[case][:n], cur[case][:n], parse_thresholds(thresholds)):
+    repeats of every case both sides ran; `base` is the baseline's sessions (one or several)."""
+    out: dict[str, Any] = {"regressed": [], "undecided": 0, "decided": 0, "tput_regressed": False, "tput": None}
+    for case in sorted(set.intersection(*(set(b) for b in base)) & set(cur)):
+        old = [b[case][:n] for b in base]
+        for c in compare_samples(case, old, cur[case][:n], parse_thresholds(thresholds)):
             if c.regressed:
                 out["regressed"].append(f"{case}:{c.key} {c.change_pct:+.0f}%")
                 out["tput_regressed"] |= c.key == "throughput"
+            if case == "burst" and c.key == "throughput":
+                out["tput"] = c.status
             out["undecided"] += c.undecided
             out["decided"] += not c.undecided
     return out
 
 
+def baseline_of(rounds: list[dict[str, Any]], i: int, k: int) -> list[dict[str, Any]]:
+    """Pair i's baseline of k sessions: the "base" sessions of rounds i, i-1, ..., i-k+1 (wrapping
+    around to the last rounds for the first pairs), each recorded minutes apart like a baseline
+    recorded as k pytest runs; pair i's current sessions are round i's "same" and cut sessions."""
+    return [rounds[(i - j) % len(rounds)]["base"] for j in range(k)]
+
+
 def rows_from(raw: dict[str, list[dict[str, Any]]], cuts: list[float], repeat: int,
-              threshold_sets: list[str | None] = [None]) -> list[dict[str, Any]]:  # noqa: B006 - read only
+              threshold_sets: list[str | None] = [None], sessions: list[int] = [1]) -> list[dict[str, Any]]:  # noqa: B006
     """The verdict table from every round's sessions (also for rounds merged from several runs),
-    for each threshold set (None: the defaults)."""
+    for each baseline size in sessions and each threshold set (None: the defaults)."""
     rows = []
     for fabric, rounds in raw.items():
-        for n, th in [(n, th) for n in sorted({min(5, repeat), repeat}) for th in threshold_sets]:
-            fa = [gate(r["base"], r["same"], n, th) for r in rounds]
+        for k, n, th in [(k, n, th) for k in sessions for n in sorted({min(5, repeat), repeat}) for th in threshold_sets]:
+            if k > len(rounds):
+                continue
+            common = {"fabric": fabric, "sessions": k, "N": n, "thresholds": th or "defaults"}
+            fa = [gate(baseline_of(rounds, i, k), r["same"], n, th) for i, r in enumerate(rounds)]
             alarms = [g for g in fa if g["regressed"]]
             undecided = sum(g["undecided"] for g in fa)
             total = sum(g["undecided"] + g["decided"] for g in fa)
-            rows.append({"fabric": fabric, "N": n, "thresholds": th or "defaults", "test": "identical pairs", "pairs": len(fa),
+            rows.append({**common, "test": "identical pairs", "pairs": len(fa),
                          "gate failed": len(alarms), "target": "0",
                          "detail": f"undecided {undecided}/{total} metric verdicts; alarms: "
                                    + ("; ".join(x for g in alarms for x in g["regressed"]) or "none")})
             for cut in cuts if fabric == "netns" else ():
-                det = [gate(r["base"], r[f"cut{cut:g}"], n, th) for r in rounds]
-                tput = [r[f"cut{cut:g}"]["burst"][:n] for r in rounds]
-                base = [r["base"]["burst"][:n] for r in rounds]
-                ratio = C.summary([sum(x["throughput_gbps"] for x in c) / sum(x["throughput_gbps"] for x in b)
-                                   for c, b in zip(tput, base)])
-                rows.append({"fabric": fabric, "N": n, "thresholds": th or "defaults", "test": f"rate cut {cut:g}%", "pairs": len(det),
+                key = f"cut{cut:g}"
+                have = [(i, r) for i, r in enumerate(rounds) if key in r]
+                if not have:
+                    continue
+                det = [gate(baseline_of(rounds, i, k), r[key], n, th) for i, r in have]
+                ratio = C.summary([_tput(r[key]["burst"][:n]) / _tput(r["base"]["burst"][:n]) for _, r in have])
+                rows.append({**common, "test": f"rate cut {cut:g}%", "pairs": len(det),
                              "gate failed": sum(bool(g["tput_regressed"]) for g in det),
                              "target": "10 of 10" if cut >= 40 else "-",
-                             "detail": f"measured throughput ratio median {ratio['median']:.3f}"})
+                             "detail": f"measured throughput ratio median {ratio['median']:.3f}; burst throughput "
+                                       + ", ".join(f"{v} {sum(g['tput'] == v for g in det)}"
+                                                   for v in ("regressed", "undecided", "unchanged", "improved"))})
     return rows
+
+
+def _tput(samples: list[dict[str, float]]) -> float:
+    return sum(x["throughput_gbps"] for x in samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,13 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--thresholds", default="defaults",
                     help="';'-separated threshold sets to judge the same data with (--kv-max-regression syntax; "
                          "'defaults' for the defaults)")
+    ap.add_argument("--sessions", default="1,3,5",
+                    help="baseline sizes to judge with, in sessions (comma list): pair i's baseline is the "
+                         "base sessions of rounds i..i-k+1")
     ap.add_argument("--budget-s", type=float, default=1500.0, help="stop starting rounds after this many seconds")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="no runs: the table from the rounds of earlier --json outputs together")
     a = ap.parse_args(argv)
     if a.merge:
-        return merge(a.merge, [float(c) for c in a.cuts.split(",") if c.strip()], a.repeat, _sets(a.thresholds))
+        return merge(a.merge, [float(c) for c in a.cuts.split(",") if c.strip()], a.repeat, _sets(a.thresholds),
+                     _sizes(a.sessions))
     cuts = [float(c) for c in a.cuts.split(",") if c.strip()]
     fabrics = [f.strip() for f in a.fabric.split(",") if f.strip()]
     env = C.env_info()
@@ -171,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                     rnd[f"cut{cut:g}"] = on_netns(rate, lambda p: session(p, ["burst"], a.repeat))
             raw[fabric].append(rnd)
             C.log(f"round {i + 1}/{a.pairs} {fabric} done ({time.monotonic() - t0:.0f} s)")
-    rows = rows_from(raw, cuts, a.repeat, _sets(a.thresholds))
+    rows = rows_from(raw, cuts, a.repeat, _sets(a.thresholds), _sizes(a.sessions))
     env["loadavg_end"] = list(os.getloadavg())
     env["wall_s"] = round(time.monotonic() - t0)
     if a.json:
@@ -198,7 +228,12 @@ def _sets(text: str) -> list[str | None]:
     return [None if t == "defaults" else t for t in sets] or [None]
 
 
-def merge(paths: list[str], cuts: list[float], repeat: int, threshold_sets: list[str | None]) -> int:
+def _sizes(text: str) -> list[int]:
+    return sorted({int(k) for k in text.split(",") if k.strip()})
+
+
+def merge(paths: list[str], cuts: list[float], repeat: int, threshold_sets: list[str | None],
+          sessions: list[int] = [1]) -> int:  # noqa: B006 - read only
     from tabulate import tabulate
 
     raw: dict[str, list[dict[str, Any]]] = {}
@@ -209,12 +244,12 @@ def merge(paths: list[str], cuts: list[float], repeat: int, threshold_sets: list
               f"load {doc['env']['loadavg'][0]:.2f} -> {doc['env']['loadavg_end'][0]:.2f}")
         for fabric, rounds in doc["raw"].items():
             raw.setdefault(fabric, []).extend(rounds)
-    rows = rows_from(raw, cuts, repeat, threshold_sets)
+    rows = rows_from(raw, cuts, repeat, threshold_sets, sessions)
     print(tabulate([[r[k] for k in ROW_KEYS] for r in rows], headers=ROW_KEYS, tablefmt="github"))
     return 0
 
 
-ROW_KEYS = ("fabric", "N", "thresholds", "test", "pairs", "gate failed", "target", "detail")
+ROW_KEYS = ("fabric", "sessions", "N", "thresholds", "test", "pairs", "gate failed", "target", "detail")
 
 
 if __name__ == "__main__":

@@ -151,10 +151,12 @@ def pytest_configure(config: pytest.Config) -> None:
         from .report import baseline, jsonreport
 
         try:
-            session.baseline_report = jsonreport.read(sel.baseline_path)
-            session.baseline_samples = baseline.case_samples(session.baseline_report, session.metrics)
+            from .harness.options import baseline_list
+
+            session.baseline_reports = [jsonreport.read(p) for p in baseline_list(sel.baseline_path)]
+            session.baseline_samples = baseline.case_sessions(session.baseline_reports, session.metrics)
             session.baseline_transports = frozenset(
-                r.get("transport") for r in session.baseline_report["results"] if r.get("metrics"))
+                r.get("transport") for rep in session.baseline_reports for r in rep["results"] if r.get("metrics"))
         except KvFabricError as exc:
             raise pytest.UsageError(f"kvfabric: --kv-baseline: {exc}") from None
 
@@ -356,8 +358,11 @@ def _run_and_judge(item: pytest.Item, config: pytest.Config, scenario, cid: str,
                    timeout_s: float | None = None):
     session = _session(config)
     sel = session.selection
+    from .report.fpdiff import ran_under_tcg
+
     outcome = case_mod.run_case(scenario, session.pairs, sel, session.baseline_samples, cid,
-                                timeout_s=timeout_s, metric_set=session.metrics)
+                                timeout_s=timeout_s, metric_set=session.metrics,
+                                baseline_tcg=ran_under_tcg(*session.baseline_reports))
     _remember(item, outcome.record())
     for key, value in outcome.junit_properties():
         item.user_properties.append((key, value))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from pytest_kvfabric.report import jsonreport
 
@@ -40,8 +41,36 @@ def test_undecided_passes_by_default_fails_on_request_and_the_environment_diff_c
     loose.assert_outcomes(passed=1)
     out = loose.stdout.str()
     assert out.index("kernel: 5.15.0-old ->") < out.index("baseline median [95% CI]")
+    assert "WARNING: the baseline is one session" in out
     loose.stdout.fnmatch_lines(["*throughput Gb/s*UNDECIDED*", "*note: too few samples (1 vs 1;*",
                                 "*undecided passes (--kv-gate-undecided=pass)*"])
     strict = pytester.runpytest("--kv-baseline=base.json", "--kv-gate-undecided=fail")
     strict.assert_outcomes(failed=1)
     strict.stdout.fnmatch_lines(["*undecided (--kv-gate-undecided=fail) against baseline base.json*"])
+
+
+def test_a_baseline_of_several_sessions_is_judged_on_two_levels_and_tcg_leaves_timings_unjudged(pytester):
+    pytester.makepyfile(test_cases=CASE)
+    pytester.makeini("[pytest]\nkv_repeat = 3\n")
+    for name in ("b1.json", "b2.json"):
+        pytester.runpytest(f"--kv-save-baseline={name}").assert_outcomes(passed=1)
+    two = pytester.runpytest("--kv-baseline=b1.json,b2.json", "--kv-json=cur.json")
+    two.assert_outcomes(passed=1)
+    two.stdout.fnmatch_lines(["*baseline: 2 sessions (two-level verdict*", "*throughput Gb/s*n=6 in 2 sessions*"])
+    assert "WARNING: the baseline is one session" not in two.stdout.str()
+    (r,) = jsonreport.read(pytester.path / "cur.json")["results"]
+    tp = next(c for c in r["gate"] if c["metric"] == "throughput")
+    assert tp["baseline"]["sessions"] == 2 and tp["baseline"]["n"] == 6 and tp["current"]["n"] == 3
+    # A baseline session recorded under the lab's TCG: timings are not judged, and say so.
+    b2 = json.loads((pytester.path / "b2.json").read_text())
+    b2["environment"]["virtualized"] = "tcg"
+    (pytester.path / "b2.json").write_text(json.dumps(b2))
+    tcg = pytester.runpytest("--kv-baseline=b1.json,b2.json", "--kv-json=tcg.json")
+    tcg.assert_outcomes(passed=1)
+    tcg.stdout.fnmatch_lines(["*a side ran under TCG*timing verdicts are undecided (not judged)*"])
+    (r,) = jsonreport.read(pytester.path / "tcg.json")["results"]
+    assert {c["verdict"] for c in r["gate"] if c["metric"] != "retransmits"} == {"undecided"}
+    assert all("TCG" in c["note"] for c in r["gate"] if c["metric"] != "retransmits")
+    missing = pytester.runpytest("--kv-baseline=b1.json,nope.json")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*--kv-baseline: nope.json: no such file*"])

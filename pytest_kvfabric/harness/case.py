@@ -192,10 +192,11 @@ def run_case(
     scenario: Scenario,
     pairs: PairManager,
     selection: Selection,
-    baseline_samples: Mapping[str, list[dict[str, float]]] | None,
+    baseline_samples: Mapping[str, list[list[dict[str, float]]]] | None,
     case: str,
     timeout_s: float | None = None,
     metric_set: MetricSet | None = None,
+    baseline_tcg: bool = False,
 ) -> CaseOutcome:
     """Run the case `selection.repeat` times back to back on this process's pair; judge the
     median figures against its SLOs and every repeat against the baseline's repeats."""
@@ -249,7 +250,8 @@ def run_case(
     out.verdicts = slo_mod.check(scenario.slo, out.metrics, virtualized=lab_env.virtualized(), metric_set=ms)
     if baseline_samples is not None and case in baseline_samples:
         out.changes = baseline_mod.compare_samples(case, baseline_samples[case], out.repeats,
-                                                   selection.thresholds or None, metrics=ms)
+                                                   selection.thresholds or None, metrics=ms,
+                                                   tcg=baseline_tcg or lab_env.virtualized() == "tcg")
     return out
 
 

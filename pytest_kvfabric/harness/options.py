@@ -46,7 +46,9 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("--kv-seed", "seed for workloads and page patterns (default: the suite's, else 0)", "N"),
     Opt("--kv-json", "write the session's JSON report here", "PATH"),
     Opt("--kv-html", "write a self-contained HTML report (figures embedded) here, beside --kv-json", "PATH"),
-    Opt("--kv-baseline", "fail cases that regressed against this earlier JSON report", "PATH"),
+    Opt("--kv-baseline", "fail cases that regressed against this earlier JSON report, or several reports "
+        "(comma list), one per session, so the verdict knows the spread between sessions (README, gating an upgrade)",
+        "PATH[,PATH...]"),
     Opt("--kv-max-regression", "allowed regression vs the baseline in percent: one number for every gated metric "
         "and/or METRIC=PCT items, e.g. throughput=5,latency_p99=10 (defaults per metric: README, gating an upgrade)",
         "PCT|METRIC=PCT,..."),
@@ -90,7 +92,7 @@ class Selection:
     slo: Mapping[str, Any]
     seed: int | None
     json_path: str | None
-    baseline_path: str | None
+    baseline_path: str | None  # as given (one path or a comma list)
     max_regression_pct: float
     save_baseline: str | None
     profile_dirs: tuple[str, ...]
@@ -241,10 +243,21 @@ def _gate(get: Get, metrics: Any) -> dict[str, Any]:
     if gate_undecided not in ("pass", "fail"):
         raise ProfileError("--kv-gate-undecided", gate_undecided, "valid: pass, fail")
     baseline = get("kv_baseline")
-    if baseline and not Path(baseline).is_file():
-        raise ProfileError("--kv-baseline", baseline, "no such file")
+    for path in baseline_list(baseline):
+        if not Path(path).is_file():
+            raise ProfileError("--kv-baseline", path, "no such file")
     return {"thresholds": thresholds, "max_regression_pct": thresholds["throughput"], "repeat": repeat,
             "gate_undecided": gate_undecided, "baseline_path": baseline or None}
+
+
+def baseline_list(text: str | None) -> tuple[str, ...]:
+    """--kv-baseline's reports: one path, or a comma list (one report per session). A path that
+    is itself a file wins, so a name with a comma still works."""
+    if not text:
+        return ()
+    if Path(text).is_file():
+        return (text,)
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def _run_knobs(get: Get, metrics: Any) -> dict[str, Any]:

@@ -160,7 +160,9 @@ def _write_html(kv: KvSession, path: str, report: dict[str, Any], baseline_path:
     from ..report import htmlfile
 
     try:
-        base = [htmlfile.load(baseline_path)] if baseline_path else []
+        from .options import baseline_list
+
+        base = [htmlfile.load(p) for p in baseline_list(baseline_path)]
         htmlfile.write(path, [htmlfile.from_session(report)], base)
     except (OSError, KvFabricError) as exc:
         kv.html_error = f"kvfabric: HTML report not written to {path}: {exc}"
@@ -172,8 +174,9 @@ def _gate_summary(terminalreporter, config: pytest.Config, kv: KvSession, exitst
     from ..report import baseline, fpdiff
 
     terminalreporter.write_sep("-", "kvfabric baseline gate")
-    old, new = kv.baseline_report, session_report(config, kv, exitstatus)
-    terminalreporter.write_line(fpdiff.render(fpdiff.diff(old, new), tcg=fpdiff.ran_under_tcg(old, new)))
+    olds, new = kv.baseline_reports, session_report(config, kv, exitstatus)
+    terminalreporter.write_line(fpdiff.render(fpdiff.diff(olds[-1], new), tcg=fpdiff.ran_under_tcg(*olds, new)))
+    terminalreporter.write_line(baseline.sessions_line(olds))
     changes = [baseline.Change.from_dict(c) for r in sorted(results, key=lambda r: r["case"])
                for c in r.get("gate") or ()]
     if changes:

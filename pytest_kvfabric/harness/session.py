@@ -23,8 +23,9 @@ class KvSession:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     # nodeid -> the record a case made in this process: read as it is, not parsed back from JSON
     local_records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    baseline_report: dict[str, Any] | None = None  # --kv-baseline, as read
-    baseline_samples: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # case id -> samples
+    baseline_reports: list[dict[str, Any]] = field(default_factory=list)  # --kv-baseline, one per session
+    # case id -> the baseline's sessions, each its repeats' figures (report.baseline.case_sessions)
+    baseline_samples: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)
     baseline_transports: frozenset[str] = frozenset()  # transports the baseline measured
     default_suites_note: str | None = None  # why the default suites run (said once)
     html_error: str | None = None

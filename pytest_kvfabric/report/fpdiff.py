@@ -107,7 +107,8 @@ def ran_under_tcg(*reports: Mapping[str, Any]) -> bool:
 def render(diffs: list[Difference], tcg: bool = False) -> str:
     """The differences, one per line; `tcg`: a side ran under software emulation (the lab)."""
     if tcg:
-        note = "  WARNING: a side ran under TCG (software emulation): its timings are not meaningful"
+        note = ("  WARNING: a side ran under TCG (software emulation): its timings are not meaningful, "
+                "so timing verdicts are undecided (not judged)")
         return render(diffs) + "\n" + note
     if not diffs:
         return "environment: no difference from the baseline (kernel, NIC, MTU, offloads, packages, pair)"
