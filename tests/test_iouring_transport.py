@@ -427,7 +427,7 @@ def test_chain_split_over_several_sendmsg_sqes(regions, mode, monkeypatch):
     """Several SQEs per chain (small WRITES_PER_SQE): every write lands, in send_zc one
     notification per SQE and no write completes before its SQE's notification."""
     _skip_unless(mode)
-    from pytest_kvfabric.transports import iouring as mod
+    from pytest_kvfabric.transports import iouring_initiator as mod
 
     monkeypatch.setattr(mod, "WRITES_PER_SQE", 3)
     src_r, dst_r = regions(1 << 20), regions(1 << 20)

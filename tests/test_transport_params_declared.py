@@ -26,7 +26,8 @@ SOURCES = {
     "zerocopy": STREAM_SRC,
     "devmem": STREAM_SRC + [f"devmem/{p.name}" for p in sorted((PKG / "devmem").glob("*.py"))],
     "rdma": [f"rdma/{p.name}" for p in sorted((PKG / "rdma").glob("*.py"))],
-    "iouring": ["iouring.py", "_uring.py", "iouring_probe.py"],
+    "iouring": ["iouring.py", "iouring_common.py", "iouring_initiator.py", "iouring_target.py", "_uring.py",
+                "iouring_probe.py"],
 }
 TABLES = {"tcp": STREAM_PARAMS, "zerocopy": STREAM_PARAMS, "devmem": DEVMEM_PARAMS, "rdma": RDMA_PARAMS,
           "iouring": IOURING_PARAMS}
