@@ -17,13 +17,8 @@ from typing import Iterator
 
 from ...errors import ProtocolError
 from .. import framing, wire
-from ..handshake import Hello as ProvenHello
+from ..wire import Hello  # the connection's proven HELLO: the wire's event, passed on as it is
 from ..handshake import TargetHandshake
-
-
-@dataclass(frozen=True)
-class Hello:
-    hello: ProvenHello
 
 
 @dataclass(frozen=True)
@@ -84,8 +79,8 @@ class StreamAssembler:
                 yield Place(ev.seq, ev.dst_off, ev.data, device, ev.first, ev.write_nbytes)
             elif isinstance(ev, wire.WriteDone):
                 yield WriteDone(ev.header)
-            elif isinstance(ev, wire.Hello):
-                yield Hello(ev.hello)
+            elif isinstance(ev, Hello):
+                yield ev
             elif isinstance(ev, wire.Bye):
                 yield Bye()
             elif isinstance(ev, wire.PeerError):
