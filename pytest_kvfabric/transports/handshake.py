@@ -255,8 +255,8 @@ class Admission:
         self.max_pending = max_pending
         self.timeout_s = timeout_s
         self.grace_s = min(grace_s, timeout_s / 2)  # never a grace that outlives the deadline
-        self._pending: dict[Hashable, float] = {}  # key -> deadline, in arrival order
-        self._born: dict[Hashable, float] = {}  # key -> arrival time (grace is measured from it)
+        # key -> arrival time, in arrival order (= deadline order: every deadline is arrival + timeout_s)
+        self._pending: dict[Hashable, float] = {}
         self.counts = {r: 0 for r in REASONS}
         self.next_deadline = float("inf")  # earliest deadline: a float compare per loop pass
 
@@ -267,21 +267,20 @@ class Admission:
         evicted = []
         while len(self._pending) >= self.max_pending:
             old = next(iter(self._pending))
-            if now - self._born[old] < self.grace_s:  # the oldest is still young
+            if now - self._pending[old] < self.grace_s:  # the oldest is still young
                 self.counts[REFUSED] += 1
                 return [*evicted, key]
             self.drop(old, EVICTED)
             evicted.append(old)
-        self._pending[key] = now + self.timeout_s
-        self._born[key] = now
+        self._pending[key] = now
         self._update()
         return evicted
 
     def expired(self, now: float) -> list[Hashable]:
         """Pending keys whose HELLO deadline passed, already counted (arrival order = deadline order)."""
         out = []
-        for key, deadline in self._pending.items():
-            if deadline > now:
+        for key, born in self._pending.items():
+            if born + self.timeout_s > now:
                 break
             out.append(key)
         for key in out:
@@ -290,13 +289,11 @@ class Admission:
 
     def admitted(self, key: Hashable) -> None:
         self._pending.pop(key, None)
-        self._born.pop(key, None)
         self._update()
 
     def drop(self, key: Hashable, kind: str) -> None:
         """Count a stranger once (a key no longer pending is not counted again)."""
         if self._pending.pop(key, None) is not None:
-            del self._born[key]
             self.counts[kind] += 1
             self._update()
 
@@ -308,7 +305,7 @@ class Admission:
         return len(self._pending)
 
     def _update(self) -> None:
-        self.next_deadline = next(iter(self._pending.values())) if self._pending else float("inf")
+        self.next_deadline = next(iter(self._pending.values())) + self.timeout_s if self._pending else float("inf")
 
     def report(self) -> dict[str, Any]:
         """For data_path(): still-pending strangers are counted as rejected (the report is
