@@ -45,6 +45,39 @@ class PairRequest:
     nworkers: int | None = None  # hosts: None reads the worker count from the environment
     timeout_s: float = 10.0  # reaching each host (gateway start, probe)
     netns_prefix: str | None = None  # netns: name prefix (tests use their own)
+    rails: int = 1  # agents per instance and side, rank k on rail k mod rails (one interface each)
+    topology: tuple[int, int] = (1, 1)  # (prefill instances, decode instances), each its own agent(s)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every agent of a multi-agent run sits: `prefill[i][r]` is prefill instance i's agent
+    on rail r, `decode[j][r]` the same for decode instance j. Each Host is one agent process; a
+    flow runs from prefill[i][r] to decode[j][r] (rails pair up by index). A plain pair is the
+    Layout ((prefill,),), ((decode,),). INTERFACE shared by the flows runner and the fabrics."""
+
+    name: str
+    fabric: str
+    prefill: tuple[tuple[Host, ...], ...]
+    decode: tuple[tuple[Host, ...], ...]
+    details: dict[str, Any] = field(default_factory=dict)  # per-rail / per-link facts (MTU, shaping...)
+
+    @property
+    def rails(self) -> int:
+        return len(self.prefill[0])
+
+    @property
+    def topology(self) -> tuple[int, int]:
+        return len(self.prefill), len(self.decode)
+
+    def flow_pair(self, p: int, d: int, rail: int) -> HostPair:
+        """The HostPair of the flow prefill instance p -> decode instance d on `rail`."""
+        return HostPair(name=f"{self.name}/p{p}d{d}r{rail}", fabric=self.fabric,
+                        prefill=self.prefill[p][rail], decode=self.decode[d][rail], details=self.details)
+
+    @classmethod
+    def of_pair(cls, pair: HostPair) -> "Layout":
+        return cls(pair.name, pair.fabric, ((pair.prefill,),), ((pair.decode,),), dict(pair.details))
 
 
 class Fabric(Protocol):
@@ -59,6 +92,10 @@ class Fabric(Protocol):
     def open(self, request: PairRequest) -> tuple[HostPair, Callable[[], None]]:
         """(pair, closer) for request.worker. Raises KvFabricError subclasses with one-line messages."""
         ...
+
+    # A fabric that places rails or several instances also has
+    #     open_layout(self, request: PairRequest) -> tuple[Layout, Callable[[], None]]
+    # (optional: select.open_layout falls back to open() for one rail and topology (1, 1)).
 
     def interfaces(self, pair: HostPair) -> list[dict[str, Any]]:
         """The data-plane interfaces a case records ({"name", "netns", ...}); [] if the hosts report theirs."""

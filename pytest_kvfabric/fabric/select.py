@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import KvFabricError
 from .alloc import FabricUnavailable, FabricUsageError
-from .base import Fabric, HostPair, PairRequest
+from .base import Fabric, HostPair, Layout, PairRequest
 from .netns_options import NETNS_OPTION_KEYS
 
 # name -> "module:class" of the built-in fabrics, in the order help texts list them.
@@ -81,6 +81,22 @@ def open_pair(fabric: str, *, worker: int, hosts_file: str | None = None,
                                                timeout_s=timeout_s, netns_prefix=netns_prefix))
 
 
-__all__ = ["FABRICS", "NETNS_OPTION_KEYS", "Fabric", "fabric_for", "fabric_names", "get_fabric", "known_fabric",
+def open_layout(fabric: str, request: PairRequest) -> tuple[Layout, Callable[[], None]]:
+    """(Layout, closer) for a run of several agents per side (rails) or several instances
+    (topology). A fabric without `open_layout` serves only the plain pair; asking it for more is
+    a FabricUsageError that names the fabric and what it cannot place."""
+    fab = get_fabric(fabric)
+    opener = getattr(fab, "open_layout", None)
+    if opener is not None:
+        return opener(request)
+    if request.rails != 1 or tuple(request.topology) != (1, 1):
+        raise FabricUsageError(
+            f"fabric {fabric!r} cannot place rails={request.rails} topology={tuple(request.topology)} "
+            "(it opens a single prefill/decode pair only)")
+    pair, closer = fab.open(request)
+    return Layout.of_pair(pair), closer
+
+
+__all__ = ["Layout", "open_layout", "FABRICS", "NETNS_OPTION_KEYS", "Fabric", "fabric_for", "fabric_names", "get_fabric", "known_fabric",
            "open_pair", "probes_here",
            "register_fabric", "FabricUnavailable", "FabricUsageError", "KvFabricError"]

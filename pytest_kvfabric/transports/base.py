@@ -26,6 +26,7 @@ __all__ = [
     "COMPLETION_DTYPE",
     "PLACED_DTYPE",
     "NOTIFY_DTYPE",
+    "READ_DTYPE",
     "Capability",
     "Target",
     "Initiator",
@@ -45,6 +46,11 @@ COMPLETION_DTYPE = np.dtype([("xfer", "<u8"), ("t_ns", "<u8")])
 # Target side: what was placed where, and when the last byte landed.
 PLACED_DTYPE = np.dtype([("xfer", "<u8"), ("dst_off", "<u8"), ("nbytes", "<u8"), ("t_ns", "<u8")])
 NOTIFY_DTYPE = np.dtype([("request", "<u8"), ("t_ns", "<u8")])
+# One posted one-sided READ (initiator pulls): copy the target's [remote_off, remote_off+nbytes)
+# into the initiator's own region at local_off. Its completion comes back through poll() as a
+# COMPLETION_DTYPE row with this `xfer` (ids are the caller's, shared with writes); a completion
+# means every byte is in the local region. Same bounds and integrity rules as writes.
+READ_DTYPE = np.dtype([("xfer", "<u8"), ("local_off", "<u8"), ("remote_off", "<u8"), ("nbytes", "<u8")])
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,11 @@ class Initiator(ABC):
         """Transport counters worth reporting (e.g. tcp retransmits). Optional."""
         return {}
 
+    def post_read(self, batch: np.ndarray, timeout_s: float) -> None:
+        """Post a batch (READ_DTYPE) of one-sided reads; completions come through poll() and count
+        in outstanding(). A transport that serves reads overrides this and Transport.probe_read."""
+        raise TransportError(f"{type(self).__name__} has no one-sided READ")
+
 
 def anonymous_region(nbytes: int) -> tuple[memoryview, str]:
     """A private anonymous mapping asking for transparent huge pages (MADV_HUGEPAGE), and
@@ -220,6 +231,12 @@ class Transport(ABC):
     @abstractmethod
     def probe(cls, options: Mapping[str, Any] | None = None) -> Capability:
         """Check this host can run the transport; never raises for a missing capability."""
+
+    @classmethod
+    def probe_read(cls, options: Mapping[str, Any] | None = None) -> Capability:
+        """Whether this transport can serve one-sided READs here (a store scenario needs them);
+        unavailable gives the exact skip reason. Default: it has none."""
+        return Capability.missing(f"transport {getattr(cls, 'name', cls.__name__)!r} does not implement one-sided READ")
 
     @classmethod
     def allocate(cls, nbytes: int, options: Mapping[str, Any]) -> memoryview:
