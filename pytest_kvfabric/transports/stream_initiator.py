@@ -22,6 +22,7 @@ from .stream_common import (
     EAGAIN, IOV_MAX, busy_poll_s, connect_with_hello, set_tcp_options, spin_then_select, tcp_info,
 )
 from .stream_conn import InitiatorConn
+from .stream_read import StreamReads
 from ..errors import ProtocolError, TransportError
 
 _HS = framing.HEADER_SIZE
@@ -63,7 +64,7 @@ def _overlapping(batch: np.ndarray, ds: Any, ns: Any) -> bool:
 
 
 
-class StreamInitiator(Initiator):
+class StreamInitiator(StreamReads, Initiator):
     """Send side: scatter-gather sendmsg of [hdr, payload, hdr, payload, ...] from the region.
 
     Hooks a stream transport overrides (everything else is the shared machinery):
@@ -168,10 +169,12 @@ class StreamInitiator(Initiator):
                 raise
             sock.setblocking(False)
             c = InitiatorConn(sock, i)
+            c.wire.region = self._mv  # READ_DATA payload lands here
             self._conns.append(c)
             self._sel.register(sock, selectors.EVENT_READ, c)
         self.connect_ns = _now() - t0
         self._writev = bool(descriptor.get("writev")) and _truthy(self.options.get("writev", True))
+        self.serves_reads = bool(descriptor.get("reads"))
         if "region_len" in descriptor:
             self.remote_region_len = int(descriptor["region_len"])
 
@@ -463,7 +466,10 @@ class StreamInitiator(Initiator):
                 raise ProtocolError(
                     f"{self.transport_name}: target {c.peer} (connection {c.index}): {bad.reason}"
                 )
-            if nread < _ACK_BUF_BYTES:
+            if c.wire.reads.want_left:  # the rest of a READ_DATA piece: straight into the region
+                if not self.recv_payload(c):
+                    return
+            elif nread < _ACK_BUF_BYTES:
                 return
 
     def _collect(self) -> np.ndarray:
@@ -533,6 +539,7 @@ class StreamInitiator(Initiator):
             "connections": len(self._conns),
             "writev": self._writev,
             "writev_frames": self.frames_writev,
+            **self.read_report(),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -546,6 +553,7 @@ class StreamInitiator(Initiator):
             "writes_posted": self._posted,
             "writev": self._writev,
             "writev_frames": self.frames_writev,
+            **self.read_report(),
             "retransmits": sum(p.get("total_retrans", 0) for p in per),
             "tcp_info": per,
         }
