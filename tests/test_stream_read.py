@@ -9,13 +9,26 @@ import pytest
 from pytest_kvfabric.errors import TransportError
 from pytest_kvfabric.transports import framing, registry
 from pytest_kvfabric.transports.base import READ_DTYPE
+from pytest_kvfabric.transports.iouring import IoUringTransport
 from pytest_kvfabric.transports.tcp import TcpTransport
 from pytest_kvfabric.transports.zerocopy import ZeroCopyTransport
 
 from stream_harness import ServedTarget, batch, connected, pattern, wait_all
 
 KIB, MIB = 1 << 10, 1 << 20
-STREAMS = [TcpTransport, ZeroCopyTransport]
+STREAMS = [TcpTransport, ZeroCopyTransport, IoUringTransport]
+
+
+def usable(transport):
+    cap = transport.probe()
+    if not cap.available:
+        pytest.skip(f"{transport.name}: {cap.reason}")
+    return transport
+
+
+def conns(transport, n: int) -> int:
+    """The iouring target takes one connection per initiator."""
+    return 1 if transport is IoUringTransport else n
 
 
 def reads(local, remote, nbytes, first_xfer: int = 0) -> np.ndarray:
@@ -45,9 +58,11 @@ def test_probe_read_says_reads_are_served(transport):
     assert cap.available and "READ" in cap.data_path
 
 
-@pytest.mark.parametrize("transport", STREAMS, ids=lambda t: t.name)
-@pytest.mark.parametrize("connections", [1, 3])
+@pytest.mark.parametrize("transport, connections",
+                         [(t, c) for t in STREAMS for c in ([1] if t is IoUringTransport else [1, 3])],
+                         ids=lambda v: getattr(v, "name", str(v)))
 def test_random_reads_land_exactly(transport, connections):
+    usable(transport)
     n = 6 * MIB
     served = served_store(transport, n, connections=connections)
     reg, loc = local_region(transport, n)
@@ -79,6 +94,7 @@ def test_random_reads_land_exactly(transport, connections):
 
 @pytest.mark.parametrize("transport", STREAMS, ids=lambda t: t.name)
 def test_reads_and_writes_mixed_on_one_connection_are_served_in_order(transport):
+    usable(transport)
     """A READ sees every earlier WRITE of its connection and none of the later ones."""
     n = 256 * KIB
     served = served_store(transport, n)
@@ -105,11 +121,12 @@ def test_reads_and_writes_mixed_on_one_connection_are_served_in_order(transport)
 
 @pytest.mark.parametrize("transport", STREAMS, ids=lambda t: t.name)
 def test_many_pipelined_reads_with_writes_in_between(transport):
+    usable(transport)
     n = 8 * MIB
-    served = served_store(transport, n, connections=2)
+    served = served_store(transport, n, connections=conns(transport, 2))
     reg, loc = local_region(transport, n)
     rng = np.random.default_rng(3)
-    with connected(transport, served, reg, {"connections": 2}) as ini:
+    with connected(transport, served, reg, {"connections": conns(transport, 2)}) as ini:
         xfer = 0
         expect = []
         for rnd in range(6):
@@ -132,6 +149,7 @@ def test_many_pipelined_reads_with_writes_in_between(transport):
 
 @pytest.mark.parametrize("transport", STREAMS, ids=lambda t: t.name)
 def test_read_outside_the_target_region_is_a_clear_error_no_hang(transport):
+    usable(transport)
     n = 64 * KIB
     served = served_store(transport, n)
     reg, _loc = local_region(transport, n)
@@ -146,6 +164,7 @@ def test_read_outside_the_target_region_is_a_clear_error_no_hang(transport):
 
 @pytest.mark.parametrize("transport", STREAMS, ids=lambda t: t.name)
 def test_read_into_outside_the_local_region_is_refused_before_posting(transport):
+    usable(transport)
     n = 64 * KIB
     served = served_store(transport, n)
     reg, _loc = local_region(transport, n)
