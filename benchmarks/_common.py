@@ -537,7 +537,7 @@ def transport_pair(*, transport: str = "tcp", mode: str = "throughput", nbytes: 
                    target_addr: str = "127.0.0.1", target_netns: str | None = None,
                    initiator_netns: str | None = None, region_bytes: int = 64 << 20,
                    profile_dir: str | None = None,
-                   options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   options: Mapping[str, Any] | None = None, op: str = "write") -> dict[str, Any]:
     """Target and initiator of a registered transport in two processes (pacing none).
     Returns the initiator's figures plus the target's CPU s/GB. With profile_dir, each peer
     runs under `py-spy record` (collapsed stacks: <dir>/target.txt, <dir>/initiator.txt)."""
@@ -564,7 +564,7 @@ def transport_pair(*, transport: str = "tcp", mode: str = "throughput", nbytes: 
                   + [PYTHON, script, "initiator", "--desc", json.dumps(desc), "--mode", mode,
                      "--nbytes", str(nbytes), "--batch", str(batch),
                      "--window-bytes", str(window_bytes), "--seconds", f"{seconds:g}",
-                     "--warmup", f"{warmup_s:g}", "--connections", str(connections)] + common,
+                     "--warmup", f"{warmup_s:g}", "--connections", str(connections), "--op", op] + common,
                   env=env, name=f"{transport}-initiator") as ini:
             res = ini.read_json(budget)
             ini.wait(15.0)

@@ -89,6 +89,7 @@ def test_random_reads_land_exactly(transport, connections):
     tdp = served.target.data_path()
     assert tdp["reads_served"] == k and tdp["bytes_served"] == int(lens.sum())
     assert len(served.all_placed()) == 0  # reads place nothing on the target
+    assert served.target.peers_closed()  # a read-only peer's BYE ends the run as a writer's does
     served.close()
 
 
@@ -179,3 +180,22 @@ def test_registry_probe_read_of_every_transport_has_a_reason_or_a_path():
     for name in registry.available_names():
         cap = registry.get_transport(name).probe_read()
         assert (cap.available and cap.data_path) or (not cap.available and cap.reason), name
+
+
+@pytest.mark.parametrize("ini_t, tgt_t", [(TcpTransport, IoUringTransport), (IoUringTransport, TcpTransport)],
+                         ids=["tcp->iouring", "iouring->tcp"])
+def test_reads_interoperate_between_tcp_and_iouring(ini_t, tgt_t):
+    """One wire: a tcp initiator reads from an iouring target and the other way round."""
+    usable(IoUringTransport)
+    n = 1 * MIB
+    served = served_store(tgt_t, n, seed=11)
+    reg, loc = local_region(ini_t, n)
+    lens = [1, 4096, 70000, 0, 300000]
+    local = [0, 10, 5000, 80000, 90000]
+    remote = [n - 1, 123, 7, 0, n - 300000]
+    with connected(ini_t, served, reg) as ini:
+        ini.post_read(reads(local, remote, lens), 5.0)
+        assert sorted(wait_all(ini, len(lens))["xfer"].tolist()) == list(range(len(lens)))
+    for lo, ro, ln in zip(local, remote, lens):
+        assert np.array_equal(loc[lo : lo + ln], served.arr[ro : ro + ln])
+    served.close()

@@ -212,3 +212,14 @@ def test_an_error_frame_split_mid_reason_is_reported_whole():
     out = iw.feed(err[40:], 1)
     assert isinstance(out, wire.PeerError) and out.reason.startswith("read [1, 2) outside")
 
+
+
+def test_want_says_what_completes_the_current_frame():
+    iw, local, _offs = book([(0, 10)])
+    assert iw.want() == 32
+    hdr = data_header(1, 0, 10)
+    assert iw.feed(hdr[:5], 1) is None and iw.want() == 27
+    assert iw.feed(hdr[5:], 1) is None and iw.reads.want_left == 10 and iw.reads.want_off == 0
+    assert iw.feed(bytes(range(10)), 1) is None and local[:10] == bytes(range(10))
+    err = framing.encode_error("bye now")
+    assert iw.feed(err[:32], 1) is None and iw.want() == len("bye now")

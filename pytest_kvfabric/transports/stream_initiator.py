@@ -439,38 +439,46 @@ class StreamInitiator(StreamReads, Initiator):
             return
         sock = c.sock
         buf, mv = self._ackbuf, self._ackmv
+        cw = c.wire
+        rd = cw.reads
         for _ in range(64):
-            try:
-                nread = sock.recv_into(buf)
-            except EAGAIN:
-                return
-            except OSError as exc:
-                raise TransportError(
-                    f"{self.transport_name}: lost the connection to target {c.peer} (connection "
-                    f"{c.index}): {exc}, with {c.seq - c.acked} writes unacknowledged"
-                ) from None
-            if not nread:
-                c.eof = True
-                raise TransportError(
-                    f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
-                    f"connection with {c.seq - c.acked} writes unacknowledged"
-                )
-            bad = c.wire.feed(mv[:nread], c.seq)
-            c.acked = c.wire.acked
-            if bad is not None:
-                if isinstance(bad, wire.PeerError):
-                    raise TransportError(
-                        f"{self.transport_name}: target {c.peer} (connection {c.index}) "
-                        f"rejected us: {bad.reason}"
-                    )
-                raise ProtocolError(
-                    f"{self.transport_name}: target {c.peer} (connection {c.index}): {bad.reason}"
-                )
-            if c.wire.reads.want_left:  # the rest of a READ_DATA piece: straight into the region
-                if not self.recv_payload(c):
+            if rd.want_left:  # the rest of a READ_DATA piece, straight into the region
+                nread = self.recv_payload(c)  # (+ the next header's bytes, into buf)
+                if nread < 0:
                     return
-            elif nread < _ACK_BUF_BYTES:
-                return
+                want = _HS
+            else:
+                # with reads outstanding, a frame at a time: their payload must not land in buf
+                want = cw.want() if rd.q else _ACK_BUF_BYTES
+                try:
+                    nread = sock.recv_into(buf, want)
+                except EAGAIN:
+                    return
+                except OSError as exc:
+                    raise TransportError(
+                        f"{self.transport_name}: lost the connection to target {c.peer} (connection "
+                        f"{c.index}): {exc}, with {c.seq - c.acked} writes unacknowledged"
+                    ) from None
+                if not nread:
+                    c.eof = True
+                    raise TransportError(
+                        f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
+                        f"connection with {c.seq - c.acked} writes unacknowledged"
+                    )
+            if nread:
+                bad = cw.feed(mv[:nread], c.seq)
+                c.acked = cw.acked
+                if bad is not None:
+                    if isinstance(bad, wire.PeerError):
+                        raise TransportError(
+                            f"{self.transport_name}: target {c.peer} (connection {c.index}) "
+                            f"rejected us: {bad.reason}"
+                        )
+                    raise ProtocolError(
+                        f"{self.transport_name}: target {c.peer} (connection {c.index}): {bad.reason}"
+                    )
+            if nread < want and not rd.want_left:
+                return  # a short read: the receive queue is empty
 
     def _collect(self) -> np.ndarray:
         ids: list[int] = []

@@ -5,12 +5,11 @@ post_read() queues a READ header per read (round robin over the connections, on 
 sequence as the writes) behind whatever is queued; the target answers with READ_DATA pieces
 and then the cumulative ACK covering the read's seq, so a read completes through the same
 ACK path as a write (`wire_read` has the rules). The pieces' payload is received straight
-into the initiator's region (`recv_payload`), except the part that arrived in the same
-receive as the frames before it.
+into the initiator's region (`recv_payload`); while reads are outstanding the frames between
+them are read a header at a time, so no payload byte passes through the ack buffer.
 """
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ class StreamReads:
     _rr: int
     _posted: int
     _unsent: int
+    _ackmv: memoryview
     reads_posted = 0
     serves_reads = False  # the target's descriptor offered reads ("reads": true)
 
@@ -81,34 +81,34 @@ class StreamReads:
         self._unsent += n * _HS
         self._push(timeout_s)
 
-    def recv_payload(self, c: InitiatorConn) -> bool:
-        """Receive the rest of the current READ_DATA piece straight into the region; True once
-        it is all in, False when the socket has nothing more now."""
+    def recv_payload(self, c: InitiatorConn) -> int:
+        """Receive the rest of the current READ_DATA piece straight into the region and, in the
+        same call, up to a header's worth of the next frame into the ack buffer. Returns how many
+        bytes of that next frame came (to feed to the wire), or -1 when the socket ran dry
+        inside the piece."""
         rd = c.wire.reads
-        mv = self._mv
-        sock: socket.socket = c.sock
-        for _ in range(4096):  # a 4 MiB piece in >= 1 KiB receives; the socket empties first
-            left = rd.want_left
-            if not left:
-                return True
-            off = rd.want_off
-            try:
-                n = sock.recv_into(mv[off : off + left])
-            except EAGAIN:
-                return False
-            except OSError as exc:
-                raise TransportError(
-                    f"{self.transport_name}: lost the connection to target {c.peer} (connection "
-                    f"{c.index}) in the middle of a read: {exc}"
-                ) from None
-            if not n:
-                c.eof = True
-                raise TransportError(
-                    f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
-                    f"connection with {left} bytes of a READ_DATA piece missing"
-                )
+        left = rd.want_left
+        off = rd.want_off
+        try:
+            n = c.sock.recvmsg_into([self._mv[off : off + left], self._ackmv[:_HS]])[0]
+        except EAGAIN:
+            return -1
+        except OSError as exc:
+            raise TransportError(
+                f"{self.transport_name}: lost the connection to target {c.peer} (connection "
+                f"{c.index}) in the middle of a read: {exc}"
+            ) from None
+        if not n:
+            c.eof = True
+            raise TransportError(
+                f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
+                f"connection with {left} bytes of a READ_DATA piece missing"
+            )
+        if n < left:
             rd.placed(n)
-        return not rd.want_left
+            return -1  # a short read: the receive queue is empty
+        rd.placed(left)
+        return n - left
 
     def read_report(self) -> dict[str, Any]:
         """Read counters for data_path() and stats()."""

@@ -542,6 +542,13 @@ class InitiatorWire:
                 return Reject(f"unexpected {framing.TYPE_NAMES[h.type]} frame from the target")
         return None
 
+    def want(self) -> int:
+        """Bytes that complete what the stream is inside now (outside a READ_DATA piece): the
+        rest of a header (a whole one at a frame boundary) or of an ERROR's reason."""
+        if self._err_need >= 0:
+            return self._err_need - len(self._err)
+        return _HS - len(self._hdr)
+
     @property
     def mid_frame(self) -> bool:
         """The stream stopped inside a frame (a header, an ERROR reason or a READ_DATA piece)."""
