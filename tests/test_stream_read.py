@@ -199,3 +199,55 @@ def test_reads_interoperate_between_tcp_and_iouring(ini_t, tgt_t):
     for lo, ro, ln in zip(local, remote, lens):
         assert np.array_equal(loc[lo : lo + ln], served.arr[ro : ro + ln])
     served.close()
+
+
+@pytest.mark.parametrize("transport", STREAMS, ids=lambda t: t.name)
+def test_reads_from_a_store_in_another_process(transport):
+    """Two processes: a read-only target (tests/read_store_peer.py) holds pattern-filled pages;
+    this process pulls random ranges and checks every byte against the same pattern."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    usable(transport)
+    n, seed, token = 4 * MIB, 21, "store-token"
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, os.path.join(here, "read_store_peer.py"), transport.name,
+                             str(n), str(seed), token, "--timeout", "60"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        desc = json.loads(proc.stdout.readline())
+        expect = pattern(n, seed)
+        reg, loc = local_region(transport, n)
+        ini = transport.initiator(reg, {"token": token})
+        rng = np.random.default_rng(seed)
+        lens = rng.integers(1, 64 * KIB, 40)
+        local = np.arange(40) * 64 * KIB
+        remote = np.array([rng.integers(0, n - ln) for ln in lens])
+        try:
+            ini.connect(desc, 10.0)
+            ini.post_read(reads(local, remote, lens), 10.0)
+            assert len(wait_all(ini, 40)) == 40
+        finally:
+            ini.close()
+        for lo, ro, ln in zip(local, remote, lens):
+            assert np.array_equal(loc[lo : lo + ln], expect[ro : ro + ln]), (lo, ro, ln)
+        out, _ = proc.communicate(timeout=30)
+        report = json.loads(out.strip().splitlines()[-1])
+        assert report["closed"] and proc.returncode == 0
+        assert report["data_path"]["reads_served"] == 40
+        assert report["data_path"]["bytes_served"] == int(lens.sum())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_devmem_says_exactly_why_it_serves_no_reads():
+    from pytest_kvfabric.transports.devmem.transport import DevmemTarget, DevmemTransport
+
+    cap = DevmemTransport.probe_read()
+    assert not cap.available
+    assert "devmem TCP receives into device memory" in cap.reason and "devmem TX" in cap.reason
+    assert DevmemTarget.supports_reads is False  # its descriptor offers no reads; a READ frame is refused
