@@ -251,3 +251,23 @@ def test_devmem_says_exactly_why_it_serves_no_reads():
     assert not cap.available
     assert "devmem TCP receives into device memory" in cap.reason and "devmem TX" in cap.reason
     assert DevmemTarget.supports_reads is False  # its descriptor offers no reads; a READ frame is refused
+
+
+@pytest.mark.parametrize("transport", STREAMS, ids=lambda t: t.name)
+def test_a_big_read_then_a_write_over_the_same_range_sees_the_old_bytes(transport):
+    """Back-pressure: a 24 MiB read fills the socket, so the target holds the connection's next
+    frames (a 24 MiB WRITE over the very range being read) until the response is out: the
+    read gets the old bytes, the write lands after, and neither side deadlocks."""
+    usable(transport)
+    big = 24 * MIB
+    served = served_store(transport, big, seed=4)
+    old = served.arr.copy()
+    reg, loc = local_region(transport, 2 * big)
+    loc[big:] = pattern(big, 5)
+    with connected(transport, served, reg) as ini:
+        ini.post_read(reads([0], [0], [big], first_xfer=0), 10.0)
+        ini.post(batch([big], [0], [big], first_xfer=1), 30.0)
+        assert sorted(wait_all(ini, 2)["xfer"].tolist()) == [0, 1]
+    assert np.array_equal(loc[:big], old)
+    assert np.array_equal(served.arr, loc[big:])
+    served.close()

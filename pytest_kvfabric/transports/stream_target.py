@@ -364,13 +364,11 @@ class StreamTarget(StreamReceive, Target):
                 tx.clear()  # the peer is gone; reading will report how
                 return
             i = 0
-            total = 0
             for b in bufs:
                 ln = len(b)
                 if n < ln:
                     break
                 n -= ln
-                total += ln
                 i += 1
             del tx[:i]
             if n:
