@@ -94,6 +94,12 @@ class PrefillOptions:
     stage_ns: int = STAGE_NS  # 0: build each batch only once its rows are ready
     hot_path: str | None = None  # "native" | "python" | None: native where built (slotbook.make_book)
     monitor: Any = None  # called once with (done_ns, req_done) so a watcher thread can report progress
+    # A multi-agent run's common start (run/flows.py): the run's t0 on this agent's monotonic clock,
+    # so every agent's layer ready times count from one instant; None: now + 1 ms.
+    start_at_ns: int | None = None
+    # Which emulated prefill GPU runs each request (an incast reference emulates several instances'
+    # timelines in one sender); None: one GPU for all.
+    gpu_of_request: Any = None
 
 
 def run_prefill(
@@ -151,7 +157,9 @@ class PrefillPacer:
             opts.monitor(self.done_ns, self.req_done)
         req_left = count.copy()  # rows not yet completed, per request (the book counts down)
         self.started = 0  # requests admitted so far (in index order)
-        self.gpu_free = 0
+        gpu_of = opts.gpu_of_request
+        self.gpu_of = [0] * self.nreq if gpu_of is None else [int(g) for g in gpu_of]
+        self.gpu_free = [0] * (max(self.gpu_of) + 1 if self.gpu_of else 1)  # when each emulated GPU is free
         self.emulated = opts.pacing == "emulated"
 
         # Slot rule, key stamping and completion bookkeeping, per write (native where built).
@@ -178,6 +186,7 @@ class PrefillPacer:
         self.target_rows = 0
         self.window = SpinWindow()
         self.t0 = self.deadline = 0
+        self.start_late_ns = 0  # how long after the common start this loop began (0: on time)
         self.admit_until: int | None = None
 
     # -- requests --------------------------------------------------------------------------
@@ -185,8 +194,9 @@ class PrefillPacer:
     def admit(self, r: int, arrival: int) -> None:
         """Request r arrives: it starts when the emulated GPU is free; its first row enters the heap."""
         if self.emulated:
-            start = max(arrival, self.gpu_free)
-            self.gpu_free = start + int(self.gpu_busy_ns[r])
+            g = self.gpu_of[r]
+            start = max(arrival, self.gpu_free[g])
+            self.gpu_free[g] = start + int(self.gpu_busy_ns[r])
         else:
             start = arrival
         self.req_arrival[r] = arrival
@@ -316,7 +326,11 @@ class PrefillPacer:
     def run(self) -> dict[str, Any]:
         opts = self.opts
         now = time.monotonic_ns
-        self.t0 = now() + 1_000_000  # 1 ms lead: the first rows are not late by setup jitter
+        t = now()
+        # 1 ms lead: the first rows are not late by setup jitter. A common start that has already
+        # passed stays the start (the rows are late, and lateness says so: no silent re-basing).
+        self.t0 = t + 1_000_000 if opts.start_at_ns is None else int(opts.start_at_ns)
+        self.start_late_ns = max(t - self.t0, 0)
         self.deadline = self.t0 + int(opts.timeout_s * 1e9)
         self.admit_until = self.t0 + int(opts.duration_s * 1e9) if opts.duration_s else None
         self.admit_initial()
@@ -433,6 +447,7 @@ class PrefillPacer:
     def result(self) -> dict[str, Any]:
         return {
             "t0_ns": self.t0,
+            "start_late_ns": self.start_late_ns,
             "post_ns": self.post_ns,
             "post_call_ns": np.array(self.call_ns, np.int64),
             "done_ns": self.done_ns,
