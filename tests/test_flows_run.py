@@ -103,3 +103,11 @@ def test_local_fabric_places_layouts_and_plain_fabrics_refuse_them():
         open_layout("pair-only-flows-test", PairRequest(worker=0, rails=2))
     layout, _ = open_layout("pair-only-flows-test", PairRequest(worker=0))
     assert layout.rails == 1 and layout.topology == (1, 1)
+
+
+def test_one_agent_pair_refuses_a_multi_agent_scenario():
+    from pytest_kvfabric.errors import KvFabricError
+    from pytest_kvfabric.run.runner import run_scenario
+
+    with pytest.raises(KvFabricError, match=r"has rails=2 topology=\(1, 1\): one agent pair cannot run it"):
+        run_scenario(scenario(rails=2))

@@ -223,6 +223,9 @@ class AgentPair:
         (pages arrived wrong; the Result is attached as `exc.result`)."""
         from ..transports.registry import get_transport
 
+        if scenario.multi_agent:  # one pair would carry every rail's and instance's bytes: not what was asked
+            raise KvFabricError(f"scenario {scenario.id} has rails={scenario.rails} topology={scenario.topology.shape}: "
+                                "one agent pair cannot run it; run it with run.flows.FlowRunner / run_flows")
         try:
             get_transport(scenario.transport)  # unknown name: UnknownIdError before any agent starts
         except ImportError as exc:
