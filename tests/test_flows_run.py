@@ -111,3 +111,32 @@ def test_one_agent_pair_refuses_a_multi_agent_scenario():
 
     with pytest.raises(KvFabricError, match=r"has rails=2 topology=\(1, 1\): one agent pair cannot run it"):
         run_scenario(scenario(rails=2))
+
+
+def test_kvfabric_run_rails_and_instances_prints_per_rail_and_per_flow_figures(tmp_path, capsys):
+    import json
+
+    from pytest_kvfabric import cli
+
+    out = tmp_path / "r.json"
+    rc = cli.main(["run", "--model", "llama3.1-8b", "--transport", "tcp", "--isl", "32", "--requests", "2",
+                   "--prefill-tp", "2", "--rails", "2", "--prefill-instances", "2", "--pool-mib", "8",
+                   "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "rail 1 (lo)" in text and "flow p1d0r1" in text and "fairness (Jain, flows)" in text
+    d = json.loads(out.read_text())
+    assert d["rails"] == 2 and len(d["flows"]) == 4 and d["incast"][0]["fan_in"] == 2
+    with pytest.raises(SystemExit) as bad:
+        cli.main(["run", "--model", "llama3.1-8b", "--transport", "tcp", "--rails", "0"])
+    assert bad.value.code == 2 and "argument --rails: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_closed_loop_fan_out_carries_every_request():
+    """Closed loop, 1P2D: each sender holds requests routed to the other decode instance (no rows
+    there); they must complete for it at their prefill end and let the next request in, not stall."""
+    sc = scenario(topology=Topology(1, 2)).replace(
+        workload=Workload(isl=Distribution.fixed(64), osl=Distribution.fixed(8), requests=4, arrival=Arrival("closed")))
+    res = run_flows(sc, timeout_s=60)
+    assert res.requests_completed == res.requests == 4 and res.bytes == build_plan(sc).total_bytes
+    assert [e["bytes"] > 0 for e in res.per_instance["decode"]] == [True, True]

@@ -135,6 +135,7 @@ class PrefillPacer:
         count = R["count"].astype(np.int64)
         self.count = count
         prefill_ns = R["prefill_ns"].astype(np.int64)
+        self.prefill_ns = prefill_ns
         # When the GPU is free for the next request: batched prefills share steps (emulator/batching.py).
         self.gpu_busy_ns = (prefill_ns - R["overlap_ns"].astype(np.int64)
                             if "overlap_ns" in R.dtype.names else prefill_ns)
@@ -209,13 +210,13 @@ class PrefillPacer:
         """Pacing none: every request at t0; closed loop: the first `concurrency`; open loop:
         each at its arrival time, up to duration_s."""
         opts, nreq, t0 = self.opts, self.nreq, self.t0
+        if self.emulated and opts.closed_loop:
+            for _ in range(min(max(opts.concurrency, 1), nreq)):
+                self.admit_closed(t0)
+            return
         if not self.emulated:
             admit_n = nreq
             for r in range(nreq):
-                self.admit(r, t0)
-        elif opts.closed_loop:
-            admit_n = min(max(opts.concurrency, 1), nreq)
-            for r in range(admit_n):
                 self.admit(r, t0)
         else:
             admit_n = nreq
@@ -231,6 +232,22 @@ class PrefillPacer:
                 self.req_done[r] = self.req_start[r]
                 self.requests_done += 1
         self.target_rows = int(self.count[:admit_n].sum()) if admit_n else 0
+
+    def admit_closed(self, t: int) -> None:
+        """Closed loop: the next request arrives at t (a user's earlier request completed). One
+        without rows on this sender (a multi-agent flow's request routed to another decode
+        instance) completes, for this sender, when its emulated prefill ends: its user's next
+        request arrives then."""
+        while self.started < self.nreq and (self.admit_until is None or t <= self.admit_until):
+            r = self.started
+            self.admit(r, t)
+            self.started = r + 1
+            self.target_rows += self.l_count[r]
+            if self.l_count[r] > 0:
+                return
+            t = int(self.req_start[r]) + int(self.prefill_ns[r])
+            self.req_done[r] = t
+            self.requests_done += 1
 
     # -- posting and completions -----------------------------------------------------------
 
@@ -269,16 +286,8 @@ class PrefillPacer:
         for r, t in finished:
             self.req_done[r] = t
             self.requests_done += 1
-            started = self.started
-            if self.emulated and opts.closed_loop and started < self.nreq and (
-                self.admit_until is None or t <= self.admit_until
-            ):
-                self.admit(started, t)
-                self.target_rows += self.l_count[started]
-                if self.l_count[started] == 0:
-                    self.req_done[started] = t
-                    self.requests_done += 1
-                self.started = started + 1
+            if self.emulated and opts.closed_loop:
+                self.admit_closed(t)
 
     # -- the ready queue -------------------------------------------------------------------
 

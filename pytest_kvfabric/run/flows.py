@@ -242,9 +242,12 @@ def build_result(scenario: Scenario, plan: TransferPlan, layout: Layout, flows: 
             cpu[side] += float(src.get("cpu_s") or 0.0)
             spin[side] += float(src.get("spin_cpu_s") or 0.0)
         pair = f.agents.pair
+        carried = f.sub.plan.requests["count"] > 0  # the flow's own requests (its instance's others move no bytes here)
         per_flow.append({"flow": f.spec.name, "prefill": f.spec.prefill, "decode": f.spec.decode, "rail": f.spec.rail,
-                         "sender": pair.prefill.name, "receiver": pair.decode.name,
-                         **flowstats.brief(fs), "retransmits": rt, "pages_checked": integ["pages_checked"],
+                         "sender": pair.prefill.name, "receiver": pair.decode.name, **flowstats.brief(fs),
+                         "requests": int(carried.sum()),
+                         "requests_completed": int((carried & (np.asarray(fm.m["req_done_ns"]) > 0)).sum()),
+                         "retransmits": rt, "pages_checked": integ["pages_checked"],
                          "errors": integ["errors"], "start_late_us": int(pre.get("start_late_ns", 0)) / 1e3,
                          "cpu_s": {"sender": pre.get("cpu_s"), "receiver": dec.get("cpu_s")}})
 
