@@ -144,3 +144,35 @@ def test_incast_entry_penalty_is_fan_in_minus_one_sender():
     e = flowstats.incast_entry(0, 4, fanned, ref)
     assert e["penalty_p99_ms"] == 4.0 and e["penalty_p50_ms"] == 1.0 and e["penalty_ratio_p99"] == 1.5
     assert flowstats.worst_penalty([e, {**e, "penalty_p99_ms": 9.0}]) == 9.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.integers(-10**6, 10**6).map(str), st.text(max_size=6), st.floats(allow_nan=True).map(str)))
+def test_kv_rails_option_is_an_int_in_range_or_a_one_line_error_naming_it(text):
+    from pytest_kvfabric.harness.options import resolve
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    try:
+        sel = resolve(lambda d: text if d == "kv_rails" else None)
+    except ProfileError as exc:
+        assert "--kv-rails" in str(exc) and "\n" not in str(exc)
+        assert value is None or not 1 <= value <= 64 or text.strip() == ""
+        return
+    assert sel.rails is None if text in ("",) else sel.rails == value and 1 <= value <= 64
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(st.sampled_from(["prefill", "decode", "routing", "extra"]),
+                       st.one_of(st.integers(-3, 80), st.sampled_from(ROUTINGS), st.text(max_size=4), st.none()),
+                       max_size=4))
+def test_suite_topology_builds_or_names_the_field(spec):
+    try:
+        topo = build_topology(spec, 1, "s.yaml", "scenarios[3]")
+    except ProfileError as exc:
+        assert str(exc).startswith("s.yaml: scenarios[3].topology.") and "\n" not in str(exc)
+        return
+    assert "extra" not in spec
+    assert 1 <= topo.prefill <= 64 and 1 <= topo.decode <= 64 and topo.routing in ROUTINGS
