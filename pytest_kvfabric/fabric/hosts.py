@@ -173,8 +173,9 @@ def tcp_probe(hostname: str, port: int, timeout_s: float) -> None:
         pass
 
 
-def probe_host(host: Host, timeout_s: float = 10.0) -> dict[str, Any]:
-    """Reach `host` (bounded), run the probe there, return its fingerprint dict. Raises HostUnreachable."""
+def probe_host(host: Host, timeout_s: float = 10.0, rails: list[str] | None = None) -> dict[str, Any]:
+    """Reach `host` (bounded), run the probe there, return its fingerprint dict (with `rails`:
+    each rail interface's driver, firmware, MTU and NUMA node). Raises HostUnreachable."""
     deadline = time.monotonic() + timeout_s
     target = ssh_target(host.gateway_spec)
     if target is not None:
@@ -190,7 +191,7 @@ def probe_host(host: Host, timeout_s: float = 10.0) -> dict[str, Any]:
         from . import _probe
 
         ch = gw.remote_exec(_probe)
-        ch.send({"interface": host.interface})
+        ch.send({"interface": host.interface, "rails": list(rails or [])})
         try:
             return ch.receive(timeout=max(0.5, deadline - time.monotonic()))
         except Exception as exc:
@@ -219,11 +220,25 @@ def check_host(host: Host, timeout_s: float = 10.0, *, source: str | None = None
     _check_fingerprint(host, probe_host(host, timeout_s), source, field_path)
 
 
-def fingerprint(host: Host, timeout_s: float = 10.0) -> dict[str, Any]:
-    """Kernel, CPU model, data NIC driver/firmware, MTU and offloads, collected on the host."""
-    fp = probe_host(host, timeout_s)
+def fingerprint(host: Host, timeout_s: float = 10.0, rails: list[str] | None = None) -> dict[str, Any]:
+    """Kernel, CPU model, data NIC driver/firmware, MTU and offloads, collected on the host;
+    with `rails`, the same for every rail interface (each must exist there)."""
+    fp = probe_host(host, timeout_s, rails)
     _check_fingerprint(host, fp, None, None)
+    _check_rails(host, fp, rails, None, None)
     return fp
+
+
+def _check_rails(host: Host, fp: dict[str, Any], rails: list[str] | None, source: str | None,
+                 field_path: str | None) -> None:
+    missing = [name for name, nic in zip(rails or [], fp.get("rails") or [None] * len(rails or [])) if nic is None]
+    if not missing:
+        return
+    reason = (f"rail interface(s) {', '.join(map(repr, missing))} not found on host {host.name} "
+              f"({fp.get('hostname')}); it has: {', '.join(fp.get('interfaces') or []) or 'none'}")
+    if source:
+        raise ProfileError(source, field_path or "", reason)
+    raise HostUnreachable(reason)
 
 
 def check_pair(inv: Inventory, index: int, timeout_s: float = 10.0) -> tuple[HostPair, dict[str, Any]]:
