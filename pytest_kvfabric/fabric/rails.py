@@ -147,6 +147,20 @@ def rail_cpu_sets(cpus: Sequence[int], rails: int, rail_nodes: Sequence[int | No
     return out
 
 
+def parse_cpulist(text: str) -> list[int]:
+    """sysfs cpulist ("0-3,8,10-11") -> [0, 1, 2, 3, 8, 10, 11]; ValueError on anything else."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {text!r}")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a or b - a > 4096:
+            raise ValueError(f"not a CPU list: {text!r}")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
 def pin_or_none(cpus: Sequence[int], allowed: Sequence[int]) -> list[int] | None:
     """`cpus`, or None when it is every allowed CPU (pinning to everything is no pinning)."""
     return None if set(cpus) >= set(allowed) else sorted(cpus)
