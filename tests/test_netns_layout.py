@@ -204,6 +204,11 @@ def test_open_layout_records_every_rails_nic():
             ("decode", 0, f"{PREFIX}d0r0"), ("decode", 1, f"{PREFIX}d0r1"),
             ("prefill", 0, f"{PREFIX}p0r0"), ("prefill", 1, f"{PREFIX}p0r1")]
         assert all(i["mtu"] == 3000 and i["driver"] == "veth" and "firmware" in i for i in ifs)
+        from pytest_kvfabric.fabric.netns_fabric import NetnsFabric
+
+        flow = NetnsFabric().interfaces(lay.flow_pair(0, 0, 1))  # what a case of the flow records
+        assert [(i["name"], i["rail"], i["mtu"], i["driver"]) for i in flow] == [
+            (f"{PREFIX}p0r1", 1, 3000, "veth"), (f"{PREFIX}d0r1", 1, 3000, "veth")]
     finally:
         close()
     assert not set(lay.details["netns"]) & set(list_netns())

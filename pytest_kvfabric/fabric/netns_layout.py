@@ -239,12 +239,17 @@ def _agent_facts(pair_details: dict[str, Any], netns: str | None, ifname: str | 
 
 
 def pair_interfaces(pair: Any) -> list[dict[str, Any]]:
-    """The two agents' interfaces of a layout's flow pair, with rail, role, instance and CPUs."""
+    """The two agents' interfaces of a layout's flow pair, with rail, role, instance, CPUs and the
+    driver, firmware and MTU its namespace's probe reported for that rail's NIC."""
+    fps = pair.details.get("fingerprint") or {}
     out = []
     for h in (pair.prefill, pair.decode):
         a = _agent_facts(pair.details, h.netns, h.interface) or {}
+        nics = (fps.get(f"{a.get('role')}{a.get('instance')}") or {}).get("rails") or []
+        nic = (nics[a["rail"]] if a.get("rail") is not None and a["rail"] < len(nics) else None) or {}
         out.append({"name": h.interface or "lo", "netns": h.netns, "rail": a.get("rail"), "role": a.get("role"),
-                    "instance": a.get("instance"), "cpus": a.get("cpus")})
+                    "instance": a.get("instance"), "cpus": a.get("cpus"), "mtu": nic.get("mtu"),
+                    "driver": nic.get("driver"), "firmware": nic.get("firmware")})
     return out
 
 
