@@ -9,9 +9,10 @@ subnet each, each rail's processes pinned to the rail's CPU set by rails.rail_cp
                  and CPUs (-l 1M, one stream each);
   tcp-alone xN   our tcp transport alone at once on every rail (benchmarks/_peer_transport.py:
                  target + initiator per rail, 1 MiB writes, pacing none, no verification);
-  runner xN      the product (--runner, when run/flows.py is present): one multi-agent run
-                 (FlowRunner) of a Synthetic-free scenario whose prefill TP equals N, so rank k
-                 uses rail k; pages verified at every decode agent.
+  runner xN      the product (--runner; needs run/flows.py): one multi-agent run (run_flows)
+                 of llama3.1-8b at prefill TP 8, 1 MiB page writes, pacing none, on the same
+                 layout: rank k on rail k mod N, one agent per rail and side, every page
+                 verified at the decode agents.
 
 Per rail, a run's figures are taken over its own timed window; the N windows overlap but do not
 start at the same instant (each pair sets up on its own), so the aggregate is the sum of the
@@ -113,16 +114,20 @@ def runner_figures(a: argparse.Namespace, n: int, layout: Any) -> dict[str, Any]
 
 
 def runner_scenario(a: argparse.Namespace, n: int) -> Any:
-    """llama3.1-8b at prefill TP n (rank k -> rail k), decode TP n, pacing none, pages verified."""
-    import dataclasses
+    """llama3.1-8b, prefill TP 8 (rank k -> rail k mod n, as on an 8-GPU node), decode TP 8,
+    --runner-requests requests of --runner-isl tokens back to back, pacing none, pages verified.
+    Pages of 64 tokens sent whole (access "block": all 32 layers of a page in one write) make
+    1 MiB writes per rank (64 x 32 layers x 512 B of one KV head), iperf3's -l 1M; layer-wise
+    16-token pages would be 8 KiB writes, a different (per-write cost) regime."""
+    from pytest_kvfabric.core.profiles import load_gpu, load_model
+    from pytest_kvfabric.core.scenario import Arrival, Deployment, Distribution, Scenario, Workload
 
-    from pytest_kvfabric.core.scenario import Scenario
-
-    base = Scenario.from_spec({"id": f"bench-rails-{n}", "model": "llama3.1-8b", "gpu": "h100",
-                               "prefill": {"tp": n}, "decode": {"tp": n}, "pacing": "none",
-                               "workload": {"requests": a.runner_requests, "isl": 2048, "osl": 1},
-                               "transport": "tcp", "seed": 1})
-    return dataclasses.replace(base, rails=n)
+    wl = Workload(isl=Distribution.fixed(a.runner_isl), osl=Distribution.fixed(1), requests=a.runner_requests,
+                  arrival=Arrival("closed", concurrency=a.runner_requests))
+    return Scenario(id=f"bench-rails-{n}", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"), workload=wl,
+                    prefill=Deployment(tp=8, page_size=64, access="block"),
+                    decode=Deployment(tp=8, page_size=64, access="block"), pacing="none", pool_bytes=64 * MIB,
+                    transport="tcp", seed=1, rails=n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--runner", action="store_true", help="add the product's multi-agent runner (run/flows.py)")
-    ap.add_argument("--runner-requests", type=int, default=8)
+    ap.add_argument("--runner-requests", type=int, default=4)
+    ap.add_argument("--runner-isl", type=int, default=4096)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     from pytest_kvfabric.fabric.netns import netns_unavailable_reason
@@ -141,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"bench_rails needs the netns fabric: {reason}", file=sys.stderr)
         return 2
+    if a.runner:
+        try:
+            import pytest_kvfabric.run.flows  # noqa: F401 - the multi-agent runner
+        except ImportError as exc:
+            print(f"--runner needs the multi-agent runner (pytest_kvfabric/run/flows.py): {exc}", file=sys.stderr)
+            return 2
     env = C.env_info()
     counts = list(range(1, max(1, a.max_rails) + 1))
     raw: dict[str, list[dict[str, Any]]] = {}
