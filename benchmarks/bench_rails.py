@@ -66,8 +66,11 @@ def aggregate(per_rail: list[dict[str, Any]]) -> dict[str, Any]:
     import statistics
 
     gbps = sum(r["gbps_bytes"] for r in per_rail)
-    cpu = [(r.get("cpu_s_per_gb_sender") or 0.0) + (r.get("cpu_s_per_gb_receiver") or 0.0) for r in per_rail]
+    snd = [r.get("cpu_s_per_gb_sender") or 0.0 for r in per_rail]
+    rcv = [r.get("cpu_s_per_gb_receiver") or 0.0 for r in per_rail]
+    cpu = [a + b for a, b in zip(snd, rcv)]
     return {"gbps_bytes": gbps, "cpu_s_per_gb_rail": statistics.median(cpu),
+            "cpu_s_per_gb_sender": statistics.median(snd), "cpu_s_per_gb_receiver": statistics.median(rcv),
             "rails_gbps": [r["gbps_bytes"] for r in per_rail], "rails_cpu_s_per_gb": cpu,
             "retransmits": sum(int(r.get("retransmits") or 0) for r in per_rail)}
 
@@ -109,6 +112,7 @@ def runner_figures(a: argparse.Namespace, n: int, layout: Any) -> dict[str, Any]
     cpu = d["cpu_s_per_gb"]
     return {"gbps_bytes": (d.get("throughput_gbps") or float("nan")) / 8,
             "cpu_s_per_gb_rail": (cpu.get("sender") or 0.0) + (cpu.get("receiver") or 0.0),
+            "cpu_s_per_gb_sender": cpu.get("sender") or 0.0, "cpu_s_per_gb_receiver": cpu.get("receiver") or 0.0,
             "rails_gbps": [r["gbps_bytes"] for r in per_rail], "pages_checked": d["integrity"].get("pages_checked"),
             "retransmits": d.get("retransmits")}
 
@@ -191,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                                     C.column(run, "cpu_s_per_gb_rail"), C.column(ref, "cpu_s_per_gb_rail"),
                                     unit="CPU s/GB", target=None, higher_is_better=False, ref_label="iperf3"))
     for name, res in raw.items():
-        cpu = C.summary(C.column(res, "cpu_s_per_gb_rail"))["median"]
-        notes.append(f"{name}: {cpu:.3f} CPU s/GB per rail -> {cpu * RAIL_GBPS_400G:.1f} cores per 400 Gb/s rail "
-                     f"(sender + receiver), {cpu * RAIL_GBPS_400G * 8:.0f} for 8 rails")
+        med = {k: C.summary(C.column(res, f"cpu_s_per_gb_{k}"))["median"] for k in ("sender", "receiver")}
+        notes.append(f"{name}: CPU s/GB per rail sender {med['sender']:.3f}, receiver {med['receiver']:.3f} -> "
+                     f"cores per 400 Gb/s rail (x {RAIL_GBPS_400G:g} GB/s): prefill side {med['sender'] * RAIL_GBPS_400G:.1f}, "
+                     f"decode side {med['receiver'] * RAIL_GBPS_400G:.1f}; 8 rails: "
+                     f"{med['sender'] * RAIL_GBPS_400G * 8:.0f} / {med['receiver'] * RAIL_GBPS_400G * 8:.0f}")
     C.emit("bench_rails", rows, raw, env, a.json, notes)
     return 0
 
