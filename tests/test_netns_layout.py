@@ -64,7 +64,7 @@ def _move(sender, receiver, nbytes: int) -> tuple[list[int], list[int]]:
 
 @pytest.fixture
 def rails2():
-    nl = NetnsLayout.create(TAG, 41, 2, (1, 1), prefix=PREFIX, mtu=4000, offloads={"gro": False})
+    nl = NetnsLayout.create(TAG, 41, 2, (1, 1), prefix=PREFIX, mtu=4000, offloads={"gro": False}, rate_mbit=4000)
     try:
         yield nl
     finally:
@@ -81,6 +81,14 @@ def test_rails_cross_their_own_veth_pinned_to_their_cpus(rails2):
     for h in lay.prefill[0] + lay.decode[0]:
         assert subprocess.run(["ip", "netns", "exec", h.netns, "cat", f"/sys/class/net/{h.interface}/mtu"],
                               capture_output=True, text=True, check=True).stdout.strip() == "4000"
+    from pytest_kvfabric.transports import ethtool_ioctl
+
+    for h in lay.prefill[0] + lay.decode[0]:  # offloads and the tbf rate on every rail's both ends
+        with ethtool_ioctl.socket_in_netns(h.netns) as sock:
+            assert ethtool_ioctl.get_offloads(sock, h.interface)["gro"] == "off"
+        qd = subprocess.run(["tc", "-n", h.netns, "qdisc", "show", "dev", h.interface], capture_output=True,
+                            text=True, check=True).stdout
+        assert qd.startswith("qdisc tbf") and "rate 4Gbit" in qd, qd
     root = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert not any(h.interface in root for h in lay.prefill[0] + lay.decode[0])
     sizes = [3_000_000, 9_000_000]  # different per rail: each counter shows its own rail's bytes
