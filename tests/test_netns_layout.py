@@ -231,3 +231,24 @@ def test_open_layout_bad_shape_is_a_usage_error():
         open_layout("netns", PairRequest(worker=47, netns_prefix=PREFIX, topology=(1, 0)))
     with pytest.raises(FabricUsageError, match="fabric 'local' cannot place rails=2"):
         open_layout("local", PairRequest(worker=0, rails=2))
+
+
+@needs_netns
+def test_a_failure_while_building_removes_what_was_made(monkeypatch):
+    """Half-built (namespaces and the bridge made, a link's setup fails): all of it goes, records too."""
+    calls = {"n": 0}
+    real = NetnsLayout._configure
+
+    def failing(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("injected: link setup failed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(NetnsLayout, "_configure", failing)
+    before = set(list_netns())
+    with pytest.raises(nsmod.NetnsUnavailable, match="cannot create netns layout .*injected: link setup failed"):
+        NetnsLayout.create(TAG, 48, 1, (2, 1), prefix=PREFIX)
+    assert calls["n"] == 2
+    assert not {n for n in set(list_netns()) - before if n.startswith(f"{PREFIX}{TAG}-48")}
+    assert not list(nsmod.PID_DIR.glob(f"{PREFIX}{TAG}-48*.pid"))

@@ -10,6 +10,9 @@ Naming (ours alone, so cleanup can never touch anything else):
               in the root namespace; deleting the namespaces deletes the veth.
   addresses   10.203.<index>.1/24 (prefill) and 10.203.<index>.2/24 (decode), assigned only
               inside our namespaces (they never appear in the root namespace's tables).
+  layouts     rails and instances (netns_layout.py) add namespaces ``...p<i>``/``...d<j>`` and a
+              bridge namespace ``...b`` under the same prefix, each with its creator record, so
+              everything below (teardown, cleanup_stale) covers them and their bridges too.
   creator     /run/kvfabric/<netns>.pid holds "<pid> <starttime>" of the creating process,
               written *before* the namespace exists; cleanup_stale() removes a prefixed
               namespace only when that process is gone (starttime guards against pid reuse).
