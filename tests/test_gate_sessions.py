@@ -181,7 +181,7 @@ def test_compare_command_under_tcg_does_not_fail_on_timings(tmp_path, capsys):
 def test_an_undecided_verdict_says_when_the_sessions_spread_is_the_reason():
     j = judge_sessions(TPUT, [[10.0, 10.1, 9.9], [7.0, 7.1, 6.9], [12.0, 12.1, 11.9]], [8.5, 8.6, 8.4], 5.0)
     assert j.status == "undecided" and "sessions differ by more than the threshold" in j.note
-    calm = judge_sessions(TPUT, [[10.0, 10.1, 9.9], [10.05, 10.1, 10.0], [9.95, 10.0, 9.9]], [10.0, 9.9, 10.1], 5.0)
+    calm = judge_sessions(TPUT, [[10.0, 10.1, 9.9], [10.02, 10.1, 9.95], [9.98, 10.05, 9.9]], [10.0, 9.9, 10.1], 5.0)
     assert calm.status == "unchanged" and calm.note == ""
 
 
@@ -196,6 +196,8 @@ def test_a_disturbed_current_session_cannot_decide_a_regression():
     shaky = [6.0, 9.0, 4.0, 8.0, 5.0]  # 40% slower on the median, repeats all over the place
     j = judge_sessions(TPUT, calm, shaky, 5.0)
     assert j.status == "undecided" and "current session is disturbed" in j.note
+    far = judge_sessions(TPUT, calm, [1.0, 1.5, 0.6, 1.3, 0.8], 5.0)  # 90% slower: beyond what scatter explains
+    assert far.status == "regressed"
     steady = [6.0, 6.05, 5.95, 6.02, 5.98]  # the same drop, repeats together: a real change
     assert judge_sessions(TPUT, calm, steady, 5.0).status == "regressed"
 
