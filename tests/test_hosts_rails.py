@@ -170,11 +170,18 @@ def test_cpus_follow_the_nic_node_unless_the_inventory_says(tmp_path):
     assert lay.flow_pair(0, 0, 1).prefill.interface == "enp2s0"
 
 
+def test_pinning_without_taskset_on_the_host_is_named(tmp_path):
+    inv = load_inventory(write(tmp_path, RAILS))
+    fps = {"prefill": _fp([0, 1], list(range(8))), "decode": dict(_fp([0, 0], list(range(8))), taskset=False)}
+    with pytest.raises(FabricUsageError, match=r"pairs\[0\] \(rail-lab\)\.decode: host kv@10.0.0.12 has no 'taskset'"):
+        build_layout(inv, 0, 2, fps)
+
+
 def test_probe_reports_each_rail_nic_and_a_missing_one_is_named():
     local = Host("lab/prefill", f"popen//python={sys.executable}", "127.0.0.1", "lo")
     fp = probe_host(local, 20, ["lo"])
     assert fp["rails"][0]["name"] == "lo" and fp["rails"][0]["mtu"] > 0 and fp["rails"][0]["numa_node"] is None
-    assert fp["cpus_allowed"] == sorted(os.sched_getaffinity(0))
+    assert fp["cpus_allowed"] == sorted(os.sched_getaffinity(0)) and fp["taskset"] is True
     with pytest.raises(HostUnreachable, match=r"rail interface\(s\) 'kvfnope1' not found on host lab/prefill"):
         fingerprint(local, 20, rails=["lo", "kvfnope1"])
 

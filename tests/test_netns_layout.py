@@ -231,7 +231,6 @@ def test_open_layout_bad_shape_is_a_usage_error():
         open_layout("netns", PairRequest(worker=47, netns_prefix=PREFIX, topology=(1, 0)))
 
 
-
 def test_a_fabric_without_open_layout_serves_the_plain_pair_only(monkeypatch):
     from pytest_kvfabric.fabric import select
     from pytest_kvfabric.fabric.select import open_layout
@@ -270,3 +269,31 @@ def test_a_failure_while_building_removes_what_was_made(monkeypatch):
     assert calls["n"] == 2
     assert not {n for n in set(list_netns()) - before if n.startswith(f"{PREFIX}{TAG}-48")}
     assert not list(nsmod.PID_DIR.glob(f"{PREFIX}{TAG}-48*.pid"))
+
+
+@needs_netns
+def test_a_product_run_puts_each_rails_bytes_on_its_own_interface():
+    """run_flows over a 2-rail netns layout: each rail's prefill interface sent that rail's KV bytes
+    (interface counters, not the plan), every page verified."""
+    from pytest_kvfabric.core.profiles import load_gpu, load_model
+    from pytest_kvfabric.core.scenario import Arrival, Deployment, Distribution, Scenario, Workload
+    from pytest_kvfabric.fabric.select import open_layout
+    from pytest_kvfabric.run.flows import run_flows
+
+    wl = Workload(isl=Distribution.fixed(64), osl=Distribution.fixed(8), requests=4,
+                  arrival=Arrival("poisson", rate_per_s=100.0))
+    sc = Scenario(id="rails-counters", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"), workload=wl,
+                  prefill=Deployment(tp=4), decode=Deployment(tp=2), pool_bytes=8 << 20, seed=5, rails=2)
+    lay, close = open_layout("netns", PairRequest(worker=49, netns_prefix=PREFIX, rails=2))
+    try:
+        hosts = lay.prefill[0]
+        before = [link_counters(h.netns, h.interface)["tx_bytes"] for h in hosts]
+        res = run_flows(sc, lay, timeout_s=120)
+        sent = [link_counters(h.netns, h.interface)["tx_bytes"] - b for h, b in zip(hosts, before)]
+    finally:
+        close()
+    assert res.integrity["errors"] == 0 and res.integrity["pages_checked"] > 0
+    assert [r["interface"] for r in res.per_rail] == [h.interface for h in hosts]
+    for r, nbytes in zip(res.per_rail, sent):
+        assert r["bytes"] > 0
+        assert r["bytes"] <= nbytes < r["bytes"] * 1.1 + 2_000_000, (r["rail"], r["bytes"], nbytes)

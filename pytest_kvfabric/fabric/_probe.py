@@ -129,6 +129,7 @@ def probe(interface, rails=None):
         "interface_found": found,
         "nic": _nic(ifname) if found else None,
         "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "taskset": shutil.which("taskset") is not None,  # rail agents are pinned with it
     }
     if rails:  # every rail's NIC (driver, firmware, MTU, NUMA node); None for one not found
         result["rails"] = [_rail(name, interfaces) for name in rails]

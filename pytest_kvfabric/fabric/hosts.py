@@ -328,6 +328,11 @@ def build_layout(inv: Inventory, index: int, rails: int, fps: dict[str, Any]) ->
     """The Layout of inventory pair `index` with its first `rails` rails, from both hosts' probes
     (fps: role -> fingerprint with "rails"); each agent pinned by rail_cpus."""
     ip = inv.pairs[index]
+    for role in ROLES:  # pinning needs taskset there: say so rather than start unpinned agents
+        host = getattr(ip, role)
+        if any(rail_cpus(host, rails, fps[role])) and fps[role].get("taskset") is False:
+            raise FabricUsageError(f"{inv.source}: pairs[{index}] ({ip.name}).{role}: host {host.ssh} has no 'taskset' "
+                                   "(util-linux) to pin its rail agents to their CPUs; install it there")
     sides: dict[str, tuple[Host, ...]] = {}
     per_rail: list[dict[str, Any]] = [{"rail": r, "subnet": None, "bridge": None, "agents": []} for r in range(rails)]
     for role in ROLES:
