@@ -74,7 +74,7 @@ pairs): 1 alarm at K=3 and t=5%, 3 at K=3 and 2 at K=5 even with t=0, where judg
 baseline session alarms in 87-114. Price: the band is about +-10 s at K=3 (t_2 at 99.5% = 9.9)
 and +-5 s at K=5 (t_4 = 4.6), s being the between-session spread in log units; simulated with
 4% session and 4% repeat spread, 5 repeats, t=5%: a 40% drop decided 79 times in 100 at K=3, 100
-at K=5. One slow baseline session (a neighbour's burst) widens s for every comparison against
+at K=5. Before the disturbed-session rule below, one slow baseline session widened s for every comparison against
 that baseline: the missed detections on the real host were all "undecided", never "unchanged".
 Measured (BENCHMARKS.md, baseline gate; shared busy host, 13 + 10 identical pairs per fabric):
 0 false alarms at K=3 and 5 with 5 or 10 repeats on loopback and a shaped netns pair (one-session
