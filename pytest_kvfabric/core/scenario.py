@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .profiles import GpuProfile, ModelProfile
+from .store_spec import StoreSpec
 
 ACCESS_PATTERNS = ("layer", "block")
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
@@ -111,6 +112,7 @@ class Scenario:
     verify: bool = True  # verify every page at the decode side (outside the timed path)
     synthetic: Synthetic | None = None  # conformance: fixed-size transfers instead of the model's layout
     notes: tuple[str, ...] = ()  # what the harness changed and why (e.g. TP raised to fit HBM); reported, not sent
+    store: StoreSpec | None = None  # the storage tier (core/store_spec.py); None: no store agent
 
     def kv_dtype(self, side: str = "prefill") -> str:
         dep = self.prefill if side == "prefill" else self.decode
@@ -136,6 +138,7 @@ class Scenario:
             "slo": dict(self.slo),
             "verify": self.verify,
             "synthetic": dataclasses.asdict(self.synthetic) if self.synthetic else None,
+            "store": self.store.to_spec() if self.store else None,
         }
 
     @classmethod
@@ -162,4 +165,5 @@ class Scenario:
             slo=dict(spec.get("slo", {})),
             verify=bool(spec.get("verify", True)),
             synthetic=Synthetic(**spec["synthetic"]) if spec.get("synthetic") else None,
+            store=StoreSpec.from_spec(spec["store"]) if spec.get("store") else None,
         )

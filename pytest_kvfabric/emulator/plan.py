@@ -239,6 +239,10 @@ class _PlanBuilder:
         isl, osl, arrival_ns = sample_requests(scenario.workload, scenario.seed, SOURCE)
         nreq = len(isl)
         sched = prefill_schedule(scenario.model, scenario.gpu, scenario.prefill, isl)
+        if scenario.store is not None:  # prefix/resume hits: only the suffix is computed
+            from .storeplan import apply_hits
+
+            apply_hits(scenario, isl, sched.chunk_ends, sched.ready_ns)
         batch = scenario.workload.arrival.concurrency if scenario.workload.arrival.kind == "closed" else 1
         decode_by_isl: dict[int, float] = {}  # decode step per distinct ISL, at the closed loop's batch
         for n in np.unique(isl).tolist():

@@ -207,6 +207,13 @@ def run_case(
         if reason:
             out.skip_reason, out.unavailable = reason, True
             return out
+    if scenario.store is not None:  # a store scenario pulls pages with one-sided READs
+        from ..run.store_runner import read_reason
+
+        reason = read_reason(scenario.transport, scenario.transport_params)
+        if reason:
+            out.skip_reason, out.unavailable = f"store scenario needs one-sided READ; {reason}", True
+            return out
     try:
         pair = pairs.get()
     except PairUnavailable as exc:
@@ -228,13 +235,14 @@ def run_case(
                              (pair.details.get("fingerprint") or {}).items()}
     from ..report.repeats import median_metrics, repeat_figures
     from ..run.runner import AgentPair
+    from ..run.store_runner import StoreAgents
 
     out.capacity = up_front_capacity(scenario, pair)
     n = max(1, selection.repeat)
     runs: list[dict[str, Any]] = []
     timeout = selection.timeout_s if selection.timeout_s is not None else timeout_s  # CLI wins
     try:  # the repeats share one pair of agents: a repeat measures the transfer, not a process start
-        with AgentPair(pair, timeout) as agents:
+        with (StoreAgents if scenario.store is not None else AgentPair)(pair, timeout) as agents:
             for i in range(n):
                 result = agents.run(scenario)
                 runs.append(ms.complete(result.to_dict()))

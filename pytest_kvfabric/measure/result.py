@@ -65,6 +65,7 @@ class Result:
     latency_hist_us: dict[str, Any] | None = None  # log-spaced histogram of write latency (histogram.py)
     exposed_ms_requests: dict[str, Any] = field(default_factory=dict)  # {stride, values}: per completed request
     timeline: dict[str, Any] | None = None  # one request's layers: ready vs posted/completed/placed
+    store: dict[str, Any] | None = None  # a store scenario's figures (measure/store_stats.py); None without a store
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (keys documented in the README, `kvfabric run` section; stable across releases)."""

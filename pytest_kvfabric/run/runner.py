@@ -79,6 +79,8 @@ class AgentPair:
         # Called with the prefill agent's {"requests_done", "requests", "bytes_done", "bytes_total",
         # "elapsed_s"} about every PROGRESS_S while a run goes on; None: the agent sends none.
         self.on_progress: Callable[[dict[str, Any]], None] | None = None
+        # Called once both agents were told to run (a store run starts its client then: run/store_runner.py).
+        self.on_run_started: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> "AgentPair":
@@ -246,6 +248,8 @@ class AgentPair:
             psetup = self._recv("prefill", setup_deadline, "setup")
             self._send("decode", {"cmd": "run", "timeout_s": run_timeout})
             self._send("prefill", {"cmd": "run", "timeout_s": run_timeout, "descriptor": dsetup["descriptor"]})
+            if self.on_run_started is not None:
+                self.on_run_started()
             try:
                 pre, dec = self._recv_both(time.monotonic() + run_timeout + RUN_MARGIN_S)
             except TransportError as exc:
