@@ -169,6 +169,8 @@ class StoreAgents:
         first = (client.get("error_list") or store.get("error_list") or [None])[0]
         block["integrity"] = {"pages_checked": checked, "errors": errors, "first_error": first}
         block["data_path"] = {"client": client.get("data_path"), "store": store.get("data_path")}
+        store_host, client_host = self.hosts(scenario)
+        block["placement"] = {"store": store_host.name, "client": client_host.name}
         block["late_ms_max"] = float(unpack_array(client["late_ns"]).max(initial=0)) / 1e6
         result.store = block
         integ = dict(result.integrity)
