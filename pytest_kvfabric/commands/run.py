@@ -14,6 +14,7 @@ from ..core.limits import MAX_TIMEOUT_S
 from ..core.profiles import DEFAULT_GPU
 from ..core.scenario import FAULTS, PACINGS
 from ._scenario_args import add_scenario_args, float_in, positive_int, scenario_from_args
+from ._store_args import add_store_args, store_from_args, store_rows
 
 
 def register(subparsers: Any) -> None:
@@ -38,6 +39,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                    help="run the scenario N times back to back on the same agents; print and write the median "
                         "figures, each gated figure's 95%% interval, and (JSON 'repeats') every run")
+    add_store_args(p)
     p.set_defaults(func=main)
 
 
@@ -77,6 +79,7 @@ def table(d: dict[str, Any]) -> str:
                      + (" (short)" if cap.get("short") else "")))
     if any((d["data_path"].get(side) or {}).get("busy_poll_us") is not None for side in _SIDES):
         rows.append(("busy poll us", _per_side(d, "busy_poll_us")))  # a spinning side's cpu s/GB is its spin
+    rows += store_rows(d.get("store"))
     return tabulate(rows, tablefmt="simple")
 
 
@@ -162,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
 
         check_output_path(args.json, "--json", "<cli>")
     sc = scenario_from_args(args, scenario_id="run")
+    store = store_from_args(args)
     from ..harness.options import transport_params
 
     params = transport_params(args.transport_param, "--transport-param")
@@ -182,7 +186,14 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"kvfabric run: transport {args.transport!r} not available: {cap.reason}\n")
         return 1
     sc = dataclasses.replace(sc, transport=args.transport, pacing=args.pace, transport_params=params,
-                             verify=not args.no_verify)
+                             verify=not args.no_verify, store=store)
+    if store is not None:
+        from ..run.store_runner import read_reason
+
+        why = read_reason(args.transport, params)
+        if why:
+            sys.stderr.write(f"kvfabric run: --store needs one-sided READ: {why}\n")
+            return 1
     result = None
     capacity = _capacity(sc)
     for line in filter(None, (predicted_notice(sc, capacity), short_link_line(capacity))):
@@ -190,7 +201,10 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress()
     runs: list[dict[str, Any]] = []
     try:
-        with AgentPair(None, args.timeout, {"max_inflight": args.window}) as agents:
+        from ..run.store_runner import StoreAgents
+
+        runner = StoreAgents if store is not None else AgentPair
+        with runner(None, args.timeout, {"max_inflight": args.window}) as agents:
             if progress.enabled:  # on a terminal only: piped output stays the table alone
                 agents.on_progress = lambda p: progress.update(progress_line(p))
                 # Until the first report: the agents rebuild the plan and fill their pools.

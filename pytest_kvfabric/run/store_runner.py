@@ -57,6 +57,14 @@ class StoreAgents:
         self._ch: dict[str, Any] = {}
         self._box = Mailbox()
 
+    @property
+    def on_progress(self) -> Any:
+        return self.agents.on_progress
+
+    @on_progress.setter
+    def on_progress(self, fn: Any) -> None:  # the prefill agent's progress, as AgentPair reports it
+        self.agents.on_progress = fn
+
     def __enter__(self) -> "StoreAgents":
         return self
 
