@@ -78,6 +78,7 @@ class StoreAgents:
         return self.pair.prefill, self.pair.decode
 
     def _start(self, scenario: Scenario) -> None:
+        self._close_store()  # a repeat starts fresh store processes (placement depends on the mode)
         self._group = execnet.Group()
         self._box = Mailbox()
         for role, host in zip(ROLES, self.hosts(scenario)):
@@ -89,6 +90,10 @@ class StoreAgents:
             self._box.attach(role, self._ch[role])
 
     def close(self) -> None:
+        self._close_store()
+        self.agents.close()
+
+    def _close_store(self) -> None:
         group, self._group = self._group, None
         chans, self._ch = self._ch, {}
         for ch in chans.values():
@@ -101,7 +106,6 @@ class StoreAgents:
                 group.terminate(timeout=1.0)
             except Exception:  # noqa: BLE001
                 pass
-        self.agents.close()
 
     def _recv(self, role: str, deadline: float, phase: str) -> dict[str, Any]:
         try:
