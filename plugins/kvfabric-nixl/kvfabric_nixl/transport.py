@@ -37,8 +37,8 @@ from . import counters, ucxinfo, verbs
 from .options import NixlOptions
 
 MODULES = ("nixl_cu12", "nixl_cu13", "nixl")  # the wheels' module names, smallest first
-INSTALL_HINT = ("the smallest install that runs the UCX DRAM path is `pip install --no-deps nixl-cu12` "
-                "(a 68 MB wheel with UCX bundled; `pip install nixl` also pulls torch with CUDA, several GB)")
+INSTALL_HINT = ("`pip install kvfabric-nixl` brings it with torch (CUDA build, about 6 GB); the smallest install "
+                "that runs the UCX DRAM path is `pip install --no-deps nixl-cu12==1.5.1` (a 68 MB wheel with UCX bundled)")
 _STATE: dict[str, Any] = {}  # per process: the UCX log file and the agents made so far
 
 
