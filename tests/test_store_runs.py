@@ -59,6 +59,8 @@ def test_store_cases_pass_over_tcp_with_every_page_verified_and_figures_in_the_r
     pytester.makefile(".yaml", st=SUITE)
     result = pytester.runpytest("st.yaml", "--kv-transport=tcp", "--kv-json=report.json", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*kvfabric storage tier*", "*st/offload?llama3.1-8b-tcp?*offload*30 (0 errors)*",
+                                 "*st/prefix?llama3.1-8b-tcp?*prefix*1/0*->*%*"])
     report = jsonreport.read(pytester.path / "report.json")
     store = {r["scenario"].split("/")[-1]: r["metrics"]["store"] for r in report["results"]}
     for name in ("prefix", "prefix-file", "resume"):
