@@ -235,3 +235,18 @@ def test_a_partly_served_prefix_computes_from_its_first_missing_page():
     out = summarize_store(sp, {"took_ns": np.array([1]), "served": np.array([10])}, {}, None,
                           lambda r, s: asked.append((r, s)) or 7_000_000)
     assert asked == [(0, 160)] and out["tokens_fetched"] == 160 and out["tokens_computed"] == 512 - 160
+
+
+def test_the_store_namespace_needs_a_netns_pair_and_is_named_after_its_via_side():
+    from pytest_kvfabric.fabric.base import Host, HostPair
+    from pytest_kvfabric.fabric.local import local_pair
+    from pytest_kvfabric.fabric.netns_store import StoreNetns, StoreNetnsError
+
+    with pytest.raises(StoreNetnsError, match="not a netns pair"):
+        StoreNetns(local_pair(), "decode")
+    pair = HostPair("netns:1-3", "netns", Host("kvf-1-3p", "popen", "10.203.3.1", "kvf-p3", "kvf-1-3p"),
+                    Host("kvf-1-3d", "popen", "10.203.3.2", "kvf-d3", "kvf-1-3d"), {"subnet": "10.203.3.0/24", "mtu": 9000})
+    ns = StoreNetns(pair, "decode")
+    assert (ns.name, ns.if_via, ns.if_store, ns.addr_store, ns.subnet) == (
+        "kvf-1-3ds", "kvf-d3v", "kvf-d3s", "10.213.3.2", "10.213.3.0/24")
+    assert ns.other is pair.prefill and ns.mtu == 9000

@@ -91,7 +91,15 @@ def test_store_cases_pass_over_the_netns_fabric(pytester):
     report = jsonreport.read(pytester.path / "report.json")
     for r in report["results"]:
         assert r["pair"].startswith("netns:") and r["metrics"]["store"]["integrity"]["errors"] == 0
-        assert r["metrics"]["store"]["placement"]["store"] != r["metrics"]["store"]["placement"]["client"]
+        where = r["metrics"]["store"]["placement"]
+        # the store has a namespace of its own, behind the pair's far side from its client
+        assert where["store"] == where["store_netns"]["netns"] == where["store_netns"]["via"] + "s"
+        assert where["client"] != where["store_netns"]["via"] and where["store_netns"]["subnet"].startswith("10.213.")
+    import os
+    import subprocess
+
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [ln for ln in left.splitlines() if ln.startswith(f"kvf-{os.getpid()}-")], left  # none left behind
 
 
 def test_a_page_from_the_wrong_slot_or_corrupted_is_named():

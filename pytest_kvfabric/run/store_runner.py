@@ -56,6 +56,7 @@ class StoreAgents:
         self._group: execnet.Group | None = None
         self._ch: dict[str, Any] = {}
         self._box = Mailbox()
+        self._store_ns: dict[str, Any] = {}  # netns fabric: the store's own namespace, per side it hangs off
 
     @property
     def on_progress(self) -> Any:
@@ -72,10 +73,19 @@ class StoreAgents:
         self.close()
 
     def hosts(self, scenario: Scenario) -> tuple[Any, Any]:
-        """(store host, client host): across the pair's link from each other."""
+        """(store host, client host): across the pair's link from each other. On the netns fabric
+        the store gets its own namespace behind the pair's far side (fabric/netns_store.py)."""
         if scenario.store is not None and scenario.store.fetch_side == "prefill":
-            return self.pair.decode, self.pair.prefill
-        return self.pair.prefill, self.pair.decode
+            via, client = "decode", self.pair.prefill
+        else:
+            via, client = "prefill", self.pair.decode
+        if self.pair.fabric != "netns":
+            return getattr(self.pair, via), client
+        if via not in self._store_ns:
+            from ..fabric.netns_store import StoreNetns
+
+            self._store_ns[via] = StoreNetns(self.pair, via).create()
+        return self._store_ns[via].host, client
 
     def _start(self, scenario: Scenario) -> None:
         self._close_store()  # a repeat starts fresh store processes (placement depends on the mode)
@@ -92,6 +102,9 @@ class StoreAgents:
     def close(self) -> None:
         self._close_store()
         self.agents.close()
+        namespaces, self._store_ns = self._store_ns, {}
+        for ns in namespaces.values():
+            ns.destroy()
 
     def _close_store(self) -> None:
         group, self._group = self._group, None
@@ -182,7 +195,9 @@ class StoreAgents:
         block["integrity"] = {"pages_checked": checked, "errors": errors, "first_error": first}
         block["data_path"] = {"client": client.get("data_path"), "store": store.get("data_path")}
         store_host, client_host = self.hosts(scenario)
-        block["placement"] = {"store": store_host.name, "client": client_host.name}
+        own = [ns.describe() for ns in self._store_ns.values() if ns.host is store_host]
+        block["placement"] = {"store": store_host.name, "client": client_host.name,
+                              "store_netns": own[0] if own else None}
         block["late_ms_max"] = float(unpack_array(client["late_ns"]).max(initial=0)) / 1e6
         result.store = block
         integ = dict(result.integrity)
