@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..measure.result import plain
 from . import store_proto
 from .store_index import DRAM, StoreFull, TierIndex
 
@@ -64,8 +65,7 @@ class StoreServer:
                 slot = self._put(obj)
                 self.pages.fill(self.pool.array, slot * sp.obj_bytes, obj)
             self.index.counters.stored = 0  # populating is not the run's traffic
-            if self.file is not None:
-                self.populate_file = self.file.stats()
+            if self.file is not None:  # populating is set-up: the run's disk figures start at zero
                 self.file.read_bytes = self.file.write_bytes = self.file.read_ns = self.file.write_ns = 0
         self.populate_s = (time.monotonic_ns() - t0) / 1e9
         self.target = self.transport.target(self.pool.region, self.topts)
@@ -104,15 +104,21 @@ class StoreServer:
         with self.lock:
             try:
                 if op == "get":
-                    found = []
-                    for k in msg["keys"]:
-                        hit = self.index.get(k)
-                        if hit is None:
-                            found.append(None)
-                            continue
-                        tier, slot, moves = hit
-                        self._apply(moves)
-                        found.append([tier, slot * n])
+                    found: list[Any] = []
+                    try:
+                        for k in msg["keys"]:
+                            hit = self.index.get(k)
+                            if hit is None:
+                                found.append(None)
+                                continue
+                            tier, slot, moves = hit
+                            self._apply(moves)
+                            found.append([tier, slot * n])
+                    except StoreFull:  # a refused get holds nothing: drop the pins it took
+                        for k, f in zip(msg["keys"], found):
+                            if f is not None:
+                                self.index.unpin(k)
+                        raise
                     out: dict[str, Any] = {"ok": True, "found": found}
                 elif op == "release":
                     for k in msg["keys"]:
@@ -207,7 +213,7 @@ class StoreServer:
             "pages_checked": self.pages_checked, "errors": self.error_count, "error_list": self.errors,
             "lookup_us_p50": float(np.percentile(lk, 50)) if len(lk) else None,
             "lookup_us_p99": float(np.percentile(lk, 99)) if len(lk) else None,
-            "data_path": _plain(self.target.data_path()),
+            "data_path": plain(self.target.data_path()),
         }
 
     def close(self) -> None:
@@ -220,9 +226,3 @@ class StoreServer:
             self.file.close()
         self.pages = None  # type: ignore[assignment]
         self.pool.release()
-
-
-def _plain(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
