@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_kvfabric.core.profiles import load_gpu, load_model
 from pytest_kvfabric.emulator.plan import build_plan
@@ -114,3 +116,38 @@ def test_a_page_from_the_wrong_slot_or_corrupted_is_named():
     assert "request 0 page 0" in pages.check(region, 0, 0) and "header key mismatch" in pages.check(region, 0, 0)
     region[sp.obj_bytes + 1000] ^= 0xFF
     assert "corrupted at byte 1000" in pages.check(region, sp.obj_bytes, 2)
+
+
+@pytest.fixture(scope="module")
+def store_server():
+    from pytest_kvfabric.endpoint.store_server import StoreServer
+
+    sc = build({"workload": {"isl": 64, "osl": 4, "requests": 3},
+                "prefill": {"kv_dtype": "fp8"}, "decode": {"kv_dtype": "fp8"},
+                "store": {"mode": "prefix", "hit_ratio": 0.75, "dram_mib": 4, "file_mib": 4}},
+               id="t", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"), transport="tcp")
+    server = StoreServer({"spec": sc.to_spec(), "token": "t" * 32, "bind": "127.0.0.1"})
+    yield server
+    server.close()
+
+
+any_request = st.one_of(
+    st.fixed_dictionaries({"op": st.sampled_from(["get", "release", "put", "commit", "bye", "drop"]),
+                           "keys": st.one_of(st.lists(st.integers(-2, 12), max_size=8), st.text(max_size=3))}),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+@pytest.mark.skipif(TCP_READS is not None, reason=str(TCP_READS))
+@settings(max_examples=150, deadline=None)
+@given(st.lists(any_request, max_size=12))
+def test_the_store_answers_any_request_sequence_and_keeps_its_index_consistent(store_server, msgs):
+    for m in msgs:
+        ans = store_server.answer(m)
+        assert isinstance(ans, dict) and isinstance(ans["ok"], bool)
+        assert ans["ok"] or ans["error"]
+        assert store_server.index.check() is None
+    for k in list(store_server.index.pins):  # the next example starts unpinned
+        store_server.index.pins.pop(k)
+    assert store_server.error_count == 0 or all("store object" in e for e in store_server.errors)

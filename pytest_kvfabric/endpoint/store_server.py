@@ -125,10 +125,15 @@ class StoreServer:
                         self.index.unpin(k)
                     out = {"ok": True}
                 elif op == "put":
-                    offs = []
-                    for k in msg["keys"]:
-                        offs.append(self._put(k) * n)
-                        self.index.pins[k] = self.index.pins.get(k, 0) + 1  # until its commit
+                    offs: list[int] = []
+                    try:
+                        for k in msg["keys"]:
+                            offs.append(self._put(k) * n)
+                            self.index.pins[k] = self.index.pins.get(k, 0) + 1  # until its commit
+                    except StoreFull:  # a refused put holds nothing
+                        for k in msg["keys"][:len(offs)]:
+                            self.index.unpin(k)
+                        raise
                     out = {"ok": True, "offs": offs}
                 elif op == "commit":
                     errs = []
