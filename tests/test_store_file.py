@@ -26,3 +26,11 @@ def test_objects_round_trip_through_the_file_and_the_file_is_removed(tmp_path):
     finally:
         tier.close()
     assert not os.path.exists(tier.path)
+
+
+def test_buffered_on_request_says_so(tmp_path):
+    tier = FileTier(str(tmp_path), slots=1, obj_bytes=4096, slot_bytes=4096, direct=False)
+    try:
+        assert not tier.direct and tier.stats()["path_kind"] == "buffered (O_DIRECT not asked for)"
+    finally:
+        tier.close()
