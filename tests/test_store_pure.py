@@ -250,3 +250,22 @@ def test_the_store_namespace_needs_a_netns_pair_and_is_named_after_its_via_side(
     assert (ns.name, ns.if_via, ns.if_store, ns.addr_store, ns.subnet) == (
         "kvf-1-3ds", "kvf-d3v", "kvf-d3s", "10.213.3.2", "10.213.3.0/24")
     assert ns.other is pair.prefill and ns.mtu == 9000
+
+
+def test_an_inventory_pair_may_name_a_third_host_for_the_store():
+    from pytest_kvfabric.fabric.hosts import parse_inventory
+    from pytest_kvfabric.run.store_runner import StoreAgents
+
+    host = {"ssh": "u@h{}", "data_addr": "10.0.0.{}", "interface": "eth1"}
+    raw = {"pairs": [{"name": "p", **{r: {k: v.format(i) for k, v in host.items()}
+                                      for i, r in enumerate(("prefill", "decode", "store"))}}]}
+    pair = parse_inventory(raw, "inv.yaml").pairs[0].host_pair("inv.yaml")
+    store, client = StoreAgents(pair).hosts(scenario({"mode": "prefix"}))
+    assert (store.name, store.data_addr, client) == ("p/store", "10.0.0.2", pair.prefill)
+    assert "ssh=" in store.gateway_spec and "u@h2" in store.gateway_spec
+    bad = {"pairs": [{**raw["pairs"][0], "store": {**raw["pairs"][0]["store"], "data_addr": "nope"}}]}
+    with pytest.raises(ProfileError, match=r"pairs\[0\] \(p\).store.data_addr: expected an IPv4/IPv6 address"):
+        parse_inventory(bad, "inv.yaml")
+    without = {"pairs": [{k: v for k, v in raw["pairs"][0].items() if k != "store"}]}
+    pair = parse_inventory(without, "inv.yaml").pairs[0].host_pair("inv.yaml")
+    assert StoreAgents(pair).hosts(scenario({"mode": "offload"})) == (pair.prefill, pair.decode)

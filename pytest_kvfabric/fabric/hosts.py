@@ -15,6 +15,7 @@ StrictHostKeyChecking in ~/.ssh/config): we never disable it.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import shlex
@@ -68,14 +69,17 @@ class InventoryPair:
     name: str
     prefill: InventoryHost
     decode: InventoryHost
+    store: InventoryHost | None = None  # a third host for store scenarios (run/store_runner.py)
 
     def host_pair(self, source: str = "") -> HostPair:
         def host(h: InventoryHost) -> Host:
             return Host(f"{self.name}/{h.role}", h.gateway_spec(), h.data_addr, h.interface, None)
 
-        return HostPair(self.name, HostsFabric.name, host(self.prefill), host(self.decode),
-                        {"inventory": source,
-                         "ssh": {r: f"{getattr(self, r).ssh}:{getattr(self, r).port}" for r in ROLES}})
+        details: dict[str, Any] = {"inventory": source,
+                                   "ssh": {r: f"{getattr(self, r).ssh}:{getattr(self, r).port}" for r in ROLES}}
+        if self.store is not None:  # as plain fields: details travel into reports
+            details["store_host"] = dataclasses.asdict(host(self.store))
+        return HostPair(self.name, HostsFabric.name, host(self.prefill), host(self.decode), details)
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,8 @@ def parse_inventory(data: Any, source: str) -> Inventory:
             raise ProfileError(source, f"pairs[{i}].name", f"duplicate pair name {name!r} (also pairs[{seen[name]}])")
         seen[name] = i
         hosts = {r: _parse_host(raw[r], r, source, f"pairs[{i}] ({name}).{r}") for r in ROLES}
-        pairs.append(InventoryPair(name, hosts["prefill"], hosts["decode"]))
+        store = _parse_host(raw["store"], "store", source, f"pairs[{i}] ({name}).store") if "store" in raw else None
+        pairs.append(InventoryPair(name, hosts["prefill"], hosts["decode"], store))
     return Inventory(source, tuple(pairs))
 
 

@@ -79,6 +79,11 @@ class StoreAgents:
             via, client = "decode", self.pair.prefill
         else:
             via, client = "prefill", self.pair.decode
+        own = self.pair.details.get("store_host")  # hosts fabric: the inventory named a third host
+        if own:
+            from ..fabric.base import Host
+
+            return Host(**own), client
         if self.pair.fabric != "netns":
             return getattr(self.pair, via), client
         if via not in self._store_ns:
