@@ -269,3 +269,19 @@ def test_an_inventory_pair_may_name_a_third_host_for_the_store():
     without = {"pairs": [{k: v for k, v in raw["pairs"][0].items() if k != "store"}]}
     pair = parse_inventory(without, "inv.yaml").pairs[0].host_pair("inv.yaml")
     assert StoreAgents(pair).hosts(scenario({"mode": "offload"})) == (pair.prefill, pair.decode)
+
+
+@pytest.mark.parametrize("model,tp", [("llama3.1-8b", 1), ("gpt-oss-120b", 2)])  # gpt-oss: sliding-window layers
+def test_a_resumed_session_sends_decode_only_its_new_turn(model, tp):
+    fields = {"workload": {"isl": 2000, "osl": 4, "requests": 6}, "prefill": {"tp": tp}, "decode": {"tp": tp},
+              "store": {"mode": "resume", "hit_ratio": 0.6, "reuse": 0.5, "dram_mib": 100000}}
+    sc = build(fields, id="t", model=load_model(model), gpu=load_gpu("h100"), transport="tcp")
+    plan, prefix = build_plan(sc), build_plan(sc.replace(store=StoreSpec(mode="prefix", hit_ratio=Fraction("fixed", 0.6),
+                                                                           reuse=0.5, dram_mib=100000)))
+    hits = build_store_plan(sc, plan).hit_tokens
+    assert (hits > 0).any() and (hits == 0).any()
+    for r, h in enumerate(hits.tolist()):
+        rows = plan.transfers[plan.requests["first"][r]:plan.requests["first"][r] + plan.requests["count"][r]]
+        assert int(rows["block"].min()) == h // 16  # the session's earlier pages come from the store
+        assert (plan.requests["nbytes"][r] < prefix.requests["nbytes"][r]) == (h > 0)
+    assert (plan.requests["prefill_ns"] == prefix.requests["prefill_ns"]).all()  # the same suffix compute

@@ -7,7 +7,8 @@ LRU eviction). Three modes, one per scenario:
            left to compute) are fetched from the store by the prefill side; the emulated GPU
            computes only the suffix with attention over the whole prefix;
 - resume:  a returning conversation's KV (its earlier turns, hit_ratio x ISL) is fetched by
-           the decode side before it continues, while prefill computes the new turn;
+           the decode side before it continues, while prefill computes the new turn and sends
+           decode only the new turn's pages;
 - offload: decode writes every finished request's KV (ISL tokens) back to the store.
 
 `reuse` is the fraction of requests that find anything in the store (prefix: requests sharing
