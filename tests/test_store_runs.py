@@ -151,3 +151,21 @@ def test_the_store_answers_any_request_sequence_and_keeps_its_index_consistent(s
     for k in list(store_server.index.pins):  # the next example starts unpinned
         store_server.index.pins.pop(k)
     assert store_server.error_count == 0 or all("store object" in e for e in store_server.errors)
+
+
+@pytest.mark.skipif(TCP_READS is not None, reason=str(TCP_READS))
+def test_a_corrupted_store_page_fails_the_run_naming_the_page():
+    from pytest_kvfabric.endpoint.store_server import STORE_INJECT_PARAM
+    from pytest_kvfabric.errors import IntegrityError
+    from pytest_kvfabric.run.store_runner import run_store_scenario
+
+    sc = build({"workload": {"isl": 64, "osl": 4, "requests": 2}, "pool_mib": 16,
+                "prefill": {"kv_dtype": "fp8"}, "decode": {"kv_dtype": "fp8"},
+                "store": {"mode": "prefix", "hit_ratio": 0.75, "dram_mib": 16},
+                "transport_params": {STORE_INJECT_PARAM: "corrupt"}},
+               id="t", model=load_model("llama3.1-8b"), gpu=load_gpu("h100"), transport="tcp")
+    with pytest.raises(IntegrityError, match=r"1 page\(s\) failed verification; first: store object 0 "
+                                             r"\(request 0 page 0, 1048576 B\): corrupted at byte 1000") as ei:
+        run_store_scenario(sc)
+    store = ei.value.result.store
+    assert store["integrity"]["errors"] == 1 and store["integrity"]["pages_checked"] == 6

@@ -25,6 +25,7 @@ from ..measure.result import plain
 from . import store_proto
 from .store_index import DRAM, StoreFull, TierIndex
 
+STORE_INJECT_PARAM = "_store_inject"  # "corrupt": flip a byte of the first stored page (tests)
 LOOKUP_POLL_S = 0.05
 PROGRESS_S = 0.005
 
@@ -68,6 +69,8 @@ class StoreServer:
             if self.file is not None:  # populating is set-up: the run's disk figures start at zero
                 self.file.read_bytes = self.file.write_bytes = self.file.read_ns = self.file.write_ns = 0
         self.populate_s = (time.monotonic_ns() - t0) / 1e9
+        if dict(sc.transport_params).get(STORE_INJECT_PARAM) == "corrupt" and sp.total_objects:
+            self._corrupt(0)
         self.target = self.transport.target(self.pool.region, self.topts)
         timeout = float((msg.get("options") or {}).get("setup_timeout_s", 30.0))
         self.descriptor = self.target.listen(msg["bind"], timeout)
@@ -75,6 +78,13 @@ class StoreServer:
         self.listener.setblocking(False)
         self.reply = {"ok": True, "descriptor": self.descriptor, "populate_s": self.populate_s,
                       "lookup_addr": [msg["bind"], self.listener.getsockname()[1]]}
+
+    def _corrupt(self, obj: int) -> None:
+        """Fault injection (transport param `_store_inject: corrupt`): flip one byte of a stored page,
+        so a test proves the fetching side's verification names it."""
+        tier, slot = self.index.where(obj) or (None, -1)
+        if tier == DRAM:
+            self.pool.array[slot * self.sp.obj_bytes + 1000 % self.sp.obj_bytes] ^= 0xFF
 
     # -- tiers ---------------------------------------------------------------------------
     def _apply(self, moves: list[Any]) -> None:
