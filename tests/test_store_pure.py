@@ -285,3 +285,64 @@ def test_a_resumed_session_sends_decode_only_its_new_turn(model, tp):
         assert int(rows["block"].min()) == h // 16  # the session's earlier pages come from the store
         assert (plan.requests["nbytes"][r] < prefix.requests["nbytes"][r]) == (h > 0)
     assert (plan.requests["prefill_ns"] == prefix.requests["prefill_ns"]).all()  # the same suffix compute
+
+
+def _run_moves(moves, dram, file, parallel):
+    """Carry out moves on simulated tiers: as the server does (demotions, then stagings, each
+    group reading before any of it writes) when `parallel`, else one by one."""
+    if parallel:
+        dem = [(m.file_slot, dram[m.dram_slot]) for m in moves if m.kind == "demote"]
+        for slot, key in dem:
+            file[slot] = key
+        stg = [(m.dram_slot, file[m.file_slot]) for m in moves if m.kind == "stage"]
+        for slot, key in stg:
+            dram[slot] = key
+        return
+    for m in moves:
+        if m.kind == "demote":
+            file[m.file_slot] = dram[m.dram_slot]
+        else:
+            dram[m.dram_slot] = file[m.file_slot]
+
+
+batches = st.lists(st.tuples(st.sampled_from(["get", "put", "unpin"]), st.lists(st.integers(0, 9), max_size=5)),
+                   max_size=25)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 5), st.integers(0, 5), batches)
+def test_batched_moves_in_two_parallel_groups_leave_every_object_where_the_index_says(dram_n, file_n, seq):
+    from pytest_kvfabric.endpoint.store_index import parallel_safe
+
+    idx = TierIndex(dram_n, file_n)
+    dram, file = [None] * dram_n, [None] * file_n
+    for op, keys in seq:
+        if op == "unpin":
+            for k in keys:
+                idx.unpin(k)
+            continue
+        if op == "put":
+            for k in keys:
+                try:
+                    slot, moves = idx.put(k)
+                except StoreFull:
+                    break
+                _run_moves(moves, dram, file, parallel=False)
+                dram[slot] = k  # the object's bytes land after its moves
+            continue
+        moves = []
+        idx.begin_batch()
+        try:
+            for k in keys:
+                hit = idx.get(k)
+                if hit is not None:
+                    moves += hit[2]
+        except StoreFull:
+            pass
+        finally:
+            _run_moves(moves, dram, file, parallel=parallel_safe(moves))
+            idx.end_batch()
+        assert idx.check() is None
+        for k in set(idx.dram) | set(idx.file):
+            tier, slot = idx.where(k)
+            assert (dram if tier == DRAM else file)[slot] == k, (k, tier, slot, dram, file)

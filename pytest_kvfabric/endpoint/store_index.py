@@ -7,6 +7,12 @@ DRAM is made by demoting the least recently used unpinned DRAM object to the fil
 room in the file tier by dropping its least recently used object. Every change of place is
 returned as a Move, in the order the I/O layer must carry it out (a slot is written before the
 object it held is needed elsewhere).
+
+Batches (begin_batch/end_batch around one lookup of many objects) let the I/O layer run all of
+the batch's demotions, then all of its stagings, each group in parallel: a staged object's file
+slot is held until end_batch, so no demotion writes where a staging has yet to read, and the
+objects a batch stages are pinned as they are found, so no demotion reads a DRAM slot a staging
+of the same batch filled. `parallel_safe` checks the one case left: two demotions given one slot.
 """
 from __future__ import annotations
 
@@ -56,6 +62,18 @@ class TierIndex:
         self.free_file = list(range(self.file_slots - 1, -1, -1))
         self.pins: dict[Hashable, int] = {}
         self.counters = Counters()
+        # File slots of objects staged in the current batch: freed by end_batch(), after the I/O, so
+        # no demotion of the same batch is given a slot a staging has yet to read (see Move order).
+        self.batching = False
+        self.held_file: list[int] = []
+
+    def begin_batch(self) -> None:
+        self.batching = True
+
+    def end_batch(self) -> None:
+        self.batching = False
+        self.free_file.extend(self.held_file)
+        self.held_file.clear()
 
     def __len__(self) -> int:
         return len(self.dram) + len(self.file)
@@ -121,7 +139,7 @@ class TierIndex:
             fslot = self.file[key]
             slot = self._dram_slot(key, moves)  # may demote another object into a fresh file slot
             del self.file[key]
-            self.free_file.append(fslot)
+            (self.held_file if self.batching else self.free_file).append(fslot)
             moves.append(Move("stage", key, slot, fslot))
             self.dram[key] = slot
             self.counters.staged += 1
@@ -145,9 +163,19 @@ class TierIndex:
         """Why the index is inconsistent (a slot used twice, a lost slot), or None: for tests."""
         for name, used, free, total in ((DRAM, self.dram, self.free_dram, self.dram_slots),
                                         (FILE, self.file, self.free_file, self.file_slots)):
-            slots = list(used.values()) + free
+            slots = list(used.values()) + free + (self.held_file if name == FILE else [])
             if sorted(slots) != list(range(total)):
                 return f"{name} slots inconsistent: used {sorted(used.values())}, free {sorted(free)} of {total}"
         if set(self.dram) & set(self.file):
             return "an object is in both tiers"
         return None
+
+
+def parallel_safe(moves: list[Move]) -> bool:
+    """Whether a batch's moves may run as two parallel groups (all demotions, then all stagings):
+    no file slot written twice, no DRAM slot staged into twice, no DRAM slot demoted twice."""
+    dem = [m for m in moves if m.kind == "demote"]
+    stg = [m for m in moves if m.kind == "stage"]
+    return (len({m.file_slot for m in dem}) == len(dem) and len({m.dram_slot for m in dem}) == len(dem)
+            and len({m.dram_slot for m in stg}) == len(stg))
+

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..measure.result import plain
 from . import store_proto
-from .store_index import DRAM, StoreFull, TierIndex
+from .store_index import DRAM, StoreFull, TierIndex, parallel_safe
 
 STORE_INJECT_PARAM = "_store_inject"  # "corrupt": flip a byte of the first stored page (tests)
 LOOKUP_POLL_S = 0.05
@@ -88,14 +88,22 @@ class StoreServer:
 
     # -- tiers ---------------------------------------------------------------------------
     def _apply(self, moves: list[Any]) -> None:
-        """Carry out the index's moves, in order (a demotion frees the slot a staging fills)."""
-        arr, n = self.pool.array, self.sp.obj_bytes
+        """Carry out the index's moves: a batch's demotions, then its stagings, each group in
+        parallel where store_index.parallel_safe allows; else one by one, in order."""
+        if not moves:
+            return
+        arr, n, f = self.pool.array, self.sp.obj_bytes, self.file
+        assert f is not None, "moves without a file tier"
+
+        def item(mv: Any) -> tuple[int, np.ndarray]:
+            return mv.file_slot, arr[mv.dram_slot * n:(mv.dram_slot + 1) * n]
+
+        if parallel_safe(moves):
+            f.write_many([item(mv) for mv in moves if mv.kind == "demote"])
+            f.read_many([item(mv) for mv in moves if mv.kind == "stage"])
+            return
         for mv in moves:
-            view = arr[mv.dram_slot * n:(mv.dram_slot + 1) * n]
-            if mv.kind == "demote":
-                self.file.write(mv.file_slot, view)  # type: ignore[union-attr]
-            else:
-                self.file.read(mv.file_slot, view)  # type: ignore[union-attr]
+            (f.write if mv.kind == "demote" else f.read)(*item(mv))
 
     def _put(self, obj: int) -> int:
         slot, moves = self.index.put(obj)
@@ -115,20 +123,27 @@ class StoreServer:
             try:
                 if op == "get":
                     found: list[Any] = []
+                    moves: list[Any] = []
+                    self.index.begin_batch()  # one batch: its disk I/O goes out together, below
                     try:
                         for k in msg["keys"]:
                             hit = self.index.get(k)
                             if hit is None:
                                 found.append(None)
                                 continue
-                            tier, slot, moves = hit
-                            self._apply(moves)
+                            tier, slot, mv = hit
+                            moves += mv
                             found.append([tier, slot * n])
                     except StoreFull:  # a refused get holds nothing: drop the pins it took
                         for k, f in zip(msg["keys"], found):
                             if f is not None:
                                 self.index.unpin(k)
                         raise
+                    finally:
+                        try:
+                            self._apply(moves)  # what the index already moved must reach the disk
+                        finally:
+                            self.index.end_batch()
                     out: dict[str, Any] = {"ok": True, "found": found}
                 elif op == "release":
                     for k in msg["keys"]:
