@@ -64,6 +64,9 @@ def check_store_scenario(scenario: "Scenario") -> None:
     """What a store scenario cannot be combined with, named."""
     if scenario.synthetic is not None:
         raise ProfileError(SOURCE, "store", "a store scenario needs a model workload, not synthetic transfers")
+    if scenario.multi_agent:
+        raise ProfileError(SOURCE, "store", "a store scenario runs one prefill-decode pair (rails 1, one "
+                           "instance per side)")
     if scenario.store is not None and scenario.store.fetches and scenario.prefill.max_batch_tokens > 0:
         raise ProfileError(SOURCE, "prefill.max_batch_tokens",
                            "a prefix/resume store scenario times each request alone (set 0): a hit's suffix "

@@ -101,6 +101,9 @@ def _check_store(fields: Mapping[str, Any], source: str, where: str) -> None:
 
     if "synthetic" in fields:
         raise ProfileError(source, f"{where}.store", "a store scenario needs a model workload, not synthetic transfers")
+    if fields.get("rails", 1) != 1 or fields.get("topology"):
+        raise ProfileError(source, f"{where}.store", "a store scenario runs one prefill-decode pair: "
+                           "not with rails or topology")
     parse_store(fields["store"], source, f"{where}.store")
 
 
