@@ -225,6 +225,11 @@ def test_ttft_with_store_is_max_of_fetch_and_suffix_plus_exposed():
     saved = (full + [1.0, 2.0]) - want_with
     assert out["ttft_saving_fraction"] == pytest.approx(saved.sum() / (full + [1.0, 2.0]).sum())
     assert out["hit_ratio"] == {"dram": 40 / 48, "file": 8 / 48, "all": 1.0}
+    # measured without the store (its own run): that run's exposed transfer makes the TTFT without
+    apart = summarize_store(sp, client, store, np.array([1.0, 2.0]), lambda r, s: 0, np.array([0.5, 0.5]))
+    assert apart["ttft_without_store_ms"]["p50"] == pytest.approx(np.percentile(full + 0.5, 50))
+    assert apart["ttft_with_store_ms"] == out["ttft_with_store_ms"]
+    assert apart["exposed_without_store_ms"]["p50"] == 0.5 and out["exposed_without_store_ms"] is None
     assert out["bytes_fetched"] == 48 * sp.obj_bytes and out["fetch_bound_requests"] == 1
 
 

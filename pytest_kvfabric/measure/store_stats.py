@@ -5,7 +5,9 @@ Emulated TTFT per request (prefix and resume; the README's storage-tier section)
     with the store    = max(fetch, prefill of the uncached suffix) + exposed transfer to decode
     without the store = prefill of the whole prompt                + exposed transfer to decode
 `fetch` is measured (lookup round trip + one-sided READs of every served page); the prefill
-times are the emulator's; the exposed transfer is the run's own per-request figure. A request
+times are the emulator's; each exposed transfer is measured per request in its own run: the
+store run's, and that of the same workload run without the store on the same agents just
+before (its transfers paced by the whole prompt's prefill, with no store traffic beside them). A request
 whose prefix was served only in part (a page missing) computes from its first missing page:
 its suffix time is recomputed for what was really served (`suffix_ns_for`).
 """
@@ -24,9 +26,11 @@ def _ms(ns: np.ndarray) -> np.ndarray:
 
 
 def summarize_store(sp: StorePlan, client: Mapping[str, Any], store: Mapping[str, Any],
-                    exposed_ms: np.ndarray | None, suffix_ns_for: Callable[[int, int], int]) -> dict[str, Any]:
+                    exposed_ms: np.ndarray | None, suffix_ns_for: Callable[[int, int], int],
+                    exposed_without_ms: np.ndarray | None = None) -> dict[str, Any]:
     """The `store` block of a Result. client: the client's took_ns/served arrays (per request);
-    store: the server's counters; exposed_ms: per-request exposed transfer (None: not known)."""
+    store: the server's counters; exposed_ms: per-request exposed transfer of the store run, and
+    exposed_without_ms of the run without the store (None: not known; then the store run's serves)."""
     took = np.asarray(client["took_ns"], dtype=np.int64)
     served_pages = np.asarray(client["served"], dtype=np.int64)
     active = sp.req_count > 0
@@ -63,7 +67,8 @@ def summarize_store(sp: StorePlan, client: Mapping[str, Any], store: Mapping[str
     fetch_ms = np.where(active, _ms(took), 0.0)
     exposed = np.zeros(len(sp.isl)) if exposed_ms is None else np.asarray(exposed_ms, dtype=np.float64)
     with_ms = np.maximum(fetch_ms, _ms(suffix)) + exposed
-    without_ms = _ms(sp.full_ns) + exposed
+    exposed_wo = exposed if exposed_without_ms is None else np.asarray(exposed_without_ms, dtype=np.float64)
+    without_ms = _ms(sp.full_ns) + exposed_wo
     saved = without_ms - with_ms
     token_bytes = sp.obj_bytes / sp.page_tokens
     out.update({
@@ -78,5 +83,7 @@ def summarize_store(sp: StorePlan, client: Mapping[str, Any], store: Mapping[str
         "ttft_saving_fraction": float(saved.sum() / without_ms.sum()) if without_ms.sum() > 0 else None,
         "fetch_bound_requests": int((active & (fetch_ms > _ms(suffix))).sum()),
         "exposed_known": exposed_ms is not None,
+        "exposed_ms": percentiles(exposed, ("p50", "p99")),
+        "exposed_without_store_ms": percentiles(exposed_wo, ("p50", "p99")) if exposed_without_ms is not None else None,
     })
     return out

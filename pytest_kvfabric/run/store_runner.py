@@ -145,6 +145,9 @@ class StoreAgents:
             raise TransportError(f"a store scenario needs one-sided READs: {why}")
         plan = build_plan(scenario)
         sp = build_store_plan(scenario, plan)
+        baseline = None
+        if sp.mode != "offload":  # TTFT without the store: the same workload, no store, same agents, first
+            baseline = self.agents.run(scenario.replace(store=None, id=f"{scenario.id}/without-store"))
         store_bytes = sp.total_objects * sp.obj_bytes
         timeout = (self.timeout_s if self.timeout_s is not None else derive_timeout_s(plan)) \
             + int(sp.act_ns.max(initial=0)) / 1e9 + store_bytes / FLOOR_BYTES_PER_S
@@ -175,25 +178,23 @@ class StoreAgents:
         finally:
             if not ok:
                 self.close()
-        return self._finish(scenario, sp, result, client, store, check_integrity)
+        return self._finish(scenario, sp, result, client, store, check_integrity, baseline)
 
     def _finish(self, scenario: Scenario, sp: Any, result: Result, client: dict[str, Any],
-                store: dict[str, Any], check_integrity: bool) -> Result:
+                store: dict[str, Any], check_integrity: bool, baseline: Result | None = None) -> Result:
         client = {**client, "took_ns": unpack_array(client["took_ns"]), "served": unpack_array(client["served"])}
-        ex = result.exposed_ms_requests or {}
-        values = ex.get("values") or []
-        exposed = None
-        if ex.get("stride") == 1 and len(values) == len(sp.isl):
-            import numpy as np
-
-            exposed = np.asarray(values, dtype=np.float64)
+        exposed = _per_request_exposed(result, len(sp.isl))
+        exposed_without = _per_request_exposed(baseline, len(sp.isl)) if baseline is not None else None
 
         def suffix_ns_for(r: int, served: int) -> int:
             if served <= 0:
                 return int(sp.full_ns[r])
             return int(suffix_ready_ns(scenario, int(sp.isl[r]), served)[1][-1, -1])
 
-        block = summarize_store(sp, client, store, exposed, suffix_ns_for)
+        block = summarize_store(sp, client, store, exposed, suffix_ns_for, exposed_without)
+        if baseline is not None:
+            block["without_store_run"] = {"ttft_ms": baseline.ttft_ms, "exposed_ms": baseline.exposed_ms,
+                                          "integrity": baseline.integrity}
         checked = int(client.get("pages_checked", 0)) + int(store.get("pages_checked", 0))
         errors = int(client.get("errors", 0)) + int(store.get("errors", 0))
         first = (client.get("error_list") or store.get("error_list") or [None])[0]
@@ -216,6 +217,17 @@ class StoreAgents:
             exc.result = result  # type: ignore[attr-defined]
             raise exc
         return result
+
+
+def _per_request_exposed(result: Result | None, n: int) -> Any:
+    """A run's exposed transfer per request (ms), if it kept every request's (stride 1), else None."""
+    ex = (result.exposed_ms_requests if result is not None else None) or {}
+    values = ex.get("values") or []
+    if ex.get("stride") != 1 or len(values) != n:
+        return None
+    import numpy as np
+
+    return np.asarray(values, dtype=np.float64)
 
 
 def _pid(msg: Any) -> str:
