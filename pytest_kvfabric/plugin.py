@@ -52,10 +52,14 @@ def pytest_kvfabric_fabrics(config: pytest.Config):
 
 @pytest.hookimpl(trylast=True)
 def pytest_kvfabric_report_sections(config: pytest.Config, results, metrics):
-    """The KV-transfer summary table."""
-    from .report import table
+    """The KV-transfer summary table, and the storage tier's when a case ran a store."""
+    from .report import store_table, table
 
-    return [("kvfabric KV-transfer summary", table.render(results, metrics))]
+    sections = [("kvfabric KV-transfer summary", table.render(results, metrics))]
+    store = store_table.render(results)
+    if store:
+        sections.append(("kvfabric storage tier (emulated TTFT: README, storage tier)", store))
+    return sections
 
 
 # ---------------------------------------------------------------- options

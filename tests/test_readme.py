@@ -29,3 +29,12 @@ def test_readme_commands_match_ci():
     main_job, tests = blocks[0], blocks[1]
     assert "pytest suites/smoke.yaml --kv-transport=tcp --kv-model=deepseek-v3" in main_job
     assert tests.strip() in ci  # .ci/run runs exactly the README's test command
+
+
+def test_readme_storage_tier_example_is_a_valid_suite():
+    from pytest_kvfabric.harness.suites import parse_suite
+
+    section = README.read_text().split("## The storage tier", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    suite = parse_suite("suite: readme\n" + block, "README.md")
+    assert [t.fields["store"]["mode"] for t in suite.scenarios] == ["prefix", "resume", "offload"]

@@ -11,13 +11,15 @@ K = 1024
 
 
 def test_presets_cover_the_applications():
-    assert set(PRESETS) == {"chat", "deep-research", "coding", "summarization"}
+    assert set(PRESETS) == {"chat", "deep-research", "coding", "summarization", "multi-turn-chat"}
     for name, wl in PRESETS.items():
         isl, osl, _ = sample_requests(wl.__class__(**{**wl.__dict__, "requests": 500}), seed=1)
         if name == "chat":
             assert 96 <= np.median(isl) <= 160 and 96 <= np.median(osl) <= 160
         elif name == "deep-research":
             assert isl.min() >= 128 and isl.max() <= K and osl.min() >= 128 * K
+        elif name == "multi-turn-chat":  # the conversation so far: a few K tokens in, chat-sized answers out
+            assert isl.min() >= 512 and isl.max() <= 4 * K and 96 <= np.median(osl) <= 160
         elif name == "coding":
             assert isl.min() >= 128 * K and isl.max() <= 1024 * K and 128 <= osl.min() and osl.max() <= 4 * K
         else:
@@ -26,7 +28,7 @@ def test_presets_cover_the_applications():
 
 
 def test_unknown_preset_lists_valid():
-    with pytest.raises(UnknownIdError, match="chat, coding, deep-research, summarization"):
+    with pytest.raises(UnknownIdError, match="chat, coding, deep-research, multi-turn-chat, summarization"):
         preset("poetry")
 
 

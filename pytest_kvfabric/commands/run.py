@@ -15,6 +15,7 @@ from ..core.profiles import DEFAULT_GPU
 from ..core.scenario import FAULTS, PACINGS
 from ..emulator.flows import MAX_INSTANCES, MAX_RAILS, ROUTINGS
 from ._scenario_args import add_scenario_args, float_in, int_in, positive_int, scenario_from_args
+from ._store_args import add_store_args, store_from_args, store_rows
 
 
 def register(subparsers: Any) -> None:
@@ -46,6 +47,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                    help="run the scenario N times back to back on the same agents; print and write the median "
                         "figures, each gated figure's 95%% interval, and (JSON 'repeats') every run")
+    add_store_args(p)
     p.set_defaults(func=main)
 
 
@@ -85,6 +87,7 @@ def table(d: dict[str, Any]) -> str:
                      + (" (short)" if cap.get("short") else "")))
     if any((d["data_path"].get(side) or {}).get("busy_poll_us") is not None for side in _SIDES):
         rows.append(("busy poll us", _per_side(d, "busy_poll_us")))  # a spinning side's cpu s/GB is its spin
+    rows += store_rows(d.get("store"))
     return tabulate(rows, tablefmt="simple")
 
 
@@ -170,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
 
         check_output_path(args.json, "--json", "<cli>")
     sc = scenario_from_args(args, scenario_id="run")
+    store = store_from_args(args)
     from ..harness.options import transport_params
 
     params = transport_params(args.transport_param, "--transport-param")
@@ -193,7 +197,19 @@ def main(args: argparse.Namespace) -> int:
 
     sc = dataclasses.replace(sc, transport=args.transport, pacing=args.pace, transport_params=params,
                              verify=not args.no_verify, rails=args.rails,
-                             topology=Topology(args.prefill_instances, args.decode_instances, args.routing))
+                             topology=Topology(args.prefill_instances, args.decode_instances, args.routing),
+                             store=store)
+    if store is not None:
+        if sc.multi_agent:
+            from ..errors import ProfileError
+
+            raise ProfileError("<cli>", "--store", "runs one prefill-decode pair: not with --rails or instances")
+        from ..run.store_runner import read_reason
+
+        why = read_reason(args.transport, params)
+        if why:
+            sys.stderr.write(f"kvfabric run: --store needs one-sided READ: {why}\n")
+            return 1
     result = None
     capacity = _capacity(sc)
     for line in filter(None, (predicted_notice(sc, capacity), short_link_line(capacity))):
@@ -201,8 +217,10 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress()
     runs: list[dict[str, Any]] = []
     try:
+        from ..run.store_runner import StoreAgents
+
         with _agents(sc, args) as agents:
-            if progress.enabled and isinstance(agents, AgentPair):  # on a terminal only: piped output stays the table alone
+            if progress.enabled and isinstance(agents, (AgentPair, StoreAgents)):  # on a terminal only: piped output stays the table alone
                 agents.on_progress = lambda p: progress.update(progress_line(p))
                 # Until the first report: the agents rebuild the plan and fill their pools.
                 progress.update("starting the agents: plan, emulated HBM pools, page patterns ...", force=True)
@@ -248,6 +266,10 @@ def _agents(sc: Any, args: argparse.Namespace) -> Any:
     """One agent pair, or a FlowRunner on a loopback layout for rails and instances (run/flows.py)."""
     from ..run.runner import AgentPair
 
+    if sc.store is not None:  # a store beside the pair (run/store_runner.py)
+        from ..run.store_runner import StoreAgents
+
+        return StoreAgents(None, args.timeout, {"max_inflight": args.window})
     if not sc.multi_agent:
         return AgentPair(None, args.timeout, {"max_inflight": args.window})
     from ..fabric.local import local_layout

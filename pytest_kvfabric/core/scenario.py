@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .profiles import GpuProfile, ModelProfile
+from .store_spec import StoreSpec
 
 ACCESS_PATTERNS = ("layer", "block")
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
@@ -127,6 +128,7 @@ class Scenario:
     rails: int = 1  # agents per instance and side; prefill rank k on rail k mod rails (emulator/flows.py)
     topology: Topology = field(default_factory=Topology)  # instances and routing (one pair by default)
     notes: tuple[str, ...] = ()  # what the harness changed and why (e.g. TP raised to fit HBM); reported, not sent
+    store: StoreSpec | None = None  # the storage tier (core/store_spec.py); None: no store agent
 
     def kv_dtype(self, side: str = "prefill") -> str:
         dep = self.prefill if side == "prefill" else self.decode
@@ -152,6 +154,7 @@ class Scenario:
             "slo": dict(self.slo),
             "verify": self.verify,
             "synthetic": dataclasses.asdict(self.synthetic) if self.synthetic else None,
+            "store": self.store.to_spec() if self.store else None,
             "rails": self.rails,
             "topology": dataclasses.asdict(self.topology),
         }
@@ -180,6 +183,7 @@ class Scenario:
             slo=dict(spec.get("slo", {})),
             verify=bool(spec.get("verify", True)),
             synthetic=Synthetic(**spec["synthetic"]) if spec.get("synthetic") else None,
+            store=StoreSpec.from_spec(spec["store"]) if spec.get("store") else None,
             rails=int(spec.get("rails", 1)),
             topology=Topology(**spec.get("topology") or {}),
         )

@@ -221,11 +221,12 @@ class _PlanBuilder:
             )
         return self._pieces[key]
 
-    def _row_counts(self, isl: np.ndarray, npages: np.ndarray, first_sw: np.ndarray) -> int:
-        """Rows of the whole plan, to allocate the table once."""
+    def _row_counts(self, isl: np.ndarray, npages: np.ndarray, first_sw: np.ndarray, first_page: np.ndarray) -> int:
+        """Rows of the whole plan, to allocate the table once (pages before first_page do not move)."""
         src, dst, seg, nreq = self.src, self.dst, self.seg_all, len(isl)
         n_all_sliding = int(seg.all_sliding.sum())
-        groups = len(seg.first) * npages - n_all_sliding * first_sw
+        groups = (len(seg.first) - n_all_sliding) * (npages - first_page) \
+            + n_all_sliding * (npages - np.maximum(first_sw, first_page))
         if src.dp_attention or dst.dp_attention:  # pieces repeat with period lcm(src.tp, dst.tp)
             period = min(nreq, math.lcm(src.tp, dst.tp))
             k_per = np.array([len(self.pieces_for(r)[0]) for r in range(period)], dtype=np.int64)
@@ -239,6 +240,10 @@ class _PlanBuilder:
         isl, osl, arrival_ns = sample_requests(scenario.workload, scenario.seed, SOURCE)
         nreq = len(isl)
         sched = prefill_schedule(scenario.model, scenario.gpu, scenario.prefill, isl)
+        if scenario.store is not None:  # prefix/resume hits: only the suffix is computed
+            from .storeplan import apply_hits
+
+            apply_hits(scenario, isl, sched.chunk_ends, sched.ready_ns)
         batch = scenario.workload.arrival.concurrency if scenario.workload.arrival.kind == "closed" else 1
         decode_by_isl: dict[int, float] = {}  # decode step per distinct ISL, at the closed loop's batch
         for n in np.unique(isl).tolist():
@@ -247,7 +252,12 @@ class _PlanBuilder:
         npages = -(-isl // page)
         src = self.src
         first_sw = np.where((src.window > 0) & (isl > src.window), (isl - src.window) // page, 0)
-        total = self._row_counts(isl, npages, first_sw)
+        first_page = np.zeros(nreq, dtype=np.int64)
+        if scenario.store is not None and scenario.store.mode == "resume":  # decode fetches the session's pages itself
+            from .storeplan import hit_tokens
+
+            first_page = hit_tokens(scenario.store, isl, page, scenario.seed) // page
+        total = self._row_counts(isl, npages, first_sw, first_page)
         check_plan_rows(total, scenario)
         self.out = np.empty(total, dtype=TRANSFER_DTYPE)
         requests = np.zeros(nreq, dtype=REQUEST_DTYPE)
@@ -255,7 +265,7 @@ class _PlanBuilder:
             n = int(isl[r])
             req_first = self.row
             ready = np.rint(sched.ready_ns[r]).astype(np.uint64)
-            self._request(r, n, int(npages[r]), int(first_sw[r]), ready, sched.chunk_ends[r])
+            self._request(r, n, int(npages[r]), int(first_sw[r]), ready, sched.chunk_ends[r], int(first_page[r]))
             requests[r] = (
                 r,
                 int(arrival_ns[r]),
@@ -281,12 +291,12 @@ class _PlanBuilder:
         )
 
     def _request(self, r: int, n: int, npages: int, first_sw: int, ready: np.ndarray,
-                 chunk_ends: np.ndarray) -> None:
-        """Append request r's rows: its pages chunk by chunk, in ready order."""
+                 chunk_ends: np.ndarray, first_page: int = 0) -> None:
+        """Append request r's rows: its pages from first_page on, chunk by chunk, in ready order."""
         page, seg_all = self.page, self.seg_all
         pieces = self.pieces_for(r)
         k = len(pieces[0])
-        pages = np.arange(npages, dtype=np.int64)
+        pages = np.arange(first_page, npages, dtype=np.int64)
         last_tok = np.minimum((pages + 1) * page, n) - 1
         chunk_of_page = np.searchsorted(chunk_ends, last_tok, side="right")
         starts = np.searchsorted(chunk_of_page, np.arange(ready.shape[0]), side="left")

@@ -26,6 +26,15 @@ PRESETS: dict[str, Workload] = {
         requests=64,
         preset="chat",
     ),
+    # Multi-turn chat: each turn's prompt is the conversation so far (ISL grows to a few K tokens),
+    # short answers; a store scenario (mode resume) says which sessions return and how much is theirs.
+    "multi-turn-chat": Workload(
+        isl=Distribution(kind="uniform", low=512, high=4 * K),
+        osl=Distribution(kind="normal", mean=128, std=32, low=16, high=512),
+        arrival=Arrival(kind="closed", concurrency=4),
+        requests=32,
+        preset="multi-turn-chat",
+    ),
     # Deep research: modest prompts, very long generated reports (OSL 128K+).
     "deep-research": Workload(
         isl=Distribution(kind="uniform", low=128, high=1 * K),

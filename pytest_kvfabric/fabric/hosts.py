@@ -23,6 +23,7 @@ StrictHostKeyChecking in ~/.ssh/config): we never disable it.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import shlex
@@ -87,14 +88,17 @@ class InventoryPair:
     name: str
     prefill: InventoryHost
     decode: InventoryHost
+    store: InventoryHost | None = None  # a third host for store scenarios (run/store_runner.py)
 
     def host_pair(self, source: str = "") -> HostPair:
         def host(h: InventoryHost) -> Host:
             return Host(f"{self.name}/{h.role}", h.gateway_spec(), h.data_addr, h.interface, None)
 
-        return HostPair(self.name, HostsFabric.name, host(self.prefill), host(self.decode),
-                        {"inventory": source,
-                         "ssh": {r: f"{getattr(self, r).ssh}:{getattr(self, r).port}" for r in ROLES}})
+        details: dict[str, Any] = {"inventory": source,
+                                   "ssh": {r: f"{getattr(self, r).ssh}:{getattr(self, r).port}" for r in ROLES}}
+        if self.store is not None:  # as plain fields: details travel into reports
+            details["store_host"] = dataclasses.asdict(host(self.store))
+        return HostPair(self.name, HostsFabric.name, host(self.prefill), host(self.decode), details)
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,8 @@ def parse_inventory(data: Any, source: str) -> Inventory:
         if np_ != nd:  # rail k of one side talks to rail k of the other
             raise ProfileError(source, f"pairs[{i}] ({name}).decode.rails",
                                f"{nd} rails but prefill has {np_}; rail k pairs with rail k, so both sides list the same number")
-        pairs.append(InventoryPair(name, hosts["prefill"], hosts["decode"]))
+        store = _parse_host(raw["store"], "store", source, f"pairs[{i}] ({name}).store") if "store" in raw else None
+        pairs.append(InventoryPair(name, hosts["prefill"], hosts["decode"], store))
     return Inventory(source, tuple(pairs))
 
 

@@ -236,6 +236,13 @@ def run_case(
         if reason:
             out.skip_reason, out.unavailable = reason, True
             return out
+    if scenario.store is not None:  # a store scenario pulls pages with one-sided READs
+        from ..run.store_runner import read_reason
+
+        reason = read_reason(scenario.transport, scenario.transport_params)
+        if reason:
+            out.skip_reason, out.unavailable = f"store scenario needs one-sided READ; {reason}", True
+            return out
     layout: Layout | None = None
     try:
         if scenario.multi_agent:
@@ -263,6 +270,7 @@ def run_case(
     from ..report.repeats import median_metrics, repeat_figures
     from ..run.flows import FlowRunner
     from ..run.runner import AgentPair
+    from ..run.store_runner import StoreAgents
 
     # A multi-agent case's capacity (one probe per rail and instance) is not measured yet: none is said.
     out.capacity = up_front_capacity(scenario, pair) if layout is None else None
@@ -270,7 +278,8 @@ def run_case(
     runs: list[dict[str, Any]] = []
     timeout = selection.timeout_s if selection.timeout_s is not None else timeout_s  # CLI wins
     try:  # the repeats share one pair of agents: a repeat measures the transfer, not a process start
-        with (AgentPair(pair, timeout) if layout is None else FlowRunner(layout, timeout)) as agents:
+        with (FlowRunner(layout, timeout) if layout is not None else
+              StoreAgents(pair, timeout) if scenario.store is not None else AgentPair(pair, timeout)) as agents:
             for i in range(n):
                 result = agents.run(scenario)
                 runs.append(ms.complete(result.to_dict()))

@@ -83,6 +83,7 @@ def build(fields: Mapping[str, Any], *, id: str, model: ModelProfile, gpu: GpuPr
         transport_params=dict(f.get("transport_params", {})),
         slo=dict(f.get("slo", {})),
         synthetic=Synthetic(**f["synthetic"]) if f.get("synthetic") else None,
+        store=_store(f.get("store"), source, where),
         rails=f.get("rails", 1),
         topology=build_topology(f.get("topology") or {}, f.get("rails", 1), source, where),
     )
@@ -107,6 +108,15 @@ def build_topology(spec: Mapping[str, Any], rails: Any, source: str, base: str =
         field_name, _, reason = why.partition(": ")
         raise ProfileError(source, field_name, reason)
     return topo
+
+
+def _store(value: Any, source: str, where: str) -> Any:
+    """The scenario's StoreSpec (core/store_spec.py validates and names the field), None without one."""
+    if value is None:
+        return None
+    from ..core.store_spec import parse_store
+
+    return parse_store(value, source, f"{where}.store" if where else "store")
 
 
 def finish(sc: Scenario, overrides: Overrides | None = None, marker_slo: Mapping[str, Any] | None = None,

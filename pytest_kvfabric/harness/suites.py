@@ -93,6 +93,20 @@ def _check_distributions(fields: Mapping[str, Any], source: str, where: str) -> 
             raise ProfileError(source, f"{where}.workload.{key}", f"low {d['low']} > high {d['high']}")
 
 
+def _check_store(fields: Mapping[str, Any], source: str, where: str) -> None:
+    """A bad `store:` block fails the suite's load, naming the field (not each case at run time)."""
+    if fields.get("store") is None:
+        return
+    from ..core.store_spec import parse_store
+
+    if "synthetic" in fields:
+        raise ProfileError(source, f"{where}.store", "a store scenario needs a model workload, not synthetic transfers")
+    if fields.get("rails", 1) != 1 or fields.get("topology"):
+        raise ProfileError(source, f"{where}.store", "a store scenario runs one prefill-decode pair: "
+                           "not with rails or topology")
+    parse_store(fields["store"], source, f"{where}.store")
+
+
 def _check_transports(fields: Mapping[str, Any], source: str, where: str) -> None:
     """A misspelt transport would collect nothing (exit 5, no error): refuse it, and check the
     scenario's transport parameters against the transports it names."""
@@ -129,6 +143,7 @@ def _suite(data: Mapping[str, Any], source: str) -> Suite:
         if "synthetic" in merged and "workload" in sc:
             raise ProfileError(source, f"scenarios[{i}]", "a scenario has either synthetic or workload, not both")
         _check_distributions(merged, source, f"scenarios[{i}]")
+        _check_store(merged, source, f"scenarios[{i}]")
         _check_transports(merged, source, f"scenarios[{i}]")
         templates.append(ScenarioTemplate(data["suite"], sc["id"], source, i, merged))
     return Suite(data["suite"], data.get("description", ""), source, tuple(templates))

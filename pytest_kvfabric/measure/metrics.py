@@ -183,6 +183,31 @@ def _family(prefix: str, group: str, name: str, unit: str, better: bool | None, 
     return [Metric(f"{prefix}_{k}", f"{group}.{k}", f"{name} {k}", unit, better) for k in keys]
 
 
+# A store scenario's figures (measure/store_stats.py writes them under "store"); absent elsewhere.
+STORE_METRICS = (
+    Metric("fetch_p50", "store.fetch_ms.p50", "store fetch p50", "ms", False),
+    Metric("fetch_p99", "store.fetch_ms.p99", "store fetch p99", "ms", False, gate_pct=10.0, floor=1.0,
+           slo="p99_fetch_ms", link_bound=True,
+           slo_help="p99 per request of a store fetch: lookup round trip + one-sided READs of every served page"),
+    Metric("offload_p99", "store.offload_ms.p99", "store offload p99", "ms", False, gate_pct=10.0, floor=1.0,
+           slo="p99_offload_ms", link_bound=True,
+           slo_help="p99 per request of an offload: room asked, pages written and committed at the store"),
+    Metric("ttft_with_store_p50", "store.ttft_with_store_ms.p50", "TTFT with store p50", "ms", False),
+    Metric("ttft_without_store_p50", "store.ttft_without_store_ms.p50", "TTFT without store p50", "ms", False),
+    Metric("ttft_saved_p50", "store.ttft_saved_ms.p50", "TTFT saved by hits p50", "ms", True),
+    Metric("ttft_saving", "store.ttft_saving_fraction", "TTFT saving fraction", "", True, gate_pct=10.0, floor=0.01,
+           slo="min_ttft_saving_fraction", link_bound=True,
+           slo_help="emulated TTFT saved by store hits over the TTFT without the store (sum over requests)"),
+    Metric("store_hit_ratio", "store.hit_ratio.all", "store hit ratio", "", True, slo="min_store_hit_ratio",
+           timing=False, slo_help="fraction of the store's page lookups found in any tier"),
+    Metric("store_hit_dram", "store.hit_ratio.dram", "store DRAM hit ratio", "", True),
+    Metric("store_hit_file", "store.hit_ratio.file", "store file-tier hit ratio", "", None),
+    Metric("bytes_fetched", "store.bytes_fetched", "KV bytes fetched", "B", None),
+    Metric("bytes_computed", "store.bytes_computed", "KV bytes computed", "B", None),
+    Metric("disk_read", "store.disk.read_gbps", "store disk read", "Gb/s", True),
+    Metric("disk_write", "store.disk.write_gbps", "store disk write", "Gb/s", True),
+)
+
 BUILTIN = MetricSet((
     Metric("throughput", "throughput_gbps", "throughput", "Gb/s", True, gate_pct=5.0, slo="min_throughput_gbps",
            slo_help="decimal Gb/s over the transfer window", link_bound=True, column="GB/s", column_scale=8),
@@ -234,4 +259,5 @@ BUILTIN = MetricSet((
     Metric("flow_start_late_max", "flow_start_late_us.max", "flow start late max", "µs", False),
     Metric("zero_copy", None, "zero-copy data path", "", None, _zero_copy, junit=False, slo="require_zero_copy",
            timing=False, slo_help="the kernel/NIC must report a zero-copy data path on every side that reports one"),
+    *STORE_METRICS,
 ))

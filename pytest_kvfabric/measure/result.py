@@ -75,6 +75,7 @@ class Result:
     incast: list[dict[str, Any]] | None = None  # per decode instance with fan-in > 1
     incast_penalty_ms: float | None = None  # the largest incast penalty (exposed p99 vs one sender)
     flow_start_late_us: dict[str, float | None] | None = None  # how late flows began after the common start
+    store: dict[str, Any] | None = None  # a store scenario's figures (measure/store_stats.py); None without a store
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (keys documented in the README, `kvfabric run` section; stable across releases)."""

@@ -79,6 +79,8 @@ class AgentPair:
         # Called with the prefill agent's {"requests_done", "requests", "bytes_done", "bytes_total",
         # "elapsed_s"} about every PROGRESS_S while a run goes on; None: the agent sends none.
         self.on_progress: Callable[[dict[str, Any]], None] | None = None
+        # Called once both agents were told to run (a store run starts its client then: run/store_runner.py).
+        self.on_run_started: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> "AgentPair":
@@ -237,6 +239,8 @@ class AgentPair:
         try:
             psetup, dsetup = self.setup(scenario, plan)
             self.launch(run_timeout, dsetup)
+            if self.on_run_started is not None:
+                self.on_run_started()
             pre, dec = self.collect(run_timeout)
             ok = True
         finally:
