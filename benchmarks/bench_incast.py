@@ -58,8 +58,8 @@ def main() -> int:
     opts = {"rate_mbit": args.rate_mbit} if args.rate_mbit else {}
     layouts, closers = {}, []
     try:
-        for P, D in shapes:
-            layout, close = open_layout(args.fabric, PairRequest(worker=0, rails=1, topology=(P, D),
+        for i, (P, D) in enumerate(shapes):  # one worker index each: their namespaces' names differ
+            layout, close = open_layout(args.fabric, PairRequest(worker=i, rails=1, topology=(P, D),
                                                                  netns_options=opts, netns_prefix="kvfbi"))
             layouts[(P, D)] = layout
             closers.append(close)
