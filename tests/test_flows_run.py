@@ -52,6 +52,7 @@ def test_fan_in_reports_instances_fairness_and_incast_penalty():
     sc = scenario(topology=Topology(2, 1))
     res = run_flows(sc, timeout_s=60)
     assert res.integrity["errors"] == 0 and res.bytes == build_plan(sc).total_bytes
+    assert res.integrity["pages_checked"] == 2 * len(build_plan(sc).transfers)  # the one-sender reference's too
     pre = res.per_instance["prefill"]
     assert [e["requests_routed"] for e in pre] == [2, 2] and all(e["bytes"] > 0 for e in pre)
     assert res.per_instance["decode"][0]["bytes"] == res.bytes

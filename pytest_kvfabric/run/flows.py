@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.scenario import Scenario
-from ..emulator.flows import FlowSpec, SubPlan, flow_masks, flow_plan, rail_of, restrict, route
+from ..emulator.flows import FlowSpec, SubPlan, flow_masks, flow_plan, rail_of, route
 from ..emulator.memory import check_hbm_fit
 from ..emulator.plan import build_plan
 from ..emulator.plantypes import TransferPlan
@@ -292,6 +292,14 @@ def build_result(scenario: Scenario, plan: TransferPlan, layout: Layout, flows: 
                 entry.update(group(reqs[row_req], reqs, keep))
             per_instance[side].append(entry)
 
+    for refs in references.values():  # the reference runs verified their pages too: their errors count
+        for f in refs:
+            fs = stats.summarize(f.sub.plan.transfers, f.sub.plan.requests, _measure(f).m, pacing, budget)
+            integ = integrity_of(fs, f.dec or {})
+            pages += integ["pages_checked"]
+            errors += integ["errors"]
+            if first is None and integ["first_error"]:
+                first = f"incast reference flow {f.spec.name}: {integ['first_error']}"
     incast = []
     for d, refs in sorted(references.items()):
         reqs = dec_of == d
@@ -333,4 +341,4 @@ def run_flows(scenario: Scenario, layout: Layout | None = None, timeout_s: float
         return runner.run(scenario)
 
 
-__all__ = ["FlowRunner", "run_flows", "build_result", "flow_masks", "restrict"]
+__all__ = ["FlowRunner", "FlowRun", "run_flows", "build_result"]
