@@ -11,7 +11,8 @@ Throughput mode posts batches of `--batch` writes of `--nbytes`, keeping at most
 times from the first timed post to the last completion. Latency mode has exactly one write
 outstanding: post, then poll until its completion (write-to-completion, like a ping-pong).
 No pattern fill or verification here: this measures the transport; the runner path
-(run_scenario) adds the endpoints' fill and verify.
+(run_scenario) adds the endpoints' fill and verify. `--op read` posts one-sided READs of the
+same sizes instead (post_read: the target sends, the initiator receives).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import cpu_s, cpu_s_per_gb, percentile  # noqa: E402
 
-from pytest_kvfabric.transports.base import XFER_DTYPE  # noqa: E402
+from pytest_kvfabric.transports.base import READ_DTYPE, XFER_DTYPE  # noqa: E402
 from pytest_kvfabric.transports.registry import get_transport  # noqa: E402
 
 
@@ -65,7 +66,8 @@ def run_target(a: argparse.Namespace) -> int:
             if tgt.peers_closed():
                 break
         c1 = cpu_s()
-        nbytes = sum(int(p["nbytes"].sum()) for p in got)
+        # bytes it received (writes) plus bytes it sent (reads served)
+        nbytes = sum(int(p["nbytes"].sum()) for p in got) + int(tgt.data_path().get("bytes_served") or 0)
         active_s = (int(got[-1]["t_ns"][-1]) - int(got[0]["t_ns"][0])) / 1e9 if got else 0.0
         _out({
             "bytes": nbytes,
@@ -82,12 +84,16 @@ def run_target(a: argparse.Namespace) -> int:
     return 0
 
 
-def _batch(n: int, nbytes: int, start: int, region_bytes: int) -> np.ndarray:
-    """n writes of nbytes, cycling through the region at both ends."""
+def _batch(n: int, nbytes: int, start: int, region_bytes: int, op: str = "write") -> np.ndarray:
+    """n writes (or reads) of nbytes, cycling through the region at both ends."""
     slots = max(region_bytes // nbytes, 1)
-    b = np.zeros(n, XFER_DTYPE)
     k = np.arange(start, start + n, dtype=np.uint64)
     off = (k % np.uint64(slots)) * np.uint64(nbytes)
+    if op == "read":
+        b = np.zeros(n, READ_DTYPE)
+        b["xfer"], b["local_off"], b["remote_off"], b["nbytes"] = k, off, off, nbytes
+        return b
+    b = np.zeros(n, XFER_DTYPE)
     b["xfer"] = k
     b["src_off"] = off
     b["dst_off"] = off
@@ -99,6 +105,7 @@ def _batch(n: int, nbytes: int, start: int, region_bytes: int) -> np.ndarray:
 def _throughput(ini, a: argparse.Namespace) -> dict:
     nb = a.nbytes
     window = max(a.window_bytes // nb, a.batch)
+    post = ini.post_read if a.op == "read" else ini.post
     posted = done = 0
     lat_ns: list[int] = []
     post_t: dict[int, int] = {}
@@ -110,9 +117,9 @@ def _throughput(ini, a: argparse.Namespace) -> dict:
         t0 = time.monotonic_ns()
         while time.monotonic() < t_end:
             while posted - done + a.batch <= window:
-                b = _batch(a.batch, nb, posted, a.region_bytes)
+                b = _batch(a.batch, nb, posted, a.region_bytes, a.op)
                 t = time.monotonic_ns()
-                ini.post(b, timeout_s=10.0)
+                post(b, timeout_s=10.0)
                 if record and posted % 64 == 0:
                     post_t[posted] = t
                 posted += a.batch
@@ -157,14 +164,15 @@ def _latency(ini, a: argparse.Namespace) -> dict:
 
     # Pre-built one-write batches (cycling through the region): nothing but the transport
     # runs between two writes.
-    batches = [_batch(1, nb, j, a.region_bytes) for j in range(256)]
+    batches = [_batch(1, nb, j, a.region_bytes, a.op) for j in range(256)]
+    post = ini.post_read if a.op == "read" else ini.post
 
     def one() -> int:
         nonlocal k
         b = batches[k & 255]
         k += 1
         t0 = time.monotonic_ns()
-        ini.post(b, timeout_s=5.0)
+        post(b, timeout_s=5.0)
         for _ in range(10000):
             comp = ini.poll(1.0)
             if len(comp):
@@ -217,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=1)
     ap.add_argument("--opt", action="append", default=[], help="transport option KEY=VALUE (both sides)")
     ap.add_argument("--mode", choices=["throughput", "latency"], default="throughput")
+    ap.add_argument("--op", choices=["write", "read"], default="write", help="post writes or one-sided reads")
     ap.add_argument("--nbytes", type=int, default=1 << 20)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--window-bytes", type=int, default=32 << 20)

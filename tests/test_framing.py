@@ -81,7 +81,7 @@ def test_encode_control_too_large():
         (raw(version=2), "unsupported frame version 2"),
         (raw(version=0), "unsupported frame version 0"),
         (raw(type_=0), "unknown frame type 0"),
-        (raw(type_=9), "unknown frame type 9"),
+        (raw(type_=11), "unknown frame type 11"),
         (raw(type_=framing.CHALLENGE, nbytes=31), "CHALLENGE of 31 bytes"),
         (raw(type_=255), "unknown frame type 255"),
         (raw()[:31], "truncated frame header: 31 of 32"),
@@ -176,7 +176,7 @@ def test_control_reader_keeps_partial_frame():
         (raw(type_=WRITE, nbytes=4), "unexpected WRITE frame"),
         (raw(magic=b"XX", type_=ACK), "bad frame magic"),
         (raw(type_=ACK, nbytes=3), "non-empty payload"),
-        (raw(type_=9), "unknown frame type 9"),
+        (raw(type_=11), "unknown frame type 11"),
     ],
 )
 def test_control_reader_malformed_after_good_frames(bad: bytes, match: str):

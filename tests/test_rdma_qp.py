@@ -23,7 +23,8 @@ def test_init_remote_write_only_on_decode_side():
     o = qp.QpOptions.from_options({"port": 2, "pkey_index": 3})
     attrs, mask = qp.init_attrs(o, remote_write=True)
     assert attrs == {"qp_state": "IBV_QPS_INIT", "pkey_index": 3, "port_num": 2,
-                     "qp_access_flags": ["IBV_ACCESS_LOCAL_WRITE", "IBV_ACCESS_REMOTE_WRITE"]}
+                     "qp_access_flags": ["IBV_ACCESS_LOCAL_WRITE", "IBV_ACCESS_REMOTE_WRITE",
+                                         "IBV_ACCESS_REMOTE_READ"]}
     assert mask == ["IBV_QP_STATE", "IBV_QP_PKEY_INDEX", "IBV_QP_PORT", "IBV_QP_ACCESS_FLAGS"]
     attrs, _ = qp.init_attrs(o, remote_write=False)
     assert attrs["qp_access_flags"] == ["IBV_ACCESS_LOCAL_WRITE"]

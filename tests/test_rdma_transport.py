@@ -35,9 +35,11 @@ class E:  # enum classes shaped like pyverbs.libibverbs_enums
                                                  "IBV_QPS_ERR": 6})
     ibv_mtu = enum.IntEnum("ibv_mtu", {f"IBV_MTU_{128 << i}": i for i in range(1, 6)})
     ibv_access_flags = enum.IntFlag("ibv_access_flags", {"IBV_ACCESS_LOCAL_WRITE": 1,
-                                                         "IBV_ACCESS_REMOTE_WRITE": 2})
+                                                         "IBV_ACCESS_REMOTE_WRITE": 2,
+                                                         "IBV_ACCESS_REMOTE_READ": 4})
     ibv_wr_opcode = enum.IntEnum("ibv_wr_opcode", {"IBV_WR_RDMA_WRITE": 0,
-                                                   "IBV_WR_RDMA_WRITE_WITH_IMM": 1})
+                                                   "IBV_WR_RDMA_WRITE_WITH_IMM": 1,
+                                                   "IBV_WR_RDMA_READ": 4})
     ibv_send_flags = enum.IntFlag("ibv_send_flags", {"IBV_SEND_SIGNALED": 2})
     ibv_qp_attr_mask = enum.IntFlag("ibv_qp_attr_mask", {n: 1 << i for i, n in enumerate([
         "IBV_QP_STATE", "IBV_QP_CUR_STATE", "IBV_QP_EN_SQD_ASYNC_NOTIFY", "IBV_QP_ACCESS_FLAGS",
@@ -184,11 +186,15 @@ def build_modules():
             peer = FABRIC.qps[self.attrs["dest_qp_num"]]
             addr, length, access = FABRIC.mrs.get(wr.rkey, (0, 0, 0))
             sge = wr.sg[0]
-            if not access & 2 or not addr <= wr.raddr <= wr.raddr + sge.length <= addr + length:
+            need = 4 if wr.opcode == 4 else 2  # REMOTE_READ for an RDMA READ, else REMOTE_WRITE
+            if not access & need or not addr <= wr.raddr <= wr.raddr + sge.length <= addr + length:
                 self.state = 6
                 self.cq.push(wr_id=wr.wr_id, status=10, qp_num=self.qp_num)  # REM_ACCESS_ERR
                 return
-            ctypes.memmove(wr.raddr, sge.addr, sge.length)
+            if wr.opcode == 4:  # RDMA READ: remote -> local
+                ctypes.memmove(sge.addr, wr.raddr, sge.length)
+            else:
+                ctypes.memmove(wr.raddr, sge.addr, sge.length)
             if wr.opcode == 1:
                 if not peer.recvs:
                     self.state = 6
@@ -355,17 +361,17 @@ def test_writes_land_and_both_sides_report(verbs, poll):
         target.close()
 
 
-def test_initiator_only_has_local_access_target_has_remote_write(verbs):
+def test_initiator_only_has_local_access_target_has_remote_write_and_read(verbs):
     src, dst, target, desc, init = pair(verbs)
     try:
         init.connect(desc, 5.0)
         access = {FABRIC.mrs[k][0]: FABRIC.mrs[k][2] for k in FABRIC.mrs}
         from pytest_kvfabric.transports.rdma.endpoint import addr_of
 
-        assert access[addr_of(dst)] == 3 and access[addr_of(src)] == 1
+        assert access[addr_of(dst)] == 7 and access[addr_of(src)] == 1
         init_qp = FABRIC.qps[FABRIC.qps[desc["qpns"][0]].attrs["dest_qp_num"]]
         assert init_qp.attrs["qp_access_flags"] == 1
-        assert FABRIC.qps[desc["qpns"][0]].attrs["qp_access_flags"] == 3
+        assert FABRIC.qps[desc["qpns"][0]].attrs["qp_access_flags"] == 7
     finally:
         init.close()
         target.close()
@@ -520,6 +526,80 @@ def test_out_of_region_transfer_is_refused_before_posting(verbs):
     finally:
         init.close()
         target.close()
+
+
+def reads_batch(rows, first=100):
+    from pytest_kvfabric.transports.base import READ_DTYPE
+
+    b = np.zeros(len(rows), READ_DTYPE)
+    for i, (local, remote, n) in enumerate(rows):
+        b[i] = (first + i, local, remote, n)
+    return b
+
+
+@pytest.mark.parametrize("qps", [1, 3])
+def test_rdma_reads_pull_the_target_region_and_complete_through_poll(verbs, qps):
+    src, dst, target, desc, init = pair(verbs, qps=qps, signal_every=2, max_send_wr=4)
+    try:
+        init.connect(desc, 5.0)
+        d = np.frombuffer(dst, np.uint8)
+        d[:] = (np.arange(len(dst)) * 7 + 3) % 253  # the store's pages
+        s = np.frombuffer(src, np.uint8)
+        s[:] = 0x5A
+        rows = [(0, 40000, 10000), (10000, 5, 4096), (20000, 65536 - 300, 300), (30000, 0, 1)]
+        # a write in between: it lands, and the reads after it see nothing of it (other range)
+        init.post_read(reads_batch(rows[:2]), 5.0)
+        init.post(xfers([(50000, 30000, 100, -1)]), 5.0)
+        init.post_read(reads_batch(rows[2:], first=102), 5.0)
+        done = []
+        for _ in range(100):
+            done += init.poll(0.01)["xfer"].tolist()
+            if len(done) == 5:
+                break
+        assert sorted(done) == [0, 100, 101, 102, 103] and init.outstanding() == 0
+        for lo, ro, n in rows:
+            assert np.array_equal(s[lo : lo + n], d[ro : ro + n]), (lo, ro, n)
+        assert (s[31000:50000] == 0x5A).all()
+        ops = [w for _q, ids in FABRIC.posts for w in ids]
+        assert len(ops) == 7  # the 10000-byte read is 3 WRs (max_msg_sz 4096), the others 1 each
+        assert init.data_path()["reads_posted"] == 4
+        assert "NIC" in target.data_path()["reads"]
+    finally:
+        init.close()
+        target.close()
+
+
+def test_rdma_read_errors_are_named(verbs):
+    src, dst, target, desc, init = pair(verbs, nbytes=1 << 16)
+    try:
+        init.connect(desc, 5.0)
+        with pytest.raises(TransportError, match=r"read 100: remote range \[65000, 66000\) "
+                                                 r"outside the 65536-byte remote region"):
+            init.post_read(reads_batch([(0, 65000, 1000)]), 1.0)
+        with pytest.raises(TransportError, match=r"read 100: local range \[65500, 65600\) outside"):
+            init.post_read(reads_batch([(65500, 0, 100)]), 1.0)
+        with pytest.raises(TransportError, match="zero-length read"):
+            init.post_read(reads_batch([(0, 0, 0)]), 1.0)
+        assert FABRIC.posts == []
+        init.remote["rkey"] = desc["rkey"] + 1000  # an rkey the target never issued
+        init.post_read(reads_batch([(0, 0, 64)]), 1.0)
+        with pytest.raises(TransportError, match=r"IBV_WC_REM_ACCESS_ERR \(RDMA WRITE or READ wr_id"):
+            init.poll(1.0)
+    finally:
+        init.close()
+        target.close()
+
+
+def test_rdma_probe_read_follows_the_probe(verbs, monkeypatch):
+    from pytest_kvfabric.transports.base import Capability
+    from pytest_kvfabric.transports.rdma import probe as probe_mod
+    from pytest_kvfabric.transports.rdma.transport import RdmaTransport
+
+    monkeypatch.setattr(probe_mod, "probe", lambda o: Capability.missing("no RDMA device (test)"))
+    assert RdmaTransport.probe_read().reason == "no RDMA device (test)"
+    monkeypatch.setattr(probe_mod, "probe", lambda o: Capability.ok("rdma", device="rxe0"))
+    cap = RdmaTransport.probe_read()
+    assert cap.available and "IBV_WR_RDMA_READ" in cap.data_path and cap.details["device"] == "rxe0"
 
 
 def test_channel_fd_is_found_even_when_its_number_was_just_reused(monkeypatch):

@@ -26,6 +26,14 @@ is `wire`'s. Sockets live in the transports. Every frame starts with a fixed
   as in WRITE), then the N payloads back to back. Entries of one frame must not overlap:
   the target guards and validates all of them before it reads a payload byte.
   Sent only to targets whose descriptor says ``"writev": true``.
+- READ (initiator -> target): a one-sided read request, no payload: nbytes = length,
+  dst_off = offset in the target's region, seq = the next sequence number of the connection
+  (reads and writes share it, so the target serves a connection's frames in order), imm = 0.
+  Sent only to targets whose descriptor says ``"reads": true``.
+- READ_DATA (target -> initiator): a piece of a READ's response: nbytes = payload bytes
+  (<= MAX_READ_CHUNK; a longer read is split), dst_off = offset of the piece within the read,
+  seq = the READ's seq, imm = 0; the payload follows. The pieces of a read come in order, then
+  the cumulative ACK covering its seq. `wire_read` has the rules.
 """
 from __future__ import annotations
 
@@ -43,11 +51,14 @@ HEADER_SIZE = HEADER.size  # 32
 MAX_CONTROL_PAYLOAD = 64 * 1024  # HELLO / ERROR payload bound: a peer cannot make us buffer more
 MAX_WRITE = 0xFFFFFFFF
 
-HELLO, WRITE, ACK, NOTIFY, ERROR, BYE, WRITEV, CHALLENGE = 1, 2, 3, 4, 5, 6, 7, 8
+HELLO, WRITE, ACK, NOTIFY, ERROR, BYE, WRITEV, CHALLENGE, READ, READ_DATA = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 TYPE_NAMES = {
     HELLO: "HELLO", WRITE: "WRITE", ACK: "ACK", NOTIFY: "NOTIFY", ERROR: "ERROR", BYE: "BYE",
-    WRITEV: "WRITEV", CHALLENGE: "CHALLENGE",
+    WRITEV: "WRITEV", CHALLENGE: "CHALLENGE", READ: "READ", READ_DATA: "READ_DATA",
 }
+# One READ_DATA frame carries at most this much (as a WRITEV frame at the default
+# writev_max_bytes): the target splits a longer read, so no frame is unbounded.
+MAX_READ_CHUNK = 4 << 20
 NONCE_BYTES = 32  # CHALLENGE payload: 256 random bits per connection
 # A HELLO is a flat JSON object of four short fields (~150 bytes): these bounds refuse a
 # stranger's oversized or deeply nested one before json.loads sees it (no RecursionError).
@@ -131,6 +142,10 @@ def decode_header(buf: bytes | bytearray | memoryview) -> Header:
             )
         if imm != 0:
             raise ProtocolError(f"WRITEV header with non-zero imm {imm}")
+    if type_ in (READ, READ_DATA) and imm != 0:
+        raise ProtocolError(f"{TYPE_NAMES[type_]} header with non-zero imm {imm}")
+    if type_ == READ_DATA and nbytes > MAX_READ_CHUNK:
+        raise ProtocolError(f"READ_DATA frame of {nbytes} bytes exceeds {MAX_READ_CHUNK}")
     return Header(type_, nbytes, dst_off, seq, imm)
 
 
@@ -218,7 +233,7 @@ class ControlReader:
                 # would make the `del buf[:pos]` below raise BufferError and mask it.
                 h = decode_header(bytes(buf[pos : pos + HEADER_SIZE]))
                 payload_len = h.nbytes if h.type in (HELLO, ERROR, CHALLENGE) else 0
-                if h.type in (WRITE, WRITEV):
+                if h.type in (WRITE, WRITEV, READ, READ_DATA):
                     raise ProtocolError(
                         f"unexpected {TYPE_NAMES[h.type]} frame on a control stream"
                     )

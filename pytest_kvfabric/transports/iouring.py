@@ -17,6 +17,12 @@ straight in the region, like tcp's recvmsg_into; each header is accepted by the 
 the receive of its payload is queued. Cumulative ACKs go back as io_uring SENDs, one in flight per
 connection.
 
+One-sided READ (`wire_read`): the initiator's READ headers ride in the same chains as its
+writes; the target answers each with linked SENDMSGs of [READ_DATA header, region slice] per
+piece and the ACK covering the read, and arms the connection's next header receive only once
+they completed (one send in flight per connection, frames served in order). The initiator
+receives READ_DATA payload straight into its region (a RECV at the piece's offset).
+
 Memory: the package's prep functions accept only whole bytes/bytearray objects, so we do not
 override Transport.allocate: `_uring.Ring` writes each SQE itself, pointing into the
 default mmap region (see _uring.py, quirk 2). No payload byte is copied in Python.
@@ -44,3 +50,14 @@ class IoUringTransport(Transport):
     @classmethod
     def probe(cls, options: Mapping[str, Any] | None = None) -> Capability:
         return _probe(options)
+
+    @classmethod
+    def probe_read(cls, options: Mapping[str, Any] | None = None) -> Capability:
+        cap = _probe(options)
+        if not cap.available:
+            return cap
+        return Capability.ok(
+            "one-sided READ over the stream: READ headers in the initiator's SENDMSG chains; the "
+            "target answers with linked io_uring SENDMSGs of READ_DATA pieces from its region "
+            "(kernel copy); the initiator RECVs the payload straight into its region",
+            zero_copy=False)

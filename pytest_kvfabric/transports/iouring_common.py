@@ -36,6 +36,9 @@ assert (MSGHDR_DTYPE.itemsize, SQE_DTYPE.itemsize) == (56, 64)
 
 # user_data = [conn id (16 bits)] [seq (44 bits)] [kind (4 bits)]
 K_HDR, K_PAYLOAD, K_ACK_RECV, K_ACK_SEND, K_HELLO = 1, 2, 3, 4, 5
+K_READ_SEND, K_READ_RECV = 6, 7  # a READ's response SENDMSG (target); READ_DATA payload RECV (initiator)
+PIECES_PER_SQE = 255  # READ_DATA pieces per response SENDMSG: 2 iovecs each + the ACK <= UIO_MAXIOV,
+# and <= 255 * 4 MiB of payload stays under sendmsg's MAX_RW_COUNT
 SEQ_MASK = (1 << 44) - 1
 SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
 WRITES_PER_SQE = 512  # 2 iovecs per write, UIO_MAXIOV = 1024
@@ -48,7 +51,7 @@ ACK_EVERY = 128
 ACK_BYTES = 8 << 20
 DEFAULT_QUEUE_DEPTH = 512
 ROW_DTYPE = np.dtype([("src_off", "<u8"), ("dst_off", "<u8"), ("nbytes", "<u8"), ("notify", "<i8"),
-                      ("seq", "<u8")])  # a posted write waiting for its chain
+                      ("seq", "<u8"), ("type", "u1")])  # a posted WRITE (or READ) waiting for its chain
 NO_COMPLETIONS = np.empty(0, COMPLETION_DTYPE)
 HDR_SIZE = framing.HEADER_SIZE
 IOV2 = struct.Struct("<QQQQ")  # struct iovec[2]

@@ -22,6 +22,7 @@ from .iouring_common import (
     IOVEC_DTYPE,
     K_ACK_RECV,
     K_PAYLOAD,
+    K_READ_RECV,
     MSGHDR_DTYPE,
     NO_COMPLETIONS,
     ROW_DTYPE,
@@ -62,10 +63,13 @@ class IoUringInitiator(Initiator):
         self._chain_keep: collections.deque[tuple[int, tuple]] = collections.deque()
         self._ackbuf = bytearray(ACK_BUF_BYTES)
         self._ackbuf_addr = self._u.buffer_address(self._ackbuf)
-        self._wire = wire.InitiatorWire()  # what we accept from the target (ACKs, ERROR)
+        self._mv = region.cast("B") if region.format != "B" else region
+        # what we accept from the target (ACKs, ERROR, READ_DATA whose payload lands in the region)
+        self._wire = wire.InitiatorWire(self._mv)
+        self._reads = False  # the target's descriptor offers one-sided reads
         self._outstanding = 0
         self.counters = {"writes": 0, "bytes": 0, "chains": 0, "send_sqes": 0, "waits": 0, "zc_notifications": 0,
-                         "copied_notifications": 0}
+                         "copied_notifications": 0, "reads_posted": 0, "read_payload_recvs": 0}
 
     # -- setup ----------------------------------------------------------------------------
     def connect(self, descriptor: Mapping[str, Any], timeout_s: float) -> None:
@@ -82,6 +86,7 @@ class IoUringInitiator(Initiator):
             sock.close()
             raise TransportError(f"{what} failed: {exc}") from None
         self._sock = sock
+        self._reads = bool(descriptor.get("reads"))
         try:
             self._ring = self._u.Ring(self.queue_depth, defer_taskrun=self.defer_taskrun)
         except OSError as exc:
@@ -118,10 +123,48 @@ class IoUringInitiator(Initiator):
         rows["notify"] = batch["notify"]
         seq0 = self._next_seq
         rows["seq"] = np.arange(seq0, seq0 + n, dtype=np.uint64)
+        rows["type"] = framing.WRITE
         self._next_seq += n
         self._waiting.append((seq0, batch["xfer"].astype(np.uint64)))  # a copy: the caller may reuse batch
         self._pending.append(rows)
         self._outstanding += len(batch)
+        self._pump()
+
+    def post_read(self, batch: np.ndarray, timeout_s: float) -> None:
+        """READ frames go into the same chains as the writes (one sequence): the target answers
+        with READ_DATA pieces, then the ACK covering the read, which completes it."""
+        self._raise_if_failed()
+        if self._ring is None:
+            raise TransportError("iouring initiator: post_read() before connect()")
+        if len(batch) == 0:
+            return
+        if not self._reads:
+            raise TransportError("iouring initiator: the target serves no one-sided reads "
+                                 "(its descriptor does not offer them)")
+        local, nbytes = batch["local_off"], batch["nbytes"]
+        end = local + nbytes
+        bad = (end > self._src_len) | (nbytes > framing.MAX_WRITE)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise TransportError(
+                f"iouring initiator: read xfer {int(batch['xfer'][i])} into [{int(local[i])}, "
+                f"{int(end[i])}) outside the local region of {self._src_len} bytes or longer "
+                f"than {framing.MAX_WRITE}")
+        n = len(batch)
+        rows = np.zeros(n, ROW_DTYPE)
+        rows["dst_off"] = batch["remote_off"]
+        rows["nbytes"] = nbytes
+        rows["notify"] = -1
+        seq0 = self._next_seq
+        rows["seq"] = np.arange(seq0, seq0 + n, dtype=np.uint64)
+        rows["type"] = framing.READ
+        self._next_seq += n
+        for seq, lo, nb in zip(range(seq0, seq0 + n), local.tolist(), nbytes.tolist()):
+            self._wire.reads.add(seq, lo, nb)
+        self._waiting.append((seq0, batch["xfer"].astype(np.uint64)))
+        self._pending.append(rows)
+        self._outstanding += n
+        self.counters["reads_posted"] += n
         self._pump()
 
     def _take(self, limit: int) -> np.ndarray:
@@ -146,7 +189,7 @@ class IoUringInitiator(Initiator):
         hdr = np.zeros(k, HDR_DTYPE)
         hdr["magic"] = framing.MAGIC
         hdr["version"] = framing.VERSION
-        hdr["type"] = framing.WRITE
+        hdr["type"] = rows["type"]
         hdr["nbytes"] = rows["nbytes"]
         hdr["dst_off"] = rows["dst_off"]
         hdr["seq"] = rows["seq"]
@@ -154,13 +197,15 @@ class IoUringInitiator(Initiator):
         # iovecs [header, payload slice of the source region] per write (no copy in Python);
         # one SENDMSG(_ZC) carries up to WRITES_PER_SQE writes (UIO_MAXIOV = 1024 iovecs), so
         # a whole chain is one or two SQEs: the kernel walks the iovecs, Python does not.
-        per_sqe = WRITES_PER_SQE if int(rows["nbytes"].sum()) <= SQE_BYTES_CAP else 1
+        is_write = rows["type"] == framing.WRITE
+        payload = np.where(is_write, rows["nbytes"], 0)  # a READ frame is its header alone
+        per_sqe = WRITES_PER_SQE if int(payload.sum()) <= SQE_BYTES_CAP else 1
         idx = np.arange(k, dtype=np.uint64)
         iov = np.zeros((k, 2), IOVEC_DTYPE)
         iov["base"][:, 0] = np.uint64(hdr.ctypes.data) + idx * np.uint64(framing.HEADER_SIZE)
         iov["len"][:, 0] = framing.HEADER_SIZE
         iov["base"][:, 1] = np.uint64(self._src_addr) + rows["src_off"]
-        iov["len"][:, 1] = rows["nbytes"]
+        iov["len"][:, 1] = payload
         first = np.arange(0, k, per_sqe)  # row index of each SQE's first write
         last = np.minimum(first + per_sqe, k) - 1
         g = len(first)
@@ -189,8 +234,8 @@ class IoUringInitiator(Initiator):
         self._chain_left = g if self._zc else 1  # send CQEs still to come for this chain
         self.counters["chains"] += 1
         self.counters["send_sqes"] += g
-        self.counters["writes"] += k
-        self.counters["bytes"] += int(rows["nbytes"].sum())
+        self.counters["writes"] += int(is_write.sum())
+        self.counters["bytes"] += int(payload.sum())
         try:
             self._ring.submit()
         except OSError as exc:
@@ -241,6 +286,8 @@ class IoUringInitiator(Initiator):
                     self._zc_wait.pop(seq, None)
             elif kind == K_ACK_RECV:
                 self._on_acks(res)
+            elif kind == K_READ_RECV:
+                self._on_read_payload(res)
 
     def _on_acks(self, n: int) -> None:
         if n == 0:
@@ -251,7 +298,25 @@ class IoUringInitiator(Initiator):
             self._fail(f"target rejected the stream: {bad.reason}")
         elif bad is not None:
             self._fail(bad.reason, ProtocolError)
-        self._arm_ack_recv()
+        self._arm_next_recv()
+
+    def _arm_next_recv(self) -> None:
+        """The rest of a READ_DATA piece straight into the region, or the next frames."""
+        rd = self._wire.reads
+        if rd.want_left:
+            self.counters["read_payload_recvs"] += 1
+            self._ring.prep_recv(self._sock.fileno(), self._src_addr + rd.want_off, rd.want_left,
+                                 user_data(0, 0, K_READ_RECV))
+        else:
+            self._arm_ack_recv()
+
+    def _on_read_payload(self, n: int) -> None:
+        if n <= 0:
+            left = self._wire.reads.want_left
+            self._fail(f"target closed the connection with {left} bytes of a READ_DATA piece "
+                       f"missing{'' if n == 0 else ': ' + strerror(n)} (peer gone)")
+        self._wire.reads.placed(n)
+        self._arm_next_recv()
 
     def _release_chains(self) -> None:
         keep = self._chain_keep
@@ -310,7 +375,8 @@ class IoUringInitiator(Initiator):
     def data_path(self) -> dict[str, Any]:
         c = dict(self.counters)
         notifs, copied = c["zc_notifications"], c["copied_notifications"]
-        out: dict[str, Any] = {"transport": "iouring", "mode": self.mode, **c,
+        out: dict[str, Any] = {"transport": "iouring", "mode": self.mode, **c, "reads": self._reads,
+                               "bytes_read": self._wire.reads.bytes_read,
                                "tcp_info": tcp_info(self._sock) if self._sock else {},
                                "submits": getattr(self._ring, "submits", 0),
                                "sqes_submitted": getattr(self._ring, "sqes_submitted", 0)}

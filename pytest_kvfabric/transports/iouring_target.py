@@ -19,26 +19,31 @@ from .iouring_common import (
     ACK_EVERY,
     HDR_SIZE,
     IOV2,
+    IOVEC_DTYPE,
     K_ACK_SEND,
     K_HDR,
     K_HELLO,
     K_PAYLOAD,
+    K_READ_SEND,
     MSGHDR,
     MSGHDR_DTYPE,
+    PIECES_PER_SQE,
     SEQ_MASK,
+    SQE_DTYPE,
     load_uring,
     ring_options,
     strerror,
     user_data,
 )
 from .stream_common import set_tcp_options
+from .wire_read import ReadRequest, response_pieces
 
 
 class _Conn:
     __slots__ = ("cid", "sock", "fd", "peer", "hdr", "hello_buf", "hs", "ackbuf", "hdr_addr", "ackbuf_addr",
                  "ud_base", "iov", "msg", "msg_addr", "pay_pos", "hfill", "wire", "pending",
                  "hello_done", "placed_seq", "acked_sent", "placed_bytes", "acked_bytes", "ack_inflight",
-                 "bye", "dead")
+                 "bye", "dead", "read_keep", "read_sends", "read_pending")
 
     def __init__(self, cid: int, sock: socket.socket, peer: Any, addr_of: Any) -> None:
         self.cid, self.sock, self.fd, self.peer = cid, sock, sock.fileno(), peer
@@ -63,8 +68,11 @@ class _Conn:
         self.acked_sent = 0
         self.placed_bytes = 0  # payload bytes placed / covered by the last ACK sent
         self.acked_bytes = 0
-        self.ack_inflight = False
+        self.ack_inflight = False  # a send (ACK or READ response) is in flight: never two at once
         self.dead = False
+        self.read_keep: tuple | None = None  # a READ response's headers/iovecs/msghdrs/SQEs in flight
+        self.read_sends = 0  # its SENDMSG CQEs still to come
+        self.read_pending: ReadRequest | None = None  # waits for the ACK send in flight
 
 
 class IoUringTarget(Target):
@@ -81,7 +89,7 @@ class IoUringTarget(Target):
         self._conns: dict[int, _Conn] = {}
         self._next_cid = 1
         self.counters = {"placed": 0, "bytes": 0, "rejected": 0, "progress_calls": 0, "waits": 0,
-                         "short_reads": 0}
+                         "short_reads": 0, "reads_served": 0, "bytes_served": 0}
         self._gate = handshake.Admission(
             timeout_s=float(self.options.get("hello_timeout_s") or handshake.HELLO_TIMEOUT_S))
         # Dropped strangers whose RECV is still in flight: kept (socket and buffers) until its
@@ -98,7 +106,7 @@ class IoUringTarget(Target):
         self._lsock = lsock
         host, port = lsock.getsockname()[:2]
         # Same descriptor as stream_target.py: the token travels in it only if we made it up.
-        desc = {"host": host, "port": port, "region_len": self._len, "connections": 1}
+        desc = {"host": host, "port": port, "region_len": self._len, "connections": 1, "reads": True}
         if not self._token:
             self._token = desc["token"] = secrets.token_hex(16)
         return desc
@@ -127,7 +135,7 @@ class IoUringTarget(Target):
                 continue
             sock.settimeout(None)
             conn = _Conn(self._next_cid, sock, peer, self._u.buffer_address)
-            conn.wire = wire.TargetWire(self._len, writev=False)  # no WRITEV: not advertised
+            conn.wire = wire.TargetWire(self._len, writev=False, reads=True)  # no WRITEV: not advertised
             conn.hs = handshake.TargetHandshake(self._token)
             self._next_cid += 1
             self._conns[conn.cid] = conn
@@ -273,6 +281,9 @@ class IoUringTarget(Target):
             if isinstance(ev, wire.Bye):
                 self._arm_header(conn)  # expect EOF
                 return
+            if isinstance(ev, ReadRequest):
+                self._serve_read(conn, ev)  # the next header is armed once the response is out
+                return
             if not isinstance(ev, wire.Write):
                 self._reject(conn, ProtocolError(ev.reason))
             h = (framing.MAGIC, framing.VERSION, framing.WRITE, ev.nbytes, ev.dst_off, ev.seq, ev.imm)
@@ -283,6 +294,63 @@ class IoUringTarget(Target):
             self._arm_header(conn)
             return
         self._start_payload(conn, h)
+
+    def _serve_read(self, conn: _Conn, ev: ReadRequest) -> None:
+        self.counters["reads_served"] += 1
+        self.counters["bytes_served"] += ev.nbytes
+        if conn.ack_inflight:  # one send at a time per socket: after the ACK's CQE
+            conn.read_pending = ev
+        else:
+            self._send_read(conn, ev)
+
+    def _send_read(self, conn: _Conn, ev: ReadRequest) -> None:
+        """The READ_DATA pieces (headers + region slices, no copy) and then the ACK covering
+        the read, as linked SENDMSGs (MSG_WAITALL: whole or failed). Nothing else is sent or
+        received on the connection until their CQEs are in: the next header is not armed, so
+        a later WRITE cannot change bytes the response points at."""
+        pieces = response_pieces(ev.seq, ev.remote_off, ev.nbytes)
+        k = len(pieces)
+        hdrs = bytearray(b"".join(h for h, _s, _n in pieces) + wire.ack_frame(ev.seq))
+        haddr = self._u.buffer_address(hdrs)
+        iov = np.zeros(2 * k + 1, IOVEC_DTYPE)
+        iov["base"][0:2 * k:2] = haddr + HDR_SIZE * np.arange(k, dtype=np.uint64)
+        iov["len"][0:2 * k:2] = HDR_SIZE
+        iov["base"][1:2 * k:2] = [self._base + s for _h, s, _n in pieces]
+        iov["len"][1:2 * k:2] = [n for _h, _s, n in pieces]
+        iov["base"][2 * k] = haddr + HDR_SIZE * k
+        iov["len"][2 * k] = HDR_SIZE
+        first = list(range(0, k, PIECES_PER_SQE))
+        g = len(first)
+        msg = np.zeros(g, MSGHDR_DTYPE)
+        sqes = np.zeros(g, SQE_DTYPE)
+        for j, f in enumerate(first):
+            cnt = 2 * (min(f + PIECES_PER_SQE, k) - f) + (1 if j == g - 1 else 0)
+            msg["iov"][j] = iov.ctypes.data + 2 * f * IOVEC_DTYPE.itemsize
+            msg["iovlen"][j] = cnt
+        sqes["opcode"] = self._u.OP_SENDMSG
+        sqes["flags"] = self._u.IOSQE_IO_LINK
+        sqes["flags"][-1] = 0
+        sqes["fd"] = conn.fd
+        sqes["addr"] = msg.ctypes.data + MSGHDR_DTYPE.itemsize * np.arange(g, dtype=np.uint64)
+        sqes["len"] = 1
+        sqes["msg_flags"] = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
+        sqes["user_data"] = user_data(conn.cid, ev.seq, K_READ_SEND)
+        conn.read_keep = (hdrs, iov, msg, sqes)
+        conn.read_sends = g
+        conn.ack_inflight = True
+        conn.placed_seq = conn.acked_sent = ev.seq  # the ACK rides behind the pieces
+        conn.acked_bytes = conn.placed_bytes
+        self._ring.put_many(int(sqes.ctypes.data), g)
+
+    def _read_sent(self, conn: _Conn, res: int) -> None:
+        """One SENDMSG of a READ response completed."""
+        if res < 0:
+            self._peer_failed(conn, f"sending a READ response failed: {strerror(res)}")
+        conn.read_sends -= 1
+        if not conn.read_sends:
+            conn.read_keep = None
+            conn.ack_inflight = False
+            self._arm_header(conn)
 
     def _start_payload(self, conn: _Conn, h: tuple) -> None:
         _m, _v, _t, nbytes, dst_off, seq, imm = h
@@ -374,6 +442,11 @@ class IoUringTarget(Target):
                 conn.ack_inflight = False
                 if res < 0 and not conn.wire.bye:
                     self._peer_failed(conn, f"sending ACK failed: {strerror(res)}")
+                if conn.read_pending is not None:
+                    ev, conn.read_pending = conn.read_pending, None
+                    self._send_read(conn, ev)
+            elif kind == K_READ_SEND:
+                self._read_sent(conn, res)
 
     def _send_acks(self, busy: bool = False) -> None:
         for conn in self._conns.values():
@@ -456,6 +529,8 @@ class IoUringTarget(Target):
         return {"transport": "iouring", "zero_copy": False, **self.counters, **self._gate.report(),
                 "description": "io_uring RECV (MSG_WAITALL) straight into the destination slice; "
                                "the kernel copies from socket buffers (no ZCRX)",
+                "read_responses": "READ_DATA pieces + ACK as linked io_uring SENDMSGs from the region "
+                                  "(kernel copy)",
                 "submits": getattr(self._ring, "submits", 0)}
 
     def close(self) -> None:

@@ -35,10 +35,11 @@ class TargetConn:
     __slots__ = (
         "sock", "fd", "peer", "state", "hdr", "hdr_mv", "hfill", "hs", "wire", "index", "nconn",
         "group", "placed_seq", "acked", "out", "pay_view", "pay_pos", "pay_len",
-        "pay_dst", "pay_imm", "pay_seq", "writes", "want_write", "v_hdr_in",
+        "pay_dst", "pay_imm", "pay_seq", "writes", "sel_ev", "v_hdr_in",
         # WRITEV: table being read, then the frame's payload scatter state
         "tab", "tab_fill", "tab_need", "v_hdr", "v_views", "v_ends", "v_ds", "v_ns", "v_ims",
         "v_pos", "v_done", "v_seq0", "v_total", "v_any_imm",
+        "tx",  # READ responses (headers, region slices) and ACKs queued behind them, in order
     )
 
     def __init__(self, sock: socket.socket, wire_: wire.TargetWire) -> None:
@@ -65,7 +66,7 @@ class TargetConn:
         self.pay_seq = 0
         self.v_hdr_in = False  # the last WRITEV scatter receive ended with the next header
         self.writes = 0
-        self.want_write = False
+        self.sel_ev = 1  # selectors.EVENT_READ: what the target's selector waits for now
         self.tab: bytearray | None = None
         self.tab_fill = 0
         self.tab_need = 0
@@ -80,6 +81,7 @@ class TargetConn:
         self.v_seq0 = 0
         self.v_total = 0
         self.v_any_imm = False
+        self.tx: list[Any] = []
 
 
 

@@ -22,6 +22,7 @@ from .stream_common import (
     EAGAIN, IOV_MAX, busy_poll_s, connect_with_hello, set_tcp_options, spin_then_select, tcp_info,
 )
 from .stream_conn import InitiatorConn
+from .stream_read import StreamReads
 from ..errors import ProtocolError, TransportError
 
 _HS = framing.HEADER_SIZE
@@ -63,7 +64,7 @@ def _overlapping(batch: np.ndarray, ds: Any, ns: Any) -> bool:
 
 
 
-class StreamInitiator(Initiator):
+class StreamInitiator(StreamReads, Initiator):
     """Send side: scatter-gather sendmsg of [hdr, payload, hdr, payload, ...] from the region.
 
     Hooks a stream transport overrides (everything else is the shared machinery):
@@ -168,10 +169,12 @@ class StreamInitiator(Initiator):
                 raise
             sock.setblocking(False)
             c = InitiatorConn(sock, i)
+            c.wire.region = self._mv  # READ_DATA payload lands here
             self._conns.append(c)
             self._sel.register(sock, selectors.EVENT_READ, c)
         self.connect_ns = _now() - t0
         self._writev = bool(descriptor.get("writev")) and _truthy(self.options.get("writev", True))
+        self.serves_reads = bool(descriptor.get("reads"))
         if "region_len" in descriptor:
             self.remote_region_len = int(descriptor["region_len"])
 
@@ -436,35 +439,46 @@ class StreamInitiator(Initiator):
             return
         sock = c.sock
         buf, mv = self._ackbuf, self._ackmv
+        cw = c.wire
+        rd = cw.reads
         for _ in range(64):
-            try:
-                nread = sock.recv_into(buf)
-            except EAGAIN:
-                return
-            except OSError as exc:
-                raise TransportError(
-                    f"{self.transport_name}: lost the connection to target {c.peer} (connection "
-                    f"{c.index}): {exc}, with {c.seq - c.acked} writes unacknowledged"
-                ) from None
-            if not nread:
-                c.eof = True
-                raise TransportError(
-                    f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
-                    f"connection with {c.seq - c.acked} writes unacknowledged"
-                )
-            bad = c.wire.feed(mv[:nread], c.seq)
-            c.acked = c.wire.acked
-            if bad is not None:
-                if isinstance(bad, wire.PeerError):
+            if rd.want_left:  # the rest of a READ_DATA piece, straight into the region
+                nread = self.recv_payload(c)  # (+ the next header's bytes, into buf)
+                if nread < 0:
+                    return
+                want = _HS
+            else:
+                # with reads outstanding, a frame at a time: their payload must not land in buf
+                want = cw.want() if rd.q else _ACK_BUF_BYTES
+                try:
+                    nread = sock.recv_into(buf, want)
+                except EAGAIN:
+                    return
+                except OSError as exc:
                     raise TransportError(
-                        f"{self.transport_name}: target {c.peer} (connection {c.index}) "
-                        f"rejected us: {bad.reason}"
+                        f"{self.transport_name}: lost the connection to target {c.peer} (connection "
+                        f"{c.index}): {exc}, with {c.seq - c.acked} writes unacknowledged"
+                    ) from None
+                if not nread:
+                    c.eof = True
+                    raise TransportError(
+                        f"{self.transport_name}: target {c.peer} (connection {c.index}) closed the "
+                        f"connection with {c.seq - c.acked} writes unacknowledged"
                     )
-                raise ProtocolError(
-                    f"{self.transport_name}: target {c.peer} (connection {c.index}): {bad.reason}"
-                )
-            if nread < _ACK_BUF_BYTES:
-                return
+            if nread:
+                bad = cw.feed(mv[:nread], c.seq)
+                c.acked = cw.acked
+                if bad is not None:
+                    if isinstance(bad, wire.PeerError):
+                        raise TransportError(
+                            f"{self.transport_name}: target {c.peer} (connection {c.index}) "
+                            f"rejected us: {bad.reason}"
+                        )
+                    raise ProtocolError(
+                        f"{self.transport_name}: target {c.peer} (connection {c.index}): {bad.reason}"
+                    )
+            if nread < want and not rd.want_left:
+                return  # a short read: the receive queue is empty
 
     def _collect(self) -> np.ndarray:
         ids: list[int] = []
@@ -533,6 +547,7 @@ class StreamInitiator(Initiator):
             "connections": len(self._conns),
             "writev": self._writev,
             "writev_frames": self.frames_writev,
+            **self.read_report(),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -546,6 +561,7 @@ class StreamInitiator(Initiator):
             "writes_posted": self._posted,
             "writev": self._writev,
             "writev_frames": self.frames_writev,
+            **self.read_report(),
             "retransmits": sum(p.get("total_retrans", 0) for p in per),
             "tcp_info": per,
         }

@@ -12,6 +12,7 @@ from bisect import bisect_right
 from typing import Callable
 
 from . import framing, wire
+from .wire_read import ReadRequest, response_pieces
 from .stream_common import EAGAIN, IOV_MAX, send_error_and_close
 from .stream_conn import STATE_AFTER_BYE, Group, TargetConn
 from ..errors import ProtocolError, TransportError
@@ -37,11 +38,16 @@ class StreamReceive:
     _n_t: list[int]
     bytes_placed: int
     writes_placed: int
+    reads_served: int
+    bytes_served: int
 
     def drop(self, c: TargetConn) -> None:  # the target's: forget a connection
         raise NotImplementedError
 
     def on_eof(self, c: TargetConn) -> None:  # the target's: the peer closed
+        raise NotImplementedError
+
+    def flush(self, c: TargetConn) -> None:  # the target's: send what is queued
         raise NotImplementedError
 
     def fail(self, c: TargetConn, reason: str) -> None:
@@ -128,9 +134,12 @@ class StreamReceive:
             while c.hfill == _HS:
                 h = accept(hdr)  # a valid WRITE, or None: anything else
                 if h is None:
+                    served = self.bytes_served
                     h = self._other_header(c)
-                    if h is None:  # BYE or a WRITEV header (a fault raised)
-                        short = short or c.state == STATE_AFTER_BYE
+                    if h is None:  # BYE, a WRITEV header or a READ served (a fault raised)
+                        budget -= self.bytes_served - served
+                        # (queued READ responses hold the connection's later frames back)
+                        short = short or c.state == STATE_AFTER_BYE or bool(c.tx)
                         break
                 _m, _v, _t, nb, dst, seq, imm = h
                 c.hfill = 0
@@ -164,9 +173,35 @@ class StreamReceive:
             return None
         if isinstance(ev, wire.Write):
             return (_MAGIC, _VERSION, _WRITE, ev.nbytes, ev.dst_off, ev.seq, ev.imm)
+        if isinstance(ev, ReadRequest):
+            self.serve_read(c, ev)
+            return None
         assert isinstance(ev, wire.Reject)
         self.fail(c, ev.reason)
         return None
+
+    def serve_read(self, c: TargetConn, ev: ReadRequest) -> None:
+        """A READ accepted by the wire (in sequence, inside the region): queue its READ_DATA
+        pieces (headers and region slices, no copy here), count its seq as done for the
+        cumulative ACK that follows them, and hand the kernel what it takes now."""
+        c.hfill = 0
+        tx = c.tx
+        if c.out:  # an ACK tail not yet sent goes first
+            tx.append(bytes(c.out))
+            c.out.clear()
+        region = self._mv
+        for hdr, start, ln in response_pieces(ev.seq, ev.remote_off, ev.nbytes):
+            tx.append(hdr)
+            if ln:
+                tx.append(region[start : start + ln])
+        self.reads_served += 1
+        self.bytes_served += ev.nbytes
+        c.placed_seq = ev.seq
+        g = c.group
+        g.placed[c.index] = ev.seq
+        if g.held:
+            self.release(g)
+        self.flush(c)
 
     # -- WRITEV ---------------------------------------------------------------------------
     def _v_header(self, c: TargetConn, vh: wire.WritevHeader) -> None:

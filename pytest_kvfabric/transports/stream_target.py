@@ -54,7 +54,7 @@ import numpy as np
 
 from . import framing, handshake, wire
 from .base import NOTIFY_DTYPE, PLACED_DTYPE, Target
-from .stream_common import EAGAIN, busy_poll_s, family, set_tcp_options, spin_then_select, tcp_info
+from .stream_common import EAGAIN, IOV_MAX, busy_poll_s, family, set_tcp_options, spin_then_select, tcp_info
 from .stream_conn import STATE_AFTER_BYE, STATE_CLOSED, STATE_HELLO, STATE_RUN, Group, TargetConn
 from .stream_rx import StreamReceive
 from ..errors import TransportError
@@ -93,6 +93,7 @@ class StreamTarget(StreamReceive, Target):
 
     transport_name = "stream"
     supports_writev = True  # advertised in the descriptor: initiators may send WRITEV frames
+    supports_reads = True  # advertised in the descriptor: initiators may send READ requests
 
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         super().__init__(region, options)
@@ -116,6 +117,8 @@ class StreamTarget(StreamReceive, Target):
         self.writes_placed = 0
         self._busy_poll_s = busy_poll_s(self.options, self.transport_name)
         self.acks_sent = 0
+        self.reads_served = 0
+        self.bytes_served = 0
         self._gate = handshake.Admission(
             timeout_s=float(self.options.get("hello_timeout_s") or handshake.HELLO_TIMEOUT_S)
         )
@@ -151,6 +154,8 @@ class StreamTarget(StreamReceive, Target):
         }
         if self.supports_writev:
             desc["writev"] = True
+        if self.supports_reads:
+            desc["reads"] = True
         if self._token_in_descriptor:
             desc["token"] = self._token
         return desc
@@ -166,7 +171,8 @@ class StreamTarget(StreamReceive, Target):
             except OSError:  # e.g. ECONNABORTED: a stranger reset before we took it
                 continue
             sock.setblocking(False)
-            c = TargetConn(sock, wire.TargetWire(self._region_len, writev=self.supports_writev))
+            c = TargetConn(sock, wire.TargetWire(self._region_len, writev=self.supports_writev,
+                                                  reads=self.supports_reads))
             c.hs = handshake.TargetHandshake(self._token)
             self._conns[c.fd] = c
             self._sel.register(sock, selectors.EVENT_READ, c)
@@ -301,6 +307,10 @@ class StreamTarget(StreamReceive, Target):
             c.acked = c.placed_seq
             self.acks_sent += 1
             ack = wire.ack_frame(c.placed_seq)
+            if c.tx:  # behind the READ responses still queued (the ACK covers their reads)
+                c.tx.append(ack)
+                self.flush(c)
+                return
             if c.out:
                 c.out += ack
                 self.flush(c)
@@ -317,7 +327,9 @@ class StreamTarget(StreamReceive, Target):
                 self.flush(c)
 
     def flush(self, c: TargetConn) -> None:
-        if c.out:
+        if c.tx:
+            self.send_tx(c)
+        if c.out and not c.tx:
             try:
                 n = c.sock.send(c.out)
                 del c.out[:n]
@@ -325,13 +337,44 @@ class StreamTarget(StreamReceive, Target):
                 pass
             except OSError:
                 c.out.clear()  # the peer is gone; reading will report how
-        want = bool(c.out)
-        if want != c.want_write:
-            c.want_write = want
+        # While READ responses are queued the connection is not read: its later frames wait
+        # (a later WRITE must not change bytes a queued response still points at).
+        if c.tx:
+            ev = selectors.EVENT_WRITE
+        else:
+            ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if c.out else 0)
+        if ev != c.sel_ev:
+            c.sel_ev = ev
             try:
-                self._sel.modify(c.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0), c)
+                self._sel.modify(c.sock, ev, c)
             except (KeyError, ValueError):
                 pass
+
+    def send_tx(self, c: TargetConn) -> None:
+        """Hand queued READ responses (and the ACKs behind them) to the kernel, as much as it
+        takes now; never blocks (the rest goes out when the socket is writable)."""
+        tx = c.tx
+        for _ in range(64):  # bounded: the socket fills long before
+            bufs = tx[:IOV_MAX]
+            try:
+                n = c.sock.sendmsg(bufs)
+            except EAGAIN:
+                return
+            except OSError:
+                tx.clear()  # the peer is gone; reading will report how
+                return
+            i = 0
+            for b in bufs:
+                ln = len(b)
+                if n < ln:
+                    break
+                n -= ln
+                i += 1
+            del tx[:i]
+            if n:
+                tx[0] = memoryview(tx[0])[n:]
+            if not tx or i < len(bufs):
+                return
 
     def _read_hello(self, c: TargetConn) -> None:
         """Feed the handshake exactly what it asks for (never a byte past the HELLO)."""
@@ -393,6 +436,8 @@ class StreamTarget(StreamReceive, Target):
             "bytes_placed": self.bytes_placed,
             "writes_placed": self.writes_placed,
             "acks_sent": self.acks_sent,
+            "reads_served": self.reads_served,
+            "bytes_served": self.bytes_served,
             "tcp_info": per,
         }
 
@@ -405,6 +450,10 @@ class StreamTarget(StreamReceive, Target):
             "connections": self._seen,
             "bytes_placed": self.bytes_placed,
             "writes_placed": self.writes_placed,
+            "reads_served": self.reads_served,
+            "bytes_served": self.bytes_served,
+            "read_responses": ("READ_DATA pieces sent with sendmsg from the region (kernel copy)"
+                               if self.supports_reads else "no one-sided reads"),
             **self._gate.report(),
         }
 

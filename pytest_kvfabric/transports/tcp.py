@@ -23,6 +23,13 @@ DATA_PATH = (
 )
 
 
+READ_PATH = (
+    "one-sided READ over the stream: a READ request frame, answered by READ_DATA pieces "
+    "(<= 4 MiB each) sent with sendmsg from the target's region (kernel copy) and received "
+    "into the initiator's region"
+)
+
+
 class TcpTarget(StreamTarget):
     transport_name = "tcp"
 
@@ -58,3 +65,8 @@ class TcpTransport(Transport):
             return Capability.missing(f"cannot create a TCP socket: {exc}")
         s.close()
         return Capability.ok(DATA_PATH, zero_copy=False)
+
+    @classmethod
+    def probe_read(cls, options: Mapping[str, Any] | None = None) -> Capability:
+        cap = cls.probe(options)
+        return Capability.ok(READ_PATH, zero_copy=False) if cap.available else cap

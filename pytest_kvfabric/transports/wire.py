@@ -32,6 +32,7 @@ from typing import Iterator, Union
 from ..errors import ProtocolError
 from . import framing
 from .handshake import Hello as ProvenHello
+from .wire_read import ReadBook, ReadRequest, read_fault
 from .handshake import TargetHandshake
 
 HEADER_SIZE = framing.HEADER_SIZE
@@ -40,8 +41,9 @@ _PACK = framing.HEADER.pack
 _PACK_INTO = framing.HEADER.pack_into
 _UNPACK = framing.HEADER.unpack_from
 _MAGIC, _VERSION = framing.MAGIC, framing.VERSION
-_WRITE, _WRITEV, _BYE, _ACK, _ERROR = (
-    framing.WRITE, framing.WRITEV, framing.BYE, framing.ACK, framing.ERROR,
+_WRITE, _WRITEV, _BYE, _ACK, _ERROR, _READ, _DATA = (
+    framing.WRITE, framing.WRITEV, framing.BYE, framing.ACK, framing.ERROR, framing.READ,
+    framing.READ_DATA,
 )
 _PREFIX = framing.MAGIC + bytes([framing.VERSION])  # bytes 0..2 of every header
 
@@ -137,7 +139,8 @@ class Reject:
     kind: str = ""
 
 
-Event = Union[Hello, Write, WritevHeader, WriteTable, Payload, WriteDone, Bye, PeerError, Reject]
+Event = Union[Hello, Write, WritevHeader, WriteTable, Payload, WriteDone, Bye, PeerError, Reject,
+              ReadRequest]
 BYE = Bye()
 
 
@@ -240,13 +243,15 @@ class TargetWire:
     """What one accepted connection of a target accepts (see the module docstring)."""
 
     __slots__ = (
-        "region_len", "writev", "next_seq", "bye", "hs", "hello_seen", "dead",
+        "region_len", "writev", "reads", "next_seq", "bye", "hs", "hello_seen", "dead",
         "_hdr", "_want_tab", "_tab", "_vh", "_q", "_qi", "_done", "_ctl", "_ctl_need",
     )
 
-    def __init__(self, region_len: int, hs: TargetHandshake | None = None, writev: bool = True) -> None:
+    def __init__(self, region_len: int, hs: TargetHandshake | None = None, writev: bool = True,
+                 reads: bool = False) -> None:
         self.region_len = region_len
         self.writev = writev  # WRITEV frames accepted (the target advertised them)
+        self.reads = reads  # READ requests served (the target advertised them; `wire_read`)
         self.next_seq = 1  # the sequence number the next write must carry
         self.bye = False
         self.hs = hs  # feed(): the handshake runs first (None: the caller ran it)
@@ -277,7 +282,7 @@ class TargetWire:
         return None
 
     def header(self, hdr: bytes | bytearray | memoryview) -> Event:
-        """Any 32-byte header from an initiator: Write, WritevHeader, Bye or Reject."""
+        """Any 32-byte header from an initiator: Write, WritevHeader, ReadRequest, Bye or Reject."""
         if self.bye:
             return self.after_bye(len(hdr))
         try:
@@ -295,11 +300,20 @@ class TargetWire:
             if h.seq != self.next_seq:
                 return Reject(f"write out of sequence: seq {h.seq}, expected {self.next_seq}")
             return WritevHeader(h)
+        if t == _READ and self.reads:
+            bad = read_fault(h, self.region_len, self.next_seq)
+            if bad:
+                return Reject(bad)
+            self.next_seq = h.seq + 1
+            return ReadRequest(h.seq, h.dst_off, h.nbytes)
         if t == _BYE:
             self.bye = True
             return BYE
         if t == framing.HELLO:
             return Reject("unexpected HELLO frame from an initiator: a second HELLO on one connection")
+        if t == _READ:
+            return Reject("unexpected READ frame from an initiator: this target serves no "
+                          "one-sided reads (its descriptor does not offer them)")
         return Reject(f"unexpected {framing.TYPE_NAMES[t]} frame from an initiator")
 
     def table(self, vh: WritevHeader, tab: bytes | bytearray | memoryview) -> WriteTable | Reject:
@@ -456,35 +470,96 @@ def bye_frame() -> bytes:
 
 class InitiatorWire:
     """The initiator's end of one connection: what it accepts from the target (cumulative
-    ACKs inside what was posted, or an ERROR saying why the target rejected it)."""
+    ACKs inside what was posted, READ_DATA pieces of its outstanding reads in order, or an
+    ERROR saying why the target rejected it).
 
-    __slots__ = ("acked", "_reader")
+    `reads` (`wire_read.ReadBook`) holds the outstanding reads; feed() copies the payload of
+    READ_DATA pieces it is given into `region`; a caller that can receive straight into the
+    region does so for the rest of a piece (reads.want_off / want_left, then reads.placed)."""
 
-    def __init__(self) -> None:
-        self.acked = 0  # cumulative: every write with seq <= acked is placed
-        self._reader = framing.ControlReader()
+    __slots__ = ("acked", "reads", "region", "_hdr", "_err", "_err_need")
+
+    def __init__(self, region: memoryview | None = None) -> None:
+        self.acked = 0  # cumulative: every write (and read) with seq <= acked is done
+        self.reads = ReadBook()
+        self.region = region  # where READ_DATA payload goes (the initiator's own region)
+        self._hdr = bytearray()  # a header split across reads
+        self._err = bytearray()  # an ERROR's reason
+        self._err_need = -1
 
     def feed(self, data: bytes | bytearray | memoryview, posted: int) -> PeerError | Reject | None:
         """Take what the socket gave; `posted` is the last seq sent. Advances `acked`; returns
         None while all is well, else the first fault (the connection is over after it)."""
-        if len(data) == _HS and not self._reader.pending and data[3] == _ACK and data[:3] == _PREFIX:
+        n = len(data)
+        if n == _HS and data[3] == _ACK and data[:3] == _PREFIX and not self._hdr \
+                and self._err_need < 0 and not self.reads.want_left:
             return self._ack(_UNPACK(data)[5], posted)  # one cumulative ACK: the usual read
-        try:
-            for h, payload in self._reader.feed(bytes(data)):
-                if h.type == _ACK:
-                    bad = self._ack(h.seq, posted)
-                    if bad is not None:
-                        return bad
-                elif h.type == _ERROR:
-                    return PeerError(payload.decode("utf-8", "replace"))
-                else:
-                    return Reject(f"unexpected {framing.TYPE_NAMES[h.type]} frame from the target")
-        except ProtocolError as exc:
-            return Reject(str(exc))
+        mv = memoryview(data)
+        pos = 0
+        rd = self.reads
+        while pos < n:
+            if rd.want_left:  # payload of a READ_DATA piece
+                take = min(rd.want_left, n - pos)
+                if self.region is None:
+                    return Reject("READ_DATA payload but this initiator has no region")
+                off = rd.want_off
+                self.region[off : off + take] = mv[pos : pos + take]
+                rd.placed(take)
+                pos += take
+                continue
+            if self._err_need >= 0:  # an ERROR's reason
+                take = min(self._err_need - len(self._err), n - pos)
+                self._err += mv[pos : pos + take]
+                pos += take
+                if len(self._err) == self._err_need:
+                    return PeerError(bytes(self._err).decode("utf-8", "replace"))
+                continue
+            take = min(_HS - len(self._hdr), n - pos)
+            self._hdr += mv[pos : pos + take]
+            pos += take
+            if len(self._hdr) < _HS:
+                break
+            raw = bytes(self._hdr)
+            self._hdr.clear()
+            try:
+                h = framing.decode_header(raw)
+            except ProtocolError as exc:
+                return Reject(str(exc))
+            if h.type == _ACK:
+                bad = self._ack(h.seq, posted)
+                if bad is not None:
+                    return bad
+            elif h.type == _DATA:
+                why = rd.data(h)
+                if why:
+                    return Reject(why)
+            elif h.type == _ERROR:
+                if h.nbytes == 0:
+                    return PeerError("")
+                self._err.clear()
+                self._err_need = h.nbytes
+            else:
+                return Reject(f"unexpected {framing.TYPE_NAMES[h.type]} frame from the target")
         return None
+
+    def want(self) -> int:
+        """Bytes that complete what the stream is inside now (outside a READ_DATA piece): the
+        rest of a header (a whole one at a frame boundary) or of an ERROR's reason."""
+        if self._err_need >= 0:
+            return self._err_need - len(self._err)
+        return _HS - len(self._hdr)
+
+    @property
+    def mid_frame(self) -> bool:
+        """The stream stopped inside a frame (a header, an ERROR reason or a READ_DATA piece)."""
+        return bool(self._hdr) or self._err_need >= 0 or bool(self.reads.want_left)
 
     def _ack(self, seq: int, posted: int) -> Reject | None:
         if seq < self.acked or seq > posted:
             return Reject(f"acknowledged seq {seq}; posted {posted}, acknowledged before {self.acked}")
+        if self.reads.q:
+            why = self.reads.ack_fault(seq)
+            if why:
+                return Reject(why)
         self.acked = seq
         return None

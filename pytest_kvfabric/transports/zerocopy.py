@@ -157,12 +157,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+# What a zerocopy target does with READ requests (data_path and probe_read say it).
+READ_RESPONSES = (
+    "READ_DATA pieces sent with plain sendmsg from the region (kernel copy, not MSG_ZEROCOPY: "
+    "a zero-copy response would have to hold the connection's later writes until the kernel "
+    "released the pages, not implemented); MSG_ZEROCOPY stays the initiator's write path"
+)
+
+
 class ZeroCopyTarget(StreamTarget):
     transport_name = "zerocopy"
 
     def data_path(self) -> dict[str, Any]:
         d = super().data_path()
         d["description"] = "recv_into the pool (MSG_ZEROCOPY is send-side only; receive copies)"
+        d["read_responses"] = READ_RESPONSES
         return d
 
 
@@ -244,6 +253,7 @@ class ZeroCopyInitiator(StreamInitiator):
         d = _data_path(zc, copied)
         d["connections"] = len(self._conns)
         d["send_calls"] = sum(st.ncalls for st in self._zc.values())
+        d.update(self.read_report())
         return d
 
 
@@ -287,3 +297,11 @@ class ZeroCopyTransport(Transport):
             "queue; the kernel copies on loopback and veth (zero-copy needs a real NIC)",
             optmem_max=optmem,
         )
+
+    @classmethod
+    def probe_read(cls, options: Mapping[str, Any] | None = None) -> Capability:
+        cap = cls.probe(options)
+        if not cap.available:
+            return cap
+        return Capability.ok("one-sided READ over the stream (READ request, READ_DATA pieces): "
+                             + READ_RESPONSES, zero_copy=False)

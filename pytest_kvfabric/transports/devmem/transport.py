@@ -59,9 +59,18 @@ def _ifindex(ifname: str, netns: str | None) -> int:
     return idx
 
 
+# Why devmem serves no one-sided READ (the skip reason of a store scenario over devmem).
+READS_MISSING = (
+    "devmem serves no one-sided READ: devmem TCP receives into device memory (a dma-buf "
+    "bound to NIC rx queues); serving reads would need devmem TX from that dma-buf on the "
+    "target's responses, which is not implemented"
+)
+
+
 class DevmemTarget(StreamTarget):
     transport_name = "devmem"
     supports_writev = False  # fragments are reassembled by rx.py, which knows WRITE frames only
+    supports_reads = False  # see DevmemTransport.probe_read
 
     def __init__(self, region: memoryview, options: Mapping[str, Any]) -> None:
         super().__init__(region, options)
@@ -409,6 +418,10 @@ class DevmemTransport(Transport):
     @classmethod
     def probe(cls, options: Mapping[str, Any] | None = None) -> Capability:
         return probe_mod.probe(options)
+
+    @classmethod
+    def probe_read(cls, options: Mapping[str, Any] | None = None) -> Capability:
+        return Capability.missing(READS_MISSING)
 
     @classmethod
     def allocate(cls, nbytes: int, options: Mapping[str, Any]) -> memoryview:

@@ -188,7 +188,9 @@ class Endpoint:
                 self.channel = v.cq.CompChannel(self.ctx)
                 self.channel_fd = channel_fd(self.channel, fds)
             self.cq = v.cq.CQ(self.ctx, cqe, None, self.channel, 0)
-            access = ["IBV_ACCESS_LOCAL_WRITE"] + (["IBV_ACCESS_REMOTE_WRITE"] if remote_write else [])
+            # the target's region: written by the peer's RDMA WRITEs and read by its RDMA READs
+            access = ["IBV_ACCESS_LOCAL_WRITE"] + (
+                ["IBV_ACCESS_REMOTE_WRITE", "IBV_ACCESS_REMOTE_READ"] if remote_write else [])
             self.mr = v.mr.MR(self.pd, len(region), v.flags(access), address=self.base)
             self.qps = []
             self.psns = []

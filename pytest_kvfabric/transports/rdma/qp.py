@@ -13,7 +13,8 @@ Options (transport options keys) and defaults, every one an explicit attribute:
   retry_cnt       7     transport retries before IBV_WC_RETRY_EXC_ERR
   rnr_retry       7     7 = retry receiver-not-ready forever (the target replenishes recvs)
   min_rnr_timer   12    RNR NAK delay code (12 = 0.64 ms)
-  max_rd_atomic   1     outstanding RDMA reads/atomics we issue (we issue none)
+  max_rd_atomic   1     outstanding RDMA READs we issue (post_read) per QP; more in flight
+                        hide the round trip of small reads
   max_dest_rd_atomic 1  outstanding reads/atomics we accept
   hop_limit       64    GRH hop limit (RoCE v2 IP TTL)
   traffic_class   0     GRH traffic class byte = DSCP << 2 | ECN (RoCE QoS)
@@ -124,8 +125,10 @@ def negotiated_mtu(opts: QpOptions, local_active: int | None, remote_active: int
 
 
 def init_attrs(opts: QpOptions, *, remote_write: bool) -> tuple[dict[str, Any], list[str]]:
-    """RESET -> INIT. Remote write only on the side whose memory the peer writes (decode)."""
-    access = ["IBV_ACCESS_LOCAL_WRITE"] + (["IBV_ACCESS_REMOTE_WRITE"] if remote_write else [])
+    """RESET -> INIT. Remote write and read only on the side whose memory the peer accesses
+    (the target: decode, or a store the initiator reads from with RDMA READ)."""
+    access = ["IBV_ACCESS_LOCAL_WRITE"] + (
+        ["IBV_ACCESS_REMOTE_WRITE", "IBV_ACCESS_REMOTE_READ"] if remote_write else [])
     attrs = {
         "qp_state": "IBV_QPS_INIT",
         "pkey_index": opts.pkey_index,
@@ -214,8 +217,8 @@ WC_STATUS = (
 )
 
 _WC_HINTS = {
-    "IBV_WC_REM_ACCESS_ERR": "the target refused the write: wrong rkey, address outside its "
-                             "memory region, or no remote-write access",
+    "IBV_WC_REM_ACCESS_ERR": "the target refused the write or read: wrong rkey, address outside "
+                             "its memory region, or no remote write/read access",
     "IBV_WC_RETRY_EXC_ERR": "no ACK after retry_cnt retries: peer gone, wrong GID/QPN, link "
                             "down, or lossy fabric (check PFC/ECN and the retransmission counters)",
     "IBV_WC_RNR_RETRY_EXC_ERR": "the target had no receive WR posted for a write with immediate",

@@ -45,7 +45,8 @@ import numpy as np
 
 from ...errors import ProtocolError, TransportError
 from ..base import (
-    COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, Capability, Initiator, Target, Transport, anonymous_region,
+    COMPLETION_DTYPE, NOTIFY_DTYPE, PLACED_DTYPE, XFER_DTYPE, Capability, Initiator, Target, Transport,
+    anonymous_region,
 )
 from . import probe as probe_mod
 from . import side
@@ -225,6 +226,8 @@ class RdmaTarget(Target):
         out["write_guard"] = ("called before a write reuses destination bytes (one side-connection "
                               "round trip per reusing batch); the NIC places bytes on its own")
         out["guard_round_trips"] = self._guard_count
+        out["reads"] = ("served by the NIC from the memory region (IBV_ACCESS_REMOTE_READ); a "
+                        "one-sided READ never reaches the target's CPU, so it counts none")
         out["side_connections_refused"] = self._acceptor.refused
         if self._acceptor.refusals:
             out["side_refusals"] = list(self._acceptor.refusals)
@@ -243,6 +246,7 @@ class RdmaTarget(Target):
 
 class RdmaInitiator(Initiator):
     spin_cpu_ns = _ep_spin_cpu_ns  # type: ignore[assignment]
+    reads_posted = 0
 
     def connect(self, descriptor: Mapping[str, Any], timeout_s: float) -> None:
         self.opts = RdmaOptions.from_options(self.options)
@@ -283,7 +287,7 @@ class RdmaInitiator(Initiator):
                 raise TransportError(f"rdma: transfer {int(batch['xfer'][i])}: {what} range "
                                      f"[{int(batch[off][i])}, {int(batch[off][i] + batch['nbytes'][i])}) "
                                      f"outside the {limit}-byte {what} region")
-        ep, v = self.ep, self.ep.v
+        ep = self.ep
         deadline = time.monotonic() + max(timeout_s, 0.0)
         wrs = build_wrs(batch, remote_base=int(self.remote["addr"]), rkey=int(self.remote["rkey"]),
                         state=self.state, qps=len(ep.qps), max_msg_nbytes=ep.max_msg_nbytes,
@@ -297,7 +301,45 @@ class RdmaInitiator(Initiator):
                 self._guard(rec[reuse], deadline)
         except OSError as exc:
             raise TransportError(f"rdma side connection lost: {exc}") from exc
+        self._post_chains(wrs, deadline, timeout_s, read=False)
+
+    def post_read(self, batch: np.ndarray, timeout_s: float) -> None:
+        """RDMA READs: the NIC pulls [remote_off, +nbytes) of the target's memory region
+        (registered with IBV_ACCESS_REMOTE_READ) into the local region; the target's CPU does
+        nothing. A read completes with its signalled work completion (or a later one on its
+        QP: RC completes in order), when every byte is in local memory. Reads share the WR
+        ids and QP rotation of the writes; no side-channel record (the target places nothing)."""
+        if len(batch) == 0:
+            return
+        if np.any(batch["nbytes"] == 0):
+            raise TransportError("rdma: zero-length read in batch (an SGE length of 0 means 2 GiB to some NICs)")
+        for limit, off, what in ((int(self.remote["region_nbytes"]), "remote_off", "remote"),
+                                 (len(self.region), "local_off", "local")):
+            over = np.flatnonzero(batch[off] + batch["nbytes"] > limit)
+            if len(over):
+                i = int(over[0])
+                raise TransportError(f"rdma: read {int(batch['xfer'][i])}: {what} range "
+                                     f"[{int(batch[off][i])}, {int(batch[off][i] + batch['nbytes'][i])}) "
+                                     f"outside the {limit}-byte {what} region")
+        as_xfers = np.zeros(len(batch), XFER_DTYPE)
+        as_xfers["xfer"] = batch["xfer"]
+        as_xfers["src_off"] = batch["local_off"]
+        as_xfers["dst_off"] = batch["remote_off"]
+        as_xfers["nbytes"] = batch["nbytes"]
+        as_xfers["notify"] = -1
+        ep = self.ep
+        wrs = build_wrs(as_xfers, remote_base=int(self.remote["addr"]), rkey=int(self.remote["rkey"]),
+                        state=self.state, qps=len(ep.qps), max_msg_nbytes=ep.max_msg_nbytes,
+                        max_chain=ep.max_send_wr, signal_every=self.opts.signal_every)
+        self.reads_posted += len(batch)
+        self._post_chains(wrs, time.monotonic() + max(timeout_s, 0.0), timeout_s, read=True)
+
+    def _post_chains(self, wrs: Any, deadline: float, timeout_s: float, read: bool) -> None:
+        """ibv_post_send each chain of WRs (RDMA WRITE[_WITH_IMM], or RDMA READ), waiting for
+        send-queue room (bounded by the deadline)."""
+        ep, v = self.ep, self.ep.v
         write, write_imm = v.e("IBV_WR_RDMA_WRITE"), v.e("IBV_WR_RDMA_WRITE_WITH_IMM")
+        rdma_read = v.e("IBV_WR_RDMA_READ") if read else None
         signaled = v.e("IBV_SEND_SIGNALED")
         lkey = int(ep.mr.lkey)
         for chain, qpi in zip(wrs.chains(), wrs.chain_qp):
@@ -312,7 +354,8 @@ class RdmaInitiator(Initiator):
             nxt = None
             for d in chain[::-1]:  # build back to front so each WR links to the next
                 sge = v.wr.SGE(ep.base + int(d["local_off"]), int(d["nbytes"]), lkey)
-                w = v.wr.SendWR(wr_id=int(d["wr_id"]), opcode=write_imm if d["with_imm"] else write,
+                op = rdma_read if read else (write_imm if d["with_imm"] else write)
+                w = v.wr.SendWR(wr_id=int(d["wr_id"]), opcode=op,
                                 num_sge=1, sg=[sge], imm_data=int(d["imm_data"]),
                                 send_flags=signaled if d["signaled"] else 0)
                 w.set_wr_rdma(int(d["rkey"]), int(d["remote_addr"]))
@@ -355,7 +398,7 @@ class RdmaInitiator(Initiator):
     def _reap(self, timeout_s: float) -> None:
         for wc in self.ep.wait_cq(timeout_s):
             qpi = self.ep.qp_index[int(wc.qp_num)]
-            self.ep.check_wc(wc, f"RDMA WRITE wr_id {int(wc.wr_id)} on QP index {qpi}")
+            self.ep.check_wc(wc, f"RDMA WRITE or READ wr_id {int(wc.wr_id)} on QP index {qpi}")
             done = self.sent.completed(qpi, int(wc.wr_id), time.monotonic_ns())
             if len(done):
                 self._done.append(done)
@@ -372,7 +415,9 @@ class RdmaInitiator(Initiator):
         return self.sent.outstanding()
 
     def data_path(self) -> dict[str, Any]:
-        return self.ep.data_path("initiator")
+        out = self.ep.data_path("initiator")
+        out["reads_posted"] = self.reads_posted
+        return out
 
     def close(self) -> None:
         sock = getattr(self, "sock", None)
@@ -405,6 +450,15 @@ class RdmaTransport(Transport):
     @classmethod
     def probe(cls, options: Mapping[str, Any] | None = None) -> Capability:
         return probe_mod.probe(options or {})
+
+    @classmethod
+    def probe_read(cls, options: Mapping[str, Any] | None = None) -> Capability:
+        cap = probe_mod.probe(options or {})
+        if not cap.available:
+            return cap
+        return Capability.ok("RDMA READ (IBV_WR_RDMA_READ) into the local region from the target's "
+                             "memory region, registered with IBV_ACCESS_REMOTE_READ; the target's "
+                             "CPU takes no part", **dict(cap.details))
 
     @classmethod
     def allocate(cls, nbytes: int, options: Mapping[str, Any]) -> memoryview:

@@ -1,0 +1,16 @@
+#!/bin/bash
+# Interleaved A/B in one run on the SHARED BUSY host (2 cores, 4 helpers + coordinator working):
+# base = e715073 (main before the READ work; a worktree at /tmp/read_base with the compiled
+# endpoint/_fast*.so copied in), head = h/read (/work/wt/read). PYTHONPATH selects the tree;
+# order base, head, head, base per pair of runs.
+PY=/work/wt/read/.venv/bin/python
+HEAD=/work/wt/read
+OUT=$HEAD/benchmarks/results/2026-12-07-read-ab
+run() { local side=$1 tag=$2 script=$3; shift 3; local d=$HEAD; [ $side = base ] && d=/tmp/read_base
+  (cd $d && PYTHONPATH=$d timeout 400 $PY $script "$@" --json) > $OUT/$side-$(basename $script .py)-$tag.json \
+    2>$OUT/$side-$(basename $script .py)-$tag.err; echo "$side $script $tag rc=$?"; }
+H="benchmarks/bench_hotpath.py --rounds 2 --runner-mib 512"
+T="benchmarks/bench_tcp.py --rounds 2 --runner-rounds 1 --runner-mib 512"
+for i in 1 2 3; do run base a$i $H; run head a$i $H; run head b$i $H; run base b$i $H; done
+run base a1 $T; run head a1 $T; run head b1 $T; run base b1 $T
+echo done
