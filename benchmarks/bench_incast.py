@@ -7,7 +7,8 @@ requests sent by ONE sender agent that emulates the same P prefill GPUs' timelin
 arrivals, same layer ready times, same total load). Per round and shape, the paired figures are
 the decode instance's exposed p99 (and p50) with P senders and with one; the ratio of the two is
 the incast penalty as a ratio (1 = no penalty). Jain's index over the flows and the throughput
-ratio are context. Rounds interleave the shapes, so host drift lands on all of them.
+ratio are context. Rounds interleave the shapes, so host drift lands on all of them, and odd
+rounds run the reference first, so an order effect cancels instead of biasing every round.
 
 On --fabric netns (root) the instances share a bridge and --rate-mbit shapes the decode side's
 port: fan-in meets in that one queue, which is what the penalty is about. On loopback the
@@ -58,8 +59,8 @@ def main() -> int:
     opts = {"rate_mbit": args.rate_mbit} if args.rate_mbit else {}
     layouts, closers = {}, []
     try:
-        for P, D in shapes:
-            layout, close = open_layout(args.fabric, PairRequest(worker=0, rails=1, topology=(P, D),
+        for i, (P, D) in enumerate(shapes):  # one worker index each: their namespaces' names differ
+            layout, close = open_layout(args.fabric, PairRequest(worker=i, rails=1, topology=(P, D),
                                                                  netns_options=opts, netns_prefix="kvfbi"))
             layouts[(P, D)] = layout
             closers.append(close)
@@ -67,7 +68,8 @@ def main() -> int:
         for rnd in range(args.rounds):
             for P, D in shapes:
                 sc = scenario(P, args.pacing, args.requests).replace(topology=Topology(P, D))
-                with FlowRunner(layouts[(P, D)], timeout_s=180) as runner:
+                # Odd rounds run the one-sender reference first: an order effect cancels over the rounds.
+                with FlowRunner(layouts[(P, D)], timeout_s=180, reference_first=bool(rnd % 2)) as runner:
                     res = runner.run(sc)
                 (inc,) = res.incast
                 row = {"round": rnd, "exposed_p99_ms": inc["exposed_p99_ms"],

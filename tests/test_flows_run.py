@@ -52,6 +52,7 @@ def test_fan_in_reports_instances_fairness_and_incast_penalty():
     sc = scenario(topology=Topology(2, 1))
     res = run_flows(sc, timeout_s=60)
     assert res.integrity["errors"] == 0 and res.bytes == build_plan(sc).total_bytes
+    assert res.integrity["pages_checked"] == 2 * len(build_plan(sc).transfers)  # the one-sender reference's too
     pre = res.per_instance["prefill"]
     assert [e["requests_routed"] for e in pre] == [2, 2] and all(e["bytes"] > 0 for e in pre)
     assert res.per_instance["decode"][0]["bytes"] == res.bytes
@@ -140,3 +141,11 @@ def test_closed_loop_fan_out_carries_every_request():
     res = run_flows(sc, timeout_s=60)
     assert res.requests_completed == res.requests == 4 and res.bytes == build_plan(sc).total_bytes
     assert [e["bytes"] > 0 for e in res.per_instance["decode"]] == [True, True]
+
+
+def test_reference_first_gives_the_same_kind_of_incast_figures():
+    sc = scenario(topology=Topology(2, 1))
+    with FlowRunner(local_layout(1, (2, 1)), timeout_s=60, reference_first=True) as runner:
+        res = runner.run(sc)
+    assert res.incast[0]["fan_in"] == 2 and res.incast[0]["reference_exposed_p99_ms"] is not None
+    assert res.integrity["errors"] == 0 and res.bytes == build_plan(sc).total_bytes

@@ -301,19 +301,15 @@ def run_case(
 
 
 def case_interfaces(fabric: Any, pair: HostPair, layout: Layout | None) -> list[dict[str, Any]]:
-    """The data-plane interfaces a case records: its pair's, or every flow's of a layout (once each)."""
+    """The data-plane interfaces a case records: its pair's, or one row per agent of a layout
+    (role, instance, rail, and the driver, firmware and MTU its fabric probed: select.layout_interfaces)."""
     if fabric is None:
         return []
     if layout is None:
         return fabric.interfaces(pair)
-    seen: dict[str, dict[str, Any]] = {}
-    P, D = layout.topology
-    for p in range(P):
-        for d in range(D):
-            for r in range(layout.rails):
-                for itf in fabric.interfaces(layout.flow_pair(p, d, r)):
-                    seen.setdefault(json.dumps(itf, sort_keys=True, default=str), itf)
-    return list(seen.values())
+    from ..fabric.select import layout_interfaces
+
+    return layout_interfaces(layout)
 
 
 def up_front_capacity(scenario: Scenario, pair: HostPair) -> Any:

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.scenario import Scenario
-from ..emulator.flows import FlowSpec, SubPlan, flow_masks, flow_plan, rail_of, restrict, route
+from ..emulator.flows import FlowSpec, SubPlan, flow_masks, flow_plan, rail_of, route
 from ..emulator.memory import check_hbm_fit
 from ..emulator.plan import build_plan
 from ..emulator.plantypes import TransferPlan
@@ -58,8 +58,10 @@ class FlowRun:
 class FlowRunner:
     """Runs multi-agent scenarios on a Layout (a context manager, like AgentPair)."""
 
-    def __init__(self, layout: Layout, timeout_s: float | None = None, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, layout: Layout, timeout_s: float | None = None, options: Mapping[str, Any] | None = None,
+                 reference_first: bool = False) -> None:
         self.layout = layout
+        self.reference_first = reference_first  # run the incast reference before the fan-in (order-effect checks)
         self.timeout_s = timeout_s
         self.options = dict(options or {})
         self.shares_clock = bool(get_fabric(layout.fabric).shares_clock)
@@ -94,13 +96,21 @@ class FlowRunner:
         topo = scenario.topology
         specs = [FlowSpec(scenario.rails, r, topo.prefill, topo.decode, p, d, topo.routing, scenario.seed)
                  for p in range(topo.prefill) for d in range(topo.decode) for r in range(scenario.rails)]
-        flows = self._run_phase(scenario, plan, specs, run_timeout, {})
         references: dict[int, list[FlowRun]] = {}
-        for d, fan_in in sorted(self._fan_in(flows).items()):
-            if fan_in > 1:  # one sender, same requests and emulated timelines: the incast reference
-                ref = [FlowSpec(scenario.rails, r, topo.prefill, topo.decode, None, d, topo.routing, scenario.seed)
-                       for r in range(scenario.rails)]
-                references[d] = self._run_phase(scenario, plan, ref, run_timeout, {"concurrency_scale": topo.prefill})
+
+        def run_references() -> None:
+            for d, fan_in in sorted(self._fan_in(specs, plan).items()):
+                if fan_in > 1:  # one sender, same requests and emulated timelines: the incast reference
+                    ref = [FlowSpec(scenario.rails, r, topo.prefill, topo.decode, None, d, topo.routing, scenario.seed)
+                           for r in range(scenario.rails)]
+                    references[d] = self._run_phase(scenario, plan, ref, run_timeout,
+                                                    {"concurrency_scale": topo.prefill})
+
+        if self.reference_first:
+            run_references()
+        flows = self._run_phase(scenario, plan, specs, run_timeout, {})
+        if not self.reference_first:
+            run_references()
         result = build_result(scenario, plan, self.layout, flows, references)
         if check_integrity and result.integrity["errors"]:
             exc = IntegrityError(
@@ -116,11 +126,12 @@ class FlowRunner:
                 f"but layout {self.layout.name} has rails={self.layout.rails} topology={self.layout.topology}")
 
     @staticmethod
-    def _fan_in(flows: list[FlowRun]) -> dict[int, int]:
-        """Decode instance -> how many prefill instances send to it."""
+    def _fan_in(specs: list[FlowSpec], plan: TransferPlan) -> dict[int, int]:
+        """Decode instance -> how many prefill instances send it any bytes."""
         senders: dict[int, set[int]] = {}
-        for f in flows:
-            senders.setdefault(f.spec.decode, set()).add(int(f.spec.prefill or 0))
+        for spec in specs:
+            if flow_masks(plan, spec)[0].any():
+                senders.setdefault(spec.decode, set()).add(int(spec.prefill or 0))
         return {d: len(s) for d, s in senders.items()}
 
     def _run_phase(self, scenario: Scenario, plan: TransferPlan, specs: list[FlowSpec], run_timeout: float,
@@ -281,6 +292,14 @@ def build_result(scenario: Scenario, plan: TransferPlan, layout: Layout, flows: 
                 entry.update(group(reqs[row_req], reqs, keep))
             per_instance[side].append(entry)
 
+    for refs in references.values():  # the reference runs verified their pages too: their errors count
+        for f in refs:
+            fs = stats.summarize(f.sub.plan.transfers, f.sub.plan.requests, _measure(f).m, pacing, budget)
+            integ = integrity_of(fs, f.dec or {})
+            pages += integ["pages_checked"]
+            errors += integ["errors"]
+            if first is None and integ["first_error"]:
+                first = f"incast reference flow {f.spec.name}: {integ['first_error']}"
     incast = []
     for d, refs in sorted(references.items()):
         reqs = dec_of == d
@@ -322,4 +341,4 @@ def run_flows(scenario: Scenario, layout: Layout | None = None, timeout_s: float
         return runner.run(scenario)
 
 
-__all__ = ["FlowRunner", "run_flows", "build_result", "flow_masks", "restrict"]
+__all__ = ["FlowRunner", "FlowRun", "run_flows", "build_result"]
