@@ -89,8 +89,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def netns_prefix(netns: str | None) -> list[str]:
-    return ["ip", "netns", "exec", netns] if netns else []
+def netns_prefix(netns: str | None, cpus: Sequence[int] | None = None) -> list[str]:
+    """argv prefix that runs a command inside `netns` (None: here), on `cpus` only when given."""
+    pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+    return (["ip", "netns", "exec", netns] if netns else []) + pin
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,14 +453,15 @@ def log(msg: str) -> None:
 
 def iperf3_throughput(server_addr: str, *, length: str = "1M", seconds: float = 2.0,
                       server_netns: str | None = None, client_netns: str | None = None,
-                      port: int | None = None) -> dict[str, Any]:
-    """One iperf3 single-stream run: receiver-side GB/s and both sides' CPU s/GB."""
+                      port: int | None = None, cpus: Sequence[int] | None = None) -> dict[str, Any]:
+    """One iperf3 single-stream run: receiver-side GB/s and both sides' CPU s/GB (both ends on
+    `cpus` when given)."""
     port = port or free_port()
-    srv = netns_prefix(server_netns) + ["iperf3", "-s", "-1", "-B", server_addr, "-p", str(port)]
+    srv = netns_prefix(server_netns, cpus) + ["iperf3", "-s", "-1", "-B", server_addr, "-p", str(port)]
     with peer(srv, name="iperf3-server"):
         wait_listening(server_addr, port, 5.0, netns=server_netns)
         out = run_tool(
-            netns_prefix(client_netns)
+            netns_prefix(client_netns, cpus)
             + ["iperf3", "-c", server_addr, "-p", str(port), "-l", length, "-t", f"{seconds:g}",
                "-J", "-P", "1"],
             timeout_s=seconds + 15,
@@ -537,10 +540,12 @@ def transport_pair(*, transport: str = "tcp", mode: str = "throughput", nbytes: 
                    target_addr: str = "127.0.0.1", target_netns: str | None = None,
                    initiator_netns: str | None = None, region_bytes: int = 64 << 20,
                    profile_dir: str | None = None,
-                   options: Mapping[str, Any] | None = None, op: str = "write") -> dict[str, Any]:
+                   options: Mapping[str, Any] | None = None, op: str = "write",
+                   cpus: Sequence[int] | None = None) -> dict[str, Any]:
     """Target and initiator of a registered transport in two processes (pacing none).
     Returns the initiator's figures plus the target's CPU s/GB. With profile_dir, each peer
-    runs under `py-spy record` (collapsed stacks: <dir>/target.txt, <dir>/initiator.txt)."""
+    runs under `py-spy record` (collapsed stacks: <dir>/target.txt, <dir>/initiator.txt);
+    with cpus, both peers run on those CPUs (taskset)."""
     script = str(BENCH_DIR / "_peer_transport.py")
 
     def spy(role: str) -> list[str]:
@@ -556,11 +561,11 @@ def transport_pair(*, transport: str = "tcp", mode: str = "throughput", nbytes: 
         common += ["--opt", f"{k}={json.dumps(v)}"]
     budget = warmup_s + seconds + 20
     env = peer_env()
-    with peer(netns_prefix(target_netns) + spy("target") + [PYTHON, script, "target", "--bind", target_addr,
+    with peer(netns_prefix(target_netns, cpus) + spy("target") + [PYTHON, script, "target", "--bind", target_addr,
                                             "--timeout", f"{budget:g}"] + common,
               env=env, name=f"{transport}-target") as tgt:
         desc = tgt.read_json(15.0)["descriptor"]
-        with peer(netns_prefix(initiator_netns) + spy("initiator")
+        with peer(netns_prefix(initiator_netns, cpus) + spy("initiator")
                   + [PYTHON, script, "initiator", "--desc", json.dumps(desc), "--mode", mode,
                      "--nbytes", str(nbytes), "--batch", str(batch),
                      "--window-bytes", str(window_bytes), "--seconds", f"{seconds:g}",

@@ -100,3 +100,21 @@ def test_top_frames_self_time(tmp_path: Path) -> None:
     p.write_text("main;a;send 30\nmain;b;send 10\nmain;recv 60\n")
     top = dict(C.top_frames(str(p)))
     assert top["send"] == pytest.approx(0.4) and top["recv"] == pytest.approx(0.6)
+
+
+def test_netns_prefix_pins_only_when_asked() -> None:
+    assert C.netns_prefix(None) == []
+    assert C.netns_prefix("ns1") == ["ip", "netns", "exec", "ns1"]
+    assert C.netns_prefix("ns1", [0, 2]) == ["ip", "netns", "exec", "ns1", "taskset", "-c", "0,2"]
+    assert C.netns_prefix(None, [1]) == ["taskset", "-c", "1"]
+
+
+def test_bench_rails_aggregate_sums_rates_and_takes_the_median_rail_cpu() -> None:
+    import bench_rails
+
+    agg = bench_rails.aggregate([
+        {"gbps_bytes": 1.0, "cpu_s_per_gb_sender": 0.2, "cpu_s_per_gb_receiver": 0.3, "retransmits": 1},
+        {"gbps_bytes": 0.5, "cpu_s_per_gb_sender": 0.4, "cpu_s_per_gb_receiver": 0.4, "retransmits": None},
+        {"gbps_bytes": 0.5, "cpu_s_per_gb_sender": 0.1, "cpu_s_per_gb_receiver": 0.1}])
+    assert agg["gbps_bytes"] == pytest.approx(2.0) and agg["retransmits"] == 1
+    assert agg["rails_cpu_s_per_gb"] == pytest.approx([0.5, 0.8, 0.2]) and agg["cpu_s_per_gb_rail"] == pytest.approx(0.5)

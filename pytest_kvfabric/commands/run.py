@@ -13,7 +13,8 @@ from ..errors import IntegrityError, TransportError
 from ..core.limits import MAX_TIMEOUT_S
 from ..core.profiles import DEFAULT_GPU
 from ..core.scenario import FAULTS, PACINGS
-from ._scenario_args import add_scenario_args, float_in, positive_int, scenario_from_args
+from ..emulator.flows import MAX_INSTANCES, MAX_RAILS, ROUTINGS
+from ._scenario_args import add_scenario_args, float_in, int_in, positive_int, scenario_from_args
 
 
 def register(subparsers: Any) -> None:
@@ -35,6 +36,13 @@ def register(subparsers: Any) -> None:
                    "(corrupt, misplace, drop: integrity error; kill, stall: transport error); exit 1 expected")
     p.add_argument("--no-verify", action="store_true", help="skip page verification at the decode side")
     p.add_argument("--json", metavar="PATH", help="write the Result as JSON (the README lists the keys)")
+    p.add_argument("--rails", type=int_in(1, MAX_RAILS), default=1, metavar="N",
+                   help="agents per instance and side (prefill rank k on rail k mod N; on loopback every rail is lo)")
+    p.add_argument("--prefill-instances", type=int_in(1, MAX_INSTANCES), default=1, metavar="P",
+                   help="prefill instances (xPyD), each its own agent(s)")
+    p.add_argument("--decode-instances", type=int_in(1, MAX_INSTANCES), default=1, metavar="D",
+                   help="decode instances (xPyD), each its own agent(s)")
+    p.add_argument("--routing", choices=ROUTINGS, default=ROUTINGS[0], help="how requests pick a decode instance")
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
                    help="run the scenario N times back to back on the same agents; print and write the median "
                         "figures, each gated figure's 95%% interval, and (JSON 'repeats') every run")
@@ -181,8 +189,11 @@ def main(args: argparse.Namespace) -> int:
     if not cap.available:  # both agents run on this host: its probe decides
         sys.stderr.write(f"kvfabric run: transport {args.transport!r} not available: {cap.reason}\n")
         return 1
+    from ..core.scenario import Topology
+
     sc = dataclasses.replace(sc, transport=args.transport, pacing=args.pace, transport_params=params,
-                             verify=not args.no_verify)
+                             verify=not args.no_verify, rails=args.rails,
+                             topology=Topology(args.prefill_instances, args.decode_instances, args.routing))
     result = None
     capacity = _capacity(sc)
     for line in filter(None, (predicted_notice(sc, capacity), short_link_line(capacity))):
@@ -190,8 +201,8 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress()
     runs: list[dict[str, Any]] = []
     try:
-        with AgentPair(None, args.timeout, {"max_inflight": args.window}) as agents:
-            if progress.enabled:  # on a terminal only: piped output stays the table alone
+        with _agents(sc, args) as agents:
+            if progress.enabled and isinstance(agents, AgentPair):  # on a terminal only: piped output stays the table alone
                 agents.on_progress = lambda p: progress.update(progress_line(p))
                 # Until the first report: the agents rebuild the plan and fill their pools.
                 progress.update("starting the agents: plan, emulated HBM pools, page patterns ...", force=True)
@@ -215,6 +226,8 @@ def main(args: argparse.Namespace) -> int:
         if capacity is not None:
             d["capacity"] = capacity.to_dict()
         print(table(d))
+        if d.get("flows"):
+            print(flow_table(d))
         if len(runs) > 1:
             print(repeat_table(runs))
         from ..lab.env import TCG_NOTE, virtualized
@@ -229,6 +242,40 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(err.splitlines()[0] + "\n")
         return 1
     return 0
+
+
+def _agents(sc: Any, args: argparse.Namespace) -> Any:
+    """One agent pair, or a FlowRunner on a loopback layout for rails and instances (run/flows.py)."""
+    from ..run.runner import AgentPair
+
+    if not sc.multi_agent:
+        return AgentPair(None, args.timeout, {"max_inflight": args.window})
+    from ..fabric.local import local_layout
+    from ..run.flows import FlowRunner
+
+    return FlowRunner(local_layout(sc.rails, sc.topology.shape), args.timeout, {"max_inflight": args.window})
+
+
+def flow_table(d: dict[str, Any]) -> str:
+    """Per rail, per instance and per flow figures of a multi-agent run."""
+    from tabulate import tabulate
+
+    rows = []
+    for e in d.get("per_rail") or ():
+        rows.append((f"rail {e['rail']} ({e['interface']})", e["bytes"], _fmt(e.get("throughput_gbps")),
+                     _fmt((e.get("exposed_ms") or {}).get("p99")), _fmt(e.get("retransmits"))))
+    for side in ("prefill", "decode"):
+        for e in (d.get("per_instance") or {}).get(side) or ():
+            rows.append((f"{side} {e[side]}", e.get("bytes", 0), _fmt(e.get("throughput_gbps")),
+                         _fmt((e.get("exposed_ms") or {}).get("p99")), _fmt(e.get("retransmits"))))
+    for e in d.get("flows") or ():
+        rows.append((f"flow {e['flow']}", e["bytes"], _fmt(e.get("throughput_gbps")),
+                     _fmt((e.get("exposed_ms") or {}).get("p99")), _fmt(e.get("retransmits"))))
+    out = tabulate(rows, headers=["", "bytes", "Gb/s", "exposed p99 ms", "retransmits"])
+    extra = [f"fairness (Jain, flows): {_fmt(d.get('fairness_jain'))}"]
+    if d.get("incast_penalty_ms") is not None:
+        extra.append(f"incast penalty p99 ms (N senders minus one sender): {_fmt(d['incast_penalty_ms'])}")
+    return out + "\n" + "\n".join(extra)
 
 
 def _with_repeats(runs: list[dict[str, Any]]) -> dict[str, Any]:

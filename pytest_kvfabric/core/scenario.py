@@ -95,6 +95,20 @@ class Synthetic:
 
 
 @dataclass(frozen=True)
+class Topology:
+    """A traffic matrix (xPyD): prefill and decode instances, each its own agent(s), and the rule
+    that routes requests to decode instances (emulator/flows.py: ROUTINGS and what each does)."""
+
+    prefill: int = 1
+    decode: int = 1
+    routing: str = "round_robin"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.prefill, self.decode
+
+
+@dataclass(frozen=True)
 class Scenario:
     id: str
     model: ModelProfile
@@ -110,6 +124,8 @@ class Scenario:
     slo: Mapping[str, Any] = field(default_factory=dict)  # SLO key -> threshold (see slo.py)
     verify: bool = True  # verify every page at the decode side (outside the timed path)
     synthetic: Synthetic | None = None  # conformance: fixed-size transfers instead of the model's layout
+    rails: int = 1  # agents per instance and side; prefill rank k on rail k mod rails (emulator/flows.py)
+    topology: Topology = field(default_factory=Topology)  # instances and routing (one pair by default)
     notes: tuple[str, ...] = ()  # what the harness changed and why (e.g. TP raised to fit HBM); reported, not sent
 
     def kv_dtype(self, side: str = "prefill") -> str:
@@ -136,6 +152,8 @@ class Scenario:
             "slo": dict(self.slo),
             "verify": self.verify,
             "synthetic": dataclasses.asdict(self.synthetic) if self.synthetic else None,
+            "rails": self.rails,
+            "topology": dataclasses.asdict(self.topology),
         }
 
     @classmethod
@@ -162,4 +180,11 @@ class Scenario:
             slo=dict(spec.get("slo", {})),
             verify=bool(spec.get("verify", True)),
             synthetic=Synthetic(**spec["synthetic"]) if spec.get("synthetic") else None,
+            rails=int(spec.get("rails", 1)),
+            topology=Topology(**spec.get("topology") or {}),
         )
+
+    @property
+    def multi_agent(self) -> bool:
+        """More than one agent per side: the flows runner (run/flows.py) runs it."""
+        return self.rails != 1 or self.topology.shape != (1, 1)

@@ -7,12 +7,14 @@ The controller runs `fabric.bootstrap.AGENT_BOOTSTRAP` (which calls `serve`) thr
     {"cmd": "setup", "role": "decode"|"prefill", "spec": Scenario spec, "seed": int,
      "token": str, "bind": data address, "options": {...}}
         -> {"ok": True, "pid", "register_ns", "descriptor" (decode only)}
-    {"cmd": "run", "timeout_s": float, "descriptor": {...} (prefill only)}
+    {"cmd": "run", "timeout_s": float, "descriptor": {...} (prefill only),
+     "start_at_ns" | "start_in_ns": int (prefill, optional: a multi-agent run's common start)}
         -> {"ok": True, ...raw measurements...}
     {"cmd": "exit"} (or the channel closing) ends the agent.
 Any failure answers {"ok": False, "kind": exception class name, "error": one line}.
 
 Each agent rebuilds the TransferPlan from the spec itself: the plan never crosses the channel.
+In a multi-agent run, options["flow"] (emulator.flows.FlowSpec) names the flow whose rows it runs.
 """
 from __future__ import annotations
 
@@ -60,6 +62,16 @@ class _Session:
         self.seed = int(msg.get("seed", self.scenario.seed))
         self.options = dict(msg.get("options") or {})
         self.plan = build_plan(self.scenario)
+        self.gpu_of_request = None
+        flow = self.options.get("flow")
+        if flow:  # one flow of a multi-agent run (run/flows.py): its own rows, cut the same way on both ends
+            from ..emulator.flows import FlowSpec, flow_plan
+
+            spec = FlowSpec.from_dict(flow)
+            sub = flow_plan(self.plan, spec)
+            self.plan = sub.plan
+            if spec.prefill is None:  # a one-sender reference emulates every prefill instance's GPU
+                self.gpu_of_request = sub.gpu.tolist()
         self.transport = get_transport(self.scenario.transport)
         cap = self.transport.probe(dict(self.scenario.transport_params))
         if not cap.available:
@@ -99,7 +111,10 @@ class _Session:
         timeout_s = float(msg["timeout_s"])
         if self.role == "decode":
             return self._run_decode(timeout_s)
-        return self._run_prefill(msg["descriptor"], timeout_s)
+        start_at = msg.get("start_at_ns")
+        if start_at is None and msg.get("start_in_ns") is not None:  # no shared clock: count from receipt
+            start_at = time.monotonic_ns() + int(msg["start_in_ns"])
+        return self._run_prefill(msg["descriptor"], timeout_s, start_at)
 
     def _run_decode(self, timeout_s: float) -> dict[str, Any]:
         from .decode import DecodeOptions, run_decode
@@ -117,7 +132,7 @@ class _Session:
         out["ok"] = True
         return out
 
-    def _run_prefill(self, descriptor: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _run_prefill(self, descriptor: dict[str, Any], timeout_s: float, start_at_ns: int | None = None) -> dict[str, Any]:
         from .prefill import MAX_INFLIGHT, MAX_INFLIGHT_BYTES, PrefillOptions, run_prefill, tighten_timer_slack
 
         sc = self.scenario
@@ -129,12 +144,14 @@ class _Session:
         opts = PrefillOptions(
             pacing=sc.pacing,
             closed_loop=wl.arrival.kind == "closed",
-            concurrency=int(wl.arrival.concurrency or 1),
+            concurrency=int(wl.arrival.concurrency or 1) * int(self.options.get("concurrency_scale", 1)),
             max_inflight=int(self.options.get("max_inflight", MAX_INFLIGHT)),
             max_inflight_bytes=int(self.options.get("max_inflight_bytes", MAX_INFLIGHT_BYTES)),
             duration_s=wl.duration_s,
             timeout_s=timeout_s,
             hot_path=self.options.get("hot_path"),
+            start_at_ns=start_at_ns,
+            gpu_of_request=self.gpu_of_request,
         )
         watcher = ProgressWatcher(self.channel, self.plan, float(self.options.get("progress_s") or 0))
         opts.monitor = watcher.start if watcher.enabled else None

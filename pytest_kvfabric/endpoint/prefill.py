@@ -94,6 +94,12 @@ class PrefillOptions:
     stage_ns: int = STAGE_NS  # 0: build each batch only once its rows are ready
     hot_path: str | None = None  # "native" | "python" | None: native where built (slotbook.make_book)
     monitor: Any = None  # called once with (done_ns, req_done) so a watcher thread can report progress
+    # A multi-agent run's common start (run/flows.py): the run's t0 on this agent's monotonic clock,
+    # so every agent's layer ready times count from one instant; None: now + 1 ms.
+    start_at_ns: int | None = None
+    # Which emulated prefill GPU runs each request (an incast reference emulates several instances'
+    # timelines in one sender); None: one GPU for all.
+    gpu_of_request: Any = None
 
 
 def run_prefill(
@@ -129,6 +135,7 @@ class PrefillPacer:
         count = R["count"].astype(np.int64)
         self.count = count
         prefill_ns = R["prefill_ns"].astype(np.int64)
+        self.prefill_ns = prefill_ns
         # When the GPU is free for the next request: batched prefills share steps (emulator/batching.py).
         self.gpu_busy_ns = (prefill_ns - R["overlap_ns"].astype(np.int64)
                             if "overlap_ns" in R.dtype.names else prefill_ns)
@@ -151,7 +158,9 @@ class PrefillPacer:
             opts.monitor(self.done_ns, self.req_done)
         req_left = count.copy()  # rows not yet completed, per request (the book counts down)
         self.started = 0  # requests admitted so far (in index order)
-        self.gpu_free = 0
+        gpu_of = opts.gpu_of_request
+        self.gpu_of = [0] * self.nreq if gpu_of is None else [int(g) for g in gpu_of]
+        self.gpu_free = [0] * (max(self.gpu_of) + 1 if self.gpu_of else 1)  # when each emulated GPU is free
         self.emulated = opts.pacing == "emulated"
 
         # Slot rule, key stamping and completion bookkeeping, per write (native where built).
@@ -178,6 +187,7 @@ class PrefillPacer:
         self.target_rows = 0
         self.window = SpinWindow()
         self.t0 = self.deadline = 0
+        self.start_late_ns = 0  # how long after the common start this loop began (0: on time)
         self.admit_until: int | None = None
 
     # -- requests --------------------------------------------------------------------------
@@ -185,8 +195,9 @@ class PrefillPacer:
     def admit(self, r: int, arrival: int) -> None:
         """Request r arrives: it starts when the emulated GPU is free; its first row enters the heap."""
         if self.emulated:
-            start = max(arrival, self.gpu_free)
-            self.gpu_free = start + int(self.gpu_busy_ns[r])
+            g = self.gpu_of[r]
+            start = max(arrival, self.gpu_free[g])
+            self.gpu_free[g] = start + int(self.gpu_busy_ns[r])
         else:
             start = arrival
         self.req_arrival[r] = arrival
@@ -199,13 +210,13 @@ class PrefillPacer:
         """Pacing none: every request at t0; closed loop: the first `concurrency`; open loop:
         each at its arrival time, up to duration_s."""
         opts, nreq, t0 = self.opts, self.nreq, self.t0
+        if self.emulated and opts.closed_loop:
+            for _ in range(min(max(opts.concurrency, 1), nreq)):
+                self.admit_closed(t0)
+            return
         if not self.emulated:
             admit_n = nreq
             for r in range(nreq):
-                self.admit(r, t0)
-        elif opts.closed_loop:
-            admit_n = min(max(opts.concurrency, 1), nreq)
-            for r in range(admit_n):
                 self.admit(r, t0)
         else:
             admit_n = nreq
@@ -221,6 +232,22 @@ class PrefillPacer:
                 self.req_done[r] = self.req_start[r]
                 self.requests_done += 1
         self.target_rows = int(self.count[:admit_n].sum()) if admit_n else 0
+
+    def admit_closed(self, t: int) -> None:
+        """Closed loop: the next request arrives at t (a user's earlier request completed). One
+        without rows on this sender (a multi-agent flow's request routed to another decode
+        instance) completes, for this sender, when its emulated prefill ends: its user's next
+        request arrives then."""
+        while self.started < self.nreq and (self.admit_until is None or t <= self.admit_until):
+            r = self.started
+            self.admit(r, t)
+            self.started = r + 1
+            self.target_rows += self.l_count[r]
+            if self.l_count[r] > 0:
+                return
+            t = int(self.req_start[r]) + int(self.prefill_ns[r])
+            self.req_done[r] = t
+            self.requests_done += 1
 
     # -- posting and completions -----------------------------------------------------------
 
@@ -259,16 +286,8 @@ class PrefillPacer:
         for r, t in finished:
             self.req_done[r] = t
             self.requests_done += 1
-            started = self.started
-            if self.emulated and opts.closed_loop and started < self.nreq and (
-                self.admit_until is None or t <= self.admit_until
-            ):
-                self.admit(started, t)
-                self.target_rows += self.l_count[started]
-                if self.l_count[started] == 0:
-                    self.req_done[started] = t
-                    self.requests_done += 1
-                self.started = started + 1
+            if self.emulated and opts.closed_loop:
+                self.admit_closed(t)
 
     # -- the ready queue -------------------------------------------------------------------
 
@@ -316,7 +335,11 @@ class PrefillPacer:
     def run(self) -> dict[str, Any]:
         opts = self.opts
         now = time.monotonic_ns
-        self.t0 = now() + 1_000_000  # 1 ms lead: the first rows are not late by setup jitter
+        t = now()
+        # 1 ms lead: the first rows are not late by setup jitter. A common start that has already
+        # passed stays the start (the rows are late, and lateness says so: no silent re-basing).
+        self.t0 = t + 1_000_000 if opts.start_at_ns is None else int(opts.start_at_ns)
+        self.start_late_ns = max(t - self.t0, 0)
         self.deadline = self.t0 + int(opts.timeout_s * 1e9)
         self.admit_until = self.t0 + int(opts.duration_s * 1e9) if opts.duration_s else None
         self.admit_initial()
@@ -433,6 +456,7 @@ class PrefillPacer:
     def result(self) -> dict[str, Any]:
         return {
             "t0_ns": self.t0,
+            "start_late_ns": self.start_late_ns,
             "post_ns": self.post_ns,
             "post_call_ns": np.array(self.call_ns, np.int64),
             "done_ns": self.done_ns,

@@ -91,6 +91,17 @@ def _nic(ifname):
     return info
 
 
+def _rail(ifname, interfaces):
+    if ifname not in interfaces:
+        return None
+    info = _nic(ifname)
+    node = _read("/sys/class/net/" + ifname + "/device/numa_node")
+    info["numa_node"] = int(node) if node and node.lstrip("-").isdigit() and int(node) >= 0 else None
+    if info["numa_node"] is not None:
+        info["numa_cpus"] = _read("/sys/devices/system/node/node%d/cpulist" % info["numa_node"])
+    return info
+
+
 def _ioctl_facts(ifname):
     if ethtool_ioctl is None:
         return None
@@ -101,7 +112,7 @@ def _ioctl_facts(ifname):
         return None
 
 
-def probe(interface):
+def probe(interface, rails=None):
     ifname = interface or "lo"
     try:
         interfaces = sorted(os.listdir("/sys/class/net"))
@@ -117,10 +128,13 @@ def probe(interface):
         "interfaces": interfaces,
         "interface_found": found,
         "nic": _nic(ifname) if found else None,
+        "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }
+    if rails:  # every rail's NIC (driver, firmware, MTU, NUMA node); None for one not found
+        result["rails"] = [_rail(name, interfaces) for name in rails]
     return result
 
 
 if __name__ == "__channelexec__":
     request = channel.receive()  # noqa: F821 - provided by execnet
-    channel.send(probe(request.get("interface")))  # noqa: F821
+    channel.send(probe(request.get("interface"), request.get("rails")))  # noqa: F821

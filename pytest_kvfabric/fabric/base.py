@@ -82,7 +82,7 @@ class Layout:
 
 class Fabric(Protocol):
     """Where the two agents run. A new fabric implements this and registers with
-    select.register_fabric; built-ins are local.LocalFabric, netns.NetnsFabric, hosts.HostsFabric."""
+    select.register_fabric; built-ins are local.LocalFabric, netns_fabric.NetnsFabric, hosts.HostsFabric."""
 
     name: str
     shares_clock: bool  # both agents read one kernel's CLOCK_MONOTONIC (cross-agent times are valid)

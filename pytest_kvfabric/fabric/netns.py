@@ -10,6 +10,9 @@ Naming (ours alone, so cleanup can never touch anything else):
               in the root namespace; deleting the namespaces deletes the veth.
   addresses   10.203.<index>.1/24 (prefill) and 10.203.<index>.2/24 (decode), assigned only
               inside our namespaces (they never appear in the root namespace's tables).
+  layouts     rails and instances (netns_layout.py) add namespaces ``...p<i>``/``...d<j>`` and a
+              bridge namespace ``...b`` under the same prefix, each with its creator record, so
+              everything below (teardown, cleanup_stale) covers them and their bridges too.
   creator     /run/kvfabric/<netns>.pid holds "<pid> <starttime>" of the creating process,
               written *before* the namespace exists; cleanup_stale() removes a prefixed
               namespace only when that process is gone (starttime guards against pid reuse).
@@ -36,14 +39,13 @@ from typing import Any
 from ..errors import KvFabricError
 from ..transports import ethtool_ioctl
 from ..lab import env as lab_env
-from . import alloc
-from .alloc import FabricUnavailable, FabricUsageError
-from .base import Host, HostPair, PairRequest
-from .netns_options import OFFLOAD_KEYS, netns_kwargs, parse_offloads
-from .teardown import guarded
+from .alloc import FabricUnavailable
+from .base import Host, HostPair
+from .netns_options import OFFLOAD_KEYS, parse_offloads
 
-__all__ = ["OFFLOAD_KEYS", "NetnsFabric", "NetnsPair", "NetnsUnavailable", "parse_offloads"]
+__all__ = ["OFFLOAD_KEYS", "NetnsPair", "NetnsUnavailable", "parse_offloads"]
 
+FABRIC_NAME = "netns"  # the fabric these pairs belong to (netns_fabric.NetnsFabric)
 PREFIX = "kvf-"
 PID_DIR = Path("/run/kvfabric")
 NETNS_DIR = Path("/run/netns")
@@ -107,7 +109,7 @@ def pid_alive(pid: int, starttime: str | None) -> bool:
     return now is not None and (starttime is None or now == starttime)
 
 
-def _write_pidfile(name: str) -> None:
+def write_pidfile(name: str) -> None:
     PID_DIR.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
     (PID_DIR / f"{name}.pid").write_text(f"{pid} {_starttime(pid)}\n")
@@ -290,7 +292,7 @@ def cpu_mask(cpus: list[int]) -> str:
     return ",".join(reversed(words))
 
 
-def _set_rps(netns: str, ifname: str, cpus: list[int]) -> None:
+def set_rps(netns: str, ifname: str, cpus: list[int]) -> None:
     """Steer the receive processing of ifname's queues (RPS) to cpus, inside netns."""
     script = (f'for q in /sys/class/net/{ifname}/queues/rx-*/rps_cpus; do printf %s {cpu_mask(cpus)} > "$q" || exit 1; '
               'done')
@@ -299,7 +301,7 @@ def _set_rps(netns: str, ifname: str, cpus: list[int]) -> None:
         raise KvFabricError(f"setting rps_cpus of {ifname} in {netns} failed: {res.stderr.strip() or res.returncode}")
 
 
-def _set_offloads(netns: str, ifname: str, offloads: dict[str, bool]) -> None:
+def set_offloads(netns: str, ifname: str, offloads: dict[str, bool]) -> None:
     if not offloads:
         return
     try:
@@ -314,7 +316,7 @@ def rxe_name(ifname: str) -> str:
     return f"rxe_{ifname}"[:31]
 
 
-def _add_rxe(netns: str, ifname: str) -> None:
+def add_rxe(netns: str, ifname: str) -> None:
     """Inside the lab (lab/env.py), each veth end gets an rdma_rxe device, so RoCEv2 packets
     cross the veth. It goes away with the veth when the namespace is deleted."""
     res = subprocess.run(["ip", "netns", "exec", netns, "rdma", "link", "add", rxe_name(ifname), "type", "rxe",
@@ -324,7 +326,7 @@ def _add_rxe(netns: str, ifname: str) -> None:
                                f"{(res.stderr or res.stdout).strip() or 'failed'}")
 
 
-def _tbf_params(rate_mbit: float, mtu: int) -> dict[str, Any]:
+def tbf_params(rate_mbit: float, mtu: int) -> dict[str, Any]:
     # burst must hold at least one MTU-sized frame and ~1 ms at rate (tbf's usual rule of thumb)
     rate_bps = int(rate_mbit * 1_000_000)
     burst = max(2 * (mtu + 64), rate_bps // 8 // 1000, 16 * 1024)
@@ -385,7 +387,7 @@ class NetnsPair:
             if (NETNS_DIR / name).exists():
                 raise KvFabricError(f"netns {name} already exists (another session with the same tag?)")
         for name in (self.ns_prefill, self.ns_decode):
-            _write_pidfile(name)  # before the namespace: a crash in between stays cleanable
+            write_pidfile(name)  # before the namespace: a crash in between stays cleanable
             pr_netns.create(name)
         with IPRoute(netns=self.ns_prefill) as ipr:
             ipr.link("add", ifname=self.if_prefill, kind="veth",
@@ -400,14 +402,14 @@ class NetnsPair:
                 ipr.addr("add", index=idx, address=addr, prefixlen=PREFIXLEN)
                 ipr.link("set", index=idx, state="up")
                 if self.rate_mbit is not None:
-                    ipr.tc("add", "tbf", index=idx, **_tbf_params(self.rate_mbit, self.mtu))
-            _set_offloads(ns, ifname, self.offloads)
+                    ipr.tc("add", "tbf", index=idx, **tbf_params(self.rate_mbit, self.mtu))
+            set_offloads(ns, ifname, self.offloads)
             if lab_env.virtualized():
-                _add_rxe(ns, ifname)
+                add_rxe(ns, ifname)
         if self.cpus is not None:
             for ns, ifname, cpus in ((self.ns_prefill, self.if_prefill, self.cpus[0]),
                                      (self.ns_decode, self.if_decode, self.cpus[1])):
-                _set_rps(ns, ifname, cpus)
+                set_rps(ns, ifname, cpus)
         self.host_pair = self._host_pair()
 
     def _host_pair(self) -> HostPair:
@@ -424,7 +426,7 @@ class NetnsPair:
         pcpus, dcpus = self.cpus if self.cpus else (None, None)
         return HostPair(
             name=f"netns:{self.tag}-{self.index}",
-            fabric=NetnsFabric.name,
+            fabric=FABRIC_NAME,
             prefill=Host(f"{self.ns_prefill}", netns_gateway_spec(self.ns_prefill, cpus=pcpus),
                          self.addr_prefill, self.if_prefill, self.ns_prefill),
             decode=Host(f"{self.ns_decode}", netns_gateway_spec(self.ns_decode, cpus=dcpus),
@@ -456,44 +458,3 @@ class NetnsPair:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
-
-
-class NetnsFabric:
-    """Two namespaces on this host: one kernel (shared clock), but the agents' view of the
-    network (and a transport's probe) is the namespace's, not this process's."""
-
-    name = "netns"
-    shares_clock = True
-    probes_here = False
-    needs_inventory = False
-
-    def open(self, request: PairRequest) -> tuple[HostPair, Any]:
-        from . import hosts
-
-        prefix = request.netns_prefix or PREFIX
-        try:
-            kw = netns_kwargs(request.netns_options)
-        except ValueError as exc:
-            raise FabricUsageError(str(exc)) from None
-        reason = netns_unavailable_reason()
-        if reason:
-            raise NetnsUnavailable(reason)
-        cleanup_stale(prefix)
-        np = NetnsPair.create(str(os.getpid()), alloc.netns_index(request.worker), prefix=prefix, **kw)
-        closer = guarded(np.destroy)
-        try:  # also proves the gateway spec starts an interpreter inside each namespace
-            np.pair.details["fingerprint"] = {r: hosts.fingerprint(getattr(np.pair, r), request.timeout_s)
-                                              for r in hosts.ROLES}
-        except BaseException:
-            closer()
-            raise
-        return np.pair, closer
-
-    def interfaces(self, pair: HostPair) -> list[dict[str, Any]]:
-        split = pair.details.get("cpu_split") or {}  # --kv-netns-cpu-split: the CPUs each side had
-        return [{"name": h.interface or "lo", "netns": h.netns, "cpus": split.get(role)}
-                for role, h in (("prefill", pair.prefill), ("decode", pair.decode))]
-
-    def link_cause(self, pair: HostPair) -> str | None:
-        down = links_down([(h.netns, h.interface) for h in (pair.prefill, pair.decode) if h.interface])
-        return "; ".join(down) or None

@@ -16,7 +16,7 @@ from .base import Fabric, HostPair, Layout, PairRequest
 from .netns_options import NETNS_OPTION_KEYS
 
 # name -> "module:class" of the built-in fabrics, in the order help texts list them.
-_BUILTIN = {"local": "local:LocalFabric", "netns": "netns:NetnsFabric", "hosts": "hosts:HostsFabric"}
+_BUILTIN = {"local": "local:LocalFabric", "netns": "netns_fabric:NetnsFabric", "hosts": "hosts:HostsFabric"}
 FABRICS = tuple(_BUILTIN)  # the built-in fabric names (choices of --kv-fabric and `kvfabric sweep --fabric`)
 _registered: dict[str, Fabric] = {}
 
@@ -97,6 +97,29 @@ def open_layout(fabric: str, request: PairRequest) -> tuple[Layout, Callable[[],
     return Layout.of_pair(pair), closer
 
 
-__all__ = ["Layout", "open_layout", "FABRICS", "NETNS_OPTION_KEYS", "Fabric", "fabric_for", "fabric_names", "get_fabric", "known_fabric",
+def layout_interfaces(layout: Layout) -> list[dict[str, Any]]:
+    """Every agent's data-plane interface in a layout, one row per (role, instance, rail): name,
+    netns, host, CPUs it was pinned to, and the driver, firmware and MTU its fabric probed
+    (details["fingerprint"]: "<role><i>" -> {"rails": [nic, ...]}, or a plain pair's
+    role -> {"nic": nic}). What a case records in its fingerprint for every rail."""
+    fps = layout.details.get("fingerprint") or {}
+    agents_facts = {(a["role"], a["instance"], rail["rail"]): a
+                    for rail in layout.details.get("per_rail") or () for a in rail["agents"]}
+    out = []
+    for role, side in (("prefill", layout.prefill), ("decode", layout.decode)):
+        for i, agents in enumerate(side):
+            fp = fps.get(f"{role}{i}") or (fps.get(role) if len(side) == 1 else None) or {}
+            nics = fp.get("rails") or [fp.get("nic")]
+            for r, h in enumerate(agents):
+                nic = (nics[r] if r < len(nics) else None) or {}
+                out.append({"name": h.interface or "lo", "netns": h.netns, "host": h.name, "role": role,
+                            "instance": i, "rail": r, "cpus": agents_facts.get((role, i, r), {}).get("cpus"),
+                            "mtu": nic.get("mtu"), "driver": nic.get("driver"),
+                            "driver_version": nic.get("driver_version"), "firmware": nic.get("firmware"),
+                            "numa_node": nic.get("numa_node")})
+    return out
+
+
+__all__ = ["Layout", "open_layout", "layout_interfaces", "FABRICS", "NETNS_OPTION_KEYS", "Fabric", "fabric_for", "fabric_names", "get_fabric", "known_fabric",
            "open_pair", "probes_here",
            "register_fabric", "FabricUnavailable", "FabricUsageError", "KvFabricError"]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 from ..measure import slo as slo_mod
 from ..measure.metrics import BUILTIN, MetricSet
 from ..errors import KvFabricError
-from ..fabric.base import HostPair
+from ..fabric.base import HostPair, Layout
 from ..fabric.select import known_fabric, probes_here
 from .options import Selection
 from ..lab import env as lab_env
@@ -58,6 +58,34 @@ class PairManager:
         self._closer: Callable[[], None] | None = None
         self._error: str | None = None
         self._probes: dict[str, str | None] = {}
+        self._layout: Layout | None = None  # the multi-agent layout open now (one shape at a time)
+        self._layout_closer: Callable[[], None] | None = None
+
+    def layout(self, rails: int, topology: tuple[int, int]) -> Layout:
+        """This process's Layout of `rails` and `topology` (a multi-agent case), opened on first use;
+        a case of another shape closes the previous one first (namespaces and agents are per shape)."""
+        from ..fabric import alloc, select
+
+        if self._layout is not None and (self._layout.rails, self._layout.topology) == (rails, tuple(topology)):
+            return self._layout
+        self._close_layout()
+        if self.opener is not open_builtin:
+            raise select.FabricUsageError(f"fabric {self.selection.fabric!r} (a plug-in's) opens single pairs only; "
+                                          f"it cannot place rails={rails} topology={tuple(topology)}")
+        index = alloc.worker_index({} if self.worker == "main" else {"PYTEST_XDIST_WORKER": self.worker})
+        request = select.PairRequest(worker=index, hosts_file=self.selection.hosts,
+                                     netns_options=dict(self.selection.netns), nworkers=self.workers,
+                                     rails=int(rails), topology=(int(topology[0]), int(topology[1])))
+        try:
+            self._layout, self._layout_closer = select.open_layout(self.selection.fabric, request)
+        except select.FabricUnavailable as exc:
+            raise PairUnavailable(str(exc)) from None
+        return self._layout
+
+    def _close_layout(self) -> None:
+        closer, self._layout_closer, self._layout = self._layout_closer, None, None
+        if closer is not None:
+            closer()
 
     def get(self) -> HostPair:
         if self._error is not None:
@@ -74,6 +102,7 @@ class PairManager:
         return self._pair
 
     def close(self) -> None:
+        self._close_layout()
         closer, self._closer, self._pair = self._closer, None, None
         if closer is not None:
             closer()
@@ -207,34 +236,41 @@ def run_case(
         if reason:
             out.skip_reason, out.unavailable = reason, True
             return out
+    layout: Layout | None = None
     try:
-        pair = pairs.get()
+        if scenario.multi_agent:
+            layout = pairs.layout(scenario.rails, scenario.topology.shape)
+            pair = layout.flow_pair(0, 0, 0)  # probes and capacity: the first flow's hosts
+        else:
+            pair = pairs.get()
     except PairUnavailable as exc:
         out.skip_reason = f"fabric {selection.fabric}: {exc}"
         return out
     except KvFabricError as exc:  # unreachable host, bad inventory: the case fails, named
         out.error = f"fabric {selection.fabric}: {type(exc).__name__}: {exc}"
         return out
-    out.pair = pair.name
+    out.pair = layout.name if layout is not None else pair.name
     if not probes_here(pair.fabric):  # the agents' hosts answer for themselves (their NICs, kernels)
         reason = pairs.pair_probe_reason(pair, scenario.transport, scenario.transport_params)
         if reason:
             out.skip_reason, out.unavailable = f"{scenario.transport}: {reason}", True
             return out
     fabric = known_fabric(pair.fabric)  # None: a plug-in's hook fabric (its hosts report theirs)
-    out.interfaces = fabric.interfaces(pair) if fabric is not None else []
+    out.interfaces = case_interfaces(fabric, pair, layout)
     # Remote hosts report their own kernel and NIC (collected on the host through its gateway).
-    out.host_fingerprints = {f"{pair.name}/{role}": fp for role, fp in
-                             (pair.details.get("fingerprint") or {}).items()}
+    name, details = (layout.name, layout.details) if layout is not None else (pair.name, pair.details)
+    out.host_fingerprints = {f"{name}/{role}": fp for role, fp in (details.get("fingerprint") or {}).items()}
     from ..report.repeats import median_metrics, repeat_figures
+    from ..run.flows import FlowRunner
     from ..run.runner import AgentPair
 
-    out.capacity = up_front_capacity(scenario, pair)
+    # A multi-agent case's capacity (one probe per rail and instance) is not measured yet: none is said.
+    out.capacity = up_front_capacity(scenario, pair) if layout is None else None
     n = max(1, selection.repeat)
     runs: list[dict[str, Any]] = []
     timeout = selection.timeout_s if selection.timeout_s is not None else timeout_s  # CLI wins
     try:  # the repeats share one pair of agents: a repeat measures the transfer, not a process start
-        with AgentPair(pair, timeout) as agents:
+        with (AgentPair(pair, timeout) if layout is None else FlowRunner(layout, timeout)) as agents:
             for i in range(n):
                 result = agents.run(scenario)
                 runs.append(ms.complete(result.to_dict()))
@@ -253,6 +289,22 @@ def run_case(
                                                    selection.thresholds or None, metrics=ms,
                                                    tcg=baseline_tcg or lab_env.virtualized() == "tcg")
     return out
+
+
+def case_interfaces(fabric: Any, pair: HostPair, layout: Layout | None) -> list[dict[str, Any]]:
+    """The data-plane interfaces a case records: its pair's, or every flow's of a layout (once each)."""
+    if fabric is None:
+        return []
+    if layout is None:
+        return fabric.interfaces(pair)
+    seen: dict[str, dict[str, Any]] = {}
+    P, D = layout.topology
+    for p in range(P):
+        for d in range(D):
+            for r in range(layout.rails):
+                for itf in fabric.interfaces(layout.flow_pair(p, d, r)):
+                    seen.setdefault(json.dumps(itf, sort_keys=True, default=str), itf)
+    return list(seen.values())
 
 
 def up_front_capacity(scenario: Scenario, pair: HostPair) -> Any:

@@ -76,6 +76,8 @@ OPTIONS: tuple[Opt, ...] = (
         "holds no KV-transfer case (comma list; default smoke; --kv-suite overrides)", "NAMES"),
     Opt("--kv-require-transport", "transports that must be available, else their cases fail instead of skipping: "
         "comma list, or 'named' for every transport named in --kv-transport (default: none)", "NAMES|named"),
+    Opt("--kv-rails", "agents per instance and side, each on its own interface (rank k on rail k mod N); "
+        "overrides suites (default: the scenario's rails, else 1)", "N"),
     Opt("--kv-netns-cpu-split", "on: each namespace gets half the CPUs, for its agent and its receive "
         "processing, as two hosts would (default off)", "on|off"),
 )
@@ -110,6 +112,7 @@ class Selection:
     named_transports: tuple[str, ...] = ()  # named by the user, not by 'all' or the default
     require_transports: frozenset[str] = frozenset()  # --kv-require-transport, resolved to names
     warnings: tuple[str, ...] = ()  # options given that do not apply to this run (shown, not fatal)
+    rails: int | None = None  # --kv-rails (None: each scenario's own)
 
     def header(self) -> str:
         models = ",".join(m.id for m in self.models) if self.models else "per suite (default llama3.1-8b)"
@@ -264,7 +267,10 @@ def _run_knobs(get: Get, metrics: Any) -> dict[str, Any]:
     """What every case of the run is forced to (layer 6 of harness/resolve.py), and the outputs."""
     from ..measure import slo as slo_mod
 
+    from ..emulator.flows import MAX_RAILS
+
     seed = get("kv_seed")
+    rails = get("kv_rails")
     pool = get("kv_pool_mib")
     pacing = get("kv_pacing") or None
     if pacing and pacing not in PACINGS:
@@ -276,6 +282,7 @@ def _run_knobs(get: Get, metrics: Any) -> dict[str, Any]:
     return {
         "slo": slo_mod.parse_assignments(list(get("kv_slo") or ()), "--kv-slo", metrics),
         "seed": None if seed in (None, "") else _number("--kv-seed", seed, int, 0, MAX_SEED),
+        "rails": None if rails in (None, "") else _number("--kv-rails", rails, int, 1, MAX_RAILS),
         "pool_mib": None if pool in (None, "") else _number("--kv-pool-mib", pool, float, 1, MAX_POOL_MIB),
         "pacing": pacing,
         "timeout_s": None if timeout in (None, "") else _number("--kv-timeout", timeout, float, 0.1, MAX_TIMEOUT_S),

@@ -9,10 +9,11 @@ Precedence, lowest first (a later layer wins for every field it sets):
                            the kv_scenario fixture's chat-sized request
   4. marker                @pytest.mark.kv_slo on the test (closest marker wins)
   5. the test's own        a Scenario the test built itself and passed to kv_run(sc)
-  6. CLI options           --kv-slo, --kv-pool-mib, --kv-pacing, --kv-seed, --kv-transport-param
+  6. CLI options           --kv-slo, --kv-pool-mib, --kv-pacing, --kv-seed, --kv-transport-param,
+                           --kv-rails
 
 Layers 2 and 3 are field mappings in suite-YAML vocabulary (`pool_mib`, `pacing`, `seed`,
-`slo`, `transport_params`, `prefill`, `decode`, `workload`, `synthetic`); `build` turns them
+`slo`, `transport_params`, `prefill`, `decode`, `workload`, `synthetic`, `rails`, `topology`); `build` turns them
 into a Scenario. Layers 4 and 6 are applied by `finish`, which also takes a test's own
 Scenario (layer 5). The plugin's fixtures, its suite items and the CLI all come through here.
 No pytest here.
@@ -24,7 +25,8 @@ from typing import Any, Mapping, Sequence
 
 from ..core.profiles import GpuProfile, ModelProfile
 from ..errors import ProfileError
-from ..core.scenario import DEFAULT_POOL_MIB, MIB, Arrival, Deployment, Distribution, Scenario, Synthetic, Workload
+from ..core.scenario import (DEFAULT_POOL_MIB, MIB, Arrival, Deployment, Distribution, Scenario, Synthetic, Topology,
+                             Workload)
 
 # Layer 1: what a scenario gets when nothing else says (the suites' schema documents the same).
 SHIPPED: Mapping[str, Any] = {"seed": 0, "pacing": "emulated", "pool_mib": DEFAULT_POOL_MIB}
@@ -42,11 +44,13 @@ class Overrides:
     pacing: str | None = None
     seed: int | None = None
     transport_params: Mapping[str, Any] = field(default_factory=dict)
+    rails: int | None = None  # --kv-rails
 
     @classmethod
     def from_selection(cls, sel: Any) -> "Overrides":
         """From the plugin's validated options (harness.options.Selection)."""
-        return cls(dict(sel.slo), sel.pool_mib, sel.pacing, sel.seed, dict(sel.transport_params))
+        return cls(dict(sel.slo), sel.pool_mib, sel.pacing, sel.seed, dict(sel.transport_params),
+                   getattr(sel, "rails", None))
 
 
 def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,7 +83,30 @@ def build(fields: Mapping[str, Any], *, id: str, model: ModelProfile, gpu: GpuPr
         transport_params=dict(f.get("transport_params", {})),
         slo=dict(f.get("slo", {})),
         synthetic=Synthetic(**f["synthetic"]) if f.get("synthetic") else None,
+        rails=f.get("rails", 1),
+        topology=build_topology(f.get("topology") or {}, f.get("rails", 1), source, where),
     )
+
+
+def build_topology(spec: Mapping[str, Any], rails: Any, source: str, base: str = "") -> Topology:
+    """A Topology from suite fields (`base`: the scenario's path); bad rails, instance counts or
+    routing raise ProfileError naming the field."""
+    from ..emulator.flows import check_layout
+
+    where = f"{base}.topology" if base else "topology"
+
+    if not isinstance(spec, Mapping):
+        raise ProfileError(source, where, f"expected a mapping {{prefill, decode, routing}}, got {spec!r}")
+    unknown = sorted(set(spec) - {"prefill", "decode", "routing"})
+    if unknown:
+        raise ProfileError(source, f"{where}.{unknown[0]}", "unknown key; valid: prefill, decode, routing")
+    topo = Topology(**spec)
+    why = check_layout(rails, topo.prefill, topo.decode, topo.routing, where,
+                       f"{base}.rails" if base else "rails")
+    if why:
+        field_name, _, reason = why.partition(": ")
+        raise ProfileError(source, field_name, reason)
+    return topo
 
 
 def finish(sc: Scenario, overrides: Overrides | None = None, marker_slo: Mapping[str, Any] | None = None,
@@ -98,6 +125,8 @@ def finish(sc: Scenario, overrides: Overrides | None = None, marker_slo: Mapping
         changes["pacing"] = over.pacing
     if over.seed is not None:
         changes["seed"] = int(over.seed)
+    if over.rails is not None:
+        changes["rails"] = int(over.rails)
     return sc.replace(**changes)
 
 

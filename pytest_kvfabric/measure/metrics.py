@@ -225,6 +225,13 @@ BUILTIN = MetricSet((
            slo_help="p99 of how late a write was posted after its layer was ready"),
     *_family("post_lateness", "post_lateness_us", "post lateness", "µs", False, ("max",)),
     *_family("post_call", "post_call_us", "post() call", "µs", False, ("p50", "p99", "max")),
+    # Multi-agent runs (rails, xPyD; measure/flowstats.py defines them); unmeasured for one pair.
+    Metric("fairness", "fairness_jain", "fairness (Jain, flows)", "", True, slo="min_fairness_jain",
+           slo_help="Jain's index over the flows' throughputs: 1 = equal shares, 1/n = one flow has all"),
+    Metric("incast_penalty", "incast_penalty_ms", "incast penalty p99", "ms", False, slo="max_incast_penalty_ms",
+           link_bound=True, slo_help="exposed p99 of a decode instance's requests with its N prefill instances "
+                                     "sending at once, minus the same requests sent by one sender"),
+    Metric("flow_start_late_max", "flow_start_late_us.max", "flow start late max", "µs", False),
     Metric("zero_copy", None, "zero-copy data path", "", None, _zero_copy, junit=False, slo="require_zero_copy",
            timing=False, slo_help="the kernel/NIC must report a zero-copy data path on every side that reports one"),
 ))

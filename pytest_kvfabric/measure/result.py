@@ -65,6 +65,16 @@ class Result:
     latency_hist_us: dict[str, Any] | None = None  # log-spaced histogram of write latency (histogram.py)
     exposed_ms_requests: dict[str, Any] = field(default_factory=dict)  # {stride, values}: per completed request
     timeline: dict[str, Any] | None = None  # one request's layers: ready vs posted/completed/placed
+    # Multi-agent runs (run/flows.py; measure/flowstats.py defines every figure); None for one pair.
+    rails: int = 1
+    topology: dict[str, Any] | None = None  # {"prefill", "decode", "routing"}
+    per_rail: list[dict[str, Any]] | None = None  # per rail: bytes, throughput, latency, exposed, interface
+    per_instance: dict[str, list[dict[str, Any]]] | None = None  # {"prefill": [...], "decode": [...]}
+    flows: list[dict[str, Any]] | None = None  # per flow (sender -> receiver agent), retransmits included
+    fairness_jain: float | None = None  # Jain's index over the flows' throughputs
+    incast: list[dict[str, Any]] | None = None  # per decode instance with fan-in > 1
+    incast_penalty_ms: float | None = None  # the largest incast penalty (exposed p99 vs one sender)
+    flow_start_late_us: dict[str, float | None] | None = None  # how late flows began after the common start
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (keys documented in the README, `kvfabric run` section; stable across releases)."""

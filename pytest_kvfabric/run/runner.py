@@ -223,6 +223,9 @@ class AgentPair:
         (pages arrived wrong; the Result is attached as `exc.result`)."""
         from ..transports.registry import get_transport
 
+        if scenario.multi_agent:  # one pair would carry every rail's and instance's bytes: not what was asked
+            raise KvFabricError(f"scenario {scenario.id} has rails={scenario.rails} topology={scenario.topology.shape}: "
+                                "one agent pair cannot run it; run it with run.flows.FlowRunner / run_flows")
         try:
             get_transport(scenario.transport)  # unknown name: UnknownIdError before any agent starts
         except ImportError as exc:
@@ -230,29 +233,11 @@ class AgentPair:
         check_hbm_fit(scenario, scenario.id)  # a deployment no GPU could hold is a usage error, not a run
         plan = build_plan(scenario)
         run_timeout = self.timeout_s if self.timeout_s is not None else derive_timeout_s(plan)
-        token = secrets.token_hex(16)
-        spec = scenario.to_spec()
-        opts = {"setup_timeout_s": SETUP_MARGIN_S, **self.options}
-        if self.on_progress is not None:
-            opts["progress_s"] = PROGRESS_S
         ok = False
         try:
-            self._start()
-            setup_deadline = time.monotonic() + SETUP_MARGIN_S + plan.src_region_bytes / FLOOR_BYTES_PER_S
-            base = {"cmd": "setup", "spec": spec, "seed": scenario.seed, "token": token, "options": opts}
-            self._send("decode", {**base, "role": "decode", "bind": self.pair.decode.data_addr})
-            self._send("prefill", {**base, "role": "prefill", "bind": self.pair.prefill.data_addr})
-            dsetup = self._recv("decode", setup_deadline, "setup")
-            psetup = self._recv("prefill", setup_deadline, "setup")
-            self._send("decode", {"cmd": "run", "timeout_s": run_timeout})
-            self._send("prefill", {"cmd": "run", "timeout_s": run_timeout, "descriptor": dsetup["descriptor"]})
-            try:
-                pre, dec = self._recv_both(time.monotonic() + run_timeout + RUN_MARGIN_S)
-            except TransportError as exc:
-                cause = self._link_cause()
-                if cause:  # over a dead link a run only times out: lead with the link
-                    raise type(exc)(f"{cause}; {exc}") from None
-                raise
+            psetup, dsetup = self.setup(scenario, plan)
+            self.launch(run_timeout, dsetup)
+            pre, dec = self.collect(run_timeout)
             ok = True
         finally:
             if not ok:
@@ -265,6 +250,42 @@ class AgentPair:
             exc.result = result  # type: ignore[attr-defined]
             raise exc
         return result
+
+
+    # -- the phases of a run (run() chains them; run/flows.py interleaves them across flows) --------
+    def setup(self, scenario: Scenario, plan: TransferPlan,
+              extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Start both agents if needed and set the run up: (prefill, decode) setup answers.
+        `plan` is what the agents will run (it sizes the deadline); `extra` joins their options."""
+        token = secrets.token_hex(16)
+        opts = {"setup_timeout_s": SETUP_MARGIN_S, **self.options, **(extra or {})}
+        if self.on_progress is not None:
+            opts["progress_s"] = PROGRESS_S
+        self._start()
+        setup_deadline = time.monotonic() + SETUP_MARGIN_S + plan.src_region_bytes / FLOOR_BYTES_PER_S
+        base = {"cmd": "setup", "spec": scenario.to_spec(), "seed": scenario.seed, "token": token, "options": opts}
+        self._send("decode", {**base, "role": "decode", "bind": self.pair.decode.data_addr})
+        self._send("prefill", {**base, "role": "prefill", "bind": self.pair.prefill.data_addr})
+        dsetup = self._recv("decode", setup_deadline, "setup")
+        psetup = self._recv("prefill", setup_deadline, "setup")
+        return psetup, dsetup  # type: ignore[return-value]
+
+    def launch(self, run_timeout: float, dsetup: Mapping[str, Any], start: Mapping[str, int] | None = None) -> None:
+        """Start the run: the decode agent's receive loop, then the prefill agent's pacing loop
+        (`start`: {"start_at_ns": ...} or {"start_in_ns": ...}, a multi-agent run's common start)."""
+        self._send("decode", {"cmd": "run", "timeout_s": run_timeout})
+        self._send("prefill", {"cmd": "run", "timeout_s": run_timeout, "descriptor": dsetup["descriptor"],
+                               **(start or {})})
+
+    def collect(self, run_timeout: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Both agents' run answers (prefill, decode); a failure leads with the link's fault if any."""
+        try:
+            return self._recv_both(time.monotonic() + run_timeout + RUN_MARGIN_S)
+        except TransportError as exc:
+            cause = self._link_cause()
+            if cause:  # over a dead link a run only times out: lead with the link
+                raise type(exc)(f"{cause}; {exc}") from None
+            raise
 
 
 class AgentGone(TransportError):
@@ -287,17 +308,7 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
         m["placed_by_layer_ns"] = unpack_array(dec["placed_by_layer_ns"])
     budget = scenario.slo.get("ttft_budget_ms") if scenario.slo else None
     s = stats.summarize(plan.transfers, plan.requests, m, scenario.pacing, budget)
-    # Integrity: the decode side verified pages; bytes it never received count as missing.
-    errors = int(dec["errors"])
-    first_error = dec["error_list"][0] if dec["error_list"] else None
-    missing = s["requests"] - int(dec["requests_completed"])
-    if missing > 0 and errors == 0 and s["requests_completed"] == s["requests"]:
-        errors, first_error = missing, f"{missing} request(s) acknowledged but not complete at the decode side"
-        named = dec.get("missing_pages") or []
-        if named:  # name the pages that never landed, not only the requests they belong to
-            more = int(dec.get("missing_count", len(named))) - len(named)
-            first_error += f"; never placed: {named[0]}" + (f" and {len(named) - 1 + more} more page(s)"
-                                                            if len(named) + more > 1 else "")
+    integrity = integrity_of(s, dec)
     moved = s["bytes"]
 
     def per_gb(key: str) -> dict[str, float | None]:  # an agent's CPU seconds per GB moved, each side
@@ -315,11 +326,27 @@ def _build_result(scenario: Scenario, plan: TransferPlan, pair: HostPair, psetup
         register_ms=max(int(psetup.get("register_ns", 0)), int(dsetup.get("register_ns", 0))) / 1e6,
         cpu_s_per_gb=per_gb("cpu_s"),
         spin_s_per_gb=per_gb("spin_cpu_s"),
-        integrity={"pages_checked": int(dec["pages_checked"]), "errors": errors, "first_error": first_error},
+        integrity=integrity,
         data_path={"sender": pre.get("data_path", {}), "receiver": dec.get("data_path", {})},
         notifications=int(dec.get("notifications", 0)),
         **s,
     )
+
+
+def integrity_of(s: Mapping[str, Any], dec: Mapping[str, Any]) -> dict[str, Any]:
+    """{"pages_checked", "errors", "first_error"} of one flow: the decode side verified pages; bytes
+    it never received count as missing (s: stats.summarize of the prefill side's measurements)."""
+    errors = int(dec["errors"])
+    first_error = dec["error_list"][0] if dec["error_list"] else None
+    missing = s["requests"] - int(dec["requests_completed"])
+    if missing > 0 and errors == 0 and s["requests_completed"] == s["requests"]:
+        errors, first_error = missing, f"{missing} request(s) acknowledged but not complete at the decode side"
+        named = dec.get("missing_pages") or []
+        if named:  # name the pages that never landed, not only the requests they belong to
+            more = int(dec.get("missing_count", len(named))) - len(named)
+            first_error += f"; never placed: {named[0]}" + (f" and {len(named) - 1 + more} more page(s)"
+                                                            if len(named) + more > 1 else "")
+    return {"pages_checked": int(dec["pages_checked"]), "errors": errors, "first_error": first_error}
 
 
 def run_scenario(scenario: Scenario, pair: HostPair | None = None, timeout_s: float | None = None,

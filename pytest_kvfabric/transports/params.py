@@ -87,8 +87,8 @@ IOURING_PARAMS: tuple[Param, ...] = (
     Param("nodelay", bool, "TCP_NODELAY on the data socket (default true)"),
     Param("sndbuf", int, "SO_SNDBUF in bytes", 4096, 1 << 30),
     Param("rcvbuf", int, "SO_RCVBUF in bytes", 4096, 1 << 30),
-    Param("busy_poll_us", float, "spin this long before sleeping in a wait", 0, 1e6),
-    Param("close_timeout_s", float, "seconds close() waits for the last ACKs", 0, 3600),
+    # no busy_poll_us / close_timeout_s: the rings wait in io_uring_enter and close() does not
+    # linger for ACKs, so they would be accepted and ignored
     Param("port", int, "target data port (default 0: any free port)", 0, 65535),
     Param("hello_timeout_s", float, "seconds from accept to a proven HELLO before a stranger is "
           "dropped (default 5)", 0.01, 3600),
