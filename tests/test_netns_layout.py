@@ -229,8 +229,26 @@ def test_open_layout_bad_shape_is_a_usage_error():
         open_layout("netns", PairRequest(worker=47, netns_prefix=PREFIX, rails=17))
     with pytest.raises(FabricUsageError, match="topology: decode instances must be in 1..100, got 0"):
         open_layout("netns", PairRequest(worker=47, netns_prefix=PREFIX, topology=(1, 0)))
-    with pytest.raises(FabricUsageError, match="fabric 'local' cannot place rails=2"):
-        open_layout("local", PairRequest(worker=0, rails=2))
+
+
+
+def test_a_fabric_without_open_layout_serves_the_plain_pair_only(monkeypatch):
+    from pytest_kvfabric.fabric import select
+    from pytest_kvfabric.fabric.select import open_layout
+
+    class PairOnly:  # a plug-in's fabric that predates layouts: open() only
+        name, shares_clock, probes_here, needs_inventory = "pair-only-test", True, True, False
+
+        def open(self, request):
+            return select.get_fabric("local").open(request)
+
+    monkeypatch.setattr(select, "_registered", dict(select._registered))  # the registration ends with the test
+    select.register_fabric(PairOnly())
+    with pytest.raises(FabricUsageError, match="fabric 'pair-only-test' cannot place rails=2"):
+        open_layout("pair-only-test", PairRequest(worker=0, rails=2))
+    layout, close = open_layout("pair-only-test", PairRequest(worker=0))
+    close()
+    assert (layout.rails, layout.topology) == (1, (1, 1))
 
 
 @needs_netns
