@@ -66,6 +66,7 @@ def run_target(a: argparse.Namespace) -> int:
             if tgt.peers_closed():
                 break
         c1 = cpu_s()
+        st = tgt.stats() if hasattr(tgt, "stats") else {}  # (Target has no stats(); iouring's neither)
         # bytes it received (writes) plus bytes it sent (reads served)
         nbytes = sum(int(p["nbytes"].sum()) for p in got) + int(tgt.data_path().get("bytes_served") or 0)
         active_s = (int(got[-1]["t_ns"][-1]) - int(got[0]["t_ns"][0])) / 1e9 if got else 0.0
@@ -75,8 +76,8 @@ def run_target(a: argparse.Namespace) -> int:
             "cpu_s_per_gb": cpu_s_per_gb(c1 - c0, nbytes),
             "active_s": active_s,
             "data_path": tgt.data_path(),
-            "acks_sent": tgt.stats().get("acks_sent"),
-            "writes_placed": tgt.stats().get("writes_placed"),
+            "acks_sent": st.get("acks_sent"),
+            "writes_placed": st.get("writes_placed"),
             "timed_out": not tgt.peers_closed(),
         })
     finally:

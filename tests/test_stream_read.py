@@ -271,3 +271,24 @@ def test_a_big_read_then_a_write_over_the_same_range_sees_the_old_bytes(transpor
     assert np.array_equal(loc[:big], old)
     assert np.array_equal(served.arr, loc[big:])
     served.close()
+
+
+@pytest.mark.parametrize("transport", [TcpTransport, ZeroCopyTransport], ids=lambda t: t.name)
+def test_notifies_still_released_when_reads_take_sequence_numbers(transport):
+    """Reads share the write sequence: with 3 connections the target's notify ordering (a
+    request is announced once every earlier write of its initiator is placed) must count the
+    reads' positions as done, or a request behind a read would never be announced."""
+    n = 1 * MIB
+    served = served_store(transport, n, connections=3)
+    reg, _loc = local_region(transport, n)
+    with connected(transport, served, reg, {"connections": 3}) as ini:
+        xfer = 0
+        for r in range(5):
+            ini.post_read(reads([r * 8192], [r * 4096], [4096], first_xfer=xfer), 5.0)
+            xfer += 1
+            ini.post(batch([n // 2 + r * 4096], [n // 2 + r * 4096], [4096], notify=[r], first_xfer=xfer), 5.0)
+            xfer += 1
+        assert len(wait_all(ini, xfer)) == xfer
+    served.stop()
+    assert sorted(served.all_notifies()["request"].tolist()) == [0, 1, 2, 3, 4]
+    served.close()

@@ -223,3 +223,35 @@ def test_want_says_what_completes_the_current_frame():
     assert iw.feed(bytes(range(10)), 1) is None and local[:10] == bytes(range(10))
     err = framing.encode_error("bye now")
     assert iw.feed(err[:32], 1) is None and iw.want() == len("bye now")
+
+
+ops_st = st.lists(st.tuples(st.booleans(), st.integers(0, REGION).flatmap(
+    lambda n: st.tuples(st.integers(0, REGION - n), st.just(n)))), min_size=1, max_size=12)
+
+
+@SETTINGS
+@given(ops=ops_st, cuts=cuts_st)
+def test_reads_and_writes_share_one_sequence_in_a_byte_stream(ops, cuts):
+    """WRITEs (with payload) and READs interleaved on one connection: one sequence, events in
+    order, each READ between the writes it follows and precedes."""
+    raw = bytearray()
+    expect = []
+    for seq, (is_read, (off, n)) in enumerate(ops, start=1):
+        if is_read:
+            raw += read_frame(off, n, seq)
+            expect.append(("read", seq, off, n))
+        else:
+            raw += wire.write_frame(off, n, seq, 0) + b"\x07" * n
+            expect.append(("write", seq, off, n))
+    tw = wire.TargetWire(REGION, reads=True)
+    events = []
+    pos = 0
+    for c in cuts + [len(raw)]:
+        events += list(tw.feed(bytes(raw[pos : pos + c])))
+        pos += c
+    events += list(tw.feed(bytes(raw[pos:])))
+    got = [("read", e.seq, e.remote_off, e.nbytes) if isinstance(e, ReadRequest) else
+           ("write", e.seq, e.dst_off, e.nbytes) for e in events
+           if isinstance(e, (ReadRequest, wire.WriteDone))]
+    assert got == expect and not any(isinstance(e, wire.Reject) for e in events)
+    assert tw.next_seq == len(ops) + 1

@@ -1,16 +1,17 @@
 """Ratios head/base of the interleaved A/B in this directory: median of every sample per side
 (each run's `ours` values), ratio of medians, 90% bootstrap interval of that ratio (2000
-resamples, seed 0). Usage: python summarize.py > ab_summary.md"""
+resamples, seed 0). Usage: python summarize.py [DIR] > ab_summary.md (DIR: this directory)"""
 from __future__ import annotations
 
 import glob
 import json
 import os
 import statistics
+import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 
 
 def samples(side: str, bench: str) -> tuple[dict[str, list[float]], dict[str, str], list[float]]:
