@@ -44,6 +44,9 @@ class FileTier:
         except OSError as exc:
             self.fd = os.open(self.path, flags)
             self.how = f"buffered (O_DIRECT {'refused: ' + str(exc.strerror) if direct else 'not asked for'})"
+        # Unlinked at once: the open descriptor keeps the file, and a store agent killed at teardown
+        # (its run cut short) leaves nothing behind on the disk.
+        os.unlink(self.path)
         try:
             os.ftruncate(self.fd, self.slots * self.slot_bytes)
         except OSError:
