@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import KvFabricError
 from ..transports import ethtool_ioctl
@@ -333,6 +333,23 @@ def tbf_params(rate_mbit: float, mtu: int) -> dict[str, Any]:
     return {"rate": f"{rate_bps}bit", "burst": burst, "latency": "50ms"}
 
 
+def build_or_undo(build: Callable[[], None], destroy: Callable[[], None], what: str) -> None:
+    """Run `build`; on any failure `destroy` what it made, then re-raise: a usage or fabric error
+    as it is, any other error as NetnsUnavailable naming `what` (an interrupt as it is)."""
+    try:
+        build()
+    except BaseException as exc:
+        try:
+            destroy()
+        except KvFabricError:
+            pass  # report the original failure; leftovers are removed by cleanup_stale
+        if isinstance(exc, (KvFabricError, ValueError)):
+            raise
+        if isinstance(exc, Exception):
+            raise NetnsUnavailable(f"cannot create {what}: {exc}") from exc
+        raise
+
+
 class NetnsPair:
     """Two namespaces + veth; `create` returns the HostPair, `destroy` removes everything."""
 
@@ -365,18 +382,7 @@ class NetnsPair:
         if cpu_split and shutil.which("taskset") is None:
             raise NetnsUnavailable("cpu_split needs 'taskset' (util-linux) on PATH, not found")
         self = cls(prefix, tag, index, mtu, parse_offloads(offloads), rate_mbit, cpu_split)
-        try:
-            self._build()
-        except BaseException as exc:
-            try:
-                self.destroy()
-            except KvFabricError:
-                pass  # report the original failure; leftovers are removed by cleanup_stale
-            if isinstance(exc, (KvFabricError, ValueError)):
-                raise
-            if isinstance(exc, Exception):
-                raise NetnsUnavailable(f"cannot create netns pair {self.ns_prefill}/{self.ns_decode}: {exc}") from exc
-            raise
+        build_or_undo(self._build, self.destroy, f"netns pair {self.ns_prefill}/{self.ns_decode}")
         return self
 
     def _build(self) -> None:

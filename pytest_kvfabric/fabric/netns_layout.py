@@ -64,18 +64,7 @@ class NetnsLayout:
         self = cls(prefix, tag, index, rails, topology, mtu, parse_offloads(offloads), rate_mbit, cpu_split)
         if any(p.cpus for p in self.plan) and shutil.which("taskset") is None:
             raise ns.NetnsUnavailable("pinning rail agents needs 'taskset' (util-linux) on PATH, not found")
-        try:
-            self._build()
-        except BaseException as exc:
-            try:
-                self.destroy()
-            except KvFabricError:
-                pass  # report the original failure; leftovers are removed by cleanup_stale
-            if isinstance(exc, (KvFabricError, ValueError)):
-                raise
-            if isinstance(exc, Exception):
-                raise ns.NetnsUnavailable(f"cannot create netns layout {self.namespaces[0]}..: {exc}") from exc
-            raise
+        ns.build_or_undo(self._build, self.destroy, f"netns layout {self.namespaces[0]}..")
         return self
 
     # --- building ------------------------------------------------------------------------
