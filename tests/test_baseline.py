@@ -165,3 +165,21 @@ def test_compare_rejects_a_file_that_is_not_a_report(tmp_path, capsys):
     assert main(["compare", str(junk), str(junk)]) == 2
     err = capsys.readouterr().err
     assert "junk.json" in err and "required" in err and "Traceback" not in err
+
+
+def _netns_report(pid: int, firmware: str) -> dict:
+    """A netns run's environment as the agents' probes record it: `interfaces` is the list of names
+    present, the NIC's facts are under `nic`; host keys carry the run's namespace tag."""
+    host = {"kernel": "6.18", "interfaces": ["kvf-d0", "lo"],
+            "nic": {"name": "kvf-d0", "driver": "veth", "driver_version": "1.0", "firmware": firmware, "mtu": 9000,
+                    "offloads": {"gro": "off"}}}
+    return {"session": {"fabric": "netns"}, "results": [{"case": "c", "pair": f"netns:{pid}-0"}],
+            "environment": {"kernel": "6.18", "hosts": {f"netns:{pid}-0/decode": host}}}
+
+
+def test_environment_diff_reads_host_nics_and_ignores_the_runs_namespace_tag():
+    from pytest_kvfabric.report.fpdiff import diff
+
+    assert diff(_netns_report(111, "1.0"), _netns_report(222, "1.0")) == []  # only the pid differs
+    changed = diff(_netns_report(111, "1.0"), _netns_report(222, "2.0"))
+    assert [(d.what, d.old, d.new) for d in changed] == [("host netns/decode.nic[0].firmware", "1.0", "2.0")]

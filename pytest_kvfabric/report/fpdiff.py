@@ -62,14 +62,32 @@ def _flat_ifaces(env: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def host_label(name: str) -> str:
+    """A host fingerprint's key without the per-run namespace tag (netns:1234-0/decode -> netns/decode)."""
+    head, sep, role = name.partition("/")
+    return f"{pair_label(head)}{sep}{role}"
+
+
+def _host_nics(fp: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A host's data-plane NICs as its probe saw them: `nic`, then each rail's (fabric/_probe.py).
+    Its `interfaces` is only the list of names present."""
+    nics = [fp["nic"]] if isinstance(fp.get("nic"), Mapping) else []
+    return nics + [r for r in fp.get("rails") or () if isinstance(r, Mapping)]
+
+
 def _flat_hosts(env: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for host, fp in (env.get("hosts") or {}).items():
         if not isinstance(fp, Mapping):
             continue
+        host = host_label(host)
         out[f"host {host}.kernel"] = fp.get("kernel")
-        for k, v in _flat_ifaces(fp).items():
-            out[f"host {host}.{k}"] = v
+        for i, nic in enumerate(_host_nics(fp)):
+            key = f"host {host}.nic[{i}]" if host.startswith("netns") else f"host {host}.nic {nic.get('name')}"
+            for f in IFACE_FIELDS:
+                out[f"{key}.{f}"] = nic.get(f)
+            for k, v in (nic.get("offloads") or {}).items():
+                out[f"{key}.offload {k}"] = v
     return out
 
 
