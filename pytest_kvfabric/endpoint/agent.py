@@ -41,12 +41,6 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _transport_options(scenario: Any, token: str) -> dict[str, Any]:
-    opts = {k: v for k, v in dict(scenario.transport_params).items() if not str(k).startswith("_")}
-    opts["token"] = token
-    return opts
-
-
 class _Session:
     """State of one run between `setup` and `run` on one agent."""
 
@@ -55,7 +49,7 @@ class _Session:
         from ..core.scenario import Scenario
         from ..transports.registry import get_transport
         from . import pattern
-        from .pool import Pool
+        from .pool import Pool, transport_options
 
         self.role = msg["role"]
         self.scenario = Scenario.from_spec(msg["spec"])
@@ -78,7 +72,7 @@ class _Session:
             from ..errors import TransportError
 
             raise TransportError(f"transport {self.scenario.transport!r} not available: {cap.reason}")
-        self.topts = _transport_options(self.scenario, msg["token"])
+        self.topts = transport_options(self.scenario, msg["token"])
         self.inject = dict(self.scenario.transport_params).get(INJECT_PARAM)
         self.keys = pattern.row_keys(self.seed, self.plan.transfers)
         self.pool = None

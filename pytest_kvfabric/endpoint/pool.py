@@ -32,3 +32,12 @@ class Pool:
         self.array = np.zeros(0, np.uint8)
         region, self.region = self.region, memoryview(b"")
         self.transport.release(region)
+
+
+def transport_options(scenario: Any, token: str) -> dict[str, Any]:
+    """The options an endpoint hands its transport: the scenario's parameters less the private
+    ones (a leading "_": fault injection and test hooks, read by the endpoints themselves), plus
+    the run's token."""
+    opts = {k: v for k, v in dict(scenario.transport_params).items() if not str(k).startswith("_")}
+    opts["token"] = token
+    return opts

@@ -49,22 +49,13 @@ class Flight:
 
 class StoreClient:
     def __init__(self, msg: dict[str, Any]) -> None:
-        from ..core.scenario import Scenario
-        from ..emulator.plan import build_plan
-        from ..emulator.storeplan import build_store_plan
-        from ..transports.registry import get_transport
         from .pool import Pool
-        from .store_pages import ObjectPages
+        from .store_pages import store_side
 
-        self.scenario = sc = Scenario.from_spec(msg["spec"])
-        self.sp = sp = build_store_plan(sc, build_plan(sc))
-        self.transport = get_transport(sc.transport)
-        cap = self.transport.probe_read(dict(sc.transport_params))
-        if not cap.available:
-            raise TransportError(f"transport {sc.transport!r} cannot do one-sided reads: {cap.reason}")
-        self.topts = {k: v for k, v in dict(sc.transport_params).items() if not str(k).startswith("_")}
-        self.topts["token"] = msg["token"]
-        self.pages = ObjectPages(sp, sc.seed)
+        side = store_side(msg, "do one-sided reads")
+        sc, sp = side.scenario, side.plan
+        self.scenario, self.sp, self.transport, self.topts, self.pages = (
+            sc, sp, side.transport, side.topts, side.pages)
         active = int((sp.req_count > 0).sum())
         # Not the emulated GPUs' concurrency (a request waiting for its fetch leaves the GPU to the
         # next one) but the store's DRAM: every page in flight stays pinned there.

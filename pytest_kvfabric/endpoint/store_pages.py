@@ -7,6 +7,9 @@ or corrupted one a missing trailer or the first differing byte.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from ..emulator.storeplan import STORE_DOMAIN, StorePlan
@@ -36,3 +39,35 @@ class ObjectPages:
             return None
         o = self.sp.objects[obj]
         return f"store object {obj} (request {int(o['request'])} page {int(o['block'])}, {self.nbytes} B): {why}"
+
+
+@dataclass(frozen=True)
+class StoreSide:
+    """What both ends of the store traffic (server and fetching client) set up alike from the
+    agent's setup message: the scenario, its store plan, a transport that does one-sided READs,
+    its options, and the stored pages' pattern."""
+
+    scenario: Any
+    plan: StorePlan
+    transport: Any
+    topts: dict[str, Any]
+    pages: ObjectPages
+
+
+def store_side(msg: dict[str, Any], cannot: str) -> StoreSide:
+    """StoreSide from a setup message; TransportError "<transport> cannot <cannot>: <reason>" where
+    the transport has no one-sided READ here."""
+    from ..core.scenario import Scenario
+    from ..emulator.plan import build_plan
+    from ..emulator.storeplan import build_store_plan
+    from ..errors import TransportError
+    from ..transports.registry import get_transport
+    from .pool import transport_options
+
+    sc = Scenario.from_spec(msg["spec"])
+    sp = build_store_plan(sc, build_plan(sc))
+    transport = get_transport(sc.transport)
+    cap = transport.probe_read(dict(sc.transport_params))
+    if not cap.available:
+        raise TransportError(f"transport {sc.transport!r} cannot {cannot}: {cap.reason}")
+    return StoreSide(sc, sp, transport, transport_options(sc, msg["token"]), ObjectPages(sp, sc.seed))

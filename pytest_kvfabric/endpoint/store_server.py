@@ -32,24 +32,15 @@ PROGRESS_S = 0.005
 
 class StoreServer:
     def __init__(self, msg: dict[str, Any]) -> None:
-        from ..core.scenario import Scenario
-        from ..emulator.plan import build_plan
-        from ..emulator.storeplan import build_store_plan, file_slot_bytes
-        from ..errors import TransportError
-        from ..transports.registry import get_transport
+        from ..emulator.storeplan import file_slot_bytes
         from .pool import Pool
         from .store_file import FileTier
-        from .store_pages import ObjectPages
+        from .store_pages import store_side
 
-        self.scenario = sc = Scenario.from_spec(msg["spec"])
-        self.sp = sp = build_store_plan(sc, build_plan(sc))
-        self.transport = get_transport(sc.transport)
-        cap = self.transport.probe_read(dict(sc.transport_params))
-        if not cap.available:
-            raise TransportError(f"transport {sc.transport!r} cannot serve reads: {cap.reason}")
-        self.topts = {k: v for k, v in dict(sc.transport_params).items() if not str(k).startswith("_")}
-        self.topts["token"] = msg["token"]
-        self.pages = ObjectPages(sp, sc.seed)
+        side = store_side(msg, "serve reads")
+        sc, sp = side.scenario, side.plan
+        self.scenario, self.sp, self.transport, self.topts, self.pages = (
+            sc, sp, side.transport, side.topts, side.pages)
         self.pool = Pool(self.transport, sp.dram_slots * sp.obj_bytes, self.topts)
         self.file = (FileTier(sc.store.file_dir, sp.file_slots, sp.obj_bytes, file_slot_bytes(sp.obj_bytes))
                      if sp.file_slots else None)
