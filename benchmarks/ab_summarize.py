@@ -1,6 +1,17 @@
-"""head/base ratio of each row's median ('ours') over every run of each side, with a 90% bootstrap CI."""
-import glob, json, sys
+"""An interleaved A/B's summary: the head/base ratio of each row's median over every run of each
+side (files `{base,head}-{bench_hotpath,bench_tcp}-*.json` in DIR, as the ab_run.sh scripts under
+benchmarks/results/ write them), with a 90% bootstrap interval.
+
+    python3 benchmarks/ab_summarize.py DIR
+"""
+import glob
+import json
+import os
+import sys
+
 import numpy as np
+
+os.chdir(sys.argv[1] if len(sys.argv) > 1 else ".")
 rng = np.random.default_rng(0)
 for script in ("bench_hotpath", "bench_tcp"):
     vals = {}
